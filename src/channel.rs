@@ -1,0 +1,270 @@
+//! [`SecureChannel`] and its builder: the one entry point that wires the rooms together.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
+use rustls_pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::TcpStream;
+
+use crate::Error;
+use crate::identity::{AllowList, IdMatcher};
+use crate::source::CredentialSource;
+use crate::tls::{TlsConfigs, TlsPolicy};
+use crate::transport::{self, SecureStream};
+
+/// Default bound on one TLS handshake.
+const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A workload's secure channel: its SPIFFE identity, whom it trusts, and whom it talks to.
+///
+/// Built once with [`SecureChannel::builder`] and cheap to clone. Servers
+/// [`accept`](Self::accept) connections from the clients allowed by
+/// [`allow_client`](SecureChannelBuilder::allow_client); clients [`connect`](Self::connect) to
+/// servers expected by [`expect_server`](SecureChannelBuilder::expect_server). Both sides present
+/// the current SVID of the [`CredentialSource`], and verify the peer's against the current trust
+/// bundles, on every handshake.
+#[derive(Clone, Debug)]
+pub struct SecureChannel {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    source: CredentialSource,
+    tls: TlsConfigs,
+    handshake_timeout: Duration,
+}
+
+/// Builds a [`SecureChannel`]. Nothing is allowed until said: a channel without
+/// [`allow_client`](Self::allow_client) accepts no client, and one without
+/// [`expect_server`](Self::expect_server) connects to no server.
+#[must_use]
+pub struct SecureChannelBuilder {
+    source: CredentialSource,
+    allowed_clients: AllowList,
+    expected_servers: AllowList,
+    policy: TlsPolicy,
+    handshake_timeout: Duration,
+    time: Arc<dyn TimeProvider>,
+    first_error: Option<Error>,
+}
+
+impl std::fmt::Debug for SecureChannelBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureChannelBuilder")
+            .field("source", &self.source)
+            .field("allowed_clients", &self.allowed_clients)
+            .field("expected_servers", &self.expected_servers)
+            .finish_non_exhaustive()
+    }
+}
+
+impl From<Infallible> for Error {
+    fn from(never: Infallible) -> Self {
+        match never {}
+    }
+}
+
+impl SecureChannel {
+    /// Starts building a channel whose identity and trust come from `source`.
+    pub fn builder(source: impl Into<CredentialSource>) -> SecureChannelBuilder {
+        SecureChannelBuilder {
+            source: source.into(),
+            allowed_clients: AllowList::deny_all(),
+            expected_servers: AllowList::deny_all(),
+            policy: TlsPolicy::default(),
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            time: Arc::new(DefaultTimeProvider),
+            first_error: None,
+        }
+    }
+
+    /// Server side: runs the TLS handshake on an accepted connection.
+    ///
+    /// The client must present an SVID that validates against the bundle of its trust domain and
+    /// whose ID is allowed; a resumed session is re-validated against the current bundles.
+    pub async fn accept<IO>(&self, io: IO) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = &self.inner.tls;
+        transport::accept(
+            tls.server.clone(),
+            &tls.clients_verifier,
+            tls.now(),
+            io,
+            self.inner.handshake_timeout,
+        )
+        .await
+    }
+
+    /// Client side: runs the TLS handshake on a connected transport.
+    ///
+    /// `server_name` is sent as SNI (when it is a DNS name) and keys the session cache; it is
+    /// never used to authenticate the server, which must present an SVID whose ID is expected.
+    pub async fn connect<IO>(
+        &self,
+        server_name: ServerName<'static>,
+        io: IO,
+    ) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = &self.inner.tls;
+        transport::connect(
+            tls.client.clone(),
+            &tls.servers_verifier,
+            tls.now(),
+            server_name,
+            io,
+            self.inner.handshake_timeout,
+        )
+        .await
+    }
+
+    /// Client side, expecting the servers matched by `expected` instead of the channel's
+    /// [`expect_server`](SecureChannelBuilder::expect_server) list for this one connection.
+    ///
+    /// Builds a client configuration per call (the session cache is shared); prefer
+    /// [`connect`](Self::connect) on hot paths.
+    pub async fn connect_expecting<IO>(
+        &self,
+        expected: AllowList,
+        server_name: ServerName<'static>,
+        io: IO,
+    ) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = &self.inner.tls;
+        let (config, verifier) = tls.client_for(expected)?;
+        transport::connect(
+            config,
+            &verifier,
+            tls.now(),
+            server_name,
+            io,
+            self.inner.handshake_timeout,
+        )
+        .await
+    }
+
+    /// Client side: opens a TCP connection to `addr` and runs the handshake on it.
+    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<SecureStream<TcpStream>, Error> {
+        let tcp = tokio::time::timeout(self.inner.handshake_timeout, TcpStream::connect(addr))
+            .await
+            .map_err(|_| Error::HandshakeTimeout)?
+            .map_err(Error::Handshake)?;
+        tcp.set_nodelay(true).map_err(Error::Handshake)?;
+        self.connect(ServerName::IpAddress(addr.ip().into()), tcp)
+            .await
+    }
+
+    /// The credential source this channel presents and trusts.
+    pub fn source(&self) -> &CredentialSource {
+        &self.inner.source
+    }
+
+    /// The rustls server configuration, for serving with other TLS stacks. Prefer
+    /// [`accept`](Self::accept), which also re-validates resumed sessions.
+    pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        self.inner.tls.server.clone()
+    }
+}
+
+impl SecureChannelBuilder {
+    /// Allows clients whose SPIFFE ID `matcher` matches (an [`IdMatcher`], or its text form such
+    /// as `"spiffe://example.org/web"`, `"spiffe://example.org"` or
+    /// `"spiffe://example.org/billing/*"`). May be called several times.
+    pub fn allow_client<M>(mut self, matcher: M) -> Self
+    where
+        M: TryInto<IdMatcher>,
+        M::Error: Into<Error>,
+    {
+        match matcher.try_into() {
+            Ok(m) => self.allowed_clients.push(m),
+            Err(e) => self.remember(e.into()),
+        }
+        self
+    }
+
+    /// Expects servers whose SPIFFE ID `matcher` matches; same forms as
+    /// [`allow_client`](Self::allow_client). May be called several times.
+    pub fn expect_server<M>(mut self, matcher: M) -> Self
+    where
+        M: TryInto<IdMatcher>,
+        M::Error: Into<Error>,
+    {
+        match matcher.try_into() {
+            Ok(m) => self.expected_servers.push(m),
+            Err(e) => self.remember(e.into()),
+        }
+        self
+    }
+
+    /// Accepts TLS 1.2 besides TLS 1.3 (ECDHE key exchange with AEAD ciphers only). Off by
+    /// default: enable it only for peers that cannot speak TLS 1.3.
+    pub fn allow_tls12(mut self) -> Self {
+        self.policy.allow_tls12 = true;
+        self
+    }
+
+    /// Bounds each TLS handshake (default 10 s).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = timeout;
+        self
+    }
+
+    /// The clock certificate validity is checked against (default: the system clock).
+    pub fn time_provider(mut self, time: Arc<dyn TimeProvider>) -> Self {
+        self.time = time;
+        self
+    }
+
+    fn remember(&mut self, error: Error) {
+        if self.first_error.is_none() {
+            self.first_error = Some(error);
+        }
+    }
+
+    /// Validates the configuration and builds the channel.
+    pub fn build(self) -> Result<SecureChannel, Error> {
+        if let Some(error) = self.first_error {
+            return Err(error);
+        }
+        let tls = TlsConfigs::build(
+            self.source.clone(),
+            self.allowed_clients,
+            self.expected_servers,
+            self.policy,
+            self.time,
+        )?;
+        Ok(SecureChannel {
+            inner: Arc::new(Inner {
+                source: self.source,
+                tls,
+                handshake_timeout: self.handshake_timeout,
+            }),
+        })
+    }
+}
+
+impl TryFrom<&str> for IdMatcher {
+    type Error = crate::identity::IdMatcherError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for IdMatcher {
+    type Error = crate::identity::IdMatcherError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}

