@@ -223,6 +223,7 @@ impl DevCa {
             digital_signature: true,
             key_cert_sign: false,
             crl_sign: false,
+            key_usage: true,
             eku: ExtendedKeyUsage::default(),
         }
     }
@@ -251,6 +252,7 @@ pub struct SvidBuilder<'a> {
     digital_signature: bool,
     key_cert_sign: bool,
     crl_sign: bool,
+    key_usage: bool,
     eku: ExtendedKeyUsage,
 }
 
@@ -304,7 +306,13 @@ impl SvidBuilder<'_> {
         self
     }
 
-    /// Leaves digitalSignature out of the key usage: not a valid SVID.
+    /// Leaves the key usage extension out: not a valid SVID.
+    pub fn without_key_usage(mut self) -> Self {
+        self.key_usage = false;
+        self
+    }
+
+    /// Leaves digitalSignature out of the key usage (keyAgreement stands in): not a valid SVID.
     pub fn without_digital_signature(mut self) -> Self {
         self.digital_signature = false;
         self
@@ -346,6 +354,12 @@ impl SvidBuilder<'_> {
         }
         if self.crl_sign {
             params.key_usages.push(KeyUsagePurpose::CrlSign);
+        }
+        if !self.digital_signature {
+            params.key_usages.push(KeyUsagePurpose::KeyAgreement);
+        }
+        if !self.key_usage {
+            params.key_usages.clear();
         }
         params.extended_key_usages = match self.eku {
             ExtendedKeyUsage::ServerAndClient => {
@@ -421,6 +435,15 @@ impl IssuedSvid {
     /// The private key as PKCS#8 PEM.
     pub fn key_pem(&self) -> String {
         pem_block("PRIVATE KEY", self.key.secret_pkcs8_der())
+    }
+
+    /// The same SVID without its intermediates (as a misconfigured peer would send it).
+    pub fn clone_leaf_only(&self) -> Self {
+        Self {
+            chain: vec![self.chain[0].clone()],
+            key: self.key.clone_key(),
+            serial: self.serial.clone(),
+        }
     }
 
     /// Validates it as this crate's [`Svid`].

@@ -1,0 +1,554 @@
+//! SPIFFE-verified mutual TLS over loopback: success paths and every rejection reason.
+
+mod support;
+
+use std::time::{Duration, SystemTime};
+
+use rustls_pki_types::ServerName;
+use secure_channel::identity::SvidError;
+use secure_channel::testkit::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm};
+use secure_channel::tls::{ChainError, PeerRejection};
+use secure_channel::{
+    AllowList, Credentials, Error, IdMatcher, MemorySource, SecureChannel, TrustBundles,
+};
+use support::*;
+
+const SERVER_ID: &str = "spiffe://example.org/api";
+const CLIENT_ID: &str = "spiffe://example.org/web";
+
+fn server_channel(ca: &DevCa) -> SecureChannel {
+    let creds = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .build()
+        .unwrap()
+}
+
+fn client_channel(ca: &DevCa, id: &str, expect: &str) -> SecureChannel {
+    let creds = MemorySource::new(ca.credentials(id).unwrap());
+    SecureChannel::builder(&creds)
+        .expect_server(expect)
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn mutual_tls_success_both_sides_see_identities() {
+    init_tracing();
+    let ca = ca("example.org");
+    let mut server = TestServer::start(server_channel(&ca)).await;
+    let client = client_channel(&ca, CLIENT_ID, SERVER_ID);
+
+    let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+    let peer = stream.peer_identity().clone();
+    assert_eq!(peer.spiffe_id().to_string(), SERVER_ID);
+    assert_eq!(peer.trust_domain().as_str(), "example.org");
+    assert_eq!(
+        stream.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
+    assert_eq!(stream.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    round_trip(&mut stream, "hello").await.unwrap();
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+
+    // The thumbprint is the SHA-256 of the leaf DER, and not-after comes from the leaf.
+    use sha2::Digest;
+    let digest: [u8; 32] = sha2::Sha256::digest(peer.leaf_certificate().as_ref()).into();
+    assert_eq!(peer.thumbprint_sha256(), &digest);
+    assert!(peer.not_after() > SystemTime::now());
+}
+
+#[tokio::test]
+async fn key_algorithms_and_intermediates_are_accepted() {
+    let root = ca("example.org");
+    let intermediate = root.intermediate().unwrap();
+    let mut server = TestServer::start(server_channel(&root)).await;
+    for (issuer, algorithm) in [
+        (&root, KeyAlgorithm::Ed25519),
+        (&root, KeyAlgorithm::Rsa2048),
+        (&root, KeyAlgorithm::EcdsaP384),
+        (&intermediate, KeyAlgorithm::EcdsaP256),
+    ] {
+        let svid = issuer
+            .svid(CLIENT_ID)
+            .key_algorithm(algorithm)
+            .issue()
+            .unwrap();
+        let creds = MemorySource::new(Credentials::new(
+            svid.to_svid().unwrap(),
+            TrustBundles::new().with(root.bundle().unwrap()),
+        ));
+        let client = SecureChannel::builder(&creds)
+            .expect_server(SERVER_ID)
+            .build()
+            .unwrap();
+        let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+        assert_eq!(
+            read_line(&mut stream).await.unwrap(),
+            CLIENT_ID,
+            "{algorithm:?}"
+        );
+        assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    }
+}
+
+/// Presents `svid` to a server trusting `example.org` (and `other.org`) with a foreign client,
+/// and returns what the server's accept said.
+async fn server_verdict(
+    svid: &IssuedSvid,
+    server_ca: &DevCa,
+    extra: Option<&DevCa>,
+) -> Result<String, Error> {
+    let mut bundles = TrustBundles::new().with(server_ca.bundle().unwrap());
+    if let Some(extra) = extra {
+        bundles.insert(extra.bundle().unwrap());
+    }
+    let creds = MemorySource::new(Credentials::new(
+        server_ca
+            .svid(SERVER_ID)
+            .issue()
+            .unwrap()
+            .to_svid()
+            .unwrap(),
+        bundles,
+    ));
+    let channel = SecureChannel::builder(&creds)
+        .allow_client("spiffe://example.org")
+        .allow_client("spiffe://other.org")
+        .build()
+        .unwrap();
+    let mut server = TestServer::start(channel).await;
+    let config = raw_client_config(Some((svid, true)), &[&rustls::version::TLS13]);
+    let client_side = raw_connect(config, server.addr).await;
+    let verdict = server.next().await;
+    if verdict.is_err() {
+        assert!(
+            client_side.is_err(),
+            "client must not get data from a refusing server"
+        );
+    }
+    verdict
+}
+
+fn expect_not_svid(result: Result<String, Error>) -> SvidError {
+    match result {
+        Err(Error::PeerRejected(PeerRejection::NotSvid(reason))) => reason,
+        other => panic!("expected NotSvid, got {other:?}"),
+    }
+}
+
+fn expect_chain_error(result: Result<String, Error>) -> ChainError {
+    match result {
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => reason,
+        other => panic!("expected InvalidChain, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn foreign_client_with_valid_svid_is_accepted() {
+    // The control for the refusals below: the same foreign client path succeeds with a good SVID.
+    let ca = ca("example.org");
+    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(server_verdict(&svid, &ca, None).await.unwrap(), CLIENT_ID);
+}
+
+#[tokio::test]
+async fn refuses_unknown_ca() {
+    let ca = ca("example.org");
+    // A rogue CA with the same name as the real one: the issuer matches by name, the signature
+    // does not.
+    let rogue = DevCa::new("example.org").unwrap();
+    let svid = rogue.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &ca, None).await),
+        ChainError::BadSignature
+    );
+    // A CA of another name that is not in the bundle: no issuer at all.
+    let stranger = DevCa::new("example.org").unwrap().intermediate().unwrap();
+    let svid = stranger.svid(CLIENT_ID).issue().unwrap();
+    let stranger_only = secure_channel::testkit::IssuedSvid::clone_leaf_only(&svid);
+    assert_eq!(
+        expect_chain_error(server_verdict(&stranger_only, &ca, None).await),
+        ChainError::UnknownIssuer
+    );
+}
+
+#[tokio::test]
+async fn refuses_expired_and_not_yet_valid() {
+    let ca = ca("example.org");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let expired = ca
+        .svid(CLIENT_ID)
+        .validity(now - 2 * hour, now - hour)
+        .issue()
+        .unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&expired, &ca, None).await),
+        ChainError::Expired
+    );
+    let future = ca
+        .svid(CLIENT_ID)
+        .validity(now + hour, now + 2 * hour)
+        .issue()
+        .unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&future, &ca, None).await),
+        ChainError::NotValidYet
+    );
+}
+
+#[tokio::test]
+async fn refuses_leaves_that_are_not_svids() {
+    let ca = ca("example.org");
+    let cases: Vec<(IssuedSvid, SvidError)> = vec![
+        (
+            ca.svid(CLIENT_ID).as_ca().issue().unwrap(),
+            SvidError::LeafIsCa,
+        ),
+        (
+            ca.svid(CLIENT_ID).with_key_cert_sign().issue().unwrap(),
+            SvidError::KeyCertSign,
+        ),
+        (
+            ca.svid(CLIENT_ID).with_crl_sign().issue().unwrap(),
+            SvidError::CrlSign,
+        ),
+        (
+            ca.svid(CLIENT_ID)
+                .without_digital_signature()
+                .issue()
+                .unwrap(),
+            SvidError::MissingDigitalSignature,
+        ),
+        (
+            ca.svid(CLIENT_ID).without_key_usage().issue().unwrap(),
+            SvidError::MissingKeyUsage,
+        ),
+        (
+            ca.svid(CLIENT_ID)
+                .extra_uri("spiffe://example.org/admin")
+                .issue()
+                .unwrap(),
+            SvidError::MultipleUriSans { count: 2 },
+        ),
+        (
+            ca.svid(CLIENT_ID)
+                .without_uri()
+                .dns_name("localhost")
+                .issue()
+                .unwrap(),
+            SvidError::NoUriSan,
+        ),
+        (
+            ca.svid(CLIENT_ID)
+                .extended_key_usage(ExtendedKeyUsage::ServerOnly)
+                .issue()
+                .unwrap(),
+            SvidError::ExtendedKeyUsage {
+                missing: "clientAuth",
+            },
+        ),
+        (
+            ca.svid(CLIENT_ID)
+                .extended_key_usage(ExtendedKeyUsage::ClientOnly)
+                .issue()
+                .unwrap(),
+            SvidError::ExtendedKeyUsage {
+                missing: "serverAuth",
+            },
+        ),
+        (
+            ca.svid("spiffe://Example.org/web").issue().unwrap(),
+            SvidError::NotCanonical {
+                presented: "spiffe://Example.org/web".into(),
+                canonical: "spiffe://example.org/web".into(),
+            },
+        ),
+    ];
+    for (svid, expected) in cases {
+        assert_eq!(
+            expect_not_svid(server_verdict(&svid, &ca, None).await),
+            expected
+        );
+    }
+    let non_spiffe = ca.svid("https://example.org/web").issue().unwrap();
+    assert!(matches!(
+        expect_not_svid(server_verdict(&non_spiffe, &ca, None).await),
+        SvidError::InvalidSpiffeId { .. }
+    ));
+}
+
+#[tokio::test]
+async fn absent_eku_is_accepted() {
+    let ca = ca("example.org");
+    let svid = ca
+        .svid(CLIENT_ID)
+        .extended_key_usage(ExtendedKeyUsage::Absent)
+        .issue()
+        .unwrap();
+    assert_eq!(server_verdict(&svid, &ca, None).await.unwrap(), CLIENT_ID);
+}
+
+#[tokio::test]
+async fn refuses_id_of_one_trust_domain_chained_to_anothers_bundle() {
+    // The server trusts both example.org and other.org, but an ID of other.org must chain to
+    // other.org's bundle: a CA of example.org cannot vouch for it.
+    let example = ca("example.org");
+    let other = ca("other.org");
+    let forged = example.svid("spiffe://other.org/web").issue().unwrap();
+    let result = server_verdict(&forged, &example, Some(&other)).await;
+    match result {
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { presented, reason })) => {
+            assert_eq!(presented.to_string(), "spiffe://other.org/web");
+            assert_eq!(reason, ChainError::UnknownIssuer);
+        }
+        other => panic!("expected InvalidChain, got {other:?}"),
+    }
+    // And an ID of a trust domain without a bundle is refused as such.
+    let unknown = example.svid("spiffe://unknown.org/web").issue().unwrap();
+    assert!(matches!(
+        server_verdict(&unknown, &example, Some(&other)).await,
+        Err(Error::PeerRejected(
+            PeerRejection::UnknownTrustDomain { .. }
+        ))
+    ));
+}
+
+#[tokio::test]
+async fn refuses_client_id_not_allowed_naming_both() {
+    let ca = ca("example.org");
+    let mut server = TestServer::start(server_channel(&ca)).await;
+    let intruder = client_channel(&ca, "spiffe://example.org/batch", SERVER_ID);
+    let client_side = async {
+        let mut stream = within(intruder.connect_tcp(server.addr)).await?;
+        read_line(&mut stream).await.map_err(Error::Handshake)
+    };
+    assert!(
+        client_side.await.is_err(),
+        "a refused client must not be served"
+    );
+    match server.next().await {
+        Err(Error::PeerRejected(PeerRejection::NotAllowed {
+            presented,
+            expected,
+        })) => {
+            assert_eq!(presented.to_string(), "spiffe://example.org/batch");
+            assert_eq!(expected.to_string(), format!("[{CLIENT_ID}]"));
+            let message = Error::PeerRejected(PeerRejection::NotAllowed {
+                presented,
+                expected,
+            })
+            .to_string();
+            assert!(
+                message.contains("spiffe://example.org/batch") && message.contains(CLIENT_ID),
+                "{message}"
+            );
+        }
+        other => panic!("expected NotAllowed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn channel_without_allowed_clients_accepts_nobody() {
+    let ca = ca("example.org");
+    let creds = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let channel = SecureChannel::builder(&creds).build().unwrap();
+    let mut server = TestServer::start(channel).await;
+    let client = client_channel(&ca, CLIENT_ID, SERVER_ID);
+    let _ = async {
+        read_line(&mut within(client.connect_tcp(server.addr)).await?)
+            .await
+            .map_err(Error::Handshake)
+    }
+    .await;
+    assert!(matches!(
+        server.next().await,
+        Err(Error::PeerRejected(PeerRejection::NotAllowed { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn refuses_client_without_certificate() {
+    let ca = ca("example.org");
+    let mut server = TestServer::start(server_channel(&ca)).await;
+    let config = raw_client_config(None, &[&rustls::version::TLS13]);
+    assert!(raw_connect(config, server.addr).await.is_err());
+    assert!(matches!(
+        server.next().await,
+        Err(Error::PeerRejected(PeerRejection::NoCertificate))
+    ));
+}
+
+#[tokio::test]
+async fn refuses_tls12_client_by_default_and_accepts_it_when_opted_in() {
+    let ca = ca("example.org");
+    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let tls12_only = raw_client_config(Some((&svid, true)), &[&rustls::version::TLS12]);
+
+    let mut server = TestServer::start(server_channel(&ca)).await;
+    assert!(raw_connect(tls12_only.clone(), server.addr).await.is_err());
+    match server.next().await {
+        Err(Error::Handshake(e)) => {
+            let rustls_error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
+            assert!(
+                matches!(rustls_error, Some(rustls::Error::PeerIncompatible(_))),
+                "expected a protocol version mismatch, got {e}"
+            );
+        }
+        other => panic!("expected a protocol version failure, got {other:?}"),
+    }
+
+    let creds = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let opted_in = SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .allow_tls12()
+        .build()
+        .unwrap();
+    let mut server = TestServer::start(opted_in).await;
+    assert_eq!(
+        raw_connect(tls12_only, server.addr).await.unwrap(),
+        CLIENT_ID
+    );
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+}
+
+#[tokio::test]
+async fn client_refuses_unexpected_server_naming_both() {
+    let ca = ca("example.org");
+    let _server = TestServer::start(server_channel(&ca)).await;
+    let client = client_channel(&ca, CLIENT_ID, "spiffe://example.org/billing/*");
+    match within(client.connect_tcp(_server.addr)).await {
+        Err(Error::PeerRejected(PeerRejection::NotAllowed {
+            presented,
+            expected,
+        })) => {
+            assert_eq!(presented.to_string(), SERVER_ID);
+            assert_eq!(expected.to_string(), "[spiffe://example.org/billing/*]");
+        }
+        other => panic!("expected NotAllowed, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn client_refuses_server_of_unknown_ca() {
+    let ca = ca("example.org");
+    let rogue = DevCa::new("example.org").unwrap();
+    let server = TestServer::start(server_channel(&rogue)).await;
+    let client = client_channel(&ca, CLIENT_ID, SERVER_ID);
+    match within(client.connect_tcp(server.addr)).await {
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
+            assert_eq!(reason, ChainError::BadSignature)
+        }
+        other => panic!("expected InvalidChain, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn server_is_authenticated_by_spiffe_id_not_by_name() {
+    let ca = ca("example.org");
+    let server = TestServer::start(server_channel(&ca)).await;
+    let client = client_channel(&ca, CLIENT_ID, SERVER_ID);
+    // A DNS name the certificate does not carry: still accepted, by SPIFFE ID.
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::try_from("api.internal.example").unwrap();
+    let mut stream = within(client.connect(name, tcp)).await.unwrap();
+    assert_eq!(stream.peer_identity().spiffe_id().to_string(), SERVER_ID);
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+
+    // A server whose certificate matches the dialled name but whose chain fails is refused: the
+    // name never short-circuits chain validation.
+    let rogue = DevCa::new("example.org").unwrap();
+    let svid = rogue.svid(SERVER_ID).dns_name("localhost").issue().unwrap();
+    let rogue_creds = MemorySource::new(Credentials::new(
+        svid.to_svid().unwrap(),
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    ));
+    let rogue_server = TestServer::start(
+        SecureChannel::builder(&rogue_creds)
+            .allow_client(CLIENT_ID)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let tcp = tokio::net::TcpStream::connect(rogue_server.addr)
+        .await
+        .unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    assert!(matches!(
+        within(client.connect(name, tcp)).await,
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { .. }))
+    ));
+}
+
+#[tokio::test]
+async fn per_call_expectation_overrides_the_channel() {
+    let ca = ca("example.org");
+    let server = TestServer::start(server_channel(&ca)).await;
+    let client = client_channel(&ca, CLIENT_ID, "spiffe://example.org/other");
+    let expected: AllowList = [IdMatcher::parse("spiffe://example.org/*").unwrap()]
+        .into_iter()
+        .collect();
+    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
+    let name = ServerName::IpAddress(server.addr.ip().into());
+    let stream = within(client.connect_expecting(expected, name, tcp))
+        .await
+        .unwrap();
+    assert_eq!(stream.peer_identity().spiffe_id().to_string(), SERVER_ID);
+}
+
+#[tokio::test]
+async fn federation_uses_the_bundle_of_the_peers_trust_domain() {
+    let example = ca("example.org");
+    let partner = ca("partner.org");
+    let partner_client_id = "spiffe://partner.org/reports";
+
+    // The server in example.org trusts partner.org through a federated bundle.
+    let server_creds = MemorySource::new(Credentials::new(
+        example.svid(SERVER_ID).issue().unwrap().to_svid().unwrap(),
+        TrustBundles::new()
+            .with(example.bundle().unwrap())
+            .with(partner.bundle().unwrap()),
+    ));
+    let channel = SecureChannel::builder(&server_creds)
+        .allow_client("spiffe://partner.org")
+        .build()
+        .unwrap();
+    let mut server = TestServer::start(channel).await;
+
+    let client_creds = MemorySource::new(Credentials::new(
+        partner
+            .svid(partner_client_id)
+            .issue()
+            .unwrap()
+            .to_svid()
+            .unwrap(),
+        TrustBundles::new()
+            .with(partner.bundle().unwrap())
+            .with(example.bundle().unwrap()),
+    ));
+    let client = SecureChannel::builder(&client_creds)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+    assert_eq!(read_line(&mut stream).await.unwrap(), partner_client_id);
+    assert_eq!(server.next().await.unwrap(), partner_client_id);
+
+    // Without the federated bundle the same client is refused.
+    let unfederated = server_channel(&example);
+    let mut server = TestServer::start(unfederated).await;
+    let _ = async {
+        read_line(&mut within(client.connect_tcp(server.addr)).await?)
+            .await
+            .map_err(Error::Handshake)
+    }
+    .await;
+    assert!(matches!(
+        server.next().await,
+        Err(Error::PeerRejected(
+            PeerRejection::UnknownTrustDomain { .. }
+        ))
+    ));
+}
