@@ -147,8 +147,15 @@ impl DevCa {
             reason: e.to_string(),
         })?;
         let key = KeyAlgorithm::EcdsaP256.generate()?;
-        let mut params = ca_params(&td, &format!("{td} root CA"))?;
-        params.serial_number = Some(serial_for(&key));
+        let serial = serial_for(&key);
+        // A distinct name per CA, so two development CAs of one trust domain never look like
+        // issuers of each other's certificates.
+        let tag: String = serial.to_bytes()[..4]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        let mut params = ca_params(&td, &format!("{td} root CA {tag}"))?;
+        params.serial_number = Some(serial);
         let cert = params.self_signed(&key)?.der().clone();
         Ok(Self {
             trust_domain: td,
@@ -226,6 +233,22 @@ impl DevCa {
             key_usage: true,
             eku: ExtendedKeyUsage::default(),
         }
+    }
+
+    /// Mints a valid SVID for `spiffe_id` and wraps it, with this trust domain's bundle, as a
+    /// Workload API response for [`WorkloadApiServer`](crate::testkit::WorkloadApiServer).
+    pub fn workload_api_response(
+        &self,
+        spiffe_id: &str,
+    ) -> Result<(crate::testkit::X509SvidResponse, IssuedSvid), TestkitError> {
+        let issued = self.svid(spiffe_id).issue()?;
+        let response = crate::testkit::X509SvidResponse::new(
+            spiffe_id,
+            issued.chain().to_vec(),
+            issued.key().clone_key(),
+            vec![self.root.clone()],
+        );
+        Ok((response, issued))
     }
 
     /// Mints a valid SVID for `spiffe_id` and pairs it with this trust domain's bundle.

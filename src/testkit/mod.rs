@@ -5,7 +5,7 @@
 //! Not for production: keys are generated in memory and nothing is persisted.
 
 mod ca;
-// pub mod workload_api;
+pub mod workload_api;
 
 pub use ca::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm, SvidBuilder, TestkitError};
-// pub use workload_api::{WorkloadApiServer, X509SvidResponse};
+pub use workload_api::{WorkloadApiServer, X509SvidResponse};

@@ -194,7 +194,10 @@ impl fmt::Debug for X509SvidResponse {
 
 /// Concatenates DER certificates, as the Workload API encodes chains and bundles.
 fn concat_der(certs: &[CertificateDer<'_>]) -> Vec<u8> {
-    certs.iter().flat_map(|c| c.as_ref().iter().copied()).collect()
+    certs
+        .iter()
+        .flat_map(|c| c.as_ref().iter().copied())
+        .collect()
 }
 
 /// A Workload API server on a Unix socket in a private temporary directory.
@@ -224,9 +227,7 @@ impl WorkloadApiServer {
     ///
     /// Fails if the directory cannot be created or the socket cannot be bound.
     pub async fn start(initial: X509SvidResponse) -> std::io::Result<Self> {
-        let dir = tempfile::Builder::new()
-            .prefix("workload-api-")
-            .tempdir()?;
+        let dir = tempfile::Builder::new().prefix("workload-api-").tempdir()?;
         let socket_path = std::path::absolute(dir.path().join("agent.sock"))?;
         let listener = UnixListener::bind(&socket_path)?;
 
@@ -290,7 +291,9 @@ impl WorkloadApiServer {
     pub async fn shutdown(mut self) {
         self.signal_stop();
         if let Some(mut task) = self.task.take()
-            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task).await.is_err()
+            && tokio::time::timeout(SHUTDOWN_GRACE, &mut task)
+                .await
+                .is_err()
         {
             task.abort();
         }
@@ -372,8 +375,8 @@ impl Service<http::Request<Body>> for WorkloadApiService {
             // FetchX509Bundles, FetchJWTSVID, FetchJWTBundles, ValidateJWTSVID
             // and anything unknown.
             _ => {
-                let response = Status::unimplemented("not implemented by the test server")
-                    .into_http();
+                let response =
+                    Status::unimplemented("not implemented by the test server").into_http();
                 Box::pin(async move { Ok(response) })
             }
         }

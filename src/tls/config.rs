@@ -12,7 +12,7 @@ use crate::Error;
 use crate::identity::AllowList;
 use crate::source::CredentialSource;
 use crate::tls::resolver::SvidResolver;
-use crate::tls::sessions::RotatingSessionStore;
+use crate::tls::sessions::{RotatingServerSessions, RotatingSessionStore};
 use crate::tls::verifier::{ClientSvidVerifier, ServerSvidVerifier, Side, SvidVerifier};
 
 /// ALPN protocols offered and accepted, most preferred first.
@@ -99,6 +99,7 @@ impl TlsConfigs {
             .with_client_cert_verifier(Arc::new(ClientSvidVerifier(clients_verifier.clone())))
             .with_cert_resolver(resolver);
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        server.session_storage = Arc::new(RotatingServerSessions::new(source.clone()));
 
         let client_sessions = Arc::new(RotatingSessionStore::new(source.clone()));
         let servers_verifier = Arc::new(SvidVerifier::new(

@@ -1,4 +1,11 @@
-//! A client session cache that forgets everything when the credentials rotate.
+//! Session caches that forget everything when the credentials rotate.
+//!
+//! A resumed TLS 1.3 session sends no certificates: the server keeps trusting the client chain
+//! it verified when the session was made, and the client keeps presenting (and trusting) what
+//! it had then. Both sides therefore drop their sessions when their own credentials change (a
+//! new SVID, or a new set of bundles), so the next connection runs a full handshake with the
+//! current material. Resumed sessions within one revision are still re-validated against the
+//! current clock when they are accepted.
 
 use std::sync::{Arc, Mutex};
 
@@ -6,6 +13,7 @@ use rustls::NamedGroup;
 use rustls::client::{
     ClientSessionMemoryCache, ClientSessionStore, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
+use rustls::server::{ServerSessionMemoryCache, StoresServerSessions};
 use rustls_pki_types::ServerName;
 
 use crate::source::CredentialSource;
@@ -13,36 +21,69 @@ use crate::source::CredentialSource;
 /// How many servers' sessions are remembered.
 const CAPACITY: usize = 256;
 
-/// Delegates to an in-memory cache that is replaced whenever the source's revision changes.
-///
-/// Resumption would otherwise keep presenting the SVID a session was made with (a resumed TLS
-/// 1.3 session sends no certificate), and keep trusting a server chain verified against bundles
-/// that have since changed; after a rotation the next connection does a full handshake instead.
+/// An in-memory cache of `C`, replaced whenever the source's revision changes.
 #[derive(Debug)]
-pub(crate) struct RotatingSessionStore {
+pub(crate) struct Rotating<C> {
     source: CredentialSource,
-    current: Mutex<(u64, Arc<ClientSessionMemoryCache>)>,
+    make: fn() -> Arc<C>,
+    current: Mutex<(u64, Arc<C>)>,
 }
+
+/// The client side's session cache.
+pub(crate) type RotatingSessionStore = Rotating<ClientSessionMemoryCache>;
+/// The server side's session cache.
+pub(crate) type RotatingServerSessions = Rotating<ServerSessionMemoryCache>;
 
 impl RotatingSessionStore {
     pub(crate) fn new(source: CredentialSource) -> Self {
+        Rotating::with(source, || Arc::new(ClientSessionMemoryCache::new(CAPACITY)))
+    }
+}
+
+impl RotatingServerSessions {
+    pub(crate) fn new(source: CredentialSource) -> Self {
+        Rotating::with(source, || ServerSessionMemoryCache::new(CAPACITY))
+    }
+}
+
+impl<C> Rotating<C> {
+    fn with(source: CredentialSource, make: fn() -> Arc<C>) -> Self {
         let revision = source.revision();
         Self {
             source,
-            current: Mutex::new((revision, Arc::new(ClientSessionMemoryCache::new(CAPACITY)))),
+            make,
+            current: Mutex::new((revision, make())),
         }
     }
 
-    fn cache(&self) -> Arc<ClientSessionMemoryCache> {
+    fn cache(&self) -> Arc<C> {
         let revision = self.source.revision();
         let mut current = match self.current.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         if current.0 != revision {
-            *current = (revision, Arc::new(ClientSessionMemoryCache::new(CAPACITY)));
+            *current = (revision, (self.make)());
         }
         current.1.clone()
+    }
+}
+
+impl StoresServerSessions for RotatingServerSessions {
+    fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
+        self.cache().put(key, value)
+    }
+
+    fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache().get(key)
+    }
+
+    fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
+        self.cache().take(key)
+    }
+
+    fn can_cache(&self) -> bool {
+        true
     }
 }
 
