@@ -1,0 +1,303 @@
+//! Foreign peers: curl and `openssl s_client` against the crate's server, and the crate's client
+//! against `openssl s_server -Verify`.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use secure_channel::testkit::{DevCa, IssuedSvid};
+use secure_channel::tls::PeerRejection;
+use secure_channel::{Credentials, Error, MemorySource, SecureChannel, TrustBundles};
+use support::*;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::TcpListener;
+use tokio::process::Command;
+
+const SERVER_ID: &str = "spiffe://example.org/api";
+const CLIENT_ID: &str = "spiffe://example.org/curl";
+
+struct Pem {
+    dir: tempfile::TempDir,
+}
+
+impl Pem {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn svid(&self, name: &str, svid: &IssuedSvid) -> (PathBuf, PathBuf) {
+        let cert = self.dir.path().join(format!("{name}.pem"));
+        let key = self.dir.path().join(format!("{name}.key"));
+        std::fs::write(&cert, svid.chain_pem()).unwrap();
+        std::fs::write(&key, svid.key_pem()).unwrap();
+        (cert, key)
+    }
+
+    fn bundle(&self, ca: &DevCa) -> PathBuf {
+        let path = self.dir.path().join("bundle.pem");
+        std::fs::write(&path, ca.bundle_pem()).unwrap();
+        path
+    }
+}
+
+/// A minimal HTTP/1.1 server on the crate's channel: answers every request with the caller's
+/// SPIFFE ID, and reports each handshake's outcome.
+async fn http_server(
+    channel: SecureChannel,
+) -> (
+    u16,
+    tokio::sync::mpsc::UnboundedReceiver<Result<String, Error>>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                return;
+            };
+            let (channel, tx) = (channel.clone(), tx.clone());
+            tokio::spawn(async move {
+                let mut stream = match channel.accept(tcp).await {
+                    Ok(stream) => stream,
+                    Err(e) => {
+                        let _ = tx.send(Err(e));
+                        return;
+                    }
+                };
+                let id = stream.peer_identity().spiffe_id().to_string();
+                let _ = tx.send(Ok(id.clone()));
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match within(stream.read(&mut buf)).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{id}",
+                    id.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    (port, rx)
+}
+
+fn server_channel(ca: &DevCa) -> SecureChannel {
+    // curl checks the host name, so this SVID also carries `localhost` as a DNS SAN; the crate
+    // itself never looks at it.
+    let svid = ca.svid(SERVER_ID).dns_name("localhost").issue().unwrap();
+    let creds = MemorySource::new(Credentials::new(
+        svid.to_svid().unwrap(),
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    ));
+    SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .build()
+        .unwrap()
+}
+
+async fn curl(port: u16, bundle: &Path, client: Option<(&Path, &Path)>) -> std::process::Output {
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "10",
+        "--http1.1",
+        "--tlsv1.3",
+    ])
+    .arg("--resolve")
+    .arg(format!("localhost:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(bundle);
+    if let Some((cert, key)) = client {
+        cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+    }
+    cmd.arg(format!("https://localhost:{port}/whoami"))
+        .kill_on_drop(true);
+    within(cmd.output()).await.expect("curl is installed")
+}
+
+#[tokio::test]
+async fn curl_with_client_certificate() {
+    let ca = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    let bundle = pem.bundle(&ca);
+    let (cert, key) = pem.svid("client", &ca.svid(CLIENT_ID).issue().unwrap());
+    let (port, mut results) = http_server(server_channel(&ca)).await;
+
+    let output = curl(port, &bundle, Some((&cert, &key))).await;
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&output.stdout), CLIENT_ID);
+    assert_eq!(within(results.recv()).await.unwrap().unwrap(), CLIENT_ID);
+
+    // Without a client certificate curl is refused in the handshake.
+    let output = curl(port, &bundle, None).await;
+    assert!(!output.status.success());
+    assert!(matches!(
+        within(results.recv()).await.unwrap(),
+        Err(Error::PeerRejected(PeerRejection::NoCertificate))
+    ));
+
+    // A client certificate of another CA is refused too.
+    let rogue = DevCa::new("example.org").unwrap();
+    let (cert, key) = pem.svid("rogue", &rogue.svid(CLIENT_ID).issue().unwrap());
+    let output = curl(port, &bundle, Some((&cert, &key))).await;
+    assert!(!output.status.success());
+    assert!(matches!(
+        within(results.recv()).await.unwrap(),
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { .. }))
+    ));
+}
+
+async fn s_client(
+    port: u16,
+    bundle: &Path,
+    cert: &Path,
+    key: &Path,
+    version: &str,
+) -> (bool, String) {
+    let mut child = Command::new("openssl")
+        .args([
+            "s_client",
+            "-connect",
+            &format!("127.0.0.1:{port}"),
+            version,
+            "-verify_return_error",
+        ])
+        .arg("-CAfile")
+        .arg(bundle)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl is installed");
+    let mut stdin = child.stdin.take().unwrap();
+    within(stdin.write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n"))
+        .await
+        .unwrap();
+    let output = within(child.wait_with_output()).await.unwrap();
+    drop(stdin);
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    (
+        stdout.contains("Verify return code: 0 (ok)") && stdout.contains(CLIENT_ID),
+        stdout,
+    )
+}
+
+#[tokio::test]
+async fn openssl_s_client_against_the_server() {
+    let ca = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    let bundle = pem.bundle(&ca);
+    let (cert, key) = pem.svid("client", &ca.svid(CLIENT_ID).issue().unwrap());
+    let (port, mut results) = http_server(server_channel(&ca)).await;
+
+    let (ok, stdout) = s_client(port, &bundle, &cert, &key, "-tls1_3").await;
+    assert!(ok, "s_client did not get through:\n{stdout}");
+    assert_eq!(within(results.recv()).await.unwrap().unwrap(), CLIENT_ID);
+
+    // TLS 1.2 is refused by default.
+    let (ok, _) = s_client(port, &bundle, &cert, &key, "-tls1_2").await;
+    assert!(!ok);
+    assert!(matches!(
+        within(results.recv()).await.unwrap(),
+        Err(Error::Handshake(_))
+    ));
+}
+
+#[tokio::test]
+async fn client_against_openssl_s_server_with_verify() {
+    let ca = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    let bundle = pem.bundle(&ca);
+    let (cert, key) = pem.svid("server", &ca.svid(SERVER_ID).issue().unwrap());
+    let port = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().port()
+    };
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-Verify",
+            "2",
+        ])
+        .args(["-verify_return_error", "-tls1_3", "-www", "-naccept", "2"])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .arg("-CAfile")
+        .arg(&bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl is installed");
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    loop {
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("s_server exited early");
+        if line.contains("ACCEPT") {
+            break;
+        }
+    }
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+
+    let client_creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
+    let client = SecureChannel::builder(&client_creds)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    let mut stream = within(client.connect_tcp(addr)).await.unwrap();
+    assert_eq!(stream.peer_identity().spiffe_id().to_string(), SERVER_ID);
+    within(stream.write_all(b"GET / HTTP/1.0\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut page = String::new();
+    let _ = within(stream.read_to_string(&mut page)).await;
+    assert!(
+        page.starts_with("HTTP/1.0 200 ok"),
+        "unexpected answer: {page}"
+    );
+    assert!(
+        page.contains("Client certificate"),
+        "s_server saw no client certificate:\n{page}"
+    );
+
+    // s_server serves one connection at a time.
+    drop(stream);
+
+    // The same server is refused when another ID is expected.
+    let picky = SecureChannel::builder(&client_creds)
+        .expect_server("spiffe://example.org/billing")
+        .build()
+        .unwrap();
+    assert!(matches!(
+        within(picky.connect_tcp(addr)).await,
+        Err(Error::PeerRejected(PeerRejection::NotAllowed { .. }))
+    ));
+    let _ = server.kill().await;
+}
