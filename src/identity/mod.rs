@@ -9,4 +9,4 @@ mod svid;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
 pub use svid::SvidError;
-pub(crate) use svid::inspect_leaf;
+pub(crate) use svid::{chain_validity, inspect_leaf};

@@ -153,3 +153,15 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
         not_after,
     })
 }
+
+/// The span of time in which every certificate of `chain` is valid, as Unix seconds
+/// (latest not-before, earliest not-after); `None` if a certificate cannot be parsed.
+pub(crate) fn chain_validity<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<(i64, i64)> {
+    let mut window = (i64::MIN, i64::MAX);
+    for der in chain {
+        let (_, cert) = X509Certificate::from_der(der).ok()?;
+        window.0 = window.0.max(cert.validity().not_before.timestamp());
+        window.1 = window.1.min(cert.validity().not_after.timestamp());
+    }
+    Some(window)
+}

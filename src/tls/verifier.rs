@@ -1,6 +1,7 @@
 //! SPIFFE X.509-SVID verifiers for rustls, built on rustls-webpki.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::WebPkiSupportedAlgorithms;
@@ -8,7 +9,9 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::identity::{AllowList, PeerIdentity, inspect_leaf};
+use sha2::{Digest, Sha256};
+
+use crate::identity::{AllowList, PeerIdentity, chain_validity, inspect_leaf};
 use crate::source::CredentialSource;
 use crate::tls::{ChainError, PeerRejection};
 
@@ -28,6 +31,63 @@ pub(crate) struct SvidVerifier {
     allowed: AllowList,
     side: Side,
     algorithms: WebPkiSupportedAlgorithms,
+    verified: VerifiedChains,
+}
+
+/// How many verified chains are remembered before the cache starts over.
+const VERIFIED_CHAINS_CAPACITY: usize = 4096;
+
+/// Chains that passed verification, keyed by the SHA-256 of the presented certificates.
+///
+/// Verification is a pure function of the chain bytes, the bundles, the clock and the allow-list
+/// (fixed per verifier); an entry holds the credential revision it was verified under (the
+/// bundles) and the span in which every certificate of the chain is valid (the clock), and is
+/// used only while both still hold. It spares resumed sessions, and the identity lookup after a
+/// full handshake, a second chain validation.
+#[derive(Debug, Default)]
+struct VerifiedChains {
+    entries: Mutex<HashMap<[u8; 32], VerifiedChain>>,
+}
+
+#[derive(Debug, Clone)]
+struct VerifiedChain {
+    revision: u64,
+    valid_from: i64,
+    valid_until: i64,
+    identity: PeerIdentity,
+}
+
+impl VerifiedChains {
+    fn get(&self, key: &[u8; 32], revision: u64, now: UnixTime) -> Option<PeerIdentity> {
+        let entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let entry = entries.get(key)?;
+        let now = i64::try_from(now.as_secs()).ok()?;
+        (entry.revision == revision && entry.valid_from <= now && now <= entry.valid_until)
+            .then(|| entry.identity.clone())
+    }
+
+    fn insert(&self, key: [u8; 32], entry: VerifiedChain) {
+        let mut entries = self
+            .entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if entries.len() >= VERIFIED_CHAINS_CAPACITY {
+            entries.clear();
+        }
+        entries.insert(key, entry);
+    }
+}
+
+fn chain_digest(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
+    let mut hasher = Sha256::new();
+    for cert in std::iter::once(end_entity).chain(intermediates) {
+        hasher.update((cert.len() as u64).to_be_bytes());
+        hasher.update(cert.as_ref());
+    }
+    hasher.finalize().into()
 }
 
 impl SvidVerifier {
@@ -42,6 +102,7 @@ impl SvidVerifier {
             allowed,
             side,
             algorithms,
+            verified: VerifiedChains::default(),
         }
     }
 
@@ -56,9 +117,13 @@ impl SvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
+        let snapshot = self.source.snapshot();
+        let key = chain_digest(end_entity, intermediates);
+        if let Some(identity) = self.verified.get(&key, snapshot.revision, now) {
+            return Ok(identity);
+        }
         let leaf = inspect_leaf(end_entity.as_ref()).map_err(PeerRejection::NotSvid)?;
         let presented = leaf.spiffe_id;
-        let snapshot = self.source.snapshot();
         let Some(bundle) = snapshot.credentials.bundles().get(presented.trust_domain()) else {
             return Err(PeerRejection::UnknownTrustDomain { presented });
         };
@@ -90,26 +155,47 @@ impl SvidVerifier {
                 expected: self.allowed.clone(),
             });
         }
-        Ok(PeerIdentity::new(
-            presented,
-            end_entity.clone().into_owned(),
-            leaf.not_after,
-        ))
+        let identity =
+            PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after);
+        let chain = std::iter::once(end_entity)
+            .chain(intermediates)
+            .map(|c| c.as_ref());
+        if let Some((valid_from, valid_until)) = chain_validity(chain) {
+            self.verified.insert(
+                key,
+                VerifiedChain {
+                    revision: snapshot.revision,
+                    valid_from,
+                    valid_until,
+                    identity: identity.clone(),
+                },
+            );
+        }
+        Ok(identity)
     }
 
-    /// Re-validates a resumed session's stored peer chain against the current bundles.
-    pub(crate) fn revalidate(
+    /// The identity of a finished handshake's peer, from the chain rustls holds for it.
+    ///
+    /// After a full handshake this finds the verifier's own result (the chain was verified
+    /// moments ago). A resumed session skipped the verifier, so its stored chain is verified
+    /// again here against the current bundles and clock, and refused as
+    /// [`PeerRejection::ResumedSessionInvalid`] when it no longer holds.
+    pub(crate) fn identify(
         &self,
         chain: &[CertificateDer<'static>],
+        resumed: bool,
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
-        let [leaf, intermediates @ ..] = chain else {
-            return Err(PeerRejection::ResumedSessionInvalid(Box::new(
-                PeerRejection::NoCertificate,
-            )));
+        let result = match chain {
+            [leaf, intermediates @ ..] => self.verify(leaf, intermediates, now),
+            [] => Err(PeerRejection::NoCertificate),
         };
-        self.verify(leaf, intermediates, now)
-            .map_err(|rejection| PeerRejection::ResumedSessionInvalid(Box::new(rejection)))
+        match result {
+            Err(rejection) if resumed => {
+                Err(PeerRejection::ResumedSessionInvalid(Box::new(rejection)))
+            }
+            other => other,
+        }
     }
 
     fn log_rejection(&self, rejection: &PeerRejection) {

@@ -12,7 +12,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsStream;
 
 use crate::Error;
-use crate::identity::{PeerIdentity, inspect_leaf};
+use crate::identity::PeerIdentity;
 use crate::tls::{PeerRejection, SvidVerifier};
 
 /// A mutually authenticated TLS stream and the identity its peer proved.
@@ -108,27 +108,15 @@ fn handshake_error(error: io::Error) -> Error {
     }
 }
 
-/// Establishes the peer identity of a finished handshake.
-///
-/// A full handshake already ran the verifier, so the identity is read off the leaf. A resumed
-/// session skipped it: its stored chain is verified again against the current bundles and time.
+/// Establishes the peer identity of a finished handshake (and re-validates a resumed one).
 fn identify(
     kind: Option<HandshakeKind>,
     chain: Option<&[rustls_pki_types::CertificateDer<'static>]>,
     verifier: &SvidVerifier,
     now: rustls_pki_types::UnixTime,
 ) -> Result<PeerIdentity, Error> {
-    let chain = chain.unwrap_or_default();
-    if kind == Some(HandshakeKind::Resumed) {
-        return Ok(verifier.revalidate(chain, now)?);
-    }
-    let leaf = chain.first().ok_or(PeerRejection::NoCertificate)?;
-    let svid = inspect_leaf(leaf.as_ref()).map_err(PeerRejection::NotSvid)?;
-    Ok(PeerIdentity::new(
-        svid.spiffe_id,
-        leaf.clone(),
-        svid.not_after,
-    ))
+    let resumed = kind == Some(HandshakeKind::Resumed);
+    Ok(verifier.identify(chain.unwrap_or_default(), resumed, now)?)
 }
 
 async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, error: &Error) {
