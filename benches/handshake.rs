@@ -3,6 +3,7 @@
 //!
 //! Run with `cargo bench --features testkit --bench handshake`. Compare the ratio of the two
 //! lines of a group within one run; absolute numbers vary on shared machines.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;

@@ -1,4 +1,5 @@
 //! Bad configuration gets a typed error naming the file or field and the problem; never a panic.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::path::Path;
 

@@ -1,5 +1,6 @@
 //! Foreign peers: curl and `openssl s_client` against the crate's server, and the crate's client
 //! against `openssl s_server -Verify`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! SPIFFE-verified mutual TLS over loopback: success paths and every rejection reason.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

@@ -1,4 +1,5 @@
 //! Credential rotation without restarts: files, the Workload API, and session resumption.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
 

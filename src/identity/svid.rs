@@ -114,10 +114,10 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
         });
     }
 
-    if let Some(bc) = cert.basic_constraints().map_err(malformed)? {
-        if bc.value.ca {
-            return Err(SvidError::LeafIsCa);
-        }
+    if let Some(bc) = cert.basic_constraints().map_err(malformed)?
+        && bc.value.ca
+    {
+        return Err(SvidError::LeafIsCa);
     }
     let key_usage = cert
         .key_usage()

@@ -156,14 +156,14 @@ impl TrustBundle {
         }
         let mut anchors = Vec::with_capacity(certs.len());
         for (index, cert) in certs.iter().enumerate() {
-            if let Some(found) = spiffe_trust_domain_of_ca(cert.as_ref()) {
-                if found != trust_domain.as_str() {
-                    return Err(Error::BundleTrustDomainMismatch {
-                        location: location.clone(),
-                        expected: trust_domain,
-                        found,
-                    });
-                }
+            if let Some(found) = spiffe_trust_domain_of_ca(cert.as_ref())
+                && found != trust_domain.as_str()
+            {
+                return Err(Error::BundleTrustDomainMismatch {
+                    location: location.clone(),
+                    expected: trust_domain,
+                    found,
+                });
             }
             let anchor =
                 webpki::anchor_from_trusted_cert(cert).map_err(|e| Error::InvalidTrustAnchor {

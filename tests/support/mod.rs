@@ -1,6 +1,6 @@
 //! Shared helpers for the integration tests: loopback servers, raw (foreign) rustls peers, and
 //! bounded waits.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used, clippy::expect_used)]
 
 use std::future::Future;
 use std::net::SocketAddr;
