@@ -82,10 +82,13 @@
 //! - Inherited limits: rustls-webpki refuses chains carrying URI name constraints; revocation is
 //!   not checked (SVIDs are short-lived).
 
+pub mod authz;
 mod channel;
 mod crypto;
 mod error;
 pub mod identity;
+pub mod jwt;
+pub mod layer;
 pub mod source;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -98,3 +101,8 @@ pub use identity::{AllowList, IdMatcher, PeerIdentity};
 pub use source::{CredentialSource, Credentials, MemorySource, Svid, TrustBundle, TrustBundles};
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use transport::SecureStream;
+
+/// The README's code samples, compiled as doctests so they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,1 @@
+//! Allow-list authorization (being written).

@@ -1,0 +1,5 @@
+//! Certificate-bound JWT validation (RFC 8705) around jsonwebtoken.
+
+mod claims;
+
+pub use claims::VerifiedClaims;
