@@ -102,6 +102,26 @@ impl SecureChannel {
         .await
     }
 
+    /// Server side, with a handshake timeout other than the channel's.
+    pub async fn accept_with_timeout<IO>(
+        &self,
+        io: IO,
+        timeout: Duration,
+    ) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = &self.inner.tls;
+        transport::accept(
+            tls.server.clone(),
+            &tls.clients_verifier,
+            tls.now(),
+            io,
+            timeout,
+        )
+        .await
+    }
+
     /// Client side: runs the TLS handshake on a connected transport.
     ///
     /// `server_name` is sent as SNI (when it is a DNS name) and keys the session cache; it is
@@ -162,6 +182,49 @@ impl SecureChannel {
         tcp.set_nodelay(true).map_err(Error::Handshake)?;
         self.connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
+    }
+
+    /// A client configuration expecting `expected`, and the verifier for its resumed sessions.
+    pub(crate) fn client_config_for(
+        &self,
+        expected: AllowList,
+    ) -> Result<(Arc<rustls::ClientConfig>, Arc<crate::tls::SvidVerifier>), Error> {
+        self.inner.tls.client_for(expected)
+    }
+
+    /// The channel's own client configuration and verifier.
+    pub(crate) fn default_client_config(
+        &self,
+    ) -> (Arc<rustls::ClientConfig>, Arc<crate::tls::SvidVerifier>) {
+        (self.inner.tls.client.clone(), self.inner.tls.servers_verifier.clone())
+    }
+
+    /// Client side with a prepared configuration (see [`client_config_for`](Self::client_config_for)).
+    pub(crate) async fn connect_with<IO>(
+        &self,
+        config: Arc<rustls::ClientConfig>,
+        verifier: &crate::tls::SvidVerifier,
+        server_name: ServerName<'static>,
+        io: IO,
+    ) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
+        let tls = &self.inner.tls;
+        transport::connect(
+            config,
+            verifier,
+            tls.now(),
+            server_name,
+            io,
+            self.inner.handshake_timeout,
+        )
+        .await
+    }
+
+    /// The bound on each handshake.
+    pub fn handshake_timeout(&self) -> Duration {
+        self.inner.handshake_timeout
     }
 
     /// The credential source this channel presents and trusts.

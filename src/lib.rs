@@ -87,6 +87,7 @@ mod channel;
 mod crypto;
 mod error;
 pub mod identity;
+pub mod integration;
 pub mod jwt;
 pub mod layer;
 pub mod source;
@@ -100,7 +101,7 @@ pub use error::{Error, Location};
 pub use identity::{AllowList, IdMatcher, PeerIdentity};
 pub use source::{CredentialSource, Credentials, MemorySource, Svid, TrustBundle, TrustBundles};
 pub use spiffe::{SpiffeId, TrustDomain};
-pub use transport::SecureStream;
+pub use transport::{SecureConnector, SecureListener, SecureStream};
 
 /// The README's code samples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

@@ -7,7 +7,10 @@
 //! responder can be replaced, and the rejection is stored in the response's extensions so that
 //! logging layers further out can see why a request was refused.
 
+mod peer;
 mod rejection;
+
+pub use peer::peer_identity;
 
 pub use rejection::{
     DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,

@@ -25,8 +25,16 @@ use crate::source::{
 pub struct FileSourceBuilder {
     cert: PathBuf,
     key: PathBuf,
-    bundles: Vec<(TrustDomain, PathBuf)>,
+    bundles: Vec<(BundleFor, PathBuf)>,
     poll_interval: Duration,
+}
+
+/// Which trust domain a bundle file is for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum BundleFor {
+    /// The trust domain of the SVID in the certificate file, whatever it is at each load.
+    Own,
+    Named(TrustDomain),
 }
 
 impl CredentialSource {
@@ -47,7 +55,13 @@ impl FileSourceBuilder {
     /// Adds the PEM bundle (CA certificates) of `trust_domain`: the workload's own, or a
     /// federated one.
     pub fn bundle(mut self, trust_domain: TrustDomain, path: impl Into<PathBuf>) -> Self {
-        self.bundles.push((trust_domain, path.into()));
+        self.bundles.push((BundleFor::Named(trust_domain), path.into()));
+        self
+    }
+
+    /// Adds the PEM bundle of the trust domain of the SVID in the certificate file.
+    pub fn own_bundle(mut self, path: impl Into<PathBuf>) -> Self {
+        self.bundles.push((BundleFor::Own, path.into()));
         self
     }
 
@@ -84,7 +98,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
 fn read_all(
     cert: &Path,
     key: &Path,
-    bundles: &[(TrustDomain, PathBuf)],
+    bundles: &[(BundleFor, PathBuf)],
 ) -> Result<Contents, Error> {
     let mut contents = vec![read(cert)?, read(key)?];
     for (_, path) in bundles {
@@ -97,7 +111,7 @@ fn parse(
     contents: &Contents,
     cert: &Path,
     key: &Path,
-    bundles: &[(TrustDomain, PathBuf)],
+    bundles: &[(BundleFor, PathBuf)],
 ) -> Result<Credentials, Error> {
     let [cert_pem, key_pem, bundle_pems @ ..] = contents.as_slice() else {
         return Err(Error::NotPem {
@@ -111,10 +125,14 @@ fn parse(
     let private_key = parse_private_key(key_pem, &key_location)?;
     let svid = Svid::load(chain, private_key, &cert_location, &key_location)?;
     let mut set = TrustBundles::new();
-    for ((td, path), pem) in bundles.iter().zip(bundle_pems) {
+    for ((domain, path), pem) in bundles.iter().zip(bundle_pems) {
         let location = Location::File(path.clone());
         let certs = parse_certificates(pem, &location)?;
-        set.insert(TrustBundle::load(td.clone(), certs, &location)?);
+        let td = match domain {
+            BundleFor::Own => svid.spiffe_id().trust_domain().clone(),
+            BundleFor::Named(td) => td.clone(),
+        };
+        set.insert(TrustBundle::load(td, certs, &location)?);
     }
     Ok(Credentials::new(svid, set))
 }
@@ -122,7 +140,7 @@ fn parse(
 fn load(
     cert: &Path,
     key: &Path,
-    bundles: &[(TrustDomain, PathBuf)],
+    bundles: &[(BundleFor, PathBuf)],
 ) -> Result<(Contents, Credentials), Error> {
     let contents = read_all(cert, key, bundles)?;
     let credentials = parse(&contents, cert, key, bundles)?;

@@ -1,6 +1,10 @@
 //! Secure streams: TLS over any transport, with the verified peer identity attached.
 
+mod connector;
+mod listener;
 mod stream;
 
+pub use connector::{Connecting, SecureConnection, SecureConnector};
+pub use listener::{DEFAULT_MAX_CONCURRENT_HANDSHAKES, SecureListener, SecureListenerBuilder};
 pub use stream::SecureStream;
 pub(crate) use stream::{accept, connect};

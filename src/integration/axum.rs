@@ -1,0 +1,85 @@
+//! axum 0.8: serve over a [`SecureListener`] and extract the caller's [`PeerIdentity`].
+//!
+//! ```no_run
+//! use axum::{Router, routing::get};
+//! use secure_channel::{PeerIdentity, SecureChannel};
+//!
+//! async fn whoami(peer: PeerIdentity) -> String {
+//!     peer.spiffe_id().to_string()
+//! }
+//!
+//! # async fn run(channel: SecureChannel) -> std::io::Result<()> {
+//! let app = Router::new().route("/whoami", get(whoami));
+//! let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
+//! axum::serve(
+//!     channel.listener(tcp)?,
+//!     app.into_make_service_with_connect_info::<PeerIdentity>(),
+//! )
+//! .await
+//! # }
+//! ```
+//!
+//! axum hands per-connection data to requests only through `ConnectInfo`, so serve the app with
+//! `into_make_service_with_connect_info::<PeerIdentity>()`: the [`PeerIdentity`] extractor and
+//! this crate's layers then find the caller. Served as a plain `app`, the TLS is the same but
+//! every extraction is refused with 401 (fail closed).
+
+use std::io;
+use std::net::SocketAddr;
+
+use axum::extract::FromRequestParts;
+use axum::extract::connect_info::Connected;
+use axum::response::{IntoResponse, Response};
+use axum::serve::IncomingStream;
+use http::request::Parts;
+use tokio::net::TcpStream;
+
+use crate::identity::PeerIdentity;
+use crate::layer::{DefaultResponder, Rejection, RejectionKind, RejectionResponder};
+use crate::transport::{SecureListener, SecureStream};
+
+impl axum::serve::Listener for SecureListener {
+    type Io = SecureStream<TcpStream>;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        match SecureListener::accept(self).await {
+            Ok(pair) => pair,
+            // The accept loop only stops when the listener is being dropped.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    fn local_addr(&self) -> io::Result<Self::Addr> {
+        Ok(SecureListener::local_addr(self))
+    }
+}
+
+impl Connected<IncomingStream<'_, SecureListener>> for PeerIdentity {
+    fn connect_info(stream: IncomingStream<'_, SecureListener>) -> Self {
+        stream.io().peer_identity().clone()
+    }
+}
+
+/// The rejection of the [`PeerIdentity`] extractor: the request did not arrive over a secure
+/// listener with connect info (401).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct MissingPeerIdentity;
+
+impl IntoResponse for MissingPeerIdentity {
+    fn into_response(self) -> Response {
+        let rejection = Rejection::new(
+            RejectionKind::MissingPeerIdentity,
+            "no verified peer identity: serve with into_make_service_with_connect_info::<PeerIdentity>() over a secure listener",
+        );
+        DefaultResponder.respond(&rejection, false)
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
+    type Rejection = MissingPeerIdentity;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        crate::layer::peer_identity(&parts.extensions).cloned().ok_or(MissingPeerIdentity)
+    }
+}

@@ -1,0 +1,15 @@
+//! Glue for the servers and clients people write: axum, tonic, and plain hyper.
+//!
+//! - [`hyper`]: serve any tower service over a [`SecureListener`](crate::transport::SecureListener)
+//!   with hyper-util's HTTP/1.1 + HTTP/2 builder, the caller's identity in every request, and
+//!   graceful shutdown.
+//! - `axum` (feature `axum`): `SecureListener` implements `axum::serve::Listener`;
+//!   [`PeerIdentity`](crate::PeerIdentity) is an extractor.
+//! - `tonic` (feature `tonic`): an incoming stream for `Server::serve_with_incoming` whose
+//!   connections carry the caller's identity into every request.
+
+#[cfg(feature = "axum")]
+pub mod axum;
+pub mod hyper;
+#[cfg(feature = "tonic")]
+pub mod tonic;

@@ -1,0 +1,283 @@
+//! The outbound connector: a `tower::Service<Uri>` for hyper-util's client and tonic channels.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::Uri;
+use hyper_util::client::legacy::connect::{Connected, Connection};
+use hyper_util::rt::TokioIo;
+use rustls::ClientConfig;
+use rustls_pki_types::ServerName;
+use tokio::net::TcpStream;
+
+use crate::identity::{AllowList, IdMatcher, PeerIdentity};
+use crate::tls::SvidVerifier;
+use crate::transport::SecureStream;
+use crate::{Error, SecureChannel};
+
+/// Connects to servers over mutual TLS and verifies their SPIFFE ID.
+///
+/// A `tower::Service<http::Uri>` for `hyper_util::client::legacy::Client` (HTTP/1.1 or HTTP/2 as
+/// ALPN decides, pooled by the client) and tonic's `Endpoint::connect_with_connector`. Every
+/// connection is TLS whatever the URI scheme (`https://` or, as tonic writes it, `http://`);
+/// the server is authenticated by SPIFFE ID, never by the host name in the URI.
+///
+/// The expected server IDs are the channel's ([`expect_server`]), or, for one authority
+/// (`host:port`), those given to [`expect_server_at`](Self::expect_server_at). A mismatch fails
+/// the call with [`Error::PeerRejected`] naming the presented and the expected IDs. The
+/// server's [`PeerIdentity`] is in the extensions of every response hyper's client returns, and
+/// on the [`SecureConnection`].
+///
+/// [`expect_server`]: crate::SecureChannelBuilder::expect_server
+#[derive(Clone)]
+pub struct SecureConnector {
+    channel: SecureChannel,
+    overrides: Arc<HashMap<String, Override>>,
+    alpn: Option<&'static [&'static [u8]]>,
+}
+
+#[derive(Clone)]
+struct Override {
+    expected: AllowList,
+    config: Arc<ClientConfig>,
+    verifier: Arc<SvidVerifier>,
+}
+
+impl fmt::Debug for SecureConnector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let overrides: HashMap<&str, &AllowList> = self
+            .overrides
+            .iter()
+            .map(|(k, v)| (k.as_str(), &v.expected))
+            .collect();
+        f.debug_struct("SecureConnector")
+            .field("overrides", &overrides)
+            .finish_non_exhaustive()
+    }
+}
+
+impl SecureChannel {
+    /// A connector for hyper and tonic clients; see [`SecureConnector`].
+    pub fn connector(&self) -> SecureConnector {
+        SecureConnector {
+            channel: self.clone(),
+            overrides: Arc::new(HashMap::new()),
+            alpn: None,
+        }
+    }
+}
+
+impl SecureConnector {
+    /// For the authority `host:port` (as written in request URIs; the port is required), expect
+    /// servers matched by `matcher` instead of the channel's list. May be called several times,
+    /// also for the same authority (the matchers add up).
+    pub fn expect_server_at<M>(mut self, authority: &str, matcher: M) -> Result<Self, Error>
+    where
+        M: TryInto<IdMatcher>,
+        M::Error: Into<Error>,
+    {
+        let matcher = matcher.try_into().map_err(Into::into)?;
+        let authority = normalize_authority(authority)?;
+        let mut overrides = (*self.overrides).clone();
+        let mut expected = overrides
+            .get(&authority)
+            .map(|o| o.expected.clone())
+            .unwrap_or_default();
+        expected.push(matcher);
+        let (config, verifier) = self.channel.client_config_for(expected.clone())?;
+        overrides.insert(
+            authority,
+            Override {
+                expected,
+                config,
+                verifier,
+            },
+        );
+        self.overrides = Arc::new(overrides);
+        Ok(self)
+    }
+
+    /// Offers only `http/1.1` in ALPN (default: `h2` and `http/1.1`, the server choosing).
+    pub fn http1_only(mut self) -> Self {
+        self.alpn = Some(&[b"http/1.1"]);
+        self
+    }
+
+    /// Offers only `h2` in ALPN, for HTTP/2-only clients such as tonic.
+    pub fn http2_only(mut self) -> Self {
+        self.alpn = Some(&[b"h2"]);
+        self
+    }
+
+    fn with_alpn(&self, config: Arc<ClientConfig>) -> Arc<ClientConfig> {
+        match self.alpn {
+            None => config,
+            Some(protocols) => {
+                let mut config = (*config).clone();
+                config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+                Arc::new(config)
+            }
+        }
+    }
+
+    /// Connects to `uri` and runs the handshake; what the `Service` implementation does.
+    pub async fn connect(&self, uri: Uri) -> Result<SecureConnection, Error> {
+        let host = uri.host().ok_or_else(|| {
+            Error::Handshake(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "URI has no host",
+            ))
+        })?;
+        let host = host.trim_start_matches('[').trim_end_matches(']');
+        let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
+            Some("http") => 80,
+            _ => 443,
+        });
+        let server_name = ServerName::try_from(host.to_owned()).map_err(|e| {
+            Error::Handshake(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
+        })?;
+        let timeout = self.channel.handshake_timeout();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
+            .await
+            .map_err(|_| Error::HandshakeTimeout)?
+            .map_err(Error::Handshake)?;
+        tcp.set_nodelay(true).map_err(Error::Handshake)?;
+        let (config, verifier) = match self.overrides.get(&format!("{host}:{port}")) {
+            Some(o) => (o.config.clone(), o.verifier.clone()),
+            None => self.channel.default_client_config(),
+        };
+        let config = self.with_alpn(config);
+        let stream = self.channel.connect_with(config, &verifier, server_name, tcp).await?;
+        Ok(SecureConnection {
+            inner: TokioIo::new(stream),
+        })
+    }
+}
+
+fn normalize_authority(authority: &str) -> Result<String, Error> {
+    let parsed: http::uri::Authority = authority.parse().map_err(|e: http::uri::InvalidUri| {
+        Error::Handshake(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("authority {authority:?}: {e}"),
+        ))
+    })?;
+    let port = parsed.port_u16().ok_or_else(|| {
+        Error::Handshake(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("authority {authority:?} needs a port"),
+        ))
+    })?;
+    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
+    Ok(format!("{host}:{port}"))
+}
+
+/// The future of a [`SecureConnector`] call.
+pub struct Connecting {
+    inner: Pin<Box<dyn Future<Output = Result<SecureConnection, Error>> + Send>>,
+}
+
+impl fmt::Debug for Connecting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Connecting")
+    }
+}
+
+impl Future for Connecting {
+    type Output = Result<SecureConnection, Error>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        self.inner.as_mut().poll(cx)
+    }
+}
+
+impl tower_service::Service<Uri> for SecureConnector {
+    type Response = SecureConnection;
+    type Error = Error;
+    type Future = Connecting;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, uri: Uri) -> Self::Future {
+        let connector = self.clone();
+        Connecting {
+            inner: Box::pin(async move { connector.connect(uri).await }),
+        }
+    }
+}
+
+/// A client connection made by [`SecureConnector`], with hyper's I/O traits.
+#[derive(Debug)]
+pub struct SecureConnection {
+    inner: TokioIo<SecureStream<TcpStream>>,
+}
+
+impl SecureConnection {
+    /// The server's verified identity.
+    pub fn peer_identity(&self) -> &PeerIdentity {
+        self.inner.inner().peer_identity()
+    }
+
+    /// The underlying secure stream.
+    pub fn into_inner(self) -> SecureStream<TcpStream> {
+        self.inner.into_inner()
+    }
+}
+
+impl Connection for SecureConnection {
+    fn connected(&self) -> Connected {
+        let stream = self.inner.inner();
+        let connected = Connected::new().extra(stream.peer_identity().clone());
+        if stream.alpn_protocol() == Some(b"h2") {
+            connected.negotiated_h2()
+        } else {
+            connected
+        }
+    }
+}
+
+impl hyper::rt::Read for SecureConnection {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for SecureConnection {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+    }
+}

@@ -1,0 +1,175 @@
+//! The secure listener: TCP accepts, with TLS handshakes run off the accept loop.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinHandle;
+
+use crate::SecureChannel;
+use crate::transport::SecureStream;
+
+/// Default cap on handshakes in progress at once.
+pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
+
+/// Accepts TCP connections and yields only those whose client completed the mutual TLS
+/// handshake and was allowed.
+///
+/// Handshakes run in their own tasks, each bounded by the handshake timeout (default 10 s) and
+/// all together by a cap on concurrent handshakes (default 512): a client that sends nothing,
+/// sends garbage or stalls mid-handshake holds one slot until its timeout and never blocks other
+/// accepts. Failed handshakes are logged through `tracing` (target `secure_channel::transport`)
+/// with the peer address and the reason, and never end the accept loop. Dropping the listener
+/// stops accepting; connections already handed out are unaffected.
+///
+/// Serve it with axum (feature `axum`), tonic (feature `tonic`), or hyper
+/// ([`serve`](crate::integration::hyper::serve)), or take streams with
+/// [`accept`](Self::accept).
+#[derive(Debug)]
+pub struct SecureListener {
+    local_addr: SocketAddr,
+    accepted: mpsc::Receiver<(SecureStream<TcpStream>, SocketAddr)>,
+    accept_loop: JoinHandle<()>,
+}
+
+/// Options of a [`SecureListener`].
+#[derive(Debug, Clone)]
+#[must_use]
+pub struct SecureListenerBuilder {
+    channel: SecureChannel,
+    handshake_timeout: Option<Duration>,
+    max_concurrent_handshakes: usize,
+}
+
+impl Drop for SecureListener {
+    fn drop(&mut self) {
+        self.accept_loop.abort();
+    }
+}
+
+impl SecureChannel {
+    /// A secure listener on `tcp` with default limits; see [`SecureListener`].
+    ///
+    /// Must be called within a tokio runtime (the accept loop is spawned).
+    pub fn listener(&self, tcp: TcpListener) -> io::Result<SecureListener> {
+        self.listener_builder().bind(tcp)
+    }
+
+    /// A secure listener with options.
+    pub fn listener_builder(&self) -> SecureListenerBuilder {
+        SecureListenerBuilder {
+            channel: self.clone(),
+            handshake_timeout: None,
+            max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+        }
+    }
+}
+
+impl SecureListenerBuilder {
+    /// Bounds each handshake (default: the channel's, 10 s unless changed).
+    pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.handshake_timeout = Some(timeout);
+        self
+    }
+
+    /// Caps the handshakes in progress at once (default 512, at least 1). When the cap is
+    /// reached, new TCP connections wait in the kernel's backlog.
+    pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
+        self.max_concurrent_handshakes = max.max(1);
+        self
+    }
+
+    /// Starts accepting on `tcp`.
+    pub fn bind(self, tcp: TcpListener) -> io::Result<SecureListener> {
+        let local_addr = tcp.local_addr()?;
+        let (tx, accepted) = mpsc::channel(self.max_concurrent_handshakes);
+        let accept_loop = tokio::spawn(accept_loop(self, tcp, tx));
+        Ok(SecureListener {
+            local_addr,
+            accepted,
+            accept_loop,
+        })
+    }
+}
+
+impl SecureListener {
+    /// The next connection whose handshake succeeded, with the client's address.
+    ///
+    /// Returns an error only if the accept loop has stopped.
+    pub async fn accept(&mut self) -> io::Result<(SecureStream<TcpStream>, SocketAddr)> {
+        self.accepted
+            .recv()
+            .await
+            .ok_or_else(|| io::Error::other("secure listener stopped accepting"))
+    }
+
+    #[cfg(feature = "tonic")]
+    /// Polls for the next accepted connection (`None` once the accept loop has stopped).
+    pub(crate) fn poll_accept(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<(SecureStream<TcpStream>, SocketAddr)>> {
+        self.accepted.poll_recv(cx)
+    }
+
+    /// The local address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+}
+
+async fn accept_loop(
+    config: SecureListenerBuilder,
+    tcp: TcpListener,
+    accepted: mpsc::Sender<(SecureStream<TcpStream>, SocketAddr)>,
+) {
+    let slots = Arc::new(Semaphore::new(config.max_concurrent_handshakes));
+    let timeout = config.handshake_timeout;
+    loop {
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
+        let (stream, addr) = match tcp.accept().await {
+            Ok(pair) => pair,
+            Err(error) => {
+                // Typically EMFILE/ENFILE: wait a little instead of spinning.
+                tracing::error!(target: "secure_channel::transport", %error, "accept failed");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        if accepted.is_closed() {
+            return;
+        }
+        let _ = stream.set_nodelay(true);
+        let channel = config.channel.clone();
+        let accepted = accepted.clone();
+        tokio::spawn(async move {
+            let result = match timeout {
+                Some(timeout) => channel.accept_with_timeout(stream, timeout).await,
+                None => channel.accept(stream).await,
+            };
+            drop(slot);
+            match result {
+                Ok(stream) => {
+                    tracing::debug!(
+                        target: "secure_channel::transport",
+                        peer_addr = %addr,
+                        peer = %stream.peer_identity().spiffe_id(),
+                        "connection accepted"
+                    );
+                    let _ = accepted.send((stream, addr)).await;
+                }
+                Err(error) => tracing::warn!(
+                    target: "secure_channel::transport",
+                    peer_addr = %addr,
+                    %error,
+                    "TLS handshake failed"
+                ),
+            }
+        });
+    }
+}
