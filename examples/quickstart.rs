@@ -1,15 +1,23 @@
-//! Quickstart: two workloads talk over SPIFFE-verified mutual TLS.
+//! Quickstart: an axum service over SPIFFE mutual TLS, called by an allowed and a refused client.
 //!
-//! Usage: `cargo run --example quickstart --features testkit`
+//! Usage: `cargo run --example quickstart --features testkit,axum`
 //!
 //! A development CA (standing in for SPIRE) mints SVIDs for a server and two clients. The server
-//! allows only `spiffe://example.org/web`; the second client, `spiffe://example.org/batch`, is
-//! refused in the handshake. Everything runs on 127.0.0.1.
+//! allows only `spiffe://example.org/web`; `spiffe://example.org/batch` is refused in the TLS
+//! handshake. Everything runs on 127.0.0.1.
 
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
 use secure_channel::testkit::DevCa;
-use secure_channel::{Error, MemorySource, SecureChannel};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpListener;
+use secure_channel::{MemorySource, PeerIdentity, SecureChannel};
+
+async fn whoami(caller: PeerIdentity) -> String {
+    format!("hello, {}\n", caller.spiffe_id())
+}
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -20,59 +28,50 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let server = SecureChannel::builder(&server_source)
         .allow_client("spiffe://example.org/web")
         .build()?;
-    let listener = TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    println!("server  spiffe://example.org/api listening on {addr}");
-
+    let listener = server.listener(tokio::net::TcpListener::bind("127.0.0.1:0").await?)?;
+    let url = format!("https://{}/whoami", listener.local_addr());
+    println!("server  spiffe://example.org/api serving {url}");
+    let app = Router::new().route("/whoami", get(whoami));
     tokio::spawn(async move {
-        while let Ok((tcp, peer_addr)) = listener.accept().await {
-            let server = server.clone();
-            tokio::spawn(async move {
-                match server.accept(tcp).await {
-                    Ok(mut stream) => {
-                        let caller = stream.peer_identity().spiffe_id().to_string();
-                        println!("server  accepted {caller} from {peer_addr}");
-                        let greeting = format!("hello, {caller}\n");
-                        let _ = stream.write_all(greeting.as_bytes()).await;
-                        let _ = stream.shutdown().await;
-                    }
-                    Err(error) => println!("server  refused a caller from {peer_addr}: {error}"),
-                }
-            });
-        }
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
     });
 
     for caller in ["spiffe://example.org/web", "spiffe://example.org/batch"] {
         let source = MemorySource::new(ca.credentials(caller)?);
-        let client = SecureChannel::builder(&source)
+        let channel = SecureChannel::builder(&source)
             .expect_server("spiffe://example.org/api")
             .build()?;
-        match call(&client, addr).await {
-            Ok((server_id, reply)) => {
-                println!("client  {caller} verified the server as {server_id}; it said: {reply}")
+        let client =
+            Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(channel.connector());
+        match client.get(url.parse()?).await {
+            Ok(response) => {
+                let server_id = response
+                    .extensions()
+                    .get::<PeerIdentity>()
+                    .map(|peer| peer.spiffe_id().to_string())
+                    .unwrap_or_default();
+                let status = response.status();
+                let body = response.into_body().collect().await?.to_bytes();
+                print!(
+                    "client  {caller} -> {server_id}: {status} {}",
+                    String::from_utf8_lossy(&body)
+                );
             }
-            Err(error) => println!("client  {caller} was refused: {error}"),
+            Err(error) => {
+                // The whole chain: hyper's error, then the TLS alert the server sent.
+                let mut text = error.to_string();
+                let mut source = std::error::Error::source(&error);
+                while let Some(cause) = source {
+                    text = format!("{text}: {cause}");
+                    source = cause.source();
+                }
+                println!("client  {caller} was refused: {text}");
+            }
         }
     }
     Ok(())
-}
-
-/// Connects, and returns the server's verified SPIFFE ID and its greeting.
-async fn call(
-    client: &SecureChannel,
-    addr: std::net::SocketAddr,
-) -> Result<(String, String), Error> {
-    let stream = client.connect_tcp(addr).await?;
-    let server_id = stream.peer_identity().spiffe_id().to_string();
-    // In TLS 1.3 the server checks the client certificate after the client has finished its
-    // side of the handshake, so a refusal shows up on the first read.
-    let mut reply = String::new();
-    let read = BufReader::new(stream)
-        .read_line(&mut reply)
-        .await
-        .map_err(Error::Handshake)?;
-    if read == 0 {
-        return Err(Error::Handshake(std::io::ErrorKind::ConnectionReset.into()));
-    }
-    Ok((server_id, reply.trim_end().to_owned()))
 }

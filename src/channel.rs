@@ -196,7 +196,10 @@ impl SecureChannel {
     pub(crate) fn default_client_config(
         &self,
     ) -> (Arc<rustls::ClientConfig>, Arc<crate::tls::SvidVerifier>) {
-        (self.inner.tls.client.clone(), self.inner.tls.servers_verifier.clone())
+        (
+            self.inner.tls.client.clone(),
+            self.inner.tls.servers_verifier.clone(),
+        )
     }
 
     /// Client side with a prepared configuration (see [`client_config_for`](Self::client_config_for)).

@@ -80,6 +80,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
     type Rejection = MissingPeerIdentity;
 
     async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
-        crate::layer::peer_identity(&parts.extensions).cloned().ok_or(MissingPeerIdentity)
+        crate::layer::peer_identity(&parts.extensions)
+            .cloned()
+            .ok_or(MissingPeerIdentity)
     }
 }

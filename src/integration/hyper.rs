@@ -77,7 +77,10 @@ where
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let Serve { mut listener, service } = self;
+        let Serve {
+            mut listener,
+            service,
+        } = self;
         let graceful = GracefulShutdown::new();
         let builder = Builder::new(TokioExecutor::new());
         tokio::pin!(signal);
@@ -139,7 +142,10 @@ where
     type Error = S::Error;
     type Future = S::Future;
 
-    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 

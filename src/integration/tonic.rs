@@ -58,7 +58,9 @@ impl futures_core::Stream for Incoming {
     type Item = Result<SecureStream<TcpStream>, io::Error>;
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        self.listener.poll_accept(cx).map(|next| next.map(|(stream, _)| Ok(stream)))
+        self.listener
+            .poll_accept(cx)
+            .map(|next| next.map(|(stream, _)| Ok(stream)))
     }
 }
 

@@ -55,7 +55,8 @@ impl FileSourceBuilder {
     /// Adds the PEM bundle (CA certificates) of `trust_domain`: the workload's own, or a
     /// federated one.
     pub fn bundle(mut self, trust_domain: TrustDomain, path: impl Into<PathBuf>) -> Self {
-        self.bundles.push((BundleFor::Named(trust_domain), path.into()));
+        self.bundles
+            .push((BundleFor::Named(trust_domain), path.into()));
         self
     }
 
@@ -95,11 +96,7 @@ fn read(path: &Path) -> Result<Vec<u8>, Error> {
     })
 }
 
-fn read_all(
-    cert: &Path,
-    key: &Path,
-    bundles: &[(BundleFor, PathBuf)],
-) -> Result<Contents, Error> {
+fn read_all(cert: &Path, key: &Path, bundles: &[(BundleFor, PathBuf)]) -> Result<Contents, Error> {
     let mut contents = vec![read(cert)?, read(key)?];
     for (_, path) in bundles {
         contents.push(read(path)?);

@@ -5,6 +5,7 @@
 //! Not for production: keys are generated in memory and nothing is persisted.
 
 mod ca;
+pub mod whoami;
 pub mod workload_api;
 
 pub use ca::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm, SvidBuilder, TestkitError};

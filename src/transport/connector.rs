@@ -152,7 +152,10 @@ impl SecureConnector {
             None => self.channel.default_client_config(),
         };
         let config = self.with_alpn(config);
-        let stream = self.channel.connect_with(config, &verifier, server_name, tcp).await?;
+        let stream = self
+            .channel
+            .connect_with(config, &verifier, server_name, tcp)
+            .await?;
         Ok(SecureConnection {
             inner: TokioIo::new(stream),
         })

@@ -3,6 +3,7 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::net::{TcpListener, TcpStream};
@@ -31,8 +32,28 @@ pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
 #[derive(Debug)]
 pub struct SecureListener {
     local_addr: SocketAddr,
+    stats: Arc<ListenerStats>,
     accepted: mpsc::Receiver<(SecureStream<TcpStream>, SocketAddr)>,
     accept_loop: JoinHandle<()>,
+}
+
+/// Counters of a [`SecureListener`], readable while it is being served.
+#[derive(Debug, Default)]
+pub struct ListenerStats {
+    accepted: AtomicU64,
+    failed: AtomicU64,
+}
+
+impl ListenerStats {
+    /// Connections whose handshake succeeded.
+    pub fn accepted(&self) -> u64 {
+        self.accepted.load(Ordering::Relaxed)
+    }
+
+    /// Connections whose handshake failed or timed out.
+    pub fn failed_handshakes(&self) -> u64 {
+        self.failed.load(Ordering::Relaxed)
+    }
 }
 
 /// Options of a [`SecureListener`].
@@ -86,9 +107,11 @@ impl SecureListenerBuilder {
     pub fn bind(self, tcp: TcpListener) -> io::Result<SecureListener> {
         let local_addr = tcp.local_addr()?;
         let (tx, accepted) = mpsc::channel(self.max_concurrent_handshakes);
-        let accept_loop = tokio::spawn(accept_loop(self, tcp, tx));
+        let stats = Arc::new(ListenerStats::default());
+        let accept_loop = tokio::spawn(accept_loop(self, tcp, tx, stats.clone()));
         Ok(SecureListener {
             local_addr,
+            stats,
             accepted,
             accept_loop,
         })
@@ -115,6 +138,11 @@ impl SecureListener {
         self.accepted.poll_recv(cx)
     }
 
+    /// The listener's counters; the handle stays valid after the listener moved into a server.
+    pub fn stats(&self) -> Arc<ListenerStats> {
+        self.stats.clone()
+    }
+
     /// The local address.
     pub fn local_addr(&self) -> SocketAddr {
         self.local_addr
@@ -125,6 +153,7 @@ async fn accept_loop(
     config: SecureListenerBuilder,
     tcp: TcpListener,
     accepted: mpsc::Sender<(SecureStream<TcpStream>, SocketAddr)>,
+    stats: Arc<ListenerStats>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_concurrent_handshakes));
     let timeout = config.handshake_timeout;
@@ -147,6 +176,7 @@ async fn accept_loop(
         let _ = stream.set_nodelay(true);
         let channel = config.channel.clone();
         let accepted = accepted.clone();
+        let stats = stats.clone();
         tokio::spawn(async move {
             let result = match timeout {
                 Some(timeout) => channel.accept_with_timeout(stream, timeout).await,
@@ -155,6 +185,7 @@ async fn accept_loop(
             drop(slot);
             match result {
                 Ok(stream) => {
+                    stats.accepted.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!(
                         target: "secure_channel::transport",
                         peer_addr = %addr,
@@ -163,12 +194,15 @@ async fn accept_loop(
                     );
                     let _ = accepted.send((stream, addr)).await;
                 }
-                Err(error) => tracing::warn!(
-                    target: "secure_channel::transport",
-                    peer_addr = %addr,
-                    %error,
-                    "TLS handshake failed"
-                ),
+                Err(error) => {
+                    stats.failed.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(
+                        target: "secure_channel::transport",
+                        peer_addr = %addr,
+                        %error,
+                        "TLS handshake failed"
+                    );
+                }
             }
         });
     }

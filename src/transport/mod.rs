@@ -5,6 +5,8 @@ mod listener;
 mod stream;
 
 pub use connector::{Connecting, SecureConnection, SecureConnector};
-pub use listener::{DEFAULT_MAX_CONCURRENT_HANDSHAKES, SecureListener, SecureListenerBuilder};
+pub use listener::{
+    DEFAULT_MAX_CONCURRENT_HANDSHAKES, ListenerStats, SecureListener, SecureListenerBuilder,
+};
 pub use stream::SecureStream;
 pub(crate) use stream::{accept, connect};

@@ -1,0 +1,394 @@
+//! Serving and calling over secure channels: axum, hyper and the listener's robustness.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::routing::get;
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Full};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use secure_channel::testkit::DevCa;
+use secure_channel::tls::PeerRejection;
+use secure_channel::transport::ListenerStats;
+use secure_channel::{Error, MemorySource, PeerIdentity, SecureChannel};
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+const SERVER_ID: &str = "spiffe://example.org/api";
+const CLIENT_ID: &str = "spiffe://example.org/web";
+
+struct Pki {
+    ca: DevCa,
+    _sources: Vec<MemorySource>,
+}
+
+impl Pki {
+    fn new() -> Self {
+        Self {
+            ca: DevCa::new("example.org").unwrap(),
+            _sources: Vec::new(),
+        }
+    }
+
+    fn channel(
+        &mut self,
+        id: &str,
+        configure: impl FnOnce(
+            secure_channel::SecureChannelBuilder,
+        ) -> secure_channel::SecureChannelBuilder,
+    ) -> SecureChannel {
+        let source = MemorySource::new(self.ca.credentials(id).unwrap());
+        let channel = configure(SecureChannel::builder(&source)).build().unwrap();
+        self._sources.push(source);
+        channel
+    }
+
+    fn server(&mut self) -> SecureChannel {
+        self.channel(SERVER_ID, |b| b.allow_client(CLIENT_ID))
+    }
+
+    fn client(&mut self) -> SecureChannel {
+        self.channel(CLIENT_ID, |b| b.expect_server(SERVER_ID))
+    }
+}
+
+/// An axum app answering `/whoami` with the caller's ID, served over `channel`; counts
+/// connections.
+async fn axum_server(channel: &SecureChannel) -> (std::net::SocketAddr, Arc<ListenerStats>) {
+    let listener = channel
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let connections = listener.stats();
+    let app = Router::new()
+        .route(
+            "/whoami",
+            get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+        )
+        .route(
+            "/version",
+            get(
+                |request: axum::extract::Request| async move { format!("{:?}", request.version()) },
+            ),
+        );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
+    });
+    (addr, connections)
+}
+
+async fn get_text(
+    client: &Client<secure_channel::SecureConnector, Empty<Bytes>>,
+    url: &str,
+) -> Result<(http::StatusCode, String, Option<PeerIdentity>), hyper_util::client::legacy::Error> {
+    let response = within(client.get(url.parse().unwrap())).await?;
+    let status = response.status();
+    let server = response.extensions().get::<PeerIdentity>().cloned();
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned(), server))
+}
+
+/// Finds this crate's error in a hyper client error's sources.
+fn crate_error(error: &hyper_util::client::legacy::Error) -> Option<&Error> {
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(e) = cause.downcast_ref::<Error>() {
+            return Some(e);
+        }
+        source = cause.source();
+    }
+    None
+}
+
+#[tokio::test]
+async fn axum_over_mtls_http1_and_http2_with_pooled_connections() {
+    init_tracing();
+    let mut pki = Pki::new();
+    let (addr, connections) = axum_server(&pki.server()).await;
+    let channel = pki.client();
+
+    // Default ALPN offers h2 first: HTTP/2.
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(channel.connector());
+    let (status, body, server) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, CLIENT_ID, "the handler sees the caller's identity");
+    assert_eq!(
+        server.unwrap().spiffe_id().to_string(),
+        SERVER_ID,
+        "the response carries the server's identity"
+    );
+    let (_, version, _) = get_text(&client, &format!("https://{addr}/version"))
+        .await
+        .unwrap();
+    assert_eq!(version, "HTTP/2.0");
+    assert_eq!(
+        connections.accepted(),
+        1,
+        "the second request reused the pooled connection"
+    );
+
+    // HTTP/1.1 by ALPN, also pooled across requests.
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(channel.connector().http1_only());
+    for _ in 0..3 {
+        let (_, version, _) = get_text(&client, &format!("http://{addr}/version"))
+            .await
+            .unwrap();
+        assert_eq!(version, "HTTP/1.1");
+    }
+    assert_eq!(
+        connections.accepted(),
+        2,
+        "HTTP/1.1 keep-alive reused one connection"
+    );
+}
+
+#[tokio::test]
+async fn axum_without_connect_info_fails_closed() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let listener = server
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let app = Router::new().route(
+        "/whoami",
+        get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+    );
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(pki.client().connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!(status, 401);
+    assert!(body.contains("no verified peer identity"), "{body}");
+}
+
+#[tokio::test]
+async fn server_identity_mismatch_names_both_and_per_authority_override_applies() {
+    let mut pki = Pki::new();
+    let (addr, _) = axum_server(&pki.server()).await;
+    let channel = pki.channel(CLIENT_ID, |b| {
+        b.expect_server("spiffe://example.org/payments")
+    });
+
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(channel.connector());
+    let error = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap_err();
+    match crate_error(&error) {
+        Some(Error::PeerRejected(PeerRejection::NotAllowed {
+            presented,
+            expected,
+        })) => {
+            assert_eq!(presented.to_string(), SERVER_ID);
+            assert_eq!(expected.to_string(), "[spiffe://example.org/payments]");
+        }
+        other => panic!("expected NotAllowed, got {other:?} from {error:?}"),
+    }
+
+    let connector = channel
+        .connector()
+        .expect_server_at(&addr.to_string(), SERVER_ID)
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+
+    // The override is per authority: another authority still uses the channel's expectation.
+    let connector = channel
+        .connector()
+        .expect_server_at("127.0.0.1:1", SERVER_ID)
+        .unwrap();
+    let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+    assert!(
+        get_text(&client, &format!("https://{addr}/whoami"))
+            .await
+            .is_err()
+    );
+    assert!(
+        channel
+            .connector()
+            .expect_server_at("no-port", SERVER_ID)
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn silent_and_garbage_clients_do_not_block_good_ones() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let listener = server
+        .listener_builder()
+        .handshake_timeout(Duration::from_secs(60))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let app = Router::new().route(
+        "/whoami",
+        get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
+    });
+
+    // Connects and sends nothing, for longer than the good client needs.
+    let _silent = TcpStream::connect(addr).await.unwrap();
+    // Sends half a ClientHello and stalls.
+    let mut stalled = TcpStream::connect(addr).await.unwrap();
+    stalled
+        .write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01, 0x00])
+        .await
+        .unwrap();
+    // Sends garbage instead of a ClientHello: the server closes it.
+    let mut garbage = TcpStream::connect(addr).await.unwrap();
+    garbage
+        .write_all(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = Vec::new();
+    let _ = within(garbage.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200"),
+        "garbage must not be served"
+    );
+
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(pki.client().connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+}
+
+#[tokio::test]
+async fn handshake_timeout_closes_silent_clients() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let mut listener = server
+        .listener_builder()
+        .handshake_timeout(Duration::from_millis(200))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let mut silent = TcpStream::connect(addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    // The server gives up on the handshake and closes: EOF (or reset) well before STEP.
+    let read = within(silent.read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+}
+
+#[tokio::test]
+async fn two_hundred_concurrent_handshakes_all_succeed() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let mut listener = server
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = stream.write_all(b"ok").await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let client = pki.client();
+    let tasks: Vec<_> = (0..200)
+        .map(|_| {
+            let client = client.clone();
+            tokio::spawn(async move {
+                let mut stream = client.connect_tcp(addr).await?;
+                let mut answer = String::new();
+                stream
+                    .read_to_string(&mut answer)
+                    .await
+                    .map_err(Error::Handshake)?;
+                Ok::<_, Error>(answer)
+            })
+        })
+        .collect();
+    let mut ok = 0;
+    for task in tasks {
+        if within(task).await.unwrap().unwrap() == "ok" {
+            ok += 1;
+        }
+    }
+    assert_eq!(ok, 200);
+}
+
+#[tokio::test]
+async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let listener = server
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let started = Arc::new(tokio::sync::Notify::new());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let (started2, release2) = (started.clone(), release.clone());
+    let service = tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+        let (started, release) = (started2.clone(), release2.clone());
+        async move {
+            let caller = request
+                .extensions()
+                .get::<PeerIdentity>()
+                .unwrap()
+                .spiffe_id()
+                .to_string();
+            started.notify_one();
+            release.notified().await;
+            Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(caller))))
+        }
+    });
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+    let serving = tokio::spawn(
+        secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
+            async move {
+                let _ = stop_rx.await;
+            },
+        ),
+    );
+
+    let client =
+        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(pki.client().connector());
+    let url = format!("https://{addr}/slow");
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { get_text(&client, &url).await }
+    });
+    within(started.notified()).await;
+    stop_tx.send(()).unwrap();
+    release.notify_one();
+    // The request in flight completes, and then the server returns.
+    let (status, body, _) = within(in_flight).await.unwrap().unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+    within(serving).await.unwrap().unwrap();
+}
