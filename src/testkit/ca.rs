@@ -486,5 +486,6 @@ fn pem_certificates(certs: &[CertificateDer<'_>]) -> String {
 }
 
 fn pem_block(label: &str, der: &[u8]) -> String {
-    pem::encode(&pem::Pem::new(label, der.to_vec()))
+    let config = pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF);
+    pem::encode_config(&pem::Pem::new(label, der.to_vec()), config)
 }

@@ -1,0 +1,392 @@
+//! The interop examples as outside test suites drive them: echo_server and echo_client binaries,
+//! curl over HTTP/1.1 and HTTP/2.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use secure_channel::testkit::{DevCa, IssuedSvid};
+use support::*;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+
+const SERVER_ID: &str = "spiffe://example.org/echo";
+const CLIENT_ID: &str = "spiffe://example.org/client";
+
+/// The example binaries cargo built next to this test.
+fn example(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe
+        .parent()
+        .unwrap()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join(name);
+    assert!(
+        dir.exists(),
+        "{} not built (cargo test builds examples)",
+        dir.display()
+    );
+    dir
+}
+
+struct Files {
+    dir: tempfile::TempDir,
+}
+
+impl Files {
+    fn new() -> Self {
+        Self {
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn svid(&self, name: &str, svid: &IssuedSvid) -> (PathBuf, PathBuf) {
+        let (cert, key) = (
+            self.path(&format!("{name}.pem")),
+            self.path(&format!("{name}.key")),
+        );
+        replace(&cert, &svid.chain_pem());
+        replace(&key, &svid.key_pem());
+        (cert, key)
+    }
+}
+
+/// Write-then-rename, as rotating tools do.
+fn replace(path: &Path, content: &str) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, content).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+struct EchoServer {
+    child: Child,
+    addr: String,
+}
+
+async fn echo_server(args: &[&std::ffi::OsStr]) -> EchoServer {
+    let mut child = Command::new(example("echo_server"))
+        .args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let line = within(lines.next_line())
+        .await
+        .unwrap()
+        .expect("echo_server exited before listening");
+    let addr = line
+        .strip_prefix("listening on ")
+        .expect("the ready line")
+        .to_owned();
+    EchoServer { child, addr }
+}
+
+async fn echo_client(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    let mut cmd = Command::new(example("echo_client"));
+    cmd.args(args).kill_on_drop(true);
+    within(cmd.output()).await.unwrap()
+}
+
+fn os<S: AsRef<std::ffi::OsStr> + ?Sized>(s: &S) -> &std::ffi::OsStr {
+    s.as_ref()
+}
+
+struct Setup {
+    ca: DevCa,
+    files: Files,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    bundle: PathBuf,
+}
+
+fn setup() -> Setup {
+    let ca = DevCa::new("example.org").unwrap();
+    let files = Files::new();
+    // curl checks host names, so the server SVID also carries `localhost` (ignored by the crate).
+    let (server_cert, server_key) = files.svid(
+        "server",
+        &ca.svid(SERVER_ID).dns_name("localhost").issue().unwrap(),
+    );
+    let (client_cert, client_key) = files.svid("client", &ca.svid(CLIENT_ID).issue().unwrap());
+    let bundle = files.path("bundle.pem");
+    replace(&bundle, &ca.bundle_pem());
+    Setup {
+        ca,
+        files,
+        server_cert,
+        server_key,
+        client_cert,
+        client_key,
+        bundle,
+    }
+}
+
+async fn start(s: &Setup) -> EchoServer {
+    echo_server(&[
+        os("--cert"),
+        os(&s.server_cert),
+        os("--key"),
+        os(&s.server_key),
+        os("--bundle"),
+        os(&s.bundle),
+        os("--allow"),
+        os(CLIENT_ID),
+    ])
+    .await
+}
+
+async fn curl(s: &Setup, addr: &str, http: &str) -> std::process::Output {
+    let port = addr.rsplit(':').next().unwrap();
+    let mut cmd = Command::new("curl");
+    cmd.args([
+        "--silent",
+        "--show-error",
+        "--max-time",
+        "10",
+        http,
+        "--write-out",
+        "\n%{http_version}",
+    ])
+    .arg("--resolve")
+    .arg(format!("localhost:{port}:127.0.0.1"))
+    .arg("--cacert")
+    .arg(&s.bundle)
+    .arg("--cert")
+    .arg(&s.client_cert)
+    .arg("--key")
+    .arg(&s.client_key)
+    .arg(format!("https://localhost:{port}/whoami"))
+    .kill_on_drop(true);
+    within(cmd.output()).await.unwrap()
+}
+
+#[tokio::test]
+async fn curl_http1_and_http2_against_echo_server() {
+    let s = setup();
+    let server = start(&s).await;
+    for (flag, version) in [("--http1.1", "1.1"), ("--http2", "2")] {
+        let output = curl(&s, &server.addr, flag).await;
+        assert!(
+            output.status.success(),
+            "curl {flag}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let (body, used) = stdout.rsplit_once('\n').unwrap();
+        let json: serde_json::Value = serde_json::from_str(body).unwrap();
+        assert_eq!(
+            json,
+            serde_json::json!({ "spiffe_id": CLIENT_ID, "token_subject": null })
+        );
+        assert_eq!(used, version, "curl {flag} used HTTP/{used}");
+    }
+    drop(server.child);
+}
+
+#[tokio::test]
+async fn echo_client_against_echo_server_and_wrong_identity() {
+    let s = setup();
+    let server = start(&s).await;
+    let url = format!("https://{}/whoami", server.addr);
+    let common = |expect: &'static str| {
+        vec![
+            os("--url").to_owned(),
+            os(&url).to_owned(),
+            os("--cert").to_owned(),
+            s.client_cert.clone().into_os_string(),
+            os("--key").to_owned(),
+            s.client_key.clone().into_os_string(),
+            os("--bundle").to_owned(),
+            s.bundle.clone().into_os_string(),
+            os("--expect-server").to_owned(),
+            os(expect).to_owned(),
+        ]
+    };
+    for extra in [None, Some("--http2")] {
+        let mut args = common(SERVER_ID);
+        args.extend(extra.map(|e| os(e).to_owned()));
+        let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+        let output = echo_client(&args).await;
+        assert!(
+            output.status.success(),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(json["spiffe_id"], CLIENT_ID);
+    }
+
+    let args = common("spiffe://example.org/payments");
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let output = echo_client(&args).await;
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(SERVER_ID) && stderr.contains("spiffe://example.org/payments"),
+        "{stderr}"
+    );
+    drop(server.child);
+}
+
+/// The PEM leaf certificate the server at `port` presents, as openssl s_client prints it.
+async fn served_leaf(s: &Setup, port: &str) -> String {
+    let mut cmd = Command::new("openssl");
+    cmd.args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+        .arg("-cert")
+        .arg(&s.client_cert)
+        .arg("-key")
+        .arg(&s.client_key)
+        .stdin(Stdio::null())
+        .kill_on_drop(true);
+    let out = within(cmd.output()).await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let start = text
+        .find("-----BEGIN CERTIFICATE-----")
+        .expect("s_client printed the certificate");
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----".len();
+    text[start..end].to_owned()
+}
+
+#[tokio::test]
+async fn echo_server_follows_replaced_files_without_restart() {
+    let s = setup();
+    let server = start(&s).await;
+    let port = server.addr.rsplit(':').next().unwrap().to_owned();
+    let first = served_leaf(&s, &port).await;
+    let next = s.ca.svid(SERVER_ID).dns_name("localhost").issue().unwrap();
+    s.files.svid("server", &next);
+    // The server polls every second; allow it 5 s, checking without fixed sleeps per attempt.
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let served = served_leaf(&s, &port).await;
+        if served != first {
+            assert_eq!(served.trim(), next.chain_pem().trim());
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new SVID was not served within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(server.child);
+}
+
+async fn expect_config_error(args: &[&std::ffi::OsStr], needles: &[&str]) {
+    let mut cmd = Command::new(example("echo_server"));
+    cmd.args(["--listen", "127.0.0.1:0"])
+        .args(args)
+        .kill_on_drop(true);
+    let output = within(cmd.output()).await.unwrap();
+    assert!(!output.status.success());
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        !stdout.contains("listening on"),
+        "must fail before listening"
+    );
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    for needle in needles {
+        assert!(
+            stderr.contains(needle),
+            "{stderr:?} should mention {needle:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn echo_server_refuses_bad_configuration_naming_the_file() {
+    let s = setup();
+    let missing = s.files.path("missing.pem");
+    expect_config_error(
+        &[
+            os("--cert"),
+            os(&missing),
+            os("--key"),
+            os(&s.server_key),
+            os("--bundle"),
+            os(&s.bundle),
+            os("--allow"),
+            os(CLIENT_ID),
+        ],
+        &[&missing.display().to_string(), "cannot be read"],
+    )
+    .await;
+    // A key of another certificate.
+    expect_config_error(
+        &[
+            os("--cert"),
+            os(&s.server_cert),
+            os("--key"),
+            os(&s.client_key),
+            os("--bundle"),
+            os(&s.bundle),
+            os("--allow"),
+            os(CLIENT_ID),
+        ],
+        &[&s.client_key.display().to_string(), "does not match"],
+    )
+    .await;
+    // A certificate that is not an SVID.
+    let plain =
+        s.ca.svid(SERVER_ID)
+            .without_uri()
+            .dns_name("localhost")
+            .issue()
+            .unwrap();
+    let (cert, key) = s.files.svid("plain", &plain);
+    expect_config_error(
+        &[
+            os("--cert"),
+            os(&cert),
+            os("--key"),
+            os(&key),
+            os("--bundle"),
+            os(&s.bundle),
+            os("--allow"),
+            os(CLIENT_ID),
+        ],
+        &[&cert.display().to_string(), "not an X.509-SVID"],
+    )
+    .await;
+    // No --allow: nobody would be allowed.
+    expect_config_error(
+        &[
+            os("--cert"),
+            os(&s.server_cert),
+            os("--key"),
+            os(&s.server_key),
+            os("--bundle"),
+            os(&s.bundle),
+        ],
+        &["--allow"],
+    )
+    .await;
+    // An unsafe matcher.
+    expect_config_error(
+        &[
+            os("--cert"),
+            os(&s.server_cert),
+            os("--key"),
+            os(&s.server_key),
+            os("--bundle"),
+            os(&s.bundle),
+            os("--allow"),
+            os("spiffe://example.org/cli*"),
+        ],
+        &["spiffe://example.org/cli*"],
+    )
+    .await;
+}
