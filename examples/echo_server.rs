@@ -1,7 +1,7 @@
 //! An HTTP echo server over SPIFFE mutual TLS, for interoperability tests.
 //!
 //! Usage:
-//!   cargo run --example echo_server --features axum -- \
+//!   cargo run --example echo_server -- \
 //!     --cert svid.pem --key svid.key --bundle bundle.pem \
 //!     --allow spiffe://example.org/client [--allow ...] \
 //!     [--listen 127.0.0.1:8443] [--federated-bundle other.org=other.pem ...] [--tls12]

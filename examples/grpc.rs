@@ -1,6 +1,6 @@
 //! gRPC over SPIFFE mutual TLS with tonic: the server answers with the caller's SPIFFE ID.
 //!
-//! Usage: `cargo run --example grpc --features tonic,testkit`
+//! Usage: `cargo run --example grpc`
 //!
 //! A development CA mints SVIDs for a server and a client; the server runs the testkit's
 //! `whoami.WhoAmI` service (no code generation needed) on 127.0.0.1 behind a secure listener, and

@@ -1,6 +1,6 @@
 //! Quickstart: an axum service over SPIFFE mutual TLS, called by an allowed and a refused client.
 //!
-//! Usage: `cargo run --example quickstart --features testkit,axum`
+//! Usage: `cargo run --example quickstart`
 //!
 //! A development CA (standing in for SPIRE) mints SVIDs for a server and two clients. The server
 //! allows only `spiffe://example.org/web`; `spiffe://example.org/batch` is refused in the TLS
