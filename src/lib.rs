@@ -48,6 +48,14 @@
 //! # fn main() {}
 //! ```
 //!
+//! # Serving and calling
+//!
+//! [`SecureChannel::listener`] accepts connections with handshakes off the accept loop;
+//! serve it with axum (feature `axum`: [`integration::axum`]), tonic (feature `tonic`:
+//! [`integration::tonic`]) or plain hyper ([`integration::hyper::serve`]); every request then
+//! carries the caller's [`PeerIdentity`]. [`SecureChannel::connector`] is the outbound side for
+//! hyper-util's client and tonic channels, checking the server's SPIFFE ID.
+//!
 //! # Credential sources
 //!
 //! - [`MemorySource`]: values handed over in code;
@@ -65,6 +73,8 @@
 //! - `ring`: ring as the provider (aws-lc-rs wins when both are on; with neither, the
 //!   process-wide default provider must be installed);
 //! - `workload-api` (default): the SPIFFE Workload API source;
+//! - `axum`: axum 0.8 serving and the `PeerIdentity` extractor;
+//! - `tonic`: tonic 0.14 serving (`SecureListener::into_incoming`) and `RequestPeerExt`;
 //! - `testkit`: a development CA and a Workload API server, for tests without SPIRE.
 //!
 //! # Security model
