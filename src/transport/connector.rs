@@ -179,19 +179,27 @@ fn normalize_authority(authority: &str) -> Result<String, Error> {
     Ok(format!("{host}:{port}"))
 }
 
-/// The future of a [`SecureConnector`] call.
-pub struct Connecting {
-    inner: Pin<Box<dyn Future<Output = Result<SecureConnection, Error>> + Send>>,
+/// The future of a connector call.
+pub struct Connecting<C = SecureConnection> {
+    inner: Pin<Box<dyn Future<Output = Result<C, Error>> + Send>>,
 }
 
-impl fmt::Debug for Connecting {
+impl<C> Connecting<C> {
+    pub(crate) fn new(future: impl Future<Output = Result<C, Error>> + Send + 'static) -> Self {
+        Self {
+            inner: Box::pin(future),
+        }
+    }
+}
+
+impl<C> fmt::Debug for Connecting<C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Connecting")
     }
 }
 
-impl Future for Connecting {
-    type Output = Result<SecureConnection, Error>;
+impl<C> Future for Connecting<C> {
+    type Output = Result<C, Error>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
@@ -209,9 +217,7 @@ impl tower_service::Service<Uri> for SecureConnector {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let connector = self.clone();
-        Connecting {
-            inner: Box::pin(async move { connector.connect(uri).await }),
-        }
+        Connecting::new(async move { connector.connect(uri).await })
     }
 }
 

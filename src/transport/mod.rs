@@ -3,6 +3,7 @@
 mod connector;
 mod listener;
 mod stream;
+mod webpki;
 
 pub use connector::{Connecting, SecureConnection, SecureConnector};
 pub use listener::{
@@ -10,3 +11,4 @@ pub use listener::{
 };
 pub use stream::SecureStream;
 pub(crate) use stream::{accept, connect};
+pub use webpki::{WebPkiConnection, WebPkiConnector};
