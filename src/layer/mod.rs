@@ -7,11 +7,20 @@
 //! responder can be replaced, and the rejection is stored in the response's extensions so that
 //! logging layers further out can see why a request was refused.
 
+mod authorize;
+mod client_token;
+mod jwt;
 mod peer;
 mod rejection;
 
 pub use peer::peer_identity;
 
+pub use authorize::{Authorize, AuthorizeLayer, ResponseFuture as AuthorizeResponseFuture};
+pub use client_token::{
+    BearerToken, CachedTokenProvider, ClientToken, ClientTokenLayer,
+    ResponseFuture as ClientTokenResponseFuture, TokenProvider, TokenProviderError,
+};
+pub use jwt::{Jwt, JwtLayer, ResponseFuture as JwtResponseFuture};
 pub use rejection::{
     DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
 };

@@ -1,0 +1,150 @@
+//! SPIFFE JWT bundles by trust domain, the keys of JWT-SVIDs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use spiffe::TrustDomain;
+
+use crate::Location;
+use crate::jwt::JwtConfigError;
+use crate::jwt::keys::{KeySet, VerifyingKey};
+use crate::jwt::source::{BoxFuture, KeyLookup, Keys, Published};
+
+/// The JWT bundles (JWK sets of JWT-SVID signing keys) of one or more trust domains; a live,
+/// cheaply cloned handle.
+///
+/// A JWT-SVID's key is looked up in the bundle of the trust domain of its `sub`, and only
+/// there: a key of trust domain B never verifies a JWT-SVID of trust domain A.
+///
+/// Feed it from wherever bundles come from: SPIFFE bundle endpoint documents, files, or the
+/// Workload API's `FetchJWTBundles` stream (each update calls [`set`](Self::set) per trust
+/// domain). Hand it to a validator with [`KeySource::jwt_bundles`](crate::jwt::KeySource::jwt_bundles).
+///
+/// ```
+/// use secure_channel::jwt::{JwtBundles, KeySource};
+/// use secure_channel::TrustDomain;
+///
+/// let bundles = JwtBundles::new();
+/// let jwks = r#"{"keys":[{"kty":"OKP","crv":"Ed25519","kid":"k1","use":"jwt-svid",
+///     "x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo"}]}"#;
+/// bundles.set(TrustDomain::new("example.org")?, jwks)?;
+/// let keys = KeySource::jwt_bundles(&bundles);
+/// # let _ = keys;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct JwtBundles {
+    inner: Arc<BundleKeys>,
+}
+
+struct BundleKeys {
+    current: ArcSwap<HashMap<TrustDomain, Arc<KeySet>>>,
+    published: Published,
+}
+
+impl Default for JwtBundles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl JwtBundles {
+    /// No bundles yet (every JWT-SVID is refused until one is set).
+    pub fn new() -> Self {
+        Self {
+            inner: Arc::new(BundleKeys {
+                current: ArcSwap::from_pointee(HashMap::new()),
+                published: Published::new("jwt-bundles"),
+            }),
+        }
+    }
+
+    /// Sets (or replaces) the bundle of `trust_domain` from its JWK set document (a SPIFFE
+    /// bundle: keys with `use` `jwt-svid` are taken, `x509-svid` ones skipped). A document that
+    /// does not parse or holds no usable key is an error and changes nothing.
+    pub fn set(
+        &self,
+        trust_domain: TrustDomain,
+        jwks: impl AsRef<[u8]>,
+    ) -> Result<(), JwtConfigError> {
+        let location = Location::Field("jwt bundle");
+        let set = match KeySet::from_jwks_json(jwks.as_ref(), &location) {
+            Ok(set) => set,
+            Err(error) => {
+                self.inner.published.reject(&error);
+                return Err(error);
+            }
+        };
+        let set = Arc::new(set);
+        self.inner.current.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            next.insert(trust_domain.clone(), Arc::clone(&set));
+            next
+        });
+        tracing::info!(%trust_domain, keys = set.len(), "JWT bundle updated");
+        self.inner.published.bump();
+        Ok(())
+    }
+
+    /// Removes the bundle of `trust_domain`; returns whether there was one.
+    pub fn remove(&self, trust_domain: &TrustDomain) -> bool {
+        let mut removed = false;
+        self.inner.current.rcu(|current| {
+            let mut next = HashMap::clone(current);
+            removed = next.remove(trust_domain).is_some();
+            next
+        });
+        if removed {
+            self.inner.published.bump();
+        }
+        removed
+    }
+
+    /// The trust domains that have a bundle.
+    pub fn trust_domains(&self) -> Vec<TrustDomain> {
+        self.inner.current.load().keys().cloned().collect()
+    }
+
+    pub(crate) fn keys(&self) -> Arc<dyn Keys> {
+        self.inner.clone()
+    }
+}
+
+impl std::fmt::Debug for JwtBundles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("JwtBundles")
+            .field(
+                "trust_domains",
+                &self
+                    .trust_domains()
+                    .iter()
+                    .map(TrustDomain::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl Keys for BundleKeys {
+    fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
+        let trust_domain = lookup.trust_domain?;
+        self.current
+            .load()
+            .get(trust_domain)?
+            .get(lookup.kid)
+            .cloned()
+    }
+
+    fn revision(&self) -> u64 {
+        self.published.revision()
+    }
+
+    fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+
+    fn published(&self) -> &Published {
+        &self.published
+    }
+}

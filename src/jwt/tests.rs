@@ -1,0 +1,828 @@
+//! Validator, key source and cache tests (HTTP-level ones are in `layer::jwt`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, SystemTime};
+
+use serde_json::{Value, json};
+
+use super::test_support::*;
+use super::*;
+use crate::testkit::TokenIssuer;
+use crate::{PeerIdentity, TrustDomain};
+
+fn access(keys: KeySource) -> JwtValidatorBuilder {
+    JwtValidator::access_tokens(AUDIENCE)
+        .issuer(ISSUER)
+        .key_source(keys)
+}
+
+fn es256() -> TokenIssuer {
+    TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap()
+}
+
+fn static_keys(issuer: &TokenIssuer) -> KeySource {
+    KeySource::from_jwks(issuer.jwks()).unwrap()
+}
+
+async fn kind_of(validator: &JwtValidator, token: &str, peer: &PeerIdentity) -> TokenErrorKind {
+    within(validator.validate(token, peer))
+        .await
+        .expect_err("token must be refused")
+        .kind()
+}
+
+#[test]
+fn builder_refuses_unsafe_or_incomplete_configurations() {
+    let issuer = es256();
+    let keys = static_keys(&issuer);
+    let err = |b: JwtValidatorBuilder| b.build().expect_err("must not build");
+    assert!(matches!(
+        err(access(keys.clone()).algorithms([Algorithm::HS256])),
+        JwtConfigError::UnsupportedAlgorithm { .. }
+    ));
+    assert!(matches!(
+        err(access(keys.clone()).algorithms([])),
+        JwtConfigError::NoAlgorithms
+    ));
+    assert!(matches!(
+        err(JwtValidator::access_tokens(AUDIENCE).key_source(keys.clone())),
+        JwtConfigError::MissingIssuer
+    ));
+    assert!(matches!(
+        err(JwtValidator::access_tokens("")
+            .issuer(ISSUER)
+            .key_source(keys.clone())),
+        JwtConfigError::MissingAudience
+    ));
+    assert!(matches!(
+        err(JwtValidator::access_tokens(AUDIENCE).issuer(ISSUER)),
+        JwtConfigError::MissingKeySource
+    ));
+    assert!(matches!(
+        err(access(keys.clone()).leeway(Duration::from_secs(3600))),
+        JwtConfigError::InvalidSetting {
+            field: "leeway",
+            ..
+        }
+    ));
+    assert!(matches!(
+        err(access(keys).max_token_size(10)),
+        JwtConfigError::InvalidSetting {
+            field: "max_token_size",
+            ..
+        }
+    ));
+    // JWT-SVIDs need no issuer.
+    assert!(
+        JwtValidator::jwt_svids(AUDIENCE)
+            .key_source(static_keys(&issuer))
+            .build()
+            .is_ok()
+    );
+}
+
+#[tokio::test]
+async fn time_claims_with_a_five_second_leeway() {
+    let issuer = es256();
+    let c = caller();
+    let v = access(static_keys(&issuer)).build().unwrap();
+    let now = SystemTime::now();
+    let secs = Duration::from_secs;
+    let t = || issuer.token().audience(AUDIENCE);
+
+    // Within the leeway: accepted.
+    let ok = t().expires_at(now - secs(2)).sign().unwrap();
+    assert!(within(v.validate(&ok, &c.peer)).await.is_ok());
+    let ok = t().not_before(now + secs(2)).sign().unwrap();
+    assert!(within(v.validate(&ok, &c.peer)).await.is_ok());
+
+    // Beyond it: refused, each for its own reason.
+    let expired = t().expires_at(now - secs(10)).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &expired, &c.peer).await,
+        TokenErrorKind::Expired
+    );
+    let early = t().not_before(now + secs(60)).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &early, &c.peer).await,
+        TokenErrorKind::NotYetValid
+    );
+    let future = t()
+        .issued_at(now + secs(60))
+        .expires_at(now + secs(120))
+        .sign()
+        .unwrap();
+    assert_eq!(
+        kind_of(&v, &future, &c.peer).await,
+        TokenErrorKind::IssuedInFuture
+    );
+    let long = t().expires_in(secs(2 * 24 * 3600)).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &long, &c.peer).await,
+        TokenErrorKind::LifetimeTooLong
+    );
+    let long_no_iat = t()
+        .without_claim("iat")
+        .expires_in(secs(2 * 24 * 3600))
+        .sign()
+        .unwrap();
+    assert_eq!(
+        kind_of(&v, &long_no_iat, &c.peer).await,
+        TokenErrorKind::LifetimeTooLong
+    );
+    let no_exp = t().without_claim("exp").sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &no_exp, &c.peer).await,
+        TokenErrorKind::InvalidClaim
+    );
+    let text_exp = t().claim("exp", json!("tomorrow")).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &text_exp, &c.peer).await,
+        TokenErrorKind::InvalidClaim
+    );
+
+    // The configured lifetime applies.
+    let short = access(static_keys(&issuer))
+        .max_lifetime(secs(60))
+        .build()
+        .unwrap();
+    let token = t().expires_in(secs(120)).sign().unwrap();
+    assert_eq!(
+        kind_of(&short, &token, &c.peer).await,
+        TokenErrorKind::LifetimeTooLong
+    );
+}
+
+#[tokio::test]
+async fn header_rules() {
+    let mut issuer = es256();
+    issuer.add_key("k384", Algorithm::ES384).unwrap();
+    let c = caller();
+    let v = access(static_keys(&issuer)).build().unwrap();
+    let t = || issuer.token().audience(AUDIENCE);
+
+    assert_eq!(
+        kind_of(&v, &t().unsigned(), &c.peer).await,
+        TokenErrorKind::AlgorithmNone
+    );
+    assert_eq!(
+        kind_of(&v, &t().header("alg", json!("NONE")).unsigned(), &c.peer).await,
+        TokenErrorKind::AlgorithmNone
+    );
+    assert_eq!(
+        kind_of(&v, &t().hs256_with_public_key().unwrap(), &c.peer).await,
+        TokenErrorKind::DisallowedAlgorithm
+    );
+    let crit = t().header("crit", json!(["exp"])).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &crit, &c.peer).await,
+        TokenErrorKind::CriticalHeader
+    );
+    let no_kid = t().header("kid", Value::Null).sign();
+    // The issuer signs with its key but the header carries `kid: null`.
+    assert_eq!(
+        kind_of(&v, &no_kid.unwrap(), &c.peer).await,
+        TokenErrorKind::MissingKeyId
+    );
+    let unknown = t().header("kid", json!("nope")).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &unknown, &c.peer).await,
+        TokenErrorKind::UnknownKey
+    );
+
+    // One algorithm per key: an ES384 token naming the ES256 key is refused before any
+    // signature check, whatever the signature.
+    let confused = t().key("k384").header("kid", json!("k1")).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &confused, &c.peer).await,
+        TokenErrorKind::KeyAlgorithmMismatch
+    );
+    // Same without `alg` in the JWK: the key type must still fit.
+    let mut jwks: Value = serde_json::from_str(&issuer.jwks()).unwrap();
+    for key in jwks["keys"].as_array_mut().unwrap() {
+        key.as_object_mut().unwrap().remove("alg");
+    }
+    let no_alg = access(KeySource::from_jwks(jwks.to_string()).unwrap())
+        .build()
+        .unwrap();
+    assert_eq!(
+        kind_of(&no_alg, &confused, &c.peer).await,
+        TokenErrorKind::KeyAlgorithmMismatch
+    );
+    assert!(
+        within(no_alg.validate(&t().sign().unwrap(), &c.peer))
+            .await
+            .is_ok()
+    );
+
+    // An algorithm outside a narrowed allow-list.
+    let only_eddsa = access(static_keys(&issuer))
+        .algorithms([Algorithm::EdDSA])
+        .build()
+        .unwrap();
+    assert_eq!(
+        kind_of(&only_eddsa, &t().sign().unwrap(), &c.peer).await,
+        TokenErrorKind::DisallowedAlgorithm
+    );
+
+    // typ: checked when configured.
+    let at = access(static_keys(&issuer))
+        .require_type("at+jwt")
+        .build()
+        .unwrap();
+    let plain = t().sign().unwrap();
+    assert_eq!(
+        kind_of(&at, &plain, &c.peer).await,
+        TokenErrorKind::WrongType
+    );
+    let jwt = t().typ("JWT").sign().unwrap();
+    assert_eq!(kind_of(&at, &jwt, &c.peer).await, TokenErrorKind::WrongType);
+    for ok in ["at+jwt", "application/AT+JWT"] {
+        let token = t().typ(ok).sign().unwrap();
+        assert!(within(at.validate(&token, &c.peer)).await.is_ok(), "{ok}");
+    }
+    assert!(
+        within(v.validate(&jwt, &c.peer)).await.is_ok(),
+        "typ unchecked by default"
+    );
+}
+
+#[tokio::test]
+async fn structure_and_size() {
+    let issuer = es256();
+    let c = caller();
+    let v = access(static_keys(&issuer)).build().unwrap();
+    let good = issuer.token().audience(AUDIENCE).sign().unwrap();
+    for bad in [
+        "".to_owned(),
+        "a.b".to_owned(),
+        "a.b.c.d".to_owned(),
+        format!("{good}.x"),
+        format!("*{good}"),
+        good.replacen('.', "=.", 1),
+        format!("{}.{}", good.rsplit_once('.').unwrap().0, "!!!"),
+        "e30.e30.e30".to_owned(),
+        "WzFd.e30.e30".to_owned(),
+    ] {
+        let kind = kind_of(&v, &bad, &c.peer).await;
+        assert!(
+            matches!(kind, TokenErrorKind::Malformed | TokenErrorKind::Missing),
+            "{bad}: {kind:?}"
+        );
+    }
+    let big = issuer
+        .token()
+        .audience(AUDIENCE)
+        .claim("pad", json!("x".repeat(9000)))
+        .sign()
+        .unwrap();
+    assert_eq!(kind_of(&v, &big, &c.peer).await, TokenErrorKind::TooLarge);
+    // Too large is decided on length alone: garbage of that size is refused the same way.
+    assert_eq!(
+        kind_of(&v, &"!".repeat(8193), &c.peer).await,
+        TokenErrorKind::TooLarge
+    );
+    let roomy = access(static_keys(&issuer))
+        .max_token_size(16 * 1024)
+        .build()
+        .unwrap();
+    assert!(within(roomy.validate(&big, &c.peer)).await.is_ok());
+}
+
+#[tokio::test]
+async fn issuer_audience_subject_and_required_claims() {
+    let issuer = es256();
+    let c = caller();
+    let v = access(static_keys(&issuer))
+        .audience("https://alt.test")
+        .require_claim("client_id")
+        .build()
+        .unwrap();
+    let t = || issuer.token().claim("client_id", json!("c1"));
+
+    assert!(
+        within(v.validate(&t().audience("https://alt.test").sign().unwrap(), &c.peer))
+            .await
+            .is_ok()
+    );
+    let list = t().audiences(&["other", AUDIENCE]).sign().unwrap();
+    assert!(within(v.validate(&list, &c.peer)).await.is_ok());
+
+    for (token, kind) in [
+        (t().audience("other").sign(), TokenErrorKind::WrongAudience),
+        (
+            t().audiences(&["other", "x"]).sign(),
+            TokenErrorKind::WrongAudience,
+        ),
+        (
+            t().claim("aud", json!([])).sign(),
+            TokenErrorKind::WrongAudience,
+        ),
+        (
+            t().claim("aud", json!([AUDIENCE, 1])).sign(),
+            TokenErrorKind::WrongAudience,
+        ),
+        (t().sign(), TokenErrorKind::WrongAudience),
+        (
+            t().audience(AUDIENCE).issued_by("https://evil.test").sign(),
+            TokenErrorKind::WrongIssuer,
+        ),
+        (
+            t().audience(AUDIENCE).without_claim("iss").sign(),
+            TokenErrorKind::WrongIssuer,
+        ),
+        (
+            t().audience(AUDIENCE).claim("iss", json!(7)).sign(),
+            TokenErrorKind::WrongIssuer,
+        ),
+        (
+            t().audience(AUDIENCE).without_claim("client_id").sign(),
+            TokenErrorKind::InvalidClaim,
+        ),
+        (
+            t().audience(AUDIENCE)
+                .claim("client_id", Value::Null)
+                .sign(),
+            TokenErrorKind::InvalidClaim,
+        ),
+        (
+            t().audience(AUDIENCE).claim("sub", json!(5)).sign(),
+            TokenErrorKind::InvalidSubject,
+        ),
+    ] {
+        assert_eq!(kind_of(&v, &token.unwrap(), &c.peer).await, kind);
+    }
+    let missing = within(
+        v.validate(
+            &t().audience(AUDIENCE)
+                .without_claim("client_id")
+                .sign()
+                .unwrap(),
+            &c.peer,
+        ),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(missing.description(), "token has no client_id claim");
+}
+
+#[tokio::test]
+async fn signature_and_tampering() {
+    let issuer = es256();
+    let c = caller();
+    let v = access(static_keys(&issuer)).build().unwrap();
+    let mut changes = serde_json::Map::new();
+    changes.insert("sub".into(), json!("admin"));
+    let tampered = issuer
+        .token()
+        .audience(AUDIENCE)
+        .subject("alice")
+        .tampered(changes)
+        .unwrap();
+    assert_eq!(
+        kind_of(&v, &tampered, &c.peer).await,
+        TokenErrorKind::InvalidSignature
+    );
+
+    // A token of another issuer reusing our kid.
+    let stranger = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+    let forged = stranger.token().audience(AUDIENCE).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &forged, &c.peer).await,
+        TokenErrorKind::InvalidSignature
+    );
+}
+
+#[tokio::test]
+async fn good_algorithms() {
+    let c = caller();
+    for alg in [
+        Algorithm::ES256,
+        Algorithm::ES384,
+        Algorithm::EdDSA,
+        Algorithm::RS256,
+        Algorithm::PS256,
+    ] {
+        let issuer = TokenIssuer::new(ISSUER, "k", alg).unwrap();
+        let v = access(static_keys(&issuer)).build().unwrap();
+        let token = issuer
+            .token()
+            .audience(AUDIENCE)
+            .subject("alice")
+            .sign()
+            .unwrap();
+        let claims = within(v.validate(&token, &c.peer)).await.unwrap();
+        assert_eq!(claims.subject(), Some("alice"), "{alg:?}");
+        assert_eq!(claims.issuer(), Some(ISSUER));
+    }
+}
+
+#[tokio::test]
+async fn certificate_binding() {
+    let issuer = es256();
+    let c = caller();
+    let optional = access(static_keys(&issuer)).build().unwrap();
+    let required = access(static_keys(&issuer))
+        .require_certificate_binding()
+        .build()
+        .unwrap();
+    let t = || issuer.token().audience(AUDIENCE);
+
+    let bound = t().bound_to_svid(&c.svid).sign().unwrap();
+    let claims = within(required.validate(&bound, &c.peer)).await.unwrap();
+    assert!(claims.is_certificate_bound());
+    assert!(within(optional.validate(&bound, &c.peer)).await.is_ok());
+
+    let elsewhere = t().bound_to_svid(&c.other).sign().unwrap();
+    assert_eq!(
+        kind_of(&required, &elsewhere, &c.peer).await,
+        TokenErrorKind::BindingMismatch
+    );
+    assert_eq!(
+        kind_of(&optional, &elsewhere, &c.peer).await,
+        TokenErrorKind::BindingMismatch,
+        "cnf is enforced even where binding is not required"
+    );
+    let unbound = t().sign().unwrap();
+    assert_eq!(
+        kind_of(&required, &unbound, &c.peer).await,
+        TokenErrorKind::BindingRequired
+    );
+    assert!(within(optional.validate(&unbound, &c.peer)).await.is_ok());
+
+    for cnf in [json!({"jkt": "abc"}), json!("x"), json!({"x5t#S256": 5})] {
+        let token = t().claim("cnf", cnf.clone()).sign().unwrap();
+        let kind = kind_of(&optional, &token, &c.peer).await;
+        assert!(
+            matches!(
+                kind,
+                TokenErrorKind::UnsupportedBinding | TokenErrorKind::BindingMismatch
+            ),
+            "{cnf}: {kind:?}"
+        );
+    }
+    // The padded or standard-alphabet spelling of our own thumbprint is not ours.
+    let padded = format!("{}=", crate::testkit::x5t_s256(c.svid.leaf()));
+    let token = t()
+        .claim("cnf", json!({ "x5t#S256": padded }))
+        .sign()
+        .unwrap();
+    assert_eq!(
+        kind_of(&optional, &token, &c.peer).await,
+        TokenErrorKind::BindingMismatch
+    );
+
+    // The same token on another connection (another certificate) is refused, even after it was
+    // accepted (and cached) on its own.
+    let other_peer = PeerIdentity::new(
+        c.peer.spiffe_id().clone(),
+        c.other.leaf().clone(),
+        SystemTime::now(),
+    );
+    assert_eq!(
+        kind_of(&required, &bound, &other_peer).await,
+        TokenErrorKind::BindingMismatch
+    );
+}
+
+fn bundles_for(issuer: &TokenIssuer, td: &str) -> JwtBundles {
+    let bundles = JwtBundles::new();
+    bundles
+        .set(TrustDomain::new(td).unwrap(), issuer.jwt_bundle())
+        .unwrap();
+    bundles
+}
+
+#[tokio::test]
+async fn jwt_svids() {
+    let issuer = TokenIssuer::new("", "svid-key", Algorithm::ES256).unwrap();
+    let c = caller();
+    let bundles = bundles_for(&issuer, "example.org");
+    let v = JwtValidator::jwt_svids(AUDIENCE)
+        .key_source(KeySource::jwt_bundles(&bundles))
+        .require_subject_matches_peer()
+        .build()
+        .unwrap();
+    let t = || issuer.token().without_claim("iss").audience(AUDIENCE);
+
+    let good = t().subject(CLIENT_ID).typ("JWT").sign().unwrap();
+    let claims = within(v.validate(&good, &c.peer)).await.unwrap();
+    assert_eq!(claims.spiffe_id().unwrap().to_string(), CLIENT_ID);
+
+    for (token, kind) in [
+        (t().subject("alice").sign(), TokenErrorKind::InvalidSubject),
+        (
+            t().subject("spiffe://Example.org/client").sign(),
+            TokenErrorKind::InvalidSubject,
+        ),
+        (
+            t().without_claim("sub").sign(),
+            TokenErrorKind::InvalidSubject,
+        ),
+        (
+            t().subject("spiffe://example.org/other").sign(),
+            TokenErrorKind::SubjectMismatch,
+        ),
+        // The key of example.org does not verify SVIDs of another trust domain.
+        (
+            t().subject("spiffe://other.org/client").sign(),
+            TokenErrorKind::UnknownKey,
+        ),
+        (
+            t().subject(CLIENT_ID).without_claim("aud").sign(),
+            TokenErrorKind::WrongAudience,
+        ),
+        (
+            t().subject(CLIENT_ID).typ("at+jwt").sign(),
+            TokenErrorKind::WrongType,
+        ),
+    ] {
+        assert_eq!(kind_of(&v, &token.unwrap(), &c.peer).await, kind);
+    }
+
+    // Removing the bundle removes trust at once, cached validations included.
+    assert!(bundles.remove(&TrustDomain::new("example.org").unwrap()));
+    assert_eq!(
+        kind_of(&v, &good, &c.peer).await,
+        TokenErrorKind::UnknownKey
+    );
+    assert!(
+        bundles
+            .set(TrustDomain::new("example.org").unwrap(), "{}")
+            .is_err()
+    );
+}
+
+mod counting {
+    //! A crypto provider that counts signature verifications, delegating to the real one.
+    use super::*;
+    use jsonwebtoken::crypto::{CryptoProvider, JwtSigner, JwtVerifier, KeyUtils};
+    use jsonwebtoken::{DecodingKey, EncodingKey};
+
+    pub(super) static VERIFICATIONS: AtomicUsize = AtomicUsize::new(0);
+
+    fn real() -> &'static CryptoProvider {
+        #[cfg(feature = "aws-lc-rs")]
+        return &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
+        #[cfg(not(feature = "aws-lc-rs"))]
+        return &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+    }
+
+    fn signer(
+        alg: &Algorithm,
+        key: &EncodingKey,
+    ) -> jsonwebtoken::errors::Result<Box<dyn JwtSigner>> {
+        (real().signer_factory)(alg, key)
+    }
+
+    fn verifier(
+        alg: &Algorithm,
+        key: &DecodingKey,
+    ) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+        VERIFICATIONS.fetch_add(1, Ordering::SeqCst);
+        (real().verifier_factory)(alg, key)
+    }
+
+    pub(super) static PROVIDER: CryptoProvider = CryptoProvider {
+        signer_factory: signer,
+        verifier_factory: verifier,
+        key_utils: KeyUtils::new_unimplemented(),
+    };
+}
+
+#[tokio::test]
+async fn cache_skips_verification_and_honors_exp_and_key_changes() {
+    let issuer = es256();
+    let c = caller();
+    let clock = TestClock::now();
+    let v = access(static_keys(&issuer))
+        .crypto_provider(&counting::PROVIDER)
+        .time_provider(clock.clone())
+        .build()
+        .unwrap();
+    let token = issuer
+        .token()
+        .audience(AUDIENCE)
+        .expires_in(Duration::from_secs(60))
+        .sign()
+        .unwrap();
+    let before = counting::VERIFICATIONS.load(Ordering::SeqCst);
+    for _ in 0..5 {
+        within(v.validate(&token, &c.peer)).await.unwrap();
+    }
+    assert_eq!(
+        counting::VERIFICATIONS.load(Ordering::SeqCst) - before,
+        1,
+        "verified once, then served from the cache"
+    );
+
+    // Past exp (plus leeway), the cached entry is not used.
+    clock.advance(Duration::from_secs(70));
+    assert_eq!(kind_of(&v, &token, &c.peer).await, TokenErrorKind::Expired);
+
+    // Without a cache every request verifies.
+    let uncached = access(static_keys(&issuer))
+        .crypto_provider(&counting::PROVIDER)
+        .cache_capacity(0)
+        .build()
+        .unwrap();
+    let before = counting::VERIFICATIONS.load(Ordering::SeqCst);
+    for _ in 0..3 {
+        within(uncached.validate(&token, &c.peer)).await.unwrap();
+    }
+    assert_eq!(counting::VERIFICATIONS.load(Ordering::SeqCst) - before, 3);
+}
+
+#[tokio::test]
+async fn jwks_file_is_reloaded_and_last_good_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("jwks.json");
+    let mut issuer = es256();
+    std::fs::write(&path, issuer.jwks()).unwrap();
+    let keys = KeySource::jwks_file(&path)
+        .poll_interval(Duration::from_millis(20))
+        .start()
+        .unwrap();
+    let c = caller();
+    let v = access(keys.clone()).build().unwrap();
+    let old = issuer.token().audience(AUDIENCE).sign().unwrap();
+    within(v.validate(&old, &c.peer)).await.unwrap();
+
+    // Broken content: refused, old keys stay.
+    let mut failures = keys.subscribe_failed_reloads();
+    std::fs::write(&path, r#"{"keys":[]}"#).unwrap();
+    within(failures.changed()).await.unwrap();
+    assert_eq!(keys.failed_reloads(), 1);
+    within(v.validate(&old, &c.peer)).await.unwrap();
+
+    // Rotation: a new key replaces the old.
+    issuer.add_key("k2", Algorithm::EdDSA).unwrap();
+    issuer.remove_key("k1");
+    let mut revisions = keys.subscribe();
+    let tmp = dir.path().join("jwks.json.tmp");
+    std::fs::write(&tmp, issuer.jwks()).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    within(revisions.changed()).await.unwrap();
+    let new = issuer.token().key("k2").audience(AUDIENCE).sign().unwrap();
+    within(v.validate(&new, &c.peer)).await.unwrap();
+    assert_eq!(kind_of(&v, &old, &c.peer).await, TokenErrorKind::UnknownKey);
+
+    assert!(matches!(
+        KeySource::jwks_file(dir.path().join("missing.json")).start(),
+        Err(JwtConfigError::Read { .. })
+    ));
+}
+
+#[tokio::test]
+async fn jwks_url_rotation_refreshes_on_unknown_kid() {
+    let mut issuer = es256();
+    let fetcher = TestFetcher::new(issuer.jwks());
+    let keys = within(
+        KeySource::jwks_url(fetcher.clone())
+            .unknown_kid_interval(Duration::ZERO)
+            .start(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetcher.fetches(), 1);
+    let c = caller();
+    let v = access(keys).build().unwrap();
+    within(v.validate(&issuer.token().audience(AUDIENCE).sign().unwrap(), &c.peer))
+        .await
+        .unwrap();
+    assert_eq!(fetcher.fetches(), 1, "known kid: no fetch");
+
+    issuer.add_key("k2", Algorithm::RS256).unwrap();
+    fetcher.serve(Ok(issuer.jwks()));
+    let rotated = issuer.token().key("k2").audience(AUDIENCE).sign().unwrap();
+    within(v.validate(&rotated, &c.peer)).await.unwrap();
+    assert_eq!(fetcher.fetches(), 2);
+}
+
+#[tokio::test]
+async fn jwks_url_failed_fetch_keeps_keys() {
+    let issuer = es256();
+    let fetcher = TestFetcher::new(issuer.jwks());
+    let keys = within(
+        KeySource::jwks_url(fetcher.clone())
+            .unknown_kid_interval(Duration::ZERO)
+            .start(),
+    )
+    .await
+    .unwrap();
+    let c = caller();
+    let v = access(keys.clone()).build().unwrap();
+    let good = issuer.token().audience(AUDIENCE).sign().unwrap();
+    let unknown = issuer
+        .token()
+        .header("kid", json!("rotated"))
+        .audience(AUDIENCE)
+        .sign()
+        .unwrap();
+
+    for (i, body) in [
+        Err("connection refused".to_owned()),
+        Ok(r#"{"keys":[]}"#.to_owned()),
+        Ok("<html>".to_owned()),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        fetcher.serve(body);
+        assert_eq!(
+            kind_of(&v, &unknown, &c.peer).await,
+            TokenErrorKind::UnknownKey
+        );
+        assert_eq!(keys.failed_reloads(), i as u64 + 1);
+        within(v.validate(&good, &c.peer)).await.unwrap();
+    }
+
+    // A first fetch that fails is an error at start.
+    let down = TestFetcher::new(String::new());
+    down.serve(Err("down".into()));
+    assert!(matches!(
+        within(KeySource::jwks_url(down).start()).await,
+        Err(JwtConfigError::Fetch { .. })
+    ));
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_is_rate_limited() {
+    let issuer = es256();
+    let fetcher = TestFetcher::new(issuer.jwks());
+    let keys = within(
+        KeySource::jwks_url(fetcher.clone())
+            .unknown_kid_interval(Duration::from_secs(60))
+            .start(),
+    )
+    .await
+    .unwrap();
+    let c = caller();
+    let v = access(keys).build().unwrap();
+    for i in 0..200 {
+        let token = issuer
+            .token()
+            .header("kid", json!(format!("random-{i}")))
+            .audience(AUDIENCE)
+            .sign()
+            .unwrap();
+        assert_eq!(
+            kind_of(&v, &token, &c.peer).await,
+            TokenErrorKind::UnknownKey
+        );
+    }
+    assert_eq!(
+        fetcher.fetches(),
+        1,
+        "no fetch within the interval of the last one"
+    );
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_is_single_flight() {
+    let issuer = es256();
+    let fetcher = TestFetcher::gated(issuer.jwks());
+    let keys = within(
+        KeySource::jwks_url(fetcher.clone())
+            .unknown_kid_interval(Duration::ZERO)
+            .start(),
+    )
+    .await
+    .unwrap();
+    let c = Arc::new(caller());
+    let v = access(keys).build().unwrap();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..50 {
+        let token = issuer
+            .token()
+            .header("kid", json!(format!("random-{i}")))
+            .audience(AUDIENCE)
+            .sign()
+            .unwrap();
+        let (v, c) = (v.clone(), c.clone());
+        tasks.spawn(async move { v.validate(&token, &c.peer).await.map(|_| ()) });
+    }
+    // Let every task reach the refresh (this runtime has one thread: yielding runs the others).
+    for _ in 0..200 {
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(fetcher.fetches(), 2, "one refresh for all waiting requests");
+    fetcher.release();
+    while let Some(result) = within(tasks.join_next()).await {
+        assert_eq!(
+            result.unwrap().unwrap_err().kind(),
+            TokenErrorKind::UnknownKey
+        );
+    }
+    assert_eq!(fetcher.fetches(), 2);
+}
+
+#[test]
+fn errors_are_safe_to_show() {
+    let error = TokenError::new(TokenErrorKind::InvalidSignature);
+    assert_eq!(error.to_string(), "token signature invalid");
+    assert_eq!(error.kind().as_str(), "invalid_signature");
+    let debug = format!("{:?}", KeySource::from_jwks(es256().jwks()).unwrap());
+    assert!(!debug.contains("\"x\""), "{debug}");
+}

@@ -1,0 +1,509 @@
+//! Attaching a bearer token to outgoing requests: [`ClientTokenLayer`], [`ClientToken`] and its
+//! [`ResponseFuture`].
+//!
+//! ```
+//! use secure_channel::layer::{BearerToken, ClientTokenLayer};
+//!
+//! let layer = ClientTokenLayer::new(BearerToken::new("eyJhbGciOiJFUzI1NiJ9.e30.c2ln")?);
+//! // Wrap the client of the secure connector with it: the token goes only to servers whose
+//! // SPIFFE identity the connector verified.
+//! # let _ = layer;
+//! # Ok::<(), secure_channel::layer::TokenProviderError>(())
+//! ```
+//!
+//! # Security
+//!
+//! The layer replaces any `Authorization` header already on the request, so a header carried
+//! over from an incoming request is never forwarded in place of this workload's token. Put it
+//! inside the secure connector's client, so tokens are sent only after the server's identity
+//! was verified.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+use http::{HeaderValue, Request, header};
+use pin_project_lite::pin_project;
+use tower_layer::Layer;
+use tower_service::Service;
+
+/// Errors of a [`TokenProvider`], and of the [`ClientToken`] service.
+pub type TokenProviderError = Box<dyn std::error::Error + Send + Sync>;
+
+type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// A bearer token ready to send. Its `Debug` never shows the token.
+#[derive(Clone)]
+pub struct BearerToken {
+    header: HeaderValue,
+    expires_at: Option<SystemTime>,
+}
+
+impl BearerToken {
+    /// A token (surrounding whitespace trimmed). Its expiry is read from the `exp` claim when
+    /// the token is a JWT (without verifying anything: it is this workload's own token).
+    pub fn new(token: impl AsRef<str>) -> Result<Self, TokenProviderError> {
+        let token = token.as_ref().trim();
+        if token.is_empty() {
+            return Err("empty bearer token".into());
+        }
+        let mut header = HeaderValue::try_from(format!("Bearer {token}"))
+            .map_err(|_| "bearer token holds characters not allowed in a header")?;
+        header.set_sensitive(true);
+        Ok(Self {
+            header,
+            expires_at: jwt_expiry(token),
+        })
+    }
+
+    /// Overrides the expiry (for opaque tokens whose lifetime is known otherwise).
+    #[must_use]
+    pub fn with_expiry(mut self, expires_at: SystemTime) -> Self {
+        self.expires_at = Some(expires_at);
+        self
+    }
+
+    /// When the token expires, if known.
+    pub fn expires_at(&self) -> Option<SystemTime> {
+        self.expires_at
+    }
+}
+
+impl fmt::Debug for BearerToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BearerToken")
+            .field("token", &"<redacted>")
+            .field("expires_at", &self.expires_at)
+            .finish()
+    }
+}
+
+/// The `exp` of a compact JWS, unverified.
+fn jwt_expiry(token: &str) -> Option<SystemTime> {
+    let payload = token.split('.').nth(1)?;
+    let bytes = URL_SAFE_NO_PAD.decode(payload).ok()?;
+    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
+    let exp = claims.get("exp")?.as_u64()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(exp))
+}
+
+/// Produces the token for outgoing requests (one target audience per provider).
+///
+/// Implement it for an OAuth client, a token file, or the Workload API's JWT-SVIDs; wrap it in
+/// [`CachedTokenProvider`] to fetch only when the token nears its expiry.
+pub trait TokenProvider: Send + Sync + 'static {
+    /// A token for the next request.
+    fn token(
+        &self,
+    ) -> Pin<Box<dyn Future<Output = Result<BearerToken, TokenProviderError>> + Send + '_>>;
+}
+
+/// Caches the token of another provider and fetches a new one before the cached one expires.
+///
+/// A token is reused until `refresh_before` (default 30 s, and at least a third of its
+/// remaining lifetime at fetch time) ahead of its expiry; concurrent requests share one fetch.
+/// When a fetch fails while the cached token is still valid, the cached token is used.
+pub struct CachedTokenProvider<P> {
+    inner: P,
+    refresh_before: Duration,
+    state: tokio::sync::Mutex<Option<(BearerToken, SystemTime)>>,
+}
+
+impl<P: TokenProvider> CachedTokenProvider<P> {
+    /// Caches the tokens of `inner`.
+    pub fn new(inner: P) -> Self {
+        Self {
+            inner,
+            refresh_before: Duration::from_secs(30),
+            state: tokio::sync::Mutex::new(None),
+        }
+    }
+
+    /// How long before expiry a token is replaced (default 30 s).
+    #[must_use]
+    pub fn refresh_before(mut self, margin: Duration) -> Self {
+        self.refresh_before = margin;
+        self
+    }
+
+    async fn current(&self) -> Result<BearerToken, TokenProviderError> {
+        let mut state = self.state.lock().await;
+        let now = SystemTime::now();
+        if let Some((token, refresh_at)) = state.as_ref()
+            && now < *refresh_at
+        {
+            return Ok(token.clone());
+        }
+        match self.inner.token().await {
+            Ok(token) => {
+                let refresh_at = match token.expires_at() {
+                    Some(expires) => {
+                        let remaining = expires.duration_since(now).unwrap_or_default();
+                        let margin = self.refresh_before.max(remaining / 3);
+                        expires.checked_sub(margin).unwrap_or(now)
+                    }
+                    // No known expiry: fetch every time.
+                    None => now,
+                };
+                *state = Some((token.clone(), refresh_at));
+                Ok(token)
+            }
+            Err(error) => match state.as_ref() {
+                Some((token, _)) if token.expires_at().is_some_and(|e| now < e) => {
+                    tracing::warn!(%error, "token refresh failed; the cached token is still valid");
+                    Ok(token.clone())
+                }
+                _ => Err(error),
+            },
+        }
+    }
+}
+
+impl<P: TokenProvider> TokenProvider for CachedTokenProvider<P> {
+    fn token(&self) -> BoxFuture<'_, Result<BearerToken, TokenProviderError>> {
+        Box::pin(self.current())
+    }
+}
+
+impl<P> fmt::Debug for CachedTokenProvider<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CachedTokenProvider")
+            .field("refresh_before", &self.refresh_before)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Source {
+    Static(BearerToken),
+    Provider(Arc<dyn TokenProvider>),
+}
+
+/// Attaches `Authorization: Bearer <token>` to every request, replacing any `Authorization`
+/// header already there.
+#[derive(Clone)]
+pub struct ClientTokenLayer {
+    source: Source,
+}
+
+impl ClientTokenLayer {
+    /// Always the same token.
+    pub fn new(token: BearerToken) -> Self {
+        Self {
+            source: Source::Static(token),
+        }
+    }
+
+    /// A token from `provider` per request (wrap it in [`CachedTokenProvider`] to cache).
+    pub fn provider(provider: impl TokenProvider) -> Self {
+        Self {
+            source: Source::Provider(Arc::new(provider)),
+        }
+    }
+}
+
+impl fmt::Debug for ClientTokenLayer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let source = match &self.source {
+            Source::Static(_) => "static",
+            Source::Provider(_) => "provider",
+        };
+        f.debug_struct("ClientTokenLayer")
+            .field("source", &source)
+            .finish()
+    }
+}
+
+impl<S> Layer<S> for ClientTokenLayer {
+    type Service = ClientToken<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        ClientToken {
+            inner,
+            source: self.source.clone(),
+        }
+    }
+}
+
+/// The service of [`ClientTokenLayer`].
+#[derive(Clone)]
+pub struct ClientToken<S> {
+    inner: S,
+    source: Source,
+}
+
+impl<S> ClientToken<S> {
+    /// The layer with a static token (same as [`ClientTokenLayer::new`]).
+    pub fn layer(token: BearerToken) -> ClientTokenLayer {
+        ClientTokenLayer::new(token)
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+
+    /// Unwraps the inner service.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: fmt::Debug> fmt::Debug for ClientToken<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientToken")
+            .field("inner", &self.inner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn attach<B>(request: &mut Request<B>, token: &BearerToken) {
+    request
+        .headers_mut()
+        .insert(header::AUTHORIZATION, token.header.clone());
+}
+
+impl<S, B> Service<Request<B>> for ClientToken<S>
+where
+    S: Service<Request<B>> + Clone,
+    S::Error: Into<TokenProviderError>,
+{
+    type Response = S::Response;
+    type Error = TokenProviderError;
+    type Future = ResponseFuture<S, B>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx).map_err(Into::into)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let state = match &self.source {
+            Source::Static(token) => {
+                attach(&mut request, token);
+                State::Calling {
+                    future: self.inner.call(request),
+                }
+            }
+            Source::Provider(provider) => {
+                let provider = Arc::clone(provider);
+                let clone = self.inner.clone();
+                let service = std::mem::replace(&mut self.inner, clone);
+                State::Fetching {
+                    token: Box::pin(async move { provider.token().await }),
+                    pending: Some((service, request)),
+                }
+            }
+        };
+        ResponseFuture { state }
+    }
+}
+
+pin_project! {
+    /// The response future of [`ClientToken`].
+    pub struct ResponseFuture<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        #[pin]
+        state: State<S, B>,
+    }
+}
+
+pin_project! {
+    #[project = StateProj]
+    enum State<S, B>
+    where
+        S: Service<Request<B>>,
+    {
+        Fetching {
+            token: BoxFuture<'static, Result<BearerToken, TokenProviderError>>,
+            pending: Option<(S, Request<B>)>,
+        },
+        Calling {
+            #[pin]
+            future: S::Future,
+        },
+    }
+}
+
+impl<S, B> fmt::Debug for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+{
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let state = match &self.state {
+            State::Fetching { .. } => "fetching token",
+            State::Calling { .. } => "calling",
+        };
+        f.debug_struct("ResponseFuture")
+            .field("state", &state)
+            .finish()
+    }
+}
+
+impl<S, B> Future for ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<TokenProviderError>,
+{
+    type Output = Result<S::Response, TokenProviderError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        loop {
+            let next = match self.as_mut().project().state.project() {
+                StateProj::Calling { future } => {
+                    return future.poll(cx).map_err(Into::into);
+                }
+                StateProj::Fetching { token, pending } => {
+                    let token = ready!(token.as_mut().poll(cx))?;
+                    let Some((mut service, mut request)) = pending.take() else {
+                        return Poll::Ready(Err("response future polled after completion".into()));
+                    };
+                    attach(&mut request, &token);
+                    State::Calling {
+                        future: service.call(request),
+                    }
+                }
+            };
+            self.as_mut().project().state.set(next);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use tower::ServiceExt;
+
+    use super::*;
+
+    const STEP: Duration = Duration::from_secs(5);
+
+    fn echo_auth() -> impl Service<
+        Request<()>,
+        Response = Option<String>,
+        Error = std::convert::Infallible,
+        Future = impl Send,
+    > + Clone {
+        tower::service_fn(|request: Request<()>| async move {
+            Ok(request
+                .headers()
+                .get(header::AUTHORIZATION)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned))
+        })
+    }
+
+    fn jwt_with_exp(exp: u64) -> String {
+        let payload = URL_SAFE_NO_PAD.encode(format!(r#"{{"exp":{exp}}}"#));
+        format!("eyJhbGciOiJFUzI1NiJ9.{payload}.c2ln")
+    }
+
+    #[tokio::test]
+    async fn static_token_replaces_existing_header() {
+        let token = BearerToken::new(" abc.def.ghi\n").unwrap();
+        assert!(!format!("{token:?}").contains("abc"));
+        let service = ClientTokenLayer::new(token).layer(echo_auth());
+        let request = Request::builder()
+            .header(header::AUTHORIZATION, "Bearer forwarded")
+            .body(())
+            .unwrap();
+        let seen = tokio::time::timeout(STEP, service.oneshot(request))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(seen.as_deref(), Some("Bearer abc.def.ghi"));
+        assert!(BearerToken::new("  ").is_err());
+        assert!(BearerToken::new("a\nb").is_err());
+    }
+
+    struct Counting {
+        calls: Arc<AtomicUsize>,
+        lifetime: u64,
+        fail: bool,
+    }
+
+    impl TokenProvider for Counting {
+        fn token(&self) -> BoxFuture<'_, Result<BearerToken, TokenProviderError>> {
+            let n = self.calls.fetch_add(1, Ordering::SeqCst);
+            let fail = self.fail && n > 0;
+            let exp = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .unwrap()
+                .as_secs()
+                + self.lifetime;
+            Box::pin(async move {
+                if fail {
+                    return Err("issuer down".into());
+                }
+                BearerToken::new(jwt_with_exp(exp))
+            })
+        }
+    }
+
+    #[tokio::test]
+    async fn provider_tokens_are_cached_until_near_expiry() {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let provider = CachedTokenProvider::new(Counting {
+            calls: calls.clone(),
+            lifetime: 3600,
+            fail: false,
+        });
+        let layer = ClientTokenLayer::provider(provider);
+        for _ in 0..5 {
+            let seen =
+                tokio::time::timeout(STEP, layer.layer(echo_auth()).oneshot(Request::new(())))
+                    .await
+                    .unwrap()
+                    .unwrap();
+            assert!(seen.unwrap().starts_with("Bearer eyJ"));
+        }
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+
+        // A token inside its refresh margin is fetched again; a failed fetch falls back to the
+        // still-valid cached token.
+        let calls = Arc::new(AtomicUsize::new(0));
+        let provider = CachedTokenProvider::new(Counting {
+            calls: calls.clone(),
+            lifetime: 20,
+            fail: true,
+        });
+        let first = tokio::time::timeout(STEP, provider.token()).await.unwrap();
+        let second = tokio::time::timeout(STEP, provider.token()).await.unwrap();
+        assert_eq!(calls.load(Ordering::SeqCst), 2);
+        assert_eq!(
+            first.unwrap().header,
+            second.unwrap().header,
+            "cached token used when the refresh fails"
+        );
+    }
+
+    struct Failing;
+
+    impl TokenProvider for Failing {
+        fn token(&self) -> BoxFuture<'_, Result<BearerToken, TokenProviderError>> {
+            Box::pin(async { Err("no token".into()) })
+        }
+    }
+
+    #[tokio::test]
+    async fn provider_failure_is_an_error_not_a_tokenless_request() {
+        let service = ClientTokenLayer::provider(Failing).layer(echo_auth());
+        let result = tokio::time::timeout(STEP, service.oneshot(Request::new(())))
+            .await
+            .unwrap();
+        assert!(result.is_err());
+    }
+}
