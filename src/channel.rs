@@ -11,7 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::Error;
-use crate::identity::{AllowList, IdMatcher};
+use crate::identity::{AllowList, IdMatcher, PeerAdmission};
 use crate::source::CredentialSource;
 use crate::tls::{TlsConfigs, TlsPolicy};
 use crate::transport::{self, SecureStream};
@@ -46,6 +46,7 @@ struct Inner {
 pub struct SecureChannelBuilder {
     source: CredentialSource,
     allowed_clients: AllowList,
+    admission: Option<Arc<dyn PeerAdmission>>,
     expected_servers: AllowList,
     policy: TlsPolicy,
     handshake_timeout: Duration,
@@ -75,6 +76,7 @@ impl SecureChannel {
         SecureChannelBuilder {
             source: source.into(),
             allowed_clients: AllowList::deny_all(),
+            admission: None,
             expected_servers: AllowList::deny_all(),
             policy: TlsPolicy::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
@@ -272,6 +274,15 @@ impl SecureChannelBuilder {
         self
     }
 
+    /// Also allows, at the handshake, every client that some allow rule of `policy` could ever
+    /// admit (following the policy as it reloads); a client that no rule names is refused before
+    /// it can send a request. The per-request decision stays with
+    /// [`AuthorizeLayer`](crate::layer::AuthorizeLayer) on the same policy.
+    pub fn allow_clients_by_policy(mut self, policy: &crate::authz::PolicySource) -> Self {
+        self.admission = Some(Arc::new(policy.clone()));
+        self
+    }
+
     /// Accepts TLS 1.2 besides TLS 1.3 (ECDHE key exchange with AEAD ciphers only). Off by
     /// default: enable it only for peers that cannot speak TLS 1.3.
     pub fn allow_tls12(mut self) -> Self {
@@ -305,6 +316,7 @@ impl SecureChannelBuilder {
         let tls = TlsConfigs::build(
             self.source.clone(),
             self.allowed_clients,
+            self.admission,
             self.expected_servers,
             self.policy,
             self.time,

@@ -104,6 +104,17 @@ impl PolicySource {
     }
 }
 
+/// The handshake admits the principals some enforced allow rule names (dry-run: everyone).
+impl crate::identity::PeerAdmission for PolicySource {
+    fn admits(&self, id: &SpiffeId) -> bool {
+        self.could_ever_allow(id)
+    }
+
+    fn admitted(&self) -> Option<crate::identity::AllowList> {
+        self.current().principals()
+    }
+}
+
 fn replace(shared: &Shared, mut policy: Policy) {
     policy.carry_counters_from(&shared.current.load());
     let rules = policy.len();

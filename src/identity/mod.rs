@@ -2,10 +2,12 @@
 //!
 //! Pure types: nothing here does I/O, and nothing depends on tokio or rustls.
 
+mod admission;
 mod matcher;
 mod peer;
 mod svid;
 
+pub use admission::PeerAdmission;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
 pub use svid::SvidError;

@@ -85,3 +85,49 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
             .ok_or(MissingPeerIdentity)
     }
 }
+
+/// Applies `layer` to the whole `router`, routing included: the layer sees each request before
+/// axum matches its path, and the path it passes on (normalized, for
+/// [`AuthorizeLayer`](crate::layer::AuthorizeLayer)) is the one that gets routed.
+///
+/// Use it for this crate's layers. `Router::layer` runs middleware after routing, on the raw
+/// path: a request such as `/admin/../public/x` could then be authorized as `/public/x` but
+/// routed by the raw path to an `/admin/{*rest}` route.
+///
+/// ```no_run
+/// # fn run(policy: secure_channel::authz::PolicySource) {
+/// use axum::{Router, routing::get};
+/// use secure_channel::integration::axum::layer_before_routing;
+/// use secure_channel::layer::AuthorizeLayer;
+///
+/// let routes = Router::new().route("/public/hello", get(|| async { "hello" }));
+/// let app = layer_before_routing(routes, AuthorizeLayer::new(policy));
+/// # let _ = app;
+/// # }
+/// ```
+pub fn layer_before_routing<L>(router: axum::Router, layer: L) -> axum::Router
+where
+    L: tower_layer::Layer<axum::Router>,
+    L::Service: tower_service::Service<axum::extract::Request, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    <L::Service as tower_service::Service<axum::extract::Request>>::Response: IntoResponse,
+    <L::Service as tower_service::Service<axum::extract::Request>>::Future: Send + 'static,
+{
+    axum::Router::new().fallback_service(layer.layer(router))
+}
+
+/// The claims of the request's validated token, set by [`JwtLayer`](crate::layer::JwtLayer);
+/// without one (no JWT layer in front of the handler), the request is refused with 401.
+impl<S: Send + Sync> FromRequestParts<S> for crate::jwt::VerifiedClaims {
+    type Rejection = Response;
+
+    async fn from_request_parts(parts: &mut Parts, _state: &S) -> Result<Self, Self::Rejection> {
+        parts.extensions.get::<Self>().cloned().ok_or_else(|| {
+            let rejection = Rejection::new(RejectionKind::InvalidToken, "no validated token");
+            DefaultResponder.respond(&rejection, false)
+        })
+    }
+}

@@ -183,7 +183,7 @@ enum Outcome {
 }
 
 fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
-    let Some(peer) = request.extensions().get::<PeerIdentity>() else {
+    let Some(peer) = crate::layer::peer_identity(request.extensions()) else {
         tracing::info!(
             target: AUDIT_TARGET,
             method = %request.method(),

@@ -9,7 +9,7 @@ use rustls::{CipherSuite, ClientConfig, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::UnixTime;
 
 use crate::Error;
-use crate::identity::AllowList;
+use crate::identity::{AllowList, PeerAdmission};
 use crate::source::CredentialSource;
 use crate::tls::resolver::SvidResolver;
 use crate::tls::sessions::{RotatingServerSessions, RotatingSessionStore};
@@ -80,18 +80,17 @@ impl TlsConfigs {
     pub(crate) fn build(
         source: CredentialSource,
         allowed_clients: AllowList,
+        admission: Option<Arc<dyn PeerAdmission>>,
         expected_servers: AllowList,
         policy: TlsPolicy,
         time: Arc<dyn TimeProvider>,
     ) -> Result<Self, Error> {
         let provider = policy.provider(crate::crypto::default_provider()?.as_ref());
         let algorithms = provider.signature_verification_algorithms;
-        let clients_verifier = Arc::new(SvidVerifier::new(
-            source.clone(),
-            allowed_clients,
-            Side::Clients,
-            algorithms,
-        ));
+        let clients_verifier = Arc::new(
+            SvidVerifier::new(source.clone(), allowed_clients, Side::Clients, algorithms)
+                .with_admission(admission),
+        );
         let resolver = Arc::new(SvidResolver::new(source.clone()));
         let mut server = ServerConfig::builder_with_details(provider.clone(), time.clone())
             .with_protocol_versions(policy.versions())

@@ -11,7 +11,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use sha2::{Digest, Sha256};
 
-use crate::identity::{AllowList, PeerIdentity, chain_validity, inspect_leaf};
+use crate::identity::{AllowList, PeerAdmission, PeerIdentity, chain_validity, inspect_leaf};
 use crate::source::CredentialSource;
 use crate::tls::{ChainError, PeerRejection};
 
@@ -29,6 +29,7 @@ pub(crate) enum Side {
 pub(crate) struct SvidVerifier {
     source: CredentialSource,
     allowed: AllowList,
+    admission: Option<Arc<dyn PeerAdmission>>,
     side: Side,
     algorithms: WebPkiSupportedAlgorithms,
     verified: VerifiedChains,
@@ -39,10 +40,10 @@ const VERIFIED_CHAINS_CAPACITY: usize = 4096;
 
 /// Chains that passed verification, keyed by the SHA-256 of the presented certificates.
 ///
-/// Verification is a pure function of the chain bytes, the bundles, the clock and the allow-list
-/// (fixed per verifier); an entry holds the credential revision it was verified under (the
+/// Chain validation is a pure function of the chain bytes, the bundles and the clock; an entry holds the credential revision it was verified under (the
 /// bundles) and the span in which every certificate of the chain is valid (the clock), and is
-/// used only while both still hold. It spares resumed sessions, and the identity lookup after a
+/// used only while both still hold. Who may connect is decided after the lookup, on every
+/// handshake, so a changed allow-list or policy applies at once. It spares resumed sessions, and the identity lookup after a
 /// full handshake, a second chain validation.
 #[derive(Debug, Default)]
 struct VerifiedChains {
@@ -100,10 +101,35 @@ impl SvidVerifier {
         Self {
             source,
             allowed,
+            admission: None,
             side,
             algorithms,
             verified: VerifiedChains::default(),
         }
+    }
+
+    /// Also admits the peers `admission` admits.
+    pub(crate) fn with_admission(mut self, admission: Option<Arc<dyn PeerAdmission>>) -> Self {
+        self.admission = admission;
+        self
+    }
+
+    /// Whether the (authenticated) `id` may connect: the allow-list, or the admission.
+    fn admit(&self, identity: PeerIdentity) -> Result<PeerIdentity, PeerRejection> {
+        let id = identity.spiffe_id();
+        if self.allowed.allows(id) || self.admission.as_ref().is_some_and(|a| a.admits(id)) {
+            return Ok(identity);
+        }
+        let mut expected = self.allowed.clone();
+        if let Some(admitted) = self.admission.as_ref().and_then(|a| a.admitted()) {
+            for matcher in admitted.matchers() {
+                expected.push(matcher.clone());
+            }
+        }
+        Err(PeerRejection::NotAllowed {
+            presented: id.clone(),
+            expected,
+        })
     }
 
     /// Verifies a presented chain, leaf first, at `now`.
@@ -120,7 +146,7 @@ impl SvidVerifier {
         let snapshot = self.source.snapshot();
         let key = chain_digest(end_entity, intermediates);
         if let Some(identity) = self.verified.get(&key, snapshot.revision, now) {
-            return Ok(identity);
+            return self.admit(identity);
         }
         let leaf = inspect_leaf(end_entity.as_ref()).map_err(PeerRejection::NotSvid)?;
         let presented = leaf.spiffe_id;
@@ -149,12 +175,6 @@ impl SvidVerifier {
         if let Err(reason) = chain_result {
             return Err(PeerRejection::InvalidChain { presented, reason });
         }
-        if !self.allowed.allows(&presented) {
-            return Err(PeerRejection::NotAllowed {
-                presented,
-                expected: self.allowed.clone(),
-            });
-        }
         let identity =
             PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after);
         let chain = std::iter::once(end_entity)
@@ -171,7 +191,7 @@ impl SvidVerifier {
                 },
             );
         }
-        Ok(identity)
+        self.admit(identity)
     }
 
     /// The identity of a finished handshake's peer, from the chain rustls holds for it.
