@@ -16,7 +16,7 @@
 //!
 //! # Security
 //!
-//! A request without a verified [`PeerIdentity`] in its extensions (a service not behind the
+//! A request without a verified [`PeerIdentity`](crate::PeerIdentity) in its extensions (a service not behind the
 //! secure listener) is refused with [`RejectionKind::MissingPeerIdentity`]: the layer fails
 //! closed. A denied request is refused with [`RejectionKind::Forbidden`] and a description that
 //! says nothing of the policy; the deciding rule is in the audit event. When the normalized path
@@ -37,7 +37,6 @@ use tower_layer::Layer;
 use tower_service::Service;
 
 use crate::authz::{AUDIT_TARGET, AuthzRequest, Decision, PolicySource, encode_normalized};
-use crate::identity::PeerIdentity;
 use crate::jwt::VerifiedClaims;
 use crate::layer::{
     DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
@@ -54,7 +53,7 @@ struct Config<R> {
 
 /// Applies an authorization policy to every request.
 ///
-/// Reads the caller's [`PeerIdentity`] (and [`VerifiedClaims`], if a token layer validated one)
+/// Reads the caller's [`PeerIdentity`](crate::PeerIdentity) (and [`VerifiedClaims`], if a token layer validated one)
 /// from the request extensions, decides with the current policy, and refuses denied requests
 /// through the [`RejectionResponder`]: 403 `forbidden` (gRPC PERMISSION_DENIED), or 401 when
 /// the identity is missing. Allowed requests carry their [`Decision`] in their extensions, and
@@ -312,6 +311,7 @@ mod tests {
     use std::convert::Infallible;
     use std::time::{Duration, SystemTime};
 
+    use crate::identity::PeerIdentity;
     use http::{HeaderValue, Method, StatusCode, header};
     use rustls_pki_types::CertificateDer;
     use spiffe::SpiffeId;
