@@ -5,11 +5,13 @@
 //!   graceful shutdown.
 //! - `axum` (feature `axum`): `SecureListener` implements `axum::serve::Listener`;
 //!   [`PeerIdentity`](crate::PeerIdentity) is an extractor.
+//! - [`jwks`]: fetching a token issuer's JWK set over HTTPS for the JWT layer.
 //! - `tonic` (feature `tonic`): an incoming stream for `Server::serve_with_incoming` whose
 //!   connections carry the caller's identity into every request.
 
 #[cfg(feature = "axum")]
 pub mod axum;
 pub mod hyper;
+pub mod jwks;
 #[cfg(feature = "tonic")]
 pub mod tonic;

@@ -223,6 +223,7 @@ impl DevCa {
             ca: self,
             uris: vec![spiffe_id.to_owned()],
             dns_names: Vec::new(),
+            ip_addresses: Vec::new(),
             key_algorithm: KeyAlgorithm::default(),
             not_before: now - Duration::from_secs(300),
             not_after: now + Duration::from_secs(3600),
@@ -268,6 +269,7 @@ pub struct SvidBuilder<'a> {
     ca: &'a DevCa,
     uris: Vec<String>,
     dns_names: Vec<String>,
+    ip_addresses: Vec<std::net::IpAddr>,
     key_algorithm: KeyAlgorithm,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -308,6 +310,12 @@ impl SvidBuilder<'_> {
     /// Adds a DNS SAN.
     pub fn dns_name(mut self, name: &str) -> Self {
         self.dns_names.push(name.to_owned());
+        self
+    }
+
+    /// Adds an IP address SAN (for plain WebPKI servers in tests, such as a JWKS endpoint).
+    pub fn ip_address(mut self, ip: std::net::IpAddr) -> Self {
+        self.ip_addresses.push(ip);
         self
     }
 
@@ -361,6 +369,9 @@ impl SvidBuilder<'_> {
         }
         for name in &self.dns_names {
             params.subject_alt_names.push(SanType::DnsName(ia5(name)?));
+        }
+        for ip in &self.ip_addresses {
+            params.subject_alt_names.push(SanType::IpAddress(*ip));
         }
         params.not_before = self.not_before.into();
         params.not_after = self.not_after.into();
