@@ -4,7 +4,7 @@
 //!   cargo run --example echo_client -- --url https://127.0.0.1:8443/whoami \
 //!     --cert svid.pem --key svid.key --bundle bundle.pem \
 //!     --expect-server spiffe://example.org/server [--expect-server ...] \
-//!     [--federated-bundle other.org=other.pem ...] [--http2]
+//!     [--federated-bundle other.org=other.pem ...] [--http2] [--token token.jwt]
 //!
 //! Flags:
 //!   --url URL                         what to GET
@@ -14,6 +14,9 @@
 //!   --expect-server X                 server IDs accepted (repeatable, at least one): spiffe://td/path,
 //!                                     spiffe://td, or spiffe://td/path/*
 //!   --http2                           force HTTP/2 (default: as ALPN decides)
+//!   --token PATH                      send the token in PATH (surrounding whitespace trimmed) as
+//!                                     `Authorization: Bearer`, only to a server whose identity
+//!                                     was verified
 //!
 //! Prints the response body to stdout and exits 0 on a 2xx answer; otherwise exits non-zero with
 //! the error on stderr (a wrong server identity names the expected and the presented IDs).
@@ -24,7 +27,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use secure_channel::layer::{BearerToken, ClientTokenLayer};
 use secure_channel::{CredentialSource, SecureChannel, TrustDomain};
+use tower::{ServiceBuilder, ServiceExt};
 
 #[derive(Debug, Default)]
 struct Args {
@@ -35,6 +40,7 @@ struct Args {
     federated: Vec<(String, String)>,
     expect: Vec<String>,
     http2: bool,
+    token: Option<String>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -56,6 +62,7 @@ fn parse_args() -> Result<Args, String> {
             }
             "--expect-server" => args.expect.push(value()?),
             "--http2" => args.http2 = true,
+            "--token" => args.token = Some(value()?),
             "-h" | "--help" => {
                 return Err("see the usage at the top of examples/echo_client.rs".into());
             }
@@ -111,10 +118,32 @@ async fn run(args: Args) -> Result<String, String> {
         client.http2_only(true);
     }
     let client = client.build::<_, Empty<Bytes>>(connector);
-    let response = tokio::time::timeout(std::time::Duration::from_secs(30), client.get(url))
+    // The token goes into the request only; the connector verifies the server's identity in
+    // the TLS handshake before any byte of the request is sent.
+    let token = match &args.token {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| format!("--token {path}: {e}"))?;
+            Some(BearerToken::new(text.trim()).map_err(|e| format!("--token {path}: {e}"))?)
+        }
+        None => None,
+    };
+    let request = http::Request::get(url)
+        .body(Empty::new())
+        .map_err(|e| e.to_string())?;
+    let call = async {
+        match token {
+            Some(token) => ServiceBuilder::new()
+                .layer(ClientTokenLayer::new(token))
+                .service(client)
+                .oneshot(request)
+                .await
+                .map_err(|e| chain(e.as_ref())),
+            None => client.request(request).await.map_err(|e| chain(&e)),
+        }
+    };
+    let response = tokio::time::timeout(std::time::Duration::from_secs(30), call)
         .await
-        .map_err(|_| "request timed out".to_owned())?
-        .map_err(|e| chain(&e))?;
+        .map_err(|_| "request timed out".to_owned())??;
     let status = response.status();
     let body = response
         .into_body()

@@ -3,7 +3,8 @@
 //! Usage:
 //!   cargo run --example echo_server -- \
 //!     --cert svid.pem --key svid.key --bundle bundle.pem \
-//!     --allow spiffe://example.org/client [--allow ...] \
+//!     --allow spiffe://example.org/client [--allow ...] [--policy policy.toml] \
+//!     [--jwks jwks.json --audience api [--issuer https://issuer] [--require-bound-token]] \
 //!     [--listen 127.0.0.1:8443] [--federated-bundle other.org=other.pem ...] [--tls12]
 //!
 //! Flags:
@@ -16,10 +17,16 @@
 //!                                     spiffe://td/path, a trust domain spiffe://td, or a prefix
 //!                                     spiffe://td/path/*
 //!   --tls12                           also accept TLS 1.2 (default: TLS 1.3 only)
+//!   --policy PATH                     an authorization policy file (TOML), watched for changes;
+//!                                     --allow callers stay allowed on every route
+//!   --jwks PATH --audience AUD        require a valid bearer token on every request, verified
+//!                                     with the JWK set in PATH (watched) for audience AUD
+//!   --issuer ISS                      ...issued by ISS (default: any issuer of that JWK set)
+//!   --require-bound-token             ...bound to the caller's certificate (RFC 8705)
 //!
 //! The certificate, key and bundle files are watched: replacing them changes what new handshakes
 //! use within seconds, without a restart. When ready, prints `listening on ADDR`.
-//! `GET /whoami` answers `{"spiffe_id": "<caller>", "token_subject": null}`.
+//! `GET /whoami` answers `{"spiffe_id": "<caller>", "token_subject": <the token's sub or null>}`.
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -27,7 +34,14 @@ use std::process::ExitCode;
 use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::get;
-use secure_channel::{CredentialSource, PeerIdentity, SecureChannel, TrustDomain};
+use secure_channel::authz::PolicySource;
+use secure_channel::integration::axum::layer_before_routing;
+use secure_channel::jwt::{JwtValidator, KeySource, VerifiedClaims};
+use secure_channel::layer::{AuthorizeLayer, JwtLayer};
+use secure_channel::{
+    AllowList, CredentialSource, IdMatcher, PeerIdentity, SecureChannel, TrustDomain,
+};
+use tower::{Layer, ServiceExt};
 
 #[derive(Debug, Default)]
 struct Args {
@@ -38,6 +52,11 @@ struct Args {
     federated: Vec<(String, String)>,
     allow: Vec<String>,
     tls12: bool,
+    policy: Option<String>,
+    jwks: Option<String>,
+    audience: Option<String>,
+    issuer: Option<String>,
+    require_bound_token: bool,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -59,6 +78,11 @@ fn parse_args() -> Result<Args, String> {
             }
             "--allow" => args.allow.push(value()?),
             "--tls12" => args.tls12 = true,
+            "--policy" => args.policy = Some(value()?),
+            "--jwks" => args.jwks = Some(value()?),
+            "--audience" => args.audience = Some(value()?),
+            "--issuer" => args.issuer = Some(value()?),
+            "--require-bound-token" => args.require_bound_token = true,
             "-h" | "--help" => {
                 return Err("see the usage at the top of examples/echo_server.rs".into());
             }
@@ -68,21 +92,91 @@ fn parse_args() -> Result<Args, String> {
     Ok(args)
 }
 
-async fn whoami(peer: PeerIdentity) -> impl IntoResponse {
+async fn whoami(peer: PeerIdentity, request: axum::extract::Request) -> impl IntoResponse {
+    let subject = request
+        .extensions()
+        .get::<VerifiedClaims>()
+        .and_then(|c| c.subject().map(str::to_owned));
     let body =
-        serde_json::json!({ "spiffe_id": peer.spiffe_id().to_string(), "token_subject": null });
+        serde_json::json!({ "spiffe_id": peer.spiffe_id().to_string(), "token_subject": subject });
     (
         [(http::header::CONTENT_TYPE, "application/json")],
         body.to_string(),
     )
 }
 
+/// The token validator of `--jwks`, `--audience`, `--issuer`, `--require-bound-token`.
+fn token_validator(args: &Args) -> Result<Option<JwtValidator>, String> {
+    let (jwks, audience) =
+        match (&args.jwks, &args.audience) {
+            (None, None) if args.issuer.is_none() && !args.require_bound_token => return Ok(None),
+            (Some(jwks), Some(audience)) => (jwks, audience),
+            _ => return Err(
+                "--jwks and --audience go together (and --issuer, --require-bound-token need them)"
+                    .into(),
+            ),
+        };
+    let keys = KeySource::jwks_file(jwks)
+        .start()
+        .map_err(|e| e.to_string())?;
+    let mut builder = JwtValidator::access_tokens(audience.as_str()).key_source(keys);
+    builder = match &args.issuer {
+        Some(issuer) => builder.issuer(issuer.as_str()),
+        None => builder.any_issuer(),
+    };
+    if args.require_bound_token {
+        builder = builder.require_certificate_binding();
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| format!("--jwks {jwks}: {e}"))
+}
+
+/// The routes behind the optional token and policy checks. Callers named by `--allow` pass the
+/// policy on every route; everyone else is judged by it.
+fn app(
+    routes: Router,
+    validator: Option<JwtValidator>,
+    policy: Option<PolicySource>,
+    allow: AllowList,
+) -> Router {
+    let routes = match policy {
+        None => routes,
+        Some(policy) => {
+            let authorized = AuthorizeLayer::new(policy).layer(routes.clone());
+            Router::new().fallback(move |request: axum::extract::Request| {
+                let (routes, authorized, allow) =
+                    (routes.clone(), authorized.clone(), allow.clone());
+                async move {
+                    let everywhere = secure_channel::layer::peer_identity(request.extensions())
+                        .is_some_and(|peer| allow.allows(peer.spiffe_id()));
+                    if everywhere {
+                        routes.oneshot(request).await.into_response()
+                    } else {
+                        match authorized.oneshot(request).await {
+                            Ok(response) => response.into_response(),
+                            Err(never) => match never {},
+                        }
+                    }
+                }
+            })
+        }
+    };
+    match validator {
+        None => routes,
+        Some(validator) => layer_before_routing(routes, JwtLayer::new(validator)),
+    }
+}
+
 async fn run(args: Args) -> Result<(), String> {
-    let cert = args.cert.ok_or("--cert is required")?;
-    let key = args.key.ok_or("--key is required")?;
-    let bundle = args.bundle.ok_or("--bundle is required")?;
-    if args.allow.is_empty() {
-        return Err("at least one --allow is required (nobody is allowed by default)".into());
+    let cert = args.cert.clone().ok_or("--cert is required")?;
+    let key = args.key.clone().ok_or("--key is required")?;
+    let bundle = args.bundle.clone().ok_or("--bundle is required")?;
+    if args.allow.is_empty() && args.policy.is_none() {
+        return Err(
+            "at least one --allow (or a --policy) is required: nobody is allowed by default".into(),
+        );
     }
     let listen: SocketAddr = args
         .listen
@@ -97,10 +191,25 @@ async fn run(args: Args) -> Result<(), String> {
         files = files.bundle(td, path);
     }
     let source = files.start().map_err(|e| e.to_string())?;
+    let validator = token_validator(&args)?;
+    let policy = match &args.policy {
+        Some(path) => Some(
+            PolicySource::from_file(path)
+                .start()
+                .map_err(|e| e.to_string())?,
+        ),
+        None => None,
+    };
 
     let mut builder = SecureChannel::builder(source);
+    let mut allow = AllowList::deny_all();
     for allowed in &args.allow {
-        builder = builder.allow_client(allowed.as_str());
+        let matcher = IdMatcher::parse(allowed).map_err(|e| format!("--allow: {e}"))?;
+        allow.push(matcher.clone());
+        builder = builder.allow_client(matcher);
+    }
+    if let Some(policy) = &policy {
+        builder = builder.allow_clients_by_policy(policy);
     }
     if args.tls12 {
         builder = builder.allow_tls12();
@@ -113,7 +222,12 @@ async fn run(args: Args) -> Result<(), String> {
     let listener = channel.listener(tcp).map_err(|e| e.to_string())?;
     println!("listening on {}", listener.local_addr());
 
-    let app = Router::new().route("/whoami", get(whoami));
+    let app = app(
+        Router::new().route("/whoami", get(whoami)),
+        validator,
+        policy,
+        allow,
+    );
     axum::serve(
         listener,
         app.into_make_service_with_connect_info::<PeerIdentity>(),

@@ -390,3 +390,225 @@ async fn echo_server_refuses_bad_configuration_naming_the_file() {
     )
     .await;
 }
+
+fn client_args(s: &Setup, url: &str, extra: &[&std::ffi::OsStr]) -> Vec<std::ffi::OsString> {
+    let mut args: Vec<std::ffi::OsString> = vec![
+        "--url".into(),
+        url.into(),
+        "--cert".into(),
+        s.client_cert.clone().into(),
+        "--key".into(),
+        s.client_key.clone().into(),
+        "--bundle".into(),
+        s.bundle.clone().into(),
+        "--expect-server".into(),
+        SERVER_ID.into(),
+    ];
+    args.extend(extra.iter().map(|a| a.to_os_string()));
+    args
+}
+
+async fn run_client(args: &[std::ffi::OsString]) -> std::process::Output {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    echo_client(&args).await
+}
+
+#[tokio::test]
+async fn echo_server_policy_file_is_enforced_and_reloaded() {
+    let s = setup();
+    // A second workload, allowed everywhere by --allow.
+    let ops = s.ca.svid("spiffe://example.org/ops").issue().unwrap();
+    let (ops_cert, ops_key) = s.files.svid("ops", &ops);
+    let policy = s.files.path("policy.toml");
+    let deny_whoami = format!(
+        "[[rule]]\nname = \"client-health\"\nprincipals = [\"{CLIENT_ID}\"]\nroutes = [{{ path = \"/health\" }}]\n"
+    );
+    replace(&policy, &deny_whoami);
+    let server = echo_server(&[
+        os("--cert"),
+        os(&s.server_cert),
+        os("--key"),
+        os(&s.server_key),
+        os("--bundle"),
+        os(&s.bundle),
+        os("--allow"),
+        os("spiffe://example.org/ops"),
+        os("--policy"),
+        os(&policy),
+    ])
+    .await;
+    let url = format!("https://{}/whoami", server.addr);
+
+    let output = run_client(&client_args(&s, &url, &[])).await;
+    assert!(!output.status.success());
+    assert!(
+        String::from_utf8_lossy(&output.stderr).contains("403"),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    let mut ops_args = client_args(&s, &url, &[]);
+    ops_args[3] = ops_cert.into();
+    ops_args[5] = ops_key.into();
+    let output = run_client(&ops_args).await;
+    assert!(
+        output.status.success(),
+        "--allow callers pass on every route: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    // The file changes: the client is now allowed on /whoami, without a restart.
+    replace(
+        &policy,
+        &format!(
+            "{deny_whoami}\n[[rule]]\nname = \"client-whoami\"\nprincipals = [\"{CLIENT_ID}\"]\nroutes = [{{ methods = [\"GET\"], path = \"/whoami\" }}]\n"
+        ),
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        let output = run_client(&client_args(&s, &url, &[])).await;
+        if output.status.success() {
+            let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+            assert_eq!(json["spiffe_id"], CLIENT_ID);
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the policy change was not applied within 5 s"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(server.child);
+
+    // A broken policy file is refused at start, naming the file and the line.
+    replace(
+        &policy,
+        "[[rule]]\nname = \"x\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/\" }]\n",
+    );
+    expect_config_error(
+        &[
+            os("--cert"),
+            os(&s.server_cert),
+            os("--key"),
+            os(&s.server_key),
+            os("--bundle"),
+            os(&s.bundle),
+            os("--policy"),
+            os(&policy),
+        ],
+        &[
+            &format!("{}:3", policy.display()),
+            "principals",
+            "spiffe://example.org/bill*",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn echo_server_requires_bound_tokens() {
+    use secure_channel::jwt::Algorithm;
+    use secure_channel::testkit::TokenIssuer;
+    let s = setup();
+    let issuer = TokenIssuer::new("https://issuer.test", "k1", Algorithm::ES256).unwrap();
+    let jwks = s.files.path("jwks.json");
+    replace(&jwks, &issuer.jwks());
+    let server = echo_server(&[
+        os("--cert"),
+        os(&s.server_cert),
+        os("--key"),
+        os(&s.server_key),
+        os("--bundle"),
+        os(&s.bundle),
+        os("--allow"),
+        os(CLIENT_ID),
+        os("--jwks"),
+        os(&jwks),
+        os("--audience"),
+        os("echo"),
+        os("--issuer"),
+        os("https://issuer.test"),
+        os("--require-bound-token"),
+    ])
+    .await;
+    let url = format!("https://{}/whoami", server.addr);
+    let client_leaf = {
+        let pem = std::fs::read(&s.client_cert).unwrap();
+        rustls_pki_types::CertificateDer::from(pem::parse(pem).unwrap().into_contents())
+    };
+    let token_file = |name: &str, token: String| {
+        let path = s.files.path(name);
+        // A final newline, as editors and `echo` write it: trimmed by echo_client.
+        replace(&path, &format!("{token}\n"));
+        path
+    };
+
+    let bound = issuer
+        .token()
+        .audience("echo")
+        .subject("alice")
+        .bound_to(&client_leaf)
+        .sign()
+        .unwrap();
+    let path = token_file("bound.jwt", bound);
+    let output = run_client(&client_args(&s, &url, &[os("--token"), os(&path)])).await;
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        json,
+        serde_json::json!({ "spiffe_id": CLIENT_ID, "token_subject": "alice" })
+    );
+
+    // No token, an unbound token, a token bound to another certificate: 401.
+    let other = s.ca.svid(CLIENT_ID).issue().unwrap();
+    for token in [
+        None,
+        Some(
+            issuer
+                .token()
+                .audience("echo")
+                .subject("alice")
+                .sign()
+                .unwrap(),
+        ),
+        Some(
+            issuer
+                .token()
+                .audience("echo")
+                .subject("alice")
+                .bound_to(other.leaf())
+                .sign()
+                .unwrap(),
+        ),
+        Some(
+            issuer
+                .token()
+                .audience("elsewhere")
+                .subject("alice")
+                .bound_to(&client_leaf)
+                .sign()
+                .unwrap(),
+        ),
+    ] {
+        let extra_path;
+        let extra: Vec<&std::ffi::OsStr> = match token {
+            Some(token) => {
+                extra_path = token_file("bad.jwt", token);
+                vec![os("--token"), os(&extra_path)]
+            }
+            None => vec![],
+        };
+        let output = run_client(&client_args(&s, &url, &extra)).await;
+        assert!(!output.status.success());
+        assert!(
+            String::from_utf8_lossy(&output.stderr).contains("401"),
+            "{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+    }
+    drop(server.child);
+}

@@ -83,6 +83,38 @@ fn builder_refuses_unsafe_or_incomplete_configurations() {
 }
 
 #[tokio::test]
+async fn any_issuer_is_an_explicit_opt_in() {
+    let issuer = es256();
+    let c = caller();
+    // Without the opt-in, an access-token validator needs an issuer (see above); with it, the
+    // `iss` claim is not compared, but the signature still is.
+    let v = JwtValidator::access_tokens(AUDIENCE)
+        .any_issuer()
+        .key_source(static_keys(&issuer))
+        .build()
+        .unwrap();
+    let token = issuer
+        .token()
+        .audience(AUDIENCE)
+        .issued_by("https://someone.else")
+        .sign()
+        .unwrap();
+    assert!(within(v.validate(&token, &c.peer)).await.is_ok());
+    let forger = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+    let forged = forger.token().audience(AUDIENCE).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &forged, &c.peer).await,
+        TokenErrorKind::InvalidSignature
+    );
+    // And `issuer` still narrows it when given.
+    let v = access(static_keys(&issuer)).any_issuer().build().unwrap();
+    assert_eq!(
+        kind_of(&v, &token, &c.peer).await,
+        TokenErrorKind::WrongIssuer
+    );
+}
+
+#[tokio::test]
 async fn time_claims_with_a_five_second_leeway() {
     let issuer = es256();
     let c = caller();

@@ -55,6 +55,7 @@ pub struct JwtValidatorBuilder {
     profile: Profile,
     audiences: Vec<String>,
     issuers: Vec<String>,
+    any_issuer: bool,
     algorithms: Vec<Algorithm>,
     leeway: Duration,
     max_lifetime: Duration,
@@ -86,6 +87,7 @@ impl JwtValidatorBuilder {
             profile,
             audiences: vec![audience],
             issuers: Vec::new(),
+            any_issuer: false,
             algorithms: DEFAULT_ALGORITHMS.to_vec(),
             leeway: DEFAULT_LEEWAY,
             max_lifetime: DEFAULT_MAX_LIFETIME,
@@ -111,6 +113,14 @@ impl JwtValidatorBuilder {
     /// least once; for JWT-SVIDs, `iss` is checked only when an issuer is given.
     pub fn issuer(mut self, issuer: impl Into<String>) -> Self {
         self.issuers.push(issuer.into());
+        self
+    }
+
+    /// Accepts access tokens whatever their `iss` claim says, instead of requiring
+    /// [`issuer`](Self::issuer). Only for a key source that holds the keys of one issuer (such
+    /// as that issuer's JWKS file): there, the signature already says who issued the token.
+    pub fn any_issuer(mut self) -> Self {
+        self.any_issuer = true;
         self
     }
 
@@ -213,7 +223,7 @@ impl JwtValidatorBuilder {
             return Err(JwtConfigError::MissingAudience);
         }
         let issuers: Vec<String> = self.issuers.into_iter().filter(|i| !i.is_empty()).collect();
-        if self.profile == Profile::AccessToken && issuers.is_empty() {
+        if self.profile == Profile::AccessToken && issuers.is_empty() && !self.any_issuer {
             return Err(JwtConfigError::MissingIssuer);
         }
         if self.algorithms.is_empty() {
