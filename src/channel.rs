@@ -3,7 +3,7 @@
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
 use rustls_pki_types::ServerName;
@@ -37,6 +37,33 @@ struct Inner {
     source: CredentialSource,
     tls: TlsConfigs,
     handshake_timeout: Duration,
+    expiry_warning: Duration,
+    /// When an expiry warning or error was last logged, to log at most once a minute.
+    last_expiry_log: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+/// Default: warn when the SVID expires within this time and has not been rotated.
+const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(10 * 60);
+
+/// The state of the workload's own SVID, for health checks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum CredentialStatus {
+    /// Valid, and not close to expiry.
+    Valid {
+        /// When the SVID expires.
+        not_after: SystemTime,
+    },
+    /// Valid, but expiring within the warning period without having been rotated.
+    ExpiringSoon {
+        /// When the SVID expires.
+        not_after: SystemTime,
+    },
+    /// Expired: the channel refuses new handshakes until valid credentials arrive.
+    Expired {
+        /// When the SVID expired.
+        not_after: SystemTime,
+    },
 }
 
 /// Builds a [`SecureChannel`]. Nothing is allowed until said: a channel without
@@ -50,6 +77,7 @@ pub struct SecureChannelBuilder {
     expected_servers: AllowList,
     policy: TlsPolicy,
     handshake_timeout: Duration,
+    expiry_warning: Duration,
     time: Arc<dyn TimeProvider>,
     first_error: Option<Error>,
 }
@@ -80,6 +108,7 @@ impl SecureChannel {
             expected_servers: AllowList::deny_all(),
             policy: TlsPolicy::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            expiry_warning: DEFAULT_EXPIRY_WARNING,
             time: Arc::new(DefaultTimeProvider),
             first_error: None,
         }
@@ -93,7 +122,7 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = &self.inner.tls;
+        let tls = self.fresh()?;
         transport::accept(
             tls.server.clone(),
             &tls.clients_verifier,
@@ -113,7 +142,7 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = &self.inner.tls;
+        let tls = self.fresh()?;
         transport::accept(
             tls.server.clone(),
             &tls.clients_verifier,
@@ -136,7 +165,7 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = &self.inner.tls;
+        let tls = self.fresh()?;
         transport::connect(
             tls.client.clone(),
             &tls.servers_verifier,
@@ -162,7 +191,7 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = &self.inner.tls;
+        let tls = self.fresh()?;
         let (config, verifier) = tls.client_for(expected)?;
         transport::connect(
             config,
@@ -215,7 +244,7 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = &self.inner.tls;
+        let tls = self.fresh()?;
         transport::connect(
             config,
             verifier,
@@ -230,6 +259,71 @@ impl SecureChannel {
     /// The bound on each handshake.
     pub fn handshake_timeout(&self) -> Duration {
         self.inner.handshake_timeout
+    }
+
+    /// The state of the channel's own SVID at the channel's clock.
+    pub fn credential_status(&self) -> CredentialStatus {
+        let not_after = self.inner.source.snapshot().credentials.svid().not_after();
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(self.inner.tls.now().as_secs());
+        if now >= not_after {
+            CredentialStatus::Expired { not_after }
+        } else if not_after.duration_since(now).unwrap_or_default() <= self.inner.expiry_warning {
+            CredentialStatus::ExpiringSoon { not_after }
+        } else {
+            CredentialStatus::Valid { not_after }
+        }
+    }
+
+    /// The TLS configurations, if the channel's own credentials may be used for a handshake:
+    /// fails closed once the SVID has expired, and warns while it nears expiry.
+    fn fresh(&self) -> Result<&TlsConfigs, Error> {
+        match self.credential_status() {
+            CredentialStatus::Valid { .. } => Ok(&self.inner.tls),
+            CredentialStatus::ExpiringSoon { not_after } => {
+                if self.should_log_expiry() {
+                    tracing::warn!(
+                        spiffe_id = %self.inner.source.snapshot().credentials.svid().spiffe_id(),
+                        not_after = ?not_after,
+                        "SVID expires soon and has not been rotated"
+                    );
+                }
+                Ok(&self.inner.tls)
+            }
+            CredentialStatus::Expired { not_after } => {
+                let spiffe_id = self
+                    .inner
+                    .source
+                    .snapshot()
+                    .credentials
+                    .svid()
+                    .spiffe_id()
+                    .clone();
+                if self.should_log_expiry() {
+                    tracing::error!(
+                        %spiffe_id,
+                        not_after = ?not_after,
+                        "SVID expired: refusing new handshakes until valid credentials arrive"
+                    );
+                }
+                Err(Error::CredentialsExpired {
+                    spiffe_id,
+                    not_after,
+                })
+            }
+        }
+    }
+
+    fn should_log_expiry(&self) -> bool {
+        let mut last = match self.inner.last_expiry_log.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        let now = std::time::Instant::now();
+        if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
+            return false;
+        }
+        *last = Some(now);
+        true
     }
 
     /// The credential source this channel presents and trusts.
@@ -296,6 +390,14 @@ impl SecureChannelBuilder {
         self
     }
 
+    /// Warn (through `tracing`, at most once a minute) when the channel's own SVID expires within
+    /// `period` and has not been rotated (default 10 minutes). Once expired, the channel refuses
+    /// new handshakes with [`Error::CredentialsExpired`] until valid credentials arrive.
+    pub fn expiry_warning(mut self, period: Duration) -> Self {
+        self.expiry_warning = period;
+        self
+    }
+
     /// The clock certificate validity is checked against (default: the system clock).
     pub fn time_provider(mut self, time: Arc<dyn TimeProvider>) -> Self {
         self.time = time;
@@ -326,6 +428,8 @@ impl SecureChannelBuilder {
                 source: self.source,
                 tls,
                 handshake_timeout: self.handshake_timeout,
+                expiry_warning: self.expiry_warning,
+                last_expiry_log: std::sync::Mutex::new(None),
             }),
         })
     }

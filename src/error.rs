@@ -129,6 +129,17 @@ pub enum Error {
     /// mismatch such as a TLS 1.2-only peer).
     #[error("TLS handshake failed: {0}")]
     Handshake(#[source] io::Error),
+    /// The channel's own SVID has expired: no handshake is made with expired credentials until
+    /// the source delivers valid ones.
+    #[error(
+        "own SVID {spiffe_id} expired at {not_after:?}: refusing new handshakes until valid credentials arrive"
+    )]
+    CredentialsExpired {
+        /// The SVID's SPIFFE ID.
+        spiffe_id: spiffe::SpiffeId,
+        /// When it expired.
+        not_after: std::time::SystemTime,
+    },
     /// The handshake did not finish in time.
     #[error("TLS handshake timed out")]
     HandshakeTimeout,

@@ -106,7 +106,7 @@ pub mod testkit;
 pub mod tls;
 pub mod transport;
 
-pub use channel::{SecureChannel, SecureChannelBuilder};
+pub use channel::{CredentialStatus, SecureChannel, SecureChannelBuilder};
 pub use error::{Error, Location};
 pub use identity::{AllowList, IdMatcher, PeerIdentity};
 pub use source::{CredentialSource, Credentials, MemorySource, Svid, TrustBundle, TrustBundles};

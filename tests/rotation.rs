@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rustls::HandshakeKind;
-use rustls::time_provider::TimeProvider;
-use rustls_pki_types::UnixTime;
 use secure_channel::testkit::{DevCa, IssuedSvid};
 use secure_channel::tls::{ChainError, PeerRejection};
 use secure_channel::{
@@ -426,24 +424,11 @@ async fn server_rotation_ends_resumption_of_earlier_sessions() {
     }
 }
 
-/// A clock that tests can move forward.
-#[derive(Debug)]
-struct TestClock(std::sync::Mutex<SystemTime>);
-
-impl TimeProvider for TestClock {
-    fn current_time(&self) -> Option<UnixTime> {
-        let now = *self.0.lock().unwrap();
-        Some(UnixTime::since_unix_epoch(
-            now.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
-        ))
-    }
-}
-
 #[tokio::test]
 async fn resumed_session_is_refused_once_the_peer_leaf_expired() {
     let ca = DevCa::new("example.org").unwrap();
     let now = SystemTime::now();
-    let clock = Arc::new(TestClock(std::sync::Mutex::new(now)));
+    let clock = Arc::new(TestClock::at(now));
     let server_creds = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
     let mut server = TestServer::start(
         SecureChannel::builder(&server_creds)
@@ -475,7 +460,7 @@ async fn resumed_session_is_refused_once_the_peer_leaf_expired() {
     );
     assert_eq!(server.next().await.unwrap(), CLIENT_ID);
 
-    *clock.0.lock().unwrap() = now + Duration::from_secs(300);
+    clock.set(now + Duration::from_secs(300));
     let attempt = async {
         let mut stream = within(client.connect_tcp(server.addr)).await?;
         read_line(&mut stream).await.map_err(Error::Handshake)

@@ -91,7 +91,7 @@ impl TlsConfigs {
             SvidVerifier::new(source.clone(), allowed_clients, Side::Clients, algorithms)
                 .with_admission(admission),
         );
-        let resolver = Arc::new(SvidResolver::new(source.clone()));
+        let resolver = Arc::new(SvidResolver::new(source.clone(), time.clone()));
         let mut server = ServerConfig::builder_with_details(provider.clone(), time.clone())
             .with_protocol_versions(policy.versions())
             .map_err(Error::TlsConfig)?
@@ -170,7 +170,7 @@ fn client_config(
         .map_err(Error::TlsConfig)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerSvidVerifier(verifier)))
-        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone())));
+        .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone(), time.clone())));
     client.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
     client.resumption = Resumption::store(sessions.clone());
     Ok(Arc::new(client))

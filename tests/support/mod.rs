@@ -221,3 +221,27 @@ impl ServerCertVerifier for AcceptAnyServer {
 pub fn ca(trust_domain: &str) -> DevCa {
     DevCa::new(trust_domain).unwrap()
 }
+
+/// A clock that tests can move, for the channel's and validators' `time_provider`.
+#[derive(Debug)]
+pub struct TestClock(std::sync::Mutex<std::time::SystemTime>);
+
+impl TestClock {
+    pub fn at(now: std::time::SystemTime) -> Self {
+        Self(std::sync::Mutex::new(now))
+    }
+
+    pub fn set(&self, now: std::time::SystemTime) {
+        *self.0.lock().unwrap() = now;
+    }
+}
+
+impl rustls::time_provider::TimeProvider for TestClock {
+    fn current_time(&self) -> Option<UnixTime> {
+        let now = *self.0.lock().unwrap();
+        Some(UnixTime::since_unix_epoch(
+            now.duration_since(std::time::SystemTime::UNIX_EPOCH)
+                .unwrap(),
+        ))
+    }
+}

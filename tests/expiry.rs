@@ -1,0 +1,142 @@
+//! Credential expiry: a warning while the SVID nears expiry, fail closed once it has expired,
+//! recovery when valid material arrives.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use secure_channel::testkit::DevCa;
+use secure_channel::{
+    CredentialStatus, Credentials, Error, MemorySource, SecureChannel, TrustBundles,
+};
+use support::*;
+
+const SERVER_ID: &str = "spiffe://example.org/api";
+const CLIENT_ID: &str = "spiffe://example.org/web";
+const MINUTE: Duration = Duration::from_secs(60);
+
+fn short_lived(ca: &DevCa, id: &str, now: SystemTime, lifetime: Duration) -> Credentials {
+    let svid = ca
+        .svid(id)
+        .validity(now - MINUTE, now + lifetime)
+        .issue()
+        .unwrap();
+    Credentials::new(
+        svid.to_svid().unwrap(),
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    )
+}
+
+#[tokio::test]
+async fn server_fails_closed_when_its_svid_expires_and_recovers() {
+    let ca = DevCa::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let clock = Arc::new(TestClock::at(now));
+    let server_source = MemorySource::new(short_lived(&ca, SERVER_ID, now, 30 * MINUTE));
+    let channel = SecureChannel::builder(&server_source)
+        .allow_client(CLIENT_ID)
+        .time_provider(clock.clone())
+        .build()
+        .unwrap();
+    assert!(matches!(
+        channel.credential_status(),
+        CredentialStatus::Valid { .. }
+    ));
+    clock.set(now + 25 * MINUTE);
+    assert!(matches!(
+        channel.credential_status(),
+        CredentialStatus::ExpiringSoon { .. }
+    ));
+
+    let mut server = TestServer::start(channel.clone()).await;
+    let client_source = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
+    let client = SecureChannel::builder(&client_source)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    // Still valid, if expiring soon: served.
+    let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+
+    // Past expiry: no handshake with the expired SVID, and a clear error on the server.
+    clock.set(now + 31 * MINUTE);
+    assert!(matches!(
+        channel.credential_status(),
+        CredentialStatus::Expired { .. }
+    ));
+    assert!(within(client.connect_tcp(server.addr)).await.is_err());
+    match server.next().await {
+        Err(error @ Error::CredentialsExpired { .. }) => {
+            assert!(error.to_string().contains(SERVER_ID), "{error}");
+        }
+        other => panic!("expected CredentialsExpired, got {other:?}"),
+    }
+    // The connection made before expiry keeps working.
+    round_trip(&mut stream, "still here").await.unwrap();
+
+    // Valid material arrives: the channel recovers by itself.
+    server_source.update(short_lived(&ca, SERVER_ID, now, 90 * MINUTE));
+    assert!(matches!(
+        channel.credential_status(),
+        CredentialStatus::Valid { .. }
+    ));
+    let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+}
+
+#[tokio::test]
+async fn client_refuses_to_connect_with_an_expired_svid() {
+    let ca = DevCa::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let clock = Arc::new(TestClock::at(now + 10 * MINUTE));
+    let server_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let server = TestServer::start(
+        SecureChannel::builder(&server_source)
+            .allow_client(CLIENT_ID)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let client_source = MemorySource::new(short_lived(&ca, CLIENT_ID, now, 5 * MINUTE));
+    let client = SecureChannel::builder(&client_source)
+        .expect_server(SERVER_ID)
+        .time_provider(clock)
+        .build()
+        .unwrap();
+    match within(client.connect_tcp(server.addr)).await {
+        Err(Error::CredentialsExpired { spiffe_id, .. }) => {
+            assert_eq!(spiffe_id.to_string(), CLIENT_ID)
+        }
+        other => panic!("expected CredentialsExpired, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn the_rustls_config_never_presents_an_expired_svid() {
+    // Serving straight from `server_config()` skips the channel's check; the certificate
+    // resolver still refuses to present an expired SVID.
+    let ca = DevCa::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let clock = Arc::new(TestClock::at(now + 10 * MINUTE));
+    let source = MemorySource::new(short_lived(&ca, SERVER_ID, now, 5 * MINUTE));
+    let channel = SecureChannel::builder(&source)
+        .allow_client(CLIENT_ID)
+        .time_provider(clock)
+        .build()
+        .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(channel.server_config());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        acceptor.accept(tcp).await.map(|_| ())
+    });
+    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let config = raw_client_config(Some((&svid, true)), &[&rustls::version::TLS13]);
+    assert!(raw_connect(config, addr).await.is_err());
+    let error = within(server).await.unwrap().unwrap_err();
+    assert!(error.to_string().contains("certificate"), "{error}");
+}
