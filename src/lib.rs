@@ -101,6 +101,7 @@ pub mod integration;
 pub mod jwt;
 pub mod layer;
 pub mod source;
+pub mod telemetry;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 pub mod tls;

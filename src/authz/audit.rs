@@ -201,6 +201,12 @@ pub(crate) fn emit(request: &AuthzRequest<'_>, decision: &Decision) {
         crate::authz::DenyReason::InvalidPath(e) => e.as_str(),
         other => other.as_str(),
     });
+    let outcome = match (decision.is_allowed(), decision.is_dry_run()) {
+        (true, _) => "allow",
+        (false, true) => "would_deny",
+        (false, false) => "deny",
+    };
+    crate::telemetry::authz_decision(outcome, rule.or(reason).unwrap_or("default-deny"));
     let shadow = decision.shadow().map(|s| {
         if s.would_allow() {
             "would-allow"

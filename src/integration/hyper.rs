@@ -1,6 +1,11 @@
 //! Plain hyper: serve a tower service over a [`SecureListener`] with hyper-util's automatic
 //! HTTP/1.1 + HTTP/2 builder, the caller's [`PeerIdentity`] in every request's extensions.
 //!
+//! Works for any tower service, an axum `Router` included (the identity is then in the
+//! extensions directly, no `ConnectInfo` needed). Each connection runs in a `tracing` span
+//! `connection` with the peer's SPIFFE ID and address; each request in a child span `request`
+//! with its method and path. Request headers are bounded ([`Serve::max_header_size`]).
+//!
 //! ```no_run
 //! use std::convert::Infallible;
 //!
@@ -33,6 +38,8 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 
+use tracing::Instrument;
+
 use crate::identity::PeerIdentity;
 use crate::transport::SecureListener;
 
@@ -48,8 +55,15 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    Serve { listener, service }
+    Serve {
+        listener,
+        service,
+        max_header_size: DEFAULT_MAX_HEADER_SIZE,
+    }
 }
+
+/// Default bound on a request's header section (HTTP/1.1 read buffer, HTTP/2 header list).
+pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
 
 /// A server being set up by [`serve`]; await it to run until the process ends, or add
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown).
@@ -58,6 +72,7 @@ where
 pub struct Serve<S> {
     listener: SecureListener,
     service: S,
+    max_header_size: usize,
 }
 
 impl<S, B> Serve<S>
@@ -71,6 +86,13 @@ where
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    /// Bounds a request's header section (default 32 KiB, at least 8 KiB): larger HTTP/1.1
+    /// headers get 431, larger HTTP/2 header lists are refused by the protocol.
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = bytes.max(8 * 1024);
+        self
+    }
+
     /// Runs until `signal` completes, then stops accepting and waits for the requests in flight
     /// on every connection to finish (idle keep-alive connections are closed).
     pub async fn with_graceful_shutdown<F>(self, signal: F) -> io::Result<()>
@@ -80,24 +102,43 @@ where
         let Serve {
             mut listener,
             service,
+            max_header_size,
         } = self;
         let graceful = GracefulShutdown::new();
-        let builder = Builder::new(TokioExecutor::new());
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder.http1().max_buf_size(max_header_size);
+        builder
+            .http2()
+            .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX));
         tokio::pin!(signal);
         loop {
             tokio::select! {
                 accepted = listener.accept() => {
-                    let (stream, _) = accepted?;
+                    let (stream, peer_addr) = accepted?;
                     let peer = stream.peer_identity().clone();
-                    let service = TowerToHyperService::new(AddPeerIdentity { inner: service.clone(), peer });
+                    // One span per connection; each request's span is its child.
+                    let span = tracing::info_span!(
+                        target: "secure_channel::transport",
+                        "connection",
+                        peer = %peer.spiffe_id(),
+                        %peer_addr,
+                    );
+                    let service = TowerToHyperService::new(AddPeerIdentity {
+                        inner: service.clone(),
+                        peer,
+                        span: span.clone(),
+                    });
                     let builder = builder.clone();
                     let watcher = graceful.watcher();
-                    tokio::spawn(async move {
-                        let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                        if let Err(error) = watcher.watch(connection).await {
-                            tracing::debug!(target: "secure_channel::transport", %error, "connection ended with an error");
+                    tokio::spawn(
+                        async move {
+                            let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            if let Err(error) = watcher.watch(connection).await {
+                                tracing::debug!(target: "secure_channel::transport", %error, "connection ended with an error");
+                            }
                         }
-                    });
+                        .instrument(span),
+                    );
                 }
                 () = &mut signal => break,
             }
@@ -132,6 +173,8 @@ where
 struct AddPeerIdentity<S> {
     inner: S,
     peer: PeerIdentity,
+    /// The connection's span: the parent of every request span.
+    span: tracing::Span,
 }
 
 impl<S, ReqBody> tower_service::Service<Request<ReqBody>> for AddPeerIdentity<S>
@@ -140,7 +183,7 @@ where
 {
     type Response = S::Response;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = tracing::instrument::Instrumented<S::Future>;
 
     fn poll_ready(
         &mut self,
@@ -150,7 +193,15 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        let span = tracing::info_span!(
+            target: "secure_channel::transport",
+            parent: &self.span,
+            "request",
+            method = %request.method(),
+            path = %request.uri().path(),
+        );
         request.extensions_mut().insert(self.peer.clone());
-        self.inner.call(request)
+        let _entered = span.enter();
+        self.inner.call(request).instrument(span.clone())
     }
 }

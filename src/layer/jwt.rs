@@ -196,6 +196,7 @@ fn bearer_token(headers: &HeaderMap, max_size: usize) -> Result<&str, TokenError
 
 fn token_rejection(error: &TokenError) -> Rejection {
     tracing::debug!(reason = error.kind().as_str(), "bearer token refused");
+    crate::telemetry::jwt_rejection(error.kind().as_str());
     Rejection::new(RejectionKind::InvalidToken, error.description().to_owned())
 }
 
@@ -207,11 +208,13 @@ fn admit<B>(
 ) -> Result<(), Rejection> {
     if let Some(missing) = config.scopes.iter().find(|s| !claims.has_scope(s)) {
         tracing::debug!(scope = %missing, "bearer token lacks a required scope");
+        crate::telemetry::jwt_rejection("insufficient_scope");
         return Err(Rejection::new(
             RejectionKind::InsufficientScope,
             format!("scope {missing} required"),
         ));
     }
+    crate::telemetry::jwt_accepted();
     request.extensions_mut().insert(claims);
     Ok(())
 }

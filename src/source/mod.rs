@@ -83,6 +83,8 @@ impl CredentialSource {
         let publisher = Publisher {
             shared: Arc::downgrade(&shared),
         };
+        let svid = shared.current.load().credentials.svid().clone();
+        crate::telemetry::svid_not_after(kind, svid.spiffe_id(), svid.not_after());
         (Self { shared }, publisher, stop_rx)
     }
 
@@ -145,6 +147,12 @@ impl Publisher {
             trust_domains = credentials.bundles().len(),
             "credentials rotated"
         );
+        crate::telemetry::credential_reload(shared.kind, "applied");
+        crate::telemetry::svid_not_after(
+            shared.kind,
+            credentials.svid().spiffe_id(),
+            credentials.svid().not_after(),
+        );
         shared.current.store(Arc::new(Snapshot {
             revision,
             credentials,
@@ -163,6 +171,7 @@ impl Publisher {
             error = %error,
             "credential reload refused; keeping the last good credentials"
         );
+        crate::telemetry::credential_reload(shared.kind, "refused");
         shared.failed_reloads.send_modify(|n| *n += 1);
     }
 

@@ -12,15 +12,21 @@ use tokio::task::JoinHandle;
 
 use crate::SecureChannel;
 use crate::transport::SecureStream;
+use crate::transport::stream::ConnectionSlot;
 
 /// Default cap on handshakes in progress at once.
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
+/// Default cap on open connections (handshaking or established).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 10_000;
+/// Default idle timeout: a connection on which no byte moved for this long is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(300);
 
 /// Accepts TCP connections and yields only those whose client completed the mutual TLS
 /// handshake and was allowed.
 ///
 /// Handshakes run in their own tasks, each bounded by the handshake timeout (default 10 s) and
-/// all together by a cap on concurrent handshakes (default 512): a client that sends nothing,
+/// all together by a cap on concurrent handshakes (default 512); open connections are capped
+/// (default 10,000) and closed after being idle (default 5 minutes). A client that sends nothing,
 /// sends garbage or stalls mid-handshake holds one slot until its timeout and never blocks other
 /// accepts. Failed handshakes are logged through `tracing` (target `secure_channel::transport`)
 /// with the peer address and the reason, and never end the accept loop. Dropping the listener
@@ -63,6 +69,8 @@ pub struct SecureListenerBuilder {
     channel: SecureChannel,
     handshake_timeout: Option<Duration>,
     max_concurrent_handshakes: usize,
+    max_connections: usize,
+    idle_timeout: Option<Duration>,
 }
 
 impl Drop for SecureListener {
@@ -85,6 +93,8 @@ impl SecureChannel {
             channel: self.clone(),
             handshake_timeout: None,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
 }
@@ -100,6 +110,20 @@ impl SecureListenerBuilder {
     /// reached, new TCP connections wait in the kernel's backlog.
     pub fn max_concurrent_handshakes(mut self, max: usize) -> Self {
         self.max_concurrent_handshakes = max.max(1);
+        self
+    }
+
+    /// Caps the connections open at once, handshaking or established (default 10,000, at least
+    /// 1). At the cap, new TCP connections wait in the kernel's backlog until one closes.
+    pub fn max_connections(mut self, max: usize) -> Self {
+        self.max_connections = max.max(1);
+        self
+    }
+
+    /// Closes a connection on which no byte moved, in either direction, for `timeout` (default
+    /// 5 minutes); `None` never closes idle connections.
+    pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.idle_timeout = timeout;
         self
     }
 
@@ -156,8 +180,13 @@ async fn accept_loop(
     stats: Arc<ListenerStats>,
 ) {
     let slots = Arc::new(Semaphore::new(config.max_concurrent_handshakes));
+    let connections = Arc::new(Semaphore::new(config.max_connections));
     let timeout = config.handshake_timeout;
+    let idle_timeout = config.idle_timeout;
     loop {
+        let Ok(connection) = connections.clone().acquire_owned().await else {
+            return;
+        };
         let Ok(slot) = slots.clone().acquire_owned().await else {
             return;
         };
@@ -186,6 +215,11 @@ async fn accept_loop(
             match result {
                 Ok(stream) => {
                     stats.accepted.fetch_add(1, Ordering::Relaxed);
+                    let stream = stream.with_slot(ConnectionSlot::new(connection));
+                    let stream = match idle_timeout {
+                        Some(timeout) => stream.with_idle_timeout(timeout),
+                        None => stream,
+                    };
                     tracing::debug!(
                         target: "secure_channel::transport",
                         peer_addr = %addr,

@@ -2,12 +2,13 @@
 
 mod connector;
 mod listener;
-mod stream;
+pub(crate) mod stream;
 mod webpki;
 
 pub use connector::{Connecting, SecureConnection, SecureConnector};
 pub use listener::{
-    DEFAULT_MAX_CONCURRENT_HANDSHAKES, ListenerStats, SecureListener, SecureListenerBuilder,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_MAX_CONNECTIONS,
+    ListenerStats, SecureListener, SecureListenerBuilder,
 };
 pub use stream::SecureStream;
 pub(crate) use stream::{accept, connect};

@@ -1,5 +1,6 @@
 //! A TLS stream whose peer proved a SPIFFE identity.
 
+use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,9 +23,96 @@ use crate::tls::{PeerRejection, SvidVerifier};
 pub struct SecureStream<IO> {
     inner: TlsStream<IO>,
     peer: PeerIdentity,
+    idle: Option<IdleTimer>,
+    /// The listener's connection slot and the open-connections gauge, released on drop.
+    _slot: Option<ConnectionSlot>,
+}
+
+/// Closes a connection on which no byte moved, in either direction, for a while.
+#[derive(Debug)]
+struct IdleTimer {
+    timeout: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimer {
+    fn touch(&mut self) {
+        self.deadline
+            .as_mut()
+            .reset(tokio::time::Instant::now() + self.timeout);
+    }
+
+    /// Whether the connection has been idle too long (registers the waker otherwise).
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+/// A listener's hold on one of its connection slots.
+#[derive(Debug)]
+pub(crate) struct ConnectionSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    _gauge: crate::telemetry::ConnectionGauge,
+}
+
+impl ConnectionSlot {
+    pub(crate) fn new(permit: tokio::sync::OwnedSemaphorePermit) -> Self {
+        Self {
+            _permit: permit,
+            _gauge: crate::telemetry::connection_opened(),
+        }
+    }
+}
+
+/// Keeps the idle timer: progress resets it; waiting past it fails the operation.
+fn account<T>(
+    idle: &mut Option<IdleTimer>,
+    cx: &mut Context<'_>,
+    poll: Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    let Some(idle) = idle else { return poll };
+    match poll {
+        Poll::Ready(result) => {
+            idle.touch();
+            Poll::Ready(result)
+        }
+        Poll::Pending if idle.expired(cx) => Poll::Ready(Err(idle_error())),
+        Poll::Pending => Poll::Pending,
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::TimedOut,
+        "connection closed after being idle",
+    )
 }
 
 impl<IO> SecureStream<IO> {
+    fn new(inner: TlsStream<IO>, peer: PeerIdentity) -> Self {
+        Self {
+            inner,
+            peer,
+            idle: None,
+            _slot: None,
+        }
+    }
+
+    /// Closes the stream (reads and writes fail with `TimedOut`) once no byte has moved for
+    /// `timeout`.
+    pub(crate) fn with_idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle = Some(IdleTimer {
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        });
+        self
+    }
+
+    pub(crate) fn with_slot(mut self, slot: ConnectionSlot) -> Self {
+        self._slot = Some(slot);
+        self
+    }
+
     /// The identity the peer proved in the handshake.
     pub fn peer_identity(&self) -> &PeerIdentity {
         &self.peer
@@ -67,7 +155,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<IO> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_read(cx, buf)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        account(&mut this.idle, cx, poll)
     }
 }
 
@@ -77,7 +167,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<IO> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        account(&mut this.idle, cx, poll)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -93,7 +185,9 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<IO> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        account(&mut this.idle, cx, poll)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -137,6 +231,21 @@ pub(crate) async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
+    let result = accept_inner(config, verifier, now, io, timeout).await;
+    crate::telemetry::handshake("server", &result);
+    result
+}
+
+async fn accept_inner<IO>(
+    config: Arc<ServerConfig>,
+    verifier: &SvidVerifier,
+    now: rustls_pki_types::UnixTime,
+    io: IO,
+    timeout: Duration,
+) -> Result<SecureStream<IO>, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
     let acceptor = tokio_rustls::TlsAcceptor::from(config);
     let stream = tokio::time::timeout(timeout, acceptor.accept(io))
         .await
@@ -149,10 +258,7 @@ where
         verifier,
         now,
     ) {
-        Ok(peer) => Ok(SecureStream {
-            inner: TlsStream::Server(stream),
-            peer,
-        }),
+        Ok(peer) => Ok(SecureStream::new(TlsStream::Server(stream), peer)),
         Err(error) => {
             refuse(TlsStream::Server(stream), &error).await;
             Err(error)
@@ -162,6 +268,22 @@ where
 
 /// Client side: runs the handshake on `io` and returns the verified stream.
 pub(crate) async fn connect<IO>(
+    config: Arc<ClientConfig>,
+    verifier: &SvidVerifier,
+    now: rustls_pki_types::UnixTime,
+    server_name: ServerName<'static>,
+    io: IO,
+    timeout: Duration,
+) -> Result<SecureStream<IO>, Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let result = connect_inner(config, verifier, now, server_name, io, timeout).await;
+    crate::telemetry::handshake("client", &result);
+    result
+}
+
+async fn connect_inner<IO>(
     config: Arc<ClientConfig>,
     verifier: &SvidVerifier,
     now: rustls_pki_types::UnixTime,
@@ -184,10 +306,7 @@ where
         verifier,
         now,
     ) {
-        Ok(peer) => Ok(SecureStream {
-            inner: TlsStream::Client(stream),
-            peer,
-        }),
+        Ok(peer) => Ok(SecureStream::new(TlsStream::Client(stream), peer)),
         Err(error) => {
             refuse(TlsStream::Client(stream), &error).await;
             Err(error)

@@ -1,0 +1,122 @@
+//! Metrics through the `metrics` facade: names, labels and the recording helpers.
+//!
+//! No exporter is installed by this crate; without a recorder every call is a no-op. Label
+//! values are bounded: outcomes and reasons from fixed sets, rule names from the policy, the
+//! source kind, and the workload's own SPIFFE ID — never a peer's unauthenticated ID, a path or
+//! a token.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use crate::Error;
+use crate::tls::PeerRejection;
+
+/// Handshakes, by `side` (`server`, `client`), `outcome` (`accepted`, `refused`, `failed`) and
+/// `reason`.
+pub const HANDSHAKES: &str = "secure_channel_handshakes_total";
+/// Connections open on secure listeners.
+pub const CONNECTIONS_OPEN: &str = "secure_channel_connections_open";
+/// Authorization decisions, by `outcome` (`allow`, `deny`, `would_deny`) and `rule` (the deciding
+/// rule's name, or the denial reason).
+pub const AUTHZ_DECISIONS: &str = "secure_channel_authz_decisions_total";
+/// Bearer tokens refused, by `reason`.
+pub const JWT_REJECTIONS: &str = "secure_channel_jwt_rejections_total";
+/// Bearer tokens accepted.
+pub const JWT_ACCEPTED: &str = "secure_channel_jwt_accepted_total";
+/// The workload's current SVID expiry, in Unix seconds, by `source` and `spiffe_id` (its own).
+pub const SVID_NOT_AFTER: &str = "secure_channel_svid_not_after_seconds";
+/// Credential reloads, by `source` (`memory`, `files`, `workload-api`) and `outcome` (`applied`,
+/// `refused`).
+pub const CREDENTIAL_RELOADS: &str = "secure_channel_credential_reloads_total";
+
+/// Records the outcome of a handshake.
+pub(crate) fn handshake<T>(side: &'static str, result: &Result<T, Error>) {
+    let (outcome, reason) = match result {
+        Ok(_) => ("accepted", "ok"),
+        Err(Error::PeerRejected(rejection)) => ("refused", rejection_reason(rejection)),
+        Err(error) => ("failed", failure_reason(error)),
+    };
+    metrics::counter!(HANDSHAKES, "side" => side, "outcome" => outcome, "reason" => reason)
+        .increment(1);
+}
+
+/// A short, bounded label for why a peer was refused.
+pub(crate) fn rejection_reason(rejection: &PeerRejection) -> &'static str {
+    match rejection {
+        PeerRejection::NoCertificate => "no_certificate",
+        PeerRejection::NotSvid(_) => "not_svid",
+        PeerRejection::UnknownTrustDomain { .. } => "unknown_trust_domain",
+        PeerRejection::InvalidChain { .. } => "invalid_chain",
+        PeerRejection::NotAllowed { .. } => "not_allowed",
+        PeerRejection::ResumedSessionInvalid(_) => "resumed_session_invalid",
+    }
+}
+
+fn failure_reason(error: &Error) -> &'static str {
+    match error {
+        Error::HandshakeTimeout => "timeout",
+        Error::CredentialsExpired { .. } => "credentials_expired",
+        Error::Handshake(io) => {
+            match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
+                Some(rustls::Error::PeerIncompatible(_)) => "protocol",
+                Some(rustls::Error::AlertReceived(_)) => "alert_received",
+                Some(
+                    rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. },
+                ) => "invalid_message",
+                Some(_) => "tls",
+                None => "io",
+            }
+        }
+        _ => "other",
+    }
+}
+
+/// Records a connection opened on a listener; the guard records its closing.
+pub(crate) fn connection_opened() -> ConnectionGauge {
+    metrics::gauge!(CONNECTIONS_OPEN).increment(1.0);
+    ConnectionGauge
+}
+
+/// Decrements the open-connections gauge when dropped.
+#[derive(Debug)]
+pub(crate) struct ConnectionGauge;
+
+impl Drop for ConnectionGauge {
+    fn drop(&mut self) {
+        metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
+    }
+}
+
+/// Records an authorization decision.
+pub(crate) fn authz_decision(outcome: &'static str, rule: &str) {
+    metrics::counter!(AUTHZ_DECISIONS, "outcome" => outcome, "rule" => rule.to_owned())
+        .increment(1);
+}
+
+/// Records a refused bearer token.
+pub(crate) fn jwt_rejection(reason: &'static str) {
+    metrics::counter!(JWT_REJECTIONS, "reason" => reason).increment(1);
+}
+
+/// Records an accepted bearer token.
+pub(crate) fn jwt_accepted() {
+    metrics::counter!(JWT_ACCEPTED).increment(1);
+}
+
+/// Records the expiry of the workload's current SVID.
+pub(crate) fn svid_not_after(
+    source: &'static str,
+    spiffe_id: &spiffe::SpiffeId,
+    not_after: SystemTime,
+) {
+    let secs = not_after
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    metrics::gauge!(SVID_NOT_AFTER, "source" => source, "spiffe_id" => spiffe_id.to_string())
+        .set(secs);
+}
+
+/// Records a credential reload.
+pub(crate) fn credential_reload(source: &'static str, outcome: &'static str) {
+    metrics::counter!(CREDENTIAL_RELOADS, "source" => source, "outcome" => outcome).increment(1);
+}
