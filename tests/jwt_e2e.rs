@@ -401,3 +401,32 @@ async fn peer_identity_of(ca: &DevCa, id: &str) -> PeerIdentity {
     let (stream, _client) = tokio::join!(accept, async { client.connect_tcp(addr).await.unwrap() });
     stream.peer_identity().clone()
 }
+
+#[tokio::test]
+async fn oversized_tokens_are_refused_while_good_ones_pass() {
+    let s = setup().await;
+    let web = workload(&s, CLIENT_ID);
+    let huge = s
+        .issuer
+        .token()
+        .audience(AUDIENCE)
+        .scope("orders.read")
+        .claim("padding", serde_json::Value::String("x".repeat(9 * 1024)))
+        .bound_to_svid(&web.svid)
+        .sign()
+        .unwrap();
+    assert!(huge.len() > 8 * 1024);
+    let (status, challenge, _) = call(&s, &web, Some(&huge)).await;
+    assert_eq!(status, 401);
+    assert!(challenge.unwrap().contains("invalid_token"));
+    let good = s
+        .issuer
+        .token()
+        .audience(AUDIENCE)
+        .subject("alice")
+        .scope("orders.read")
+        .bound_to_svid(&web.svid)
+        .sign()
+        .unwrap();
+    assert_eq!(call(&s, &web, Some(&good)).await.0, 200);
+}
