@@ -55,8 +55,11 @@ impl Pki {
     }
 }
 
+/// Recorded metrics: key and value.
+type Recorded = Vec<(metrics::Key, DebugValue)>;
+
 /// One snapshot of the recorder (taking it resets the recorded values).
-fn snapshot(snapshotter: &Snapshotter) -> Vec<(metrics::Key, DebugValue)> {
+fn snapshot(snapshotter: &Snapshotter) -> Recorded {
     snapshotter
         .snapshot()
         .into_vec()

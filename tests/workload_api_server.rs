@@ -181,11 +181,11 @@ async fn other_methods_are_unimplemented() {
             .insert("workload.spiffe.io", "true".parse().unwrap());
         grpc.unary(
             request,
-            PathAndQuery::from_static("/SpiffeWorkloadAPI/FetchJWTSVID"),
+            PathAndQuery::from_static("/SpiffeWorkloadAPI/ValidateJWTSVID"),
             tonic_prost::ProstCodec::<Empty, Empty>::default(),
         )
         .await
-        .expect_err("FetchJWTSVID is not implemented")
+        .expect_err("ValidateJWTSVID is not implemented")
     })
     .await
     .expect("call timed out");

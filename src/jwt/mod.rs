@@ -48,6 +48,7 @@ mod error;
 mod jwks_file;
 mod jwks_url;
 mod keys;
+mod provider;
 mod source;
 #[cfg(test)]
 #[cfg(feature = "testkit")]
@@ -56,6 +57,8 @@ pub(crate) mod test_support;
 #[cfg(feature = "testkit")]
 mod tests;
 mod validator;
+#[cfg(feature = "workload-api")]
+mod workload_api;
 
 pub use bundles::JwtBundles;
 pub use claims::VerifiedClaims;
@@ -63,9 +66,12 @@ pub use error::{JwtConfigError, TokenError, TokenErrorKind};
 pub use jsonwebtoken::Algorithm;
 pub use jwks_file::JwksFileBuilder;
 pub use jwks_url::{FetchError, FetchedJwks, JwksFetcher, JwksUrlBuilder};
+pub use provider::{BearerToken, CachedTokenProvider, TokenProvider, TokenProviderError};
 pub use source::KeySource;
 pub(crate) use validator::Attempt;
 pub use validator::{
     DEFAULT_ALGORITHMS, DEFAULT_CACHE_CAPACITY, DEFAULT_LEEWAY, DEFAULT_MAX_LIFETIME,
     DEFAULT_MAX_TOKEN_SIZE, JwtValidator, JwtValidatorBuilder,
 };
+#[cfg(feature = "workload-api")]
+pub use workload_api::{JwtSvidProvider, JwtSvidSource, JwtSvidSourceBuilder, JwtSvidSourceError};

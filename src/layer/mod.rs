@@ -15,10 +15,11 @@ mod rejection;
 
 pub use peer::peer_identity;
 
+/// Re-exported from [`jwt`](crate::jwt), where tokens live, for use with [`ClientTokenLayer`].
+pub use crate::jwt::{BearerToken, CachedTokenProvider, TokenProvider, TokenProviderError};
 pub use authorize::{Authorize, AuthorizeLayer, ResponseFuture as AuthorizeResponseFuture};
 pub use client_token::{
-    BearerToken, CachedTokenProvider, ClientToken, ClientTokenLayer,
-    ResponseFuture as ClientTokenResponseFuture, TokenProvider, TokenProviderError,
+    ClientToken, ClientTokenLayer, ResponseFuture as ClientTokenResponseFuture,
 };
 pub use jwt::{Jwt, JwtLayer, ResponseFuture as JwtResponseFuture};
 pub use rejection::{
