@@ -122,15 +122,8 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = self.fresh()?;
-        transport::accept(
-            tls.server.clone(),
-            &tls.clients_verifier,
-            tls.now(),
-            io,
-            self.inner.handshake_timeout,
-        )
-        .await
+        self.accept_with_timeout(io, self.inner.handshake_timeout)
+            .await
     }
 
     /// Server side, with a handshake timeout other than the channel's.
@@ -165,16 +158,8 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = self.fresh()?;
-        transport::connect(
-            tls.client.clone(),
-            &tls.servers_verifier,
-            tls.now(),
-            server_name,
-            io,
-            self.inner.handshake_timeout,
-        )
-        .await
+        let (config, verifier) = self.default_client_config();
+        self.connect_with(config, &verifier, server_name, io).await
     }
 
     /// Client side, expecting the servers matched by `expected` instead of the channel's
@@ -191,17 +176,8 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let tls = self.fresh()?;
-        let (config, verifier) = tls.client_for(expected)?;
-        transport::connect(
-            config,
-            &verifier,
-            tls.now(),
-            server_name,
-            io,
-            self.inner.handshake_timeout,
-        )
-        .await
+        let (config, verifier) = self.client_config_for(expected)?;
+        self.connect_with(config, &verifier, server_name, io).await
     }
 
     /// Client side: opens a TCP connection to `addr` and runs the handshake on it.

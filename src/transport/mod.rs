@@ -1,6 +1,7 @@
 //! Secure streams: TLS over any transport, with the verified peer identity attached.
 
 mod connector;
+mod hyper_io;
 mod listener;
 pub(crate) mod stream;
 mod webpki;
