@@ -302,3 +302,178 @@ async fn client_against_openssl_s_server_with_verify() {
     ));
     let _ = server.kill().await;
 }
+
+/// Runs `openssl s_client` with extra arguments against `port` and returns (stdout+stderr).
+async fn s_client_raw(port: u16, args: &[&std::ffi::OsStr]) -> String {
+    let output = within(
+        Command::new("openssl")
+            .args(["s_client", "-connect", &format!("127.0.0.1:{port}")])
+            .args(args)
+            .stdin(Stdio::null())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+#[tokio::test]
+async fn tls12_opt_in_offers_only_ecdhe_with_aead() {
+    let ca = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    let (cert, key) = pem.svid("client", &ca.svid(CLIENT_ID).issue().unwrap());
+    let svid = ca.svid(SERVER_ID).issue().unwrap();
+    let creds = MemorySource::new(Credentials::new(
+        svid.to_svid().unwrap(),
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    ));
+    let channel = SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .allow_tls12()
+        .build()
+        .unwrap();
+    let (port, mut results) = http_server(channel).await;
+    let client = [
+        std::ffi::OsStr::new("-cert"),
+        cert.as_os_str(),
+        std::ffi::OsStr::new("-key"),
+        key.as_os_str(),
+    ];
+
+    // ECDHE + AEAD over TLS 1.2: accepted.
+    let mut args = client.to_vec();
+    args.extend(["-tls1_2", "-cipher", "ECDHE-ECDSA-AES128-GCM-SHA256"].map(std::ffi::OsStr::new));
+    let out = s_client_raw(port, &args).await;
+    assert!(out.contains("ECDHE-ECDSA-AES128-GCM-SHA256"), "{out}");
+    assert_eq!(within(results.recv()).await.unwrap().unwrap(), CLIENT_ID);
+
+    // CBC (no AEAD) and non-ECDHE key exchange: refused in the handshake.
+    for cipher in [
+        "ECDHE-ECDSA-AES128-SHA",
+        "ECDHE-ECDSA-AES256-SHA384",
+        "AES128-GCM-SHA256",
+        "DHE-RSA-AES128-GCM-SHA256",
+    ] {
+        let mut args = client.to_vec();
+        args.extend(["-tls1_2", "-cipher", cipher].map(std::ffi::OsStr::new));
+        let out = s_client_raw(port, &args).await;
+        assert!(
+            !out.contains("Cipher is ") || out.contains("Cipher is (NONE)"),
+            "{cipher} negotiated:\n{out}"
+        );
+        assert!(within(results.recv()).await.unwrap().is_err(), "{cipher}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_client_learns_only_a_generic_alert() {
+    let ca = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    let (cert, key) = pem.svid(
+        "intruder",
+        &ca.svid("spiffe://example.org/intruder").issue().unwrap(),
+    );
+    let (port, mut results) = http_server(server_channel(&ca)).await;
+    let mut args: Vec<&std::ffi::OsStr> = vec![
+        "-cert".as_ref(),
+        cert.as_os_str(),
+        "-key".as_ref(),
+        key.as_os_str(),
+    ];
+    // Keep reading after stdin's EOF: in TLS 1.3 the refusal comes after the client's Finished.
+    args.extend(["-tls1_3", "-ign_eof"].map(std::ffi::OsStr::new));
+    let out = s_client_raw(port, &args).await;
+    // The server's own error names the IDs...
+    match within(results.recv()).await.unwrap() {
+        Err(Error::PeerRejected(PeerRejection::NotAllowed { presented, .. })) => {
+            assert_eq!(presented.to_string(), "spiffe://example.org/intruder")
+        }
+        other => panic!("expected NotAllowed, got {other:?}"),
+    }
+    // ...the peer only sees a generic alert, nothing about the policy.
+    assert!(out.contains("certificate unknown"), "{out}");
+    assert!(
+        !out.contains(CLIENT_ID) && !out.contains("not allowed"),
+        "{out}"
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_a_tls12_only_server_by_default() {
+    let ca = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    let bundle = pem.bundle(&ca);
+    let (cert, key) = pem.svid("server", &ca.svid(SERVER_ID).issue().unwrap());
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl")
+        .args([
+            "s_server",
+            "-accept",
+            &format!("127.0.0.1:{port}"),
+            "-tls1_2",
+            "-www",
+            "-Verify",
+            "2",
+        ])
+        .arg("-cert")
+        .arg(&cert)
+        .arg("-key")
+        .arg(&key)
+        .arg("-CAfile")
+        .arg(&bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    loop {
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("s_server exited early");
+        if line.contains("ACCEPT") {
+            break;
+        }
+    }
+    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
+    let client = SecureChannel::builder(&creds)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    match within(client.connect_tcp(addr)).await {
+        Err(Error::Handshake(e)) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("ProtocolVersion")
+                    || text.contains("protocol version")
+                    || text.contains("alert"),
+                "{text}"
+            );
+        }
+        other => panic!("expected a protocol failure, got {other:?}"),
+    }
+    // The same client with the opt-in gets through.
+    let tls12 = SecureChannel::builder(&creds)
+        .expect_server(SERVER_ID)
+        .allow_tls12()
+        .build()
+        .unwrap();
+    let stream = within(tls12.connect_tcp(addr)).await.unwrap();
+    assert_eq!(
+        stream.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
+    let _ = server.kill().await;
+}

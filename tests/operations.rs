@@ -378,3 +378,40 @@ async fn oversized_request_headers_get_431_and_good_requests_pass() {
         .to_bytes();
     assert_eq!(body, CLIENT_ID.as_bytes());
 }
+
+#[tokio::test]
+async fn handshake_cap_holds_and_frees_when_stalled_handshakes_time_out() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let mut listener = server
+        .listener_builder()
+        .max_concurrent_handshakes(1)
+        .handshake_timeout(Duration::from_millis(500))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let stats = listener.stats();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let _ = stream.write_all(b"hi\n").await;
+        }
+    });
+    // A client that connects and stalls holds the only handshake slot...
+    let _stalled = tokio::net::TcpStream::connect(addr).await.unwrap();
+    // ...so a good client waits for it (the cap holds), and gets through once the stalled
+    // handshake times out and frees the slot.
+    let client = pki.client(CLIENT_ID);
+    let started = std::time::Instant::now();
+    let mut stream = within(client.connect_tcp(addr)).await.unwrap();
+    assert_eq!(read_line(&mut stream).await.unwrap(), "hi");
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "the good client did not wait for the slot"
+    );
+    assert_eq!(
+        stats.failed_handshakes(),
+        1,
+        "the stalled handshake timed out"
+    );
+    assert_eq!(stats.accepted(), 1);
+}

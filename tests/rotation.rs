@@ -513,3 +513,59 @@ async fn client_rotation_starts_a_full_handshake() {
         assert_eq!(server.next().await.unwrap(), CLIENT_ID);
     }
 }
+
+#[tokio::test]
+async fn removing_a_federated_bundle_ends_trust_in_that_trust_domain() {
+    let ca = DevCa::new("example.org").unwrap();
+    let partner = DevCa::new("partner.org").unwrap();
+    let server_svid = ca.svid(SERVER_ID).issue().unwrap().to_svid().unwrap();
+    let federated = TrustBundles::new()
+        .with(ca.bundle().unwrap())
+        .with(partner.bundle().unwrap());
+    let server_creds = MemorySource::new(Credentials::new(server_svid.clone(), federated));
+    let mut server = TestServer::start(
+        SecureChannel::builder(&server_creds)
+            .allow_client("spiffe://partner.org")
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let partner_creds = MemorySource::new(Credentials::new(
+        partner
+            .svid("spiffe://partner.org/reports")
+            .issue()
+            .unwrap()
+            .to_svid()
+            .unwrap(),
+        TrustBundles::new()
+            .with(partner.bundle().unwrap())
+            .with(ca.bundle().unwrap()),
+    ));
+    let client = SecureChannel::builder(&partner_creds)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+    assert_eq!(
+        read_line(&mut stream).await.unwrap(),
+        "spiffe://partner.org/reports"
+    );
+    assert_eq!(server.next().await.unwrap(), "spiffe://partner.org/reports");
+
+    // The federation ends: the partner's bundle leaves the server's set.
+    server_creds.update(Credentials::new(
+        server_svid,
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    ));
+    let attempt = async {
+        let mut stream = within(client.connect_tcp(server.addr)).await?;
+        read_line(&mut stream).await.map_err(Error::Handshake)
+    };
+    assert!(attempt.await.is_err());
+    assert!(matches!(
+        server.next().await,
+        Err(Error::PeerRejected(
+            PeerRejection::UnknownTrustDomain { .. }
+        ))
+    ));
+}
