@@ -96,6 +96,9 @@ pub mod authz;
 mod channel;
 mod crypto;
 mod error;
+#[cfg(fuzzing)]
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod identity;
 pub mod integration;
 pub mod jwt;

@@ -157,9 +157,12 @@ async fn handshake_credential_and_connection_metrics() {
     );
 }
 
+/// A span as recorded: name, fields, parent's name.
+type SpanRecord = (String, String, Option<String>);
+
 /// Records span names, fields and parents.
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<Vec<(String, String, Option<String>)>>>);
+struct Spans(Arc<Mutex<Vec<SpanRecord>>>);
 
 impl<S> tracing_subscriber::Layer<S> for Spans
 where

@@ -94,8 +94,13 @@ impl IdMatcher {
                     "`*` may only stand alone as the last segment",
                 ));
             }
+            // `spiffe://*` ends with `/*` too (the scheme's slash): its parent is not even
+            // `spiffe://`, and slicing it as if it were would panic.
+            let Some(parent_rest) = parent.strip_prefix("spiffe://") else {
+                return Err(IdMatcherError::new(input, "trust domain is missing"));
+            };
             // `spiffe://td/*`: every ID below the trust domain root.
-            if !parent["spiffe://".len()..].contains('/') {
+            if !parent_rest.contains('/') {
                 let td = parse_trust_domain(input, parent)?;
                 return Ok(Self {
                     kind: MatcherKind::PathPrefix {
@@ -363,6 +368,21 @@ mod tests {
         ] {
             assert!(IdMatcher::parse(bad).is_err(), "{bad:?} must be refused");
         }
+    }
+
+    /// Found by the `id_matcher` fuzz target (fuzz/README.md): `spiffe://*` ends with `/*`
+    /// through the scheme's own slash, and parsing it panicked slicing a parent shorter than
+    /// `spiffe://`.
+    #[test]
+    fn wildcard_without_trust_domain_is_refused_not_a_panic() {
+        for bad in ["spiffe://*", "spiffe:///*", "spiffe://*/*"] {
+            let error = IdMatcher::parse(bad).expect_err(bad);
+            assert_eq!(error.input(), bad);
+        }
+        // The fuzzer's input as it was: the matcher text, NUL, a candidate ID.
+        let crash = b"spiffe://*\0s&ple.org";
+        let text = crash.split(|&b| b == 0).next().unwrap_or_default();
+        assert!(IdMatcher::parse(&String::from_utf8_lossy(text)).is_err());
     }
 
     #[test]
