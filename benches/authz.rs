@@ -11,8 +11,8 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
-use secure_channel::SpiffeId;
 use secure_channel::authz::{AuthzRequest, Policy, Rule};
+use secure_channel::{AllowList, IdMatcher, SpiffeId};
 
 /// `n` rules shaped like a real deployment: one allow rule per calling service (its own REST
 /// prefix and gRPC service), a few trust-domain-wide and deny rules.
@@ -95,5 +95,35 @@ fn bench(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench);
+/// ID matchers alone, and an allow-list of 1,000 matchers as a channel's `allow_client` list
+/// (checked once per handshake).
+fn matchers(c: &mut Criterion) {
+    let id = SpiffeId::new("spiffe://example.org/ns/prod/svc-500").expect("id");
+    let mut group = c.benchmark_group("id_matcher");
+    for (name, pattern) in [
+        ("exact", "spiffe://example.org/ns/prod/svc-500"),
+        ("trust-domain", "spiffe://example.org"),
+        ("prefix", "spiffe://example.org/ns/prod/*"),
+    ] {
+        let matcher = IdMatcher::parse(pattern).expect("matcher");
+        group.bench_function(name, |b| {
+            b.iter(|| black_box(&matcher).matches(black_box(&id)))
+        });
+    }
+    let list: AllowList = (0..1_000)
+        .map(|i| {
+            IdMatcher::parse(&format!("spiffe://example.org/ns/prod/svc-{i}")).expect("matcher")
+        })
+        .collect();
+    group.bench_function("allow-list/1000-exact/middle", |b| {
+        b.iter(|| black_box(&list).allows(black_box(&id)))
+    });
+    let stranger = SpiffeId::new("spiffe://example.org/ns/prod/stranger").expect("id");
+    group.bench_function("allow-list/1000-exact/none", |b| {
+        b.iter(|| black_box(&list).allows(black_box(&stranger)))
+    });
+    group.finish();
+}
+
+criterion_group!(benches, bench, matchers);
 criterion_main!(benches);

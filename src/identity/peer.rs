@@ -1,6 +1,7 @@
 //! The verified identity of the peer on a connection.
 
 use std::fmt;
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
@@ -11,8 +12,16 @@ use spiffe::{SpiffeId, TrustDomain};
 ///
 /// Only this crate constructs it, after the peer's X.509-SVID chain validated against the bundle
 /// of the peer's own trust domain and the peer's ID was allowed; holding one is the proof.
+///
+/// Cloning is cheap (a reference count): the identity is shared by the connection, every
+/// request on it, and the verifier's cache of verified chains.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PeerIdentity {
+    inner: Arc<Inner>,
+}
+
+#[derive(PartialEq, Eq)]
+struct Inner {
     spiffe_id: SpiffeId,
     leaf: CertificateDer<'static>,
     thumbprint: [u8; 32],
@@ -27,44 +36,46 @@ impl PeerIdentity {
     ) -> Self {
         let thumbprint = Sha256::digest(leaf.as_ref()).into();
         Self {
-            spiffe_id,
-            leaf,
-            thumbprint,
-            not_after,
+            inner: Arc::new(Inner {
+                spiffe_id,
+                leaf,
+                thumbprint,
+                not_after,
+            }),
         }
     }
 
     /// The peer's SPIFFE ID, from the one URI SAN of its leaf certificate.
     pub fn spiffe_id(&self) -> &SpiffeId {
-        &self.spiffe_id
+        &self.inner.spiffe_id
     }
 
     /// The trust domain of the peer's SPIFFE ID (whose bundle its chain was verified against).
     pub fn trust_domain(&self) -> &TrustDomain {
-        self.spiffe_id.trust_domain()
+        self.inner.spiffe_id.trust_domain()
     }
 
     /// The DER of the peer's leaf certificate, as presented on this connection.
     pub fn leaf_certificate(&self) -> &CertificateDer<'static> {
-        &self.leaf
+        &self.inner.leaf
     }
 
     /// The SHA-256 digest of the leaf certificate's DER (the RFC 8705 `x5t#S256` thumbprint).
     pub fn thumbprint_sha256(&self) -> &[u8; 32] {
-        &self.thumbprint
+        &self.inner.thumbprint
     }
 
     /// When the peer's leaf certificate expires.
     pub fn not_after(&self) -> SystemTime {
-        self.not_after
+        self.inner.not_after
     }
 }
 
 impl fmt::Debug for PeerIdentity {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PeerIdentity")
-            .field("spiffe_id", &self.spiffe_id.to_string())
-            .field("not_after", &self.not_after)
+            .field("spiffe_id", &self.inner.spiffe_id.to_string())
+            .field("not_after", &self.inner.not_after)
             .finish_non_exhaustive()
     }
 }

@@ -72,6 +72,9 @@ pub enum SvidError {
 pub(crate) struct LeafSvid {
     pub(crate) spiffe_id: SpiffeId,
     pub(crate) not_after: SystemTime,
+    /// The leaf's validity as Unix seconds (not-before, not-after), for the verified-chain
+    /// cache, so the leaf need not be parsed a second time.
+    pub(crate) validity: (i64, i64),
 }
 
 /// Checks the SVID-specific properties of a leaf certificate and returns its SPIFFE ID.
@@ -145,12 +148,17 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
         }
     }
 
-    let not_after = u64::try_from(cert.validity().not_after.timestamp())
+    let validity = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
+    let not_after = u64::try_from(validity.1)
         .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
         .unwrap_or(UNIX_EPOCH);
     Ok(LeafSvid {
         spiffe_id,
         not_after,
+        validity,
     })
 }
 

@@ -25,4 +25,7 @@ mod verifier;
 
 pub(crate) use config::{TlsConfigs, TlsPolicy};
 pub use rejection::{ChainError, PeerRejection};
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub use verifier::BenchVerifier;
 pub(crate) use verifier::SvidVerifier;

@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use sha2::{Digest, Sha256};
 
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, chain_validity, inspect_leaf};
-use crate::source::CredentialSource;
+use crate::source::{CredentialSource, Snapshot};
 use crate::tls::{ChainError, PeerRejection};
 
 /// Which side of the connection is being verified.
@@ -148,6 +148,30 @@ impl SvidVerifier {
         if let Some(identity) = self.verified.get(&key, snapshot.revision, now) {
             return self.admit(identity);
         }
+        let (identity, validity) = self.validate(&snapshot, end_entity, intermediates, now)?;
+        if let Some((valid_from, valid_until)) = validity {
+            self.verified.insert(
+                key,
+                VerifiedChain {
+                    revision: snapshot.revision,
+                    valid_from,
+                    valid_until,
+                    identity: identity.clone(),
+                },
+            );
+        }
+        self.admit(identity)
+    }
+
+    /// Validates a chain against `snapshot`'s bundles, without the cache or the allow-list:
+    /// the authenticated identity, and the span in which every certificate is valid.
+    fn validate(
+        &self,
+        snapshot: &Snapshot,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(PeerIdentity, Option<(i64, i64)>), PeerRejection> {
         let leaf = inspect_leaf(end_entity.as_ref()).map_err(PeerRejection::NotSvid)?;
         let presented = leaf.spiffe_id;
         let Some(bundle) = snapshot.credentials.bundles().get(presented.trust_domain()) else {
@@ -177,21 +201,17 @@ impl SvidVerifier {
         }
         let identity =
             PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after);
-        let chain = std::iter::once(end_entity)
-            .chain(intermediates)
-            .map(|c| c.as_ref());
-        if let Some((valid_from, valid_until)) = chain_validity(chain) {
-            self.verified.insert(
-                key,
-                VerifiedChain {
-                    revision: snapshot.revision,
-                    valid_from,
-                    valid_until,
-                    identity: identity.clone(),
-                },
-            );
-        }
-        self.admit(identity)
+        // The leaf's window is known from its inspection; only the intermediates (if any) are
+        // parsed for theirs.
+        let validity = chain_validity(intermediates.iter().map(|c| c.as_ref())).map(
+            |(valid_from, valid_until)| {
+                (
+                    valid_from.max(leaf.validity.0),
+                    valid_until.min(leaf.validity.1),
+                )
+            },
+        );
+        Ok((identity, validity))
     }
 
     /// The identity of a finished handshake's peer, from the chain rustls holds for it.
@@ -344,5 +364,55 @@ impl ServerCertVerifier for ServerSvidVerifier {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.0.algorithms.supported_schemes()
+    }
+}
+
+/// Benchmark hook: a channel's client-side SVID verifier, run without a handshake.
+///
+/// Not part of the API (hidden, testkit only): it lets `benches/svid.rs` compare the chain
+/// verification a server runs per full handshake with rustls-webpki's `verify_for_usage` alone.
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BenchVerifier(SvidVerifier);
+
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+impl BenchVerifier {
+    /// The verifier a server trusting `source`'s bundles and admitting `allowed` holds.
+    pub fn new(source: CredentialSource, allowed: AllowList) -> Result<Self, crate::Error> {
+        let provider = crate::crypto::default_provider()?;
+        Ok(Self(SvidVerifier::new(
+            source,
+            allowed,
+            Side::Clients,
+            provider.signature_verification_algorithms,
+        )))
+    }
+
+    /// Verifies `chain` (leaf first) as a handshake does, verified-chain cache included.
+    pub fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<PeerIdentity, PeerRejection> {
+        match chain {
+            [leaf, intermediates @ ..] => self.0.verify(leaf, intermediates, now),
+            [] => Err(PeerRejection::NoCertificate),
+        }
+    }
+
+    /// Verifies `chain` without the cache: SVID rules, chain validation, allow-list.
+    pub fn verify_uncached(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<PeerIdentity, PeerRejection> {
+        let [leaf, intermediates @ ..] = chain else {
+            return Err(PeerRejection::NoCertificate);
+        };
+        let snapshot = self.0.source.snapshot();
+        let (identity, _) = self.0.validate(&snapshot, leaf, intermediates, now)?;
+        self.0.admit(identity)
     }
 }

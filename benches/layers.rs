@@ -1,0 +1,239 @@
+//! Per-request overhead of the Tower layers, against the bare service, through
+//! `tower::ServiceExt::oneshot` on the layered service.
+//!
+//! Every request is built per iteration, as hyper would hand it over: method, URI, an
+//! `Authorization: Bearer` header where a token layer runs, and the caller's identity as axum's
+//! `ConnectInfo<PeerIdentity>` (the identity comes from a real in-memory mTLS handshake through
+//! the testkit's CA). The stacks, outermost first:
+//!
+//! - `bare`: the service alone (no identity, no layers);
+//! - `identity`: the request carries the caller's `PeerIdentity`, the handler reads it;
+//! - `authorize/{10,1000}-rules`: `AuthorizeLayer` with a policy of that size;
+//! - `jwt-cached/{alg}+authorize/1000-rules`: `JwtLayer` (certificate-bound token, cache warm)
+//!   then `AuthorizeLayer`: the budget's "identity + authorization + cached JWT";
+//! - `jwt-uncached/{alg}+authorize/1000-rules`: the same with the token cache off (signature
+//!   and claims checked on every request).
+//!
+//! Run with `cargo bench --features testkit,axum --bench layers`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::convert::Infallible;
+use std::future::{Future, Ready, ready};
+use std::pin::pin;
+use std::task::{Context, Poll, Waker};
+
+use axum::extract::ConnectInfo;
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::Full;
+use rustls_pki_types::ServerName;
+use secure_channel::authz::{Policy, PolicySource, Rule};
+use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
+use secure_channel::layer::{AuthorizeLayer, JwtLayer, peer_identity};
+use secure_channel::testkit::{DevCa, IssuedSvid, TokenIssuer};
+use secure_channel::{Credentials, MemorySource, PeerIdentity, SecureChannel, TrustBundles};
+use tokio::io::duplex;
+use tower::{Layer, Service, ServiceExt};
+
+const ISSUER: &str = "https://issuer.test";
+const AUDIENCE: &str = "https://api.test";
+const SERVER_ID: &str = "spiffe://example.org/api";
+
+type Body = Full<Bytes>;
+
+/// The same policy shape as `benches/authz.rs`: one allow rule per calling service.
+fn policy(n: usize) -> Policy {
+    let mut builder = Policy::builder()
+        .rule(
+            Rule::deny("no-admin")
+                .any_authenticated_peer()
+                .route_any_method("/admin/*"),
+        )
+        .rule(
+            Rule::allow("health")
+                .principal("spiffe://example.org")
+                .route_methods([Method::GET, Method::HEAD], "/health"),
+        );
+    for i in 0..n.saturating_sub(2) {
+        builder = builder.rule(
+            Rule::allow(format!("svc-{i}"))
+                .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
+                .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
+                .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
+                .route_any_method(format!("/svc{i}.v1.Service/*")),
+        );
+    }
+    builder.build().unwrap()
+}
+
+/// The caller's identity as the listener sees it, from one in-memory mTLS handshake.
+fn peer_identity_of(ca: &DevCa, svid: &IssuedSvid, id: &str) -> PeerIdentity {
+    let bundles = TrustBundles::new().with(ca.bundle().unwrap());
+    let server_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let client_source = MemorySource::new(Credentials::new(svid.to_svid().unwrap(), bundles));
+    let server = SecureChannel::builder(&server_source)
+        .allow_client(id)
+        .build()
+        .unwrap();
+    let client = SecureChannel::builder(&client_source)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (a, b) = duplex(64 * 1024);
+        let name = ServerName::try_from("localhost").unwrap();
+        let (server, client) = tokio::join!(server.accept(a), client.connect(name, b));
+        drop(client.unwrap());
+        server.unwrap().peer_identity().clone()
+    })
+}
+
+/// The handler: answers 200, reading the caller's identity when there is one.
+#[derive(Clone)]
+struct Handler;
+
+impl Service<Request<Body>> for Handler {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = Ready<Result<Response<Body>, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request<Body>) -> Self::Future {
+        std::hint::black_box(peer_identity(request.extensions()));
+        ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
+    }
+}
+
+/// Runs a request through a clone of `service` to completion (no layer here waits).
+fn oneshot<S>(service: &S, request: Request<Body>) -> Response<Body>
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    let mut fut = pin!(service.clone().oneshot(request));
+    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(result) => result.unwrap(),
+        Poll::Pending => panic!("a layer waited"),
+    }
+}
+
+struct Caller {
+    id: String,
+    path: String,
+    peer: PeerIdentity,
+    svid: IssuedSvid,
+}
+
+/// A request as hyper hands it over; `authorization` is the parsed header value, as hyper
+/// would have it (every stack gets one, the bare service included).
+fn request(caller: Option<&Caller>, authorization: &HeaderValue) -> Request<Body> {
+    let path = caller.map_or("/api/v1/svc-0/orders/42", |c| c.path.as_str());
+    let builder = Request::builder()
+        .method(Method::GET)
+        .uri(path)
+        .header(http::header::AUTHORIZATION, authorization.clone());
+    let mut request = builder.body(Full::new(Bytes::new())).unwrap();
+    if let Some(caller) = caller {
+        request
+            .extensions_mut()
+            .insert(ConnectInfo(caller.peer.clone()));
+    }
+    request
+}
+
+fn bench(c: &mut Criterion) {
+    let ca = DevCa::new("example.org").unwrap();
+    let callers: Vec<(usize, Caller)> = [10usize, 1_000]
+        .into_iter()
+        .map(|n| {
+            let k = n / 2;
+            let id = format!("spiffe://example.org/ns/prod/svc-{k}");
+            let svid = ca.svid(&id).issue().unwrap();
+            let peer = peer_identity_of(&ca, &svid, &id);
+            let path = format!("/api/v1/svc-{k}/orders/42");
+            (
+                n,
+                Caller {
+                    id,
+                    path,
+                    peer,
+                    svid,
+                },
+            )
+        })
+        .collect();
+
+    // A token of the same size as the signed ones below, for the stacks without a token layer.
+    let unchecked = HeaderValue::from_str(&format!("Bearer {}", "x".repeat(600))).unwrap();
+    let mut group = c.benchmark_group("layers");
+    group.bench_function("bare", |b| {
+        b.iter(|| oneshot(&Handler, request(None, &unchecked)))
+    });
+    let (_, small) = &callers[0];
+    group.bench_function("identity", |b| {
+        b.iter(|| oneshot(&Handler, request(Some(small), &unchecked)))
+    });
+
+    for (n, caller) in &callers {
+        let authorize = AuthorizeLayer::new(PolicySource::new(policy(*n))).layer(Handler);
+        assert_eq!(
+            oneshot(&authorize, request(Some(caller), &unchecked)).status(),
+            200,
+            "{}",
+            caller.id
+        );
+        group.bench_function(format!("authorize/{n}-rules"), |b| {
+            b.iter(|| oneshot(&authorize, request(Some(caller), &unchecked)))
+        });
+    }
+
+    let (n, caller) = &callers[1];
+    let authorize = AuthorizeLayer::new(PolicySource::new(policy(*n)));
+    for (name, alg) in [
+        ("ES256", Algorithm::ES256),
+        ("EdDSA", Algorithm::EdDSA),
+        ("RS256", Algorithm::RS256),
+    ] {
+        let issuer = TokenIssuer::new(ISSUER, "k1", alg).unwrap();
+        let token = issuer
+            .token()
+            .audience(AUDIENCE)
+            .subject("alice")
+            .scope("orders:read orders:write")
+            .bound_to_svid(&caller.svid)
+            .sign()
+            .unwrap();
+        let token = HeaderValue::from_str(&format!("Bearer {token}")).unwrap();
+        let keys = KeySource::from_jwks(issuer.jwks()).unwrap();
+        for (cache, capacity) in [("cached", 10_000), ("uncached", 0)] {
+            let validator = JwtValidator::access_tokens(AUDIENCE)
+                .issuer(ISSUER)
+                .key_source(keys.clone())
+                .require_certificate_binding()
+                .cache_capacity(capacity)
+                .build()
+                .unwrap();
+            let service = JwtLayer::new(validator)
+                .require_scope("orders:read")
+                .layer(authorize.layer(Handler));
+            assert_eq!(
+                oneshot(&service, request(Some(caller), &token)).status(),
+                200
+            );
+            group.bench_function(format!("jwt-{cache}/{name}+authorize/{n}-rules"), |b| {
+                b.iter(|| oneshot(&service, request(Some(caller), &token)))
+            });
+        }
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
