@@ -121,7 +121,8 @@ impl SecureListenerBuilder {
     }
 
     /// Closes a connection on which no byte moved, in either direction, for `timeout` (default
-    /// 5 minutes); `None` never closes idle connections.
+    /// 5 minutes; the close comes between 1x and 1.5x the timeout after the last byte); `None`
+    /// never closes idle connections.
     pub fn idle_timeout(mut self, timeout: Option<Duration>) -> Self {
         self.idle_timeout = timeout;
         self
