@@ -87,9 +87,8 @@ impl Drop for ConnectionGauge {
 }
 
 /// Records an authorization decision.
-pub(crate) fn authz_decision(outcome: &'static str, rule: &str) {
-    metrics::counter!(AUTHZ_DECISIONS, "outcome" => outcome, "rule" => rule.to_owned())
-        .increment(1);
+pub(crate) fn authz_decision(outcome: &'static str, rule: metrics::SharedString) {
+    metrics::counter!(AUTHZ_DECISIONS, "outcome" => outcome, "rule" => rule).increment(1);
 }
 
 /// Records a refused bearer token.

@@ -206,7 +206,17 @@ pub(crate) fn emit(request: &AuthzRequest<'_>, decision: &Decision) {
         (false, true) => "would_deny",
         (false, false) => "deny",
     };
-    crate::telemetry::authz_decision(outcome, rule.or(reason).unwrap_or("default-deny"));
+    match decision.rule() {
+        // The rule's shared name: no allocation per decision.
+        Some(rule) => crate::telemetry::authz_decision(
+            outcome,
+            metrics::SharedString::from_shared(rule.name.clone()),
+        ),
+        None => crate::telemetry::authz_decision(
+            outcome,
+            metrics::SharedString::const_str(reason.unwrap_or("default-deny")),
+        ),
+    }
     let shadow = decision.shadow().map(|s| {
         if s.would_allow() {
             "would-allow"
