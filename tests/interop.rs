@@ -230,42 +230,21 @@ async fn client_against_openssl_s_server_with_verify() {
     let pem = Pem::new();
     let bundle = pem.bundle(&ca);
     let (cert, key) = pem.svid("server", &ca.svid(SERVER_ID).issue().unwrap());
-    let port = {
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap().port()
-    };
-    let mut server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
+    let (mut server, addr) = s_server(
+        &[
             "-Verify",
             "2",
-        ])
-        .args(["-verify_return_error", "-tls1_3", "-www", "-naccept", "2"])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .arg("-CAfile")
-        .arg(&bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("openssl is installed");
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    loop {
-        let line = within(lines.next_line())
-            .await
-            .unwrap()
-            .expect("s_server exited early");
-        if line.contains("ACCEPT") {
-            break;
-        }
-    }
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+            "-verify_return_error",
+            "-tls1_3",
+            "-www",
+            "-naccept",
+            "2",
+        ],
+        &cert,
+        &key,
+        &bundle,
+    )
+    .await;
 
     let client_creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
     let client = SecureChannel::builder(&client_creds)
@@ -409,44 +388,8 @@ async fn client_refuses_a_tls12_only_server_by_default() {
     let pem = Pem::new();
     let bundle = pem.bundle(&ca);
     let (cert, key) = pem.svid("server", &ca.svid(SERVER_ID).issue().unwrap());
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let mut server = Command::new("openssl")
-        .args([
-            "s_server",
-            "-accept",
-            &format!("127.0.0.1:{port}"),
-            "-tls1_2",
-            "-www",
-            "-Verify",
-            "2",
-        ])
-        .arg("-cert")
-        .arg(&cert)
-        .arg("-key")
-        .arg(&key)
-        .arg("-CAfile")
-        .arg(&bundle)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
-    loop {
-        let line = within(lines.next_line())
-            .await
-            .unwrap()
-            .expect("s_server exited early");
-        if line.contains("ACCEPT") {
-            break;
-        }
-    }
-    let addr = format!("127.0.0.1:{port}").parse().unwrap();
+    let (mut server, addr) =
+        s_server(&["-tls1_2", "-www", "-Verify", "2"], &cert, &key, &bundle).await;
     let creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
     let client = SecureChannel::builder(&creds)
         .expect_server(SERVER_ID)
@@ -476,4 +419,45 @@ async fn client_refuses_a_tls12_only_server_by_default() {
         Some(rustls::ProtocolVersion::TLSv1_2)
     );
     let _ = server.kill().await;
+}
+
+/// Starts `openssl s_server` on a free 127.0.0.1 port with `args` and the given identity and
+/// CA file, and waits until it is ready (it prints `ACCEPT`).
+async fn s_server(
+    args: &[&str],
+    cert: &Path,
+    key: &Path,
+    bundle: &Path,
+) -> (tokio::process::Child, std::net::SocketAddr) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut server = Command::new("openssl")
+        .args(["s_server", "-accept", &format!("127.0.0.1:{port}")])
+        .args(args)
+        .arg("-cert")
+        .arg(cert)
+        .arg("-key")
+        .arg(key)
+        .arg("-CAfile")
+        .arg(bundle)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("openssl is installed");
+    let mut lines = BufReader::new(server.stdout.take().unwrap()).lines();
+    loop {
+        let line = within(lines.next_line())
+            .await
+            .unwrap()
+            .expect("s_server exited early");
+        if line.contains("ACCEPT") {
+            break;
+        }
+    }
+    (server, format!("127.0.0.1:{port}").parse().unwrap())
 }
