@@ -307,7 +307,7 @@ async fn idle_connections_are_closed_active_ones_kept() {
     let server = pki.server();
     let mut listener = server
         .listener_builder()
-        .idle_timeout(Some(Duration::from_millis(300)))
+        .idle_timeout(Some(Duration::from_millis(1000)))
         .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let addr = listener.local_addr();
@@ -331,8 +331,9 @@ async fn idle_connections_are_closed_active_ones_kept() {
     let client = pki.client(CLIENT_ID);
     let mut idle = within(client.connect_tcp(addr)).await.unwrap();
     let mut active = within(client.connect_tcp(addr)).await.unwrap();
-    // The active client talks every 100 ms for 600 ms: twice the idle timeout.
-    for i in 0..6 {
+    // The active client talks every 100 ms for 2 s: twice the idle timeout, with wide margins
+    // (the idle close needs two 500 ms ticks without a byte).
+    for i in 0..20 {
         round_trip(&mut active, &format!("ping {i}")).await.unwrap();
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
