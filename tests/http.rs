@@ -12,51 +12,15 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secure_channel::testkit::DevCa;
 use secure_channel::tls::PeerRejection;
 use secure_channel::transport::ListenerStats;
-use secure_channel::{Error, MemorySource, PeerIdentity, SecureChannel};
+use secure_channel::{Error, PeerIdentity, SecureChannel};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const SERVER_ID: &str = "spiffe://example.org/api";
 const CLIENT_ID: &str = "spiffe://example.org/web";
-
-struct Pki {
-    ca: DevCa,
-    _sources: Vec<MemorySource>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self {
-            ca: DevCa::new("example.org").unwrap(),
-            _sources: Vec::new(),
-        }
-    }
-
-    fn channel(
-        &mut self,
-        id: &str,
-        configure: impl FnOnce(
-            secure_channel::SecureChannelBuilder,
-        ) -> secure_channel::SecureChannelBuilder,
-    ) -> SecureChannel {
-        let source = MemorySource::new(self.ca.credentials(id).unwrap());
-        let channel = configure(SecureChannel::builder(&source)).build().unwrap();
-        self._sources.push(source);
-        channel
-    }
-
-    fn server(&mut self) -> SecureChannel {
-        self.channel(SERVER_ID, |b| b.allow_client(CLIENT_ID))
-    }
-
-    fn client(&mut self) -> SecureChannel {
-        self.channel(CLIENT_ID, |b| b.expect_server(SERVER_ID))
-    }
-}
 
 /// An axum app answering `/whoami` with the caller's ID, served over `channel`; counts
 /// connections.
@@ -118,7 +82,7 @@ async fn axum_over_mtls_http1_and_http2_with_pooled_connections() {
     init_tracing();
     let mut pki = Pki::new();
     let (addr, connections) = axum_server(&pki.server()).await;
-    let channel = pki.client();
+    let channel = pki.client(CLIENT_ID);
 
     // Default ALPN offers h2 first: HTTP/2.
     let client =
@@ -172,8 +136,8 @@ async fn axum_without_connect_info_fails_closed() {
         get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
     );
     tokio::spawn(async move { axum::serve(listener, app).await });
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(pki.client().connector());
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
     let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
         .await
         .unwrap();
@@ -277,8 +241,8 @@ async fn silent_and_garbage_clients_do_not_block_good_ones() {
         "garbage must not be served"
     );
 
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(pki.client().connector());
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
     let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
         .await
         .unwrap();
@@ -319,7 +283,7 @@ async fn two_hundred_concurrent_handshakes_all_succeed() {
             });
         }
     });
-    let client = pki.client();
+    let client = pki.client(CLIENT_ID);
     let tasks: Vec<_> = (0..200)
         .map(|_| {
             let client = client.clone();
@@ -377,8 +341,8 @@ async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
         ),
     );
 
-    let client =
-        Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(pki.client().connector());
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
     let url = format!("https://{addr}/slow");
     let in_flight = tokio::spawn({
         let client = client.clone();

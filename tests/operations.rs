@@ -12,48 +12,13 @@ use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
-use secure_channel::testkit::DevCa;
-use secure_channel::{MemorySource, PeerIdentity, SecureChannel};
+use secure_channel::PeerIdentity;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 const SERVER_ID: &str = "spiffe://example.org/api";
 const CLIENT_ID: &str = "spiffe://example.org/web";
-
-struct Pki {
-    ca: DevCa,
-    sources: Vec<MemorySource>,
-}
-
-impl Pki {
-    fn new() -> Self {
-        Self {
-            ca: DevCa::new("example.org").unwrap(),
-            sources: Vec::new(),
-        }
-    }
-
-    fn server(&mut self) -> SecureChannel {
-        let source = MemorySource::new(self.ca.credentials(SERVER_ID).unwrap());
-        let channel = SecureChannel::builder(&source)
-            .allow_client(CLIENT_ID)
-            .build()
-            .unwrap();
-        self.sources.push(source);
-        channel
-    }
-
-    fn client(&mut self, id: &str) -> SecureChannel {
-        let source = MemorySource::new(self.ca.credentials(id).unwrap());
-        let channel = SecureChannel::builder(&source)
-            .expect_server(SERVER_ID)
-            .build()
-            .unwrap();
-        self.sources.push(source);
-        channel
-    }
-}
 
 /// Recorded metrics: key and value.
 type Recorded = Vec<(metrics::Key, DebugValue)>;

@@ -245,3 +245,47 @@ impl rustls::time_provider::TimeProvider for TestClock {
         ))
     }
 }
+
+/// The server ID the [`Pki`] fixture's server uses.
+pub const PKI_SERVER_ID: &str = "spiffe://example.org/api";
+/// The client ID the [`Pki`] fixture's server allows.
+pub const PKI_CLIENT_ID: &str = "spiffe://example.org/web";
+
+/// One development CA and the sources of the channels made from it (kept alive with them).
+pub struct Pki {
+    pub ca: DevCa,
+    pub sources: Vec<secure_channel::MemorySource>,
+}
+
+impl Pki {
+    pub fn new() -> Self {
+        Self {
+            ca: DevCa::new("example.org").unwrap(),
+            sources: Vec::new(),
+        }
+    }
+
+    /// A channel for `id`, configured by `configure`.
+    pub fn channel(
+        &mut self,
+        id: &str,
+        configure: impl FnOnce(
+            secure_channel::SecureChannelBuilder,
+        ) -> secure_channel::SecureChannelBuilder,
+    ) -> SecureChannel {
+        let source = secure_channel::MemorySource::new(self.ca.credentials(id).unwrap());
+        let channel = configure(SecureChannel::builder(&source)).build().unwrap();
+        self.sources.push(source);
+        channel
+    }
+
+    /// The server `PKI_SERVER_ID`, allowing `PKI_CLIENT_ID`.
+    pub fn server(&mut self) -> SecureChannel {
+        self.channel(PKI_SERVER_ID, |b| b.allow_client(PKI_CLIENT_ID))
+    }
+
+    /// A client `id` expecting `PKI_SERVER_ID`.
+    pub fn client(&mut self, id: &str) -> SecureChannel {
+        self.channel(id, |b| b.expect_server(PKI_SERVER_ID))
+    }
+}
