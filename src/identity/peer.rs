@@ -1,7 +1,7 @@
 //! The verified identity of the peer on a connection.
 
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
 use rustls_pki_types::CertificateDer;
@@ -15,18 +15,32 @@ use spiffe::{SpiffeId, TrustDomain};
 ///
 /// Cloning is cheap (a reference count): the identity is shared by the connection, every
 /// request on it, and the verifier's cache of verified chains.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone)]
 pub struct PeerIdentity {
     inner: Arc<Inner>,
 }
 
-#[derive(PartialEq, Eq)]
 struct Inner {
     spiffe_id: SpiffeId,
     leaf: CertificateDer<'static>,
-    thumbprint: [u8; 32],
+    /// Computed on first use: only certificate-bound token checks need it, and most
+    /// connections never present a token.
+    thumbprint: OnceLock<[u8; 32]>,
     not_after: SystemTime,
 }
+
+/// Two identities are equal when they hold the same ID and leaf certificate (the thumbprint
+/// follows from the leaf, computed or not).
+impl PartialEq for PeerIdentity {
+    fn eq(&self, other: &Self) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+            || (self.inner.spiffe_id == other.inner.spiffe_id
+                && self.inner.leaf == other.inner.leaf
+                && self.inner.not_after == other.inner.not_after)
+    }
+}
+
+impl Eq for PeerIdentity {}
 
 impl PeerIdentity {
     pub(crate) fn new(
@@ -34,12 +48,11 @@ impl PeerIdentity {
         leaf: CertificateDer<'static>,
         not_after: SystemTime,
     ) -> Self {
-        let thumbprint = Sha256::digest(leaf.as_ref()).into();
         Self {
             inner: Arc::new(Inner {
                 spiffe_id,
                 leaf,
-                thumbprint,
+                thumbprint: OnceLock::new(),
                 not_after,
             }),
         }
@@ -62,7 +75,9 @@ impl PeerIdentity {
 
     /// The SHA-256 digest of the leaf certificate's DER (the RFC 8705 `x5t#S256` thumbprint).
     pub fn thumbprint_sha256(&self) -> &[u8; 32] {
-        &self.inner.thumbprint
+        self.inner
+            .thumbprint
+            .get_or_init(|| Sha256::digest(self.inner.leaf.as_ref()).into())
     }
 
     /// When the peer's leaf certificate expires.

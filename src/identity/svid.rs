@@ -7,7 +7,19 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spiffe::SpiffeId;
-use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+use x509_parser::asn1_rs::{Any, Class, Tag};
+use x509_parser::certificate::Validity;
+use x509_parser::error::X509Error;
+use x509_parser::extensions::{
+    BasicConstraints, ExtendedKeyUsage, GeneralName, KeyUsage, SubjectAlternativeName,
+    X509ExtensionParser,
+};
+use x509_parser::nom::Parser;
+use x509_parser::oid_registry::{
+    OID_X509_EXT_BASIC_CONSTRAINTS, OID_X509_EXT_EXTENDED_KEY_USAGE, OID_X509_EXT_KEY_USAGE,
+    OID_X509_EXT_SUBJECT_ALT_NAME,
+};
+use x509_parser::prelude::FromDer;
 
 /// Why a certificate is not an acceptable X.509-SVID leaf.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -79,69 +91,57 @@ pub(crate) struct LeafSvid {
 
 /// Checks the SVID-specific properties of a leaf certificate and returns its SPIFFE ID.
 pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
-    let (rest, cert) =
-        X509Certificate::from_der(der).map_err(|e| SvidError::Malformed(e.to_string()))?;
-    if !rest.is_empty() {
-        return Err(SvidError::Malformed(
-            "trailing data after the certificate".into(),
-        ));
-    }
-    let malformed = |e: x509_parser::error::X509Error| SvidError::Malformed(e.to_string());
+    let tbs = tbs_fields(der)?;
+    let extensions = svid_extensions(tbs.extensions)?;
 
-    let uris: Vec<&str> = match cert.subject_alternative_name().map_err(malformed)? {
-        Some(san) => san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|name| match name {
-                GeneralName::URI(uri) => Some(*uri),
-                _ => None,
-            })
-            .collect(),
-        None => Vec::new(),
-    };
-    let uri = match uris.as_slice() {
-        [] => return Err(SvidError::NoUriSan),
-        [one] => *one,
-        many => return Err(SvidError::MultipleUriSans { count: many.len() }),
+    let mut uris = extensions
+        .subject_alt_name
+        .iter()
+        .flat_map(|san| san.general_names.iter())
+        .filter_map(|name| match name {
+            GeneralName::URI(uri) => Some(*uri),
+            _ => None,
+        });
+    let uri = match (uris.next(), uris.next()) {
+        (None, _) => return Err(SvidError::NoUriSan),
+        (Some(one), None) => one,
+        (Some(_), Some(_)) => {
+            return Err(SvidError::MultipleUriSans {
+                count: 2 + uris.count(),
+            });
+        }
     };
     let spiffe_id = SpiffeId::new(uri).map_err(|e| SvidError::InvalidSpiffeId {
         uri: uri.to_owned(),
         reason: e.to_string(),
     })?;
-    let canonical = spiffe_id.to_string();
-    if canonical != uri {
+    if !is_canonical(&spiffe_id, uri) {
         return Err(SvidError::NotCanonical {
             presented: uri.to_owned(),
-            canonical,
+            canonical: spiffe_id.to_string(),
         });
     }
 
-    if let Some(bc) = cert.basic_constraints().map_err(malformed)?
-        && bc.value.ca
-    {
+    if extensions.basic_constraints.is_some_and(|bc| bc.ca) {
         return Err(SvidError::LeafIsCa);
     }
-    let key_usage = cert
-        .key_usage()
-        .map_err(malformed)?
-        .ok_or(SvidError::MissingKeyUsage)?;
-    if !key_usage.value.digital_signature() {
+    let key_usage = extensions.key_usage.ok_or(SvidError::MissingKeyUsage)?;
+    if !key_usage.digital_signature() {
         return Err(SvidError::MissingDigitalSignature);
     }
-    if key_usage.value.key_cert_sign() {
+    if key_usage.key_cert_sign() {
         return Err(SvidError::KeyCertSign);
     }
-    if key_usage.value.crl_sign() {
+    if key_usage.crl_sign() {
         return Err(SvidError::CrlSign);
     }
-    if let Some(eku) = cert.extended_key_usage().map_err(malformed)? {
-        if !eku.value.server_auth {
+    if let Some(eku) = &extensions.extended_key_usage {
+        if !eku.server_auth {
             return Err(SvidError::ExtendedKeyUsage {
                 missing: "serverAuth",
             });
         }
-        if !eku.value.client_auth {
+        if !eku.client_auth {
             return Err(SvidError::ExtendedKeyUsage {
                 missing: "clientAuth",
             });
@@ -149,8 +149,8 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
     }
 
     let validity = (
-        cert.validity().not_before.timestamp(),
-        cert.validity().not_after.timestamp(),
+        tbs.validity.not_before.timestamp(),
+        tbs.validity.not_after.timestamp(),
     );
     let not_after = u64::try_from(validity.1)
         .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
@@ -162,14 +162,279 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
     })
 }
 
+/// Whether `uri` is the canonical form of `id` (`spiffe://` + trust domain + path), compared
+/// piecewise so that no string is built per handshake.
+fn is_canonical(id: &SpiffeId, uri: &str) -> bool {
+    uri.strip_prefix("spiffe://")
+        .and_then(|rest| rest.strip_prefix(id.trust_domain_name()))
+        .is_some_and(|path| path == id.path())
+}
+
 /// The span of time in which every certificate of `chain` is valid, as Unix seconds
 /// (latest not-before, earliest not-after); `None` if a certificate cannot be parsed.
 pub(crate) fn chain_validity<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<(i64, i64)> {
     let mut window = (i64::MIN, i64::MAX);
     for der in chain {
-        let (_, cert) = X509Certificate::from_der(der).ok()?;
-        window.0 = window.0.max(cert.validity().not_before.timestamp());
-        window.1 = window.1.min(cert.validity().not_after.timestamp());
+        let validity = tbs_fields(der).ok()?.validity;
+        window.0 = window.0.max(validity.not_before.timestamp());
+        window.1 = window.1.min(validity.not_after.timestamp());
     }
     Some(window)
+}
+
+/// The fields of a certificate's `TBSCertificate` that the SVID rules read, borrowed from its
+/// DER: the validity and the encoded extensions.
+///
+/// Only the structure is walked (`Any` elements of the `TBSCertificate` sequence, no names,
+/// keys or algorithms decoded): rustls-webpki parses and validates the whole certificate
+/// afterwards, so decoding what it checks a second time would only cost the handshake.
+struct TbsFields<'a> {
+    validity: Validity,
+    /// The DER of the `Extensions` sequence's elements (empty without extensions).
+    extensions: &'a [u8],
+}
+
+fn malformed(what: impl std::fmt::Display) -> SvidError {
+    SvidError::Malformed(what.to_string())
+}
+
+/// One DER element of the expected universal `tag` from `input`, and what follows it.
+fn element<'a>(input: &'a [u8], tag: Tag, what: &str) -> Result<(&'a [u8], Any<'a>), SvidError> {
+    let (rest, any) = Any::from_der(input).map_err(|e| malformed(format!("{what}: {e}")))?;
+    if any.class() != Class::Universal || any.tag() != tag {
+        return Err(malformed(format!(
+            "{what}: unexpected element {:?}",
+            any.tag()
+        )));
+    }
+    Ok((rest, any))
+}
+
+fn tbs_fields(der: &[u8]) -> Result<TbsFields<'_>, SvidError> {
+    let (rest, certificate) = element(der, Tag::Sequence, "certificate")?;
+    if !rest.is_empty() {
+        return Err(malformed("trailing data after the certificate"));
+    }
+    // Certificate ::= SEQUENCE { tbsCertificate, signatureAlgorithm, signatureValue }; the
+    // last two are webpki's.
+    let (_, tbs) = element(certificate.data, Tag::Sequence, "tbsCertificate")?;
+    let mut fields = tbs.data;
+    // version [0] EXPLICIT, optional.
+    let (rest, first) = Any::from_der(fields).map_err(|e| malformed(format!("version: {e}")))?;
+    if first.class() == Class::ContextSpecific && first.tag() == Tag(0) {
+        fields = rest;
+    }
+    let (fields, _serial) = element(fields, Tag::Integer, "serialNumber")?;
+    let (fields, _signature) = element(fields, Tag::Sequence, "signature")?;
+    let (fields, _issuer) = element(fields, Tag::Sequence, "issuer")?;
+    let (fields, validity) =
+        Validity::from_der(fields).map_err(|e| malformed(format!("validity: {e}")))?;
+    let (fields, _subject) = element(fields, Tag::Sequence, "subject")?;
+    let (mut fields, _spki) = element(fields, Tag::Sequence, "subjectPublicKeyInfo")?;
+    let mut extensions: &[u8] = &[];
+    // issuerUniqueID [1], subjectUniqueID [2], extensions [3]: optional, in this order.
+    let mut last_tag = 0;
+    while !fields.is_empty() {
+        let (rest, any) =
+            Any::from_der(fields).map_err(|e| malformed(format!("tbsCertificate: {e}")))?;
+        let Tag(tag) = any.tag();
+        if any.class() != Class::ContextSpecific || tag <= last_tag || tag > 3 {
+            return Err(malformed(
+                "tbsCertificate: unexpected element after the key",
+            ));
+        }
+        if tag == 3 {
+            let (rest, sequence) = element(any.data, Tag::Sequence, "extensions")?;
+            if !rest.is_empty() {
+                return Err(malformed("extensions: trailing data"));
+            }
+            extensions = sequence.data;
+        }
+        last_tag = tag;
+        fields = rest;
+    }
+    Ok(TbsFields {
+        validity,
+        extensions,
+    })
+}
+
+/// The four extensions the SVID rules read; each may appear once.
+#[derive(Default)]
+struct SvidExtensions<'a> {
+    subject_alt_name: Option<SubjectAlternativeName<'a>>,
+    basic_constraints: Option<BasicConstraints>,
+    key_usage: Option<KeyUsage>,
+    extended_key_usage: Option<ExtendedKeyUsage<'a>>,
+}
+
+/// Decodes one extension value completely (no trailing bytes).
+fn decode<'a, T: FromDer<'a, X509Error>>(value: &'a [u8], name: &str) -> Result<T, SvidError> {
+    match T::from_der(value) {
+        Ok((rest, decoded)) if rest.is_empty() => Ok(decoded),
+        Ok(_) => Err(malformed(format!("{name}: trailing data"))),
+        Err(e) => Err(malformed(format!("{name}: {e}"))),
+    }
+}
+
+fn set_once<T>(slot: &mut Option<T>, value: T, name: &str) -> Result<(), SvidError> {
+    if slot.replace(value).is_some() {
+        return Err(malformed(format!("duplicate {name} extension")));
+    }
+    Ok(())
+}
+
+fn svid_extensions(mut input: &[u8]) -> Result<SvidExtensions<'_>, SvidError> {
+    let mut found = SvidExtensions::default();
+    let mut parser = X509ExtensionParser::new().with_deep_parse_extensions(false);
+    while !input.is_empty() {
+        let (rest, extension) = parser
+            .parse(input)
+            .map_err(|e| malformed(format!("extension: {e}")))?;
+        input = rest;
+        let (oid, value) = (&extension.oid, extension.value);
+        if *oid == OID_X509_EXT_SUBJECT_ALT_NAME {
+            let name = "subjectAltName";
+            set_once(&mut found.subject_alt_name, decode(value, name)?, name)?;
+        } else if *oid == OID_X509_EXT_BASIC_CONSTRAINTS {
+            let name = "basicConstraints";
+            set_once(&mut found.basic_constraints, decode(value, name)?, name)?;
+        } else if *oid == OID_X509_EXT_KEY_USAGE {
+            let name = "keyUsage";
+            set_once(&mut found.key_usage, decode(value, name)?, name)?;
+        } else if *oid == OID_X509_EXT_EXTENDED_KEY_USAGE {
+            let name = "extendedKeyUsage";
+            set_once(&mut found.extended_key_usage, decode(value, name)?, name)?;
+        }
+    }
+    Ok(found)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use rcgen::{CertificateParams, CustomExtension, KeyPair, KeyUsagePurpose, SanType};
+    use x509_parser::prelude::X509Certificate;
+
+    use super::*;
+
+    const ID: &str = "spiffe://example.org/web";
+
+    fn params(uris: &[&str]) -> CertificateParams {
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = uris
+            .iter()
+            .map(|uri| SanType::URI((*uri).try_into().unwrap()))
+            .collect();
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params
+    }
+
+    fn der(params: CertificateParams) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    fn malformed_reason(der: &[u8]) -> String {
+        match inspect_leaf(der) {
+            Err(SvidError::Malformed(reason)) => reason,
+            other => panic!("expected Malformed, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn reads_the_spiffe_id_and_validity() {
+        let der = der(params(&[ID]));
+        let leaf = inspect_leaf(&der).unwrap();
+        assert_eq!(leaf.spiffe_id.to_string(), ID);
+        // The same window x509-parser's full parse reads.
+        let (_, full) = X509Certificate::from_der(&der).unwrap();
+        let expected = (
+            full.validity().not_before.timestamp(),
+            full.validity().not_after.timestamp(),
+        );
+        assert_eq!(leaf.validity, expected);
+        assert_eq!(chain_validity([der.as_slice()]), Some(expected));
+    }
+
+    #[test]
+    fn counts_every_uri_san() {
+        let der = der(params(&[
+            ID,
+            "spiffe://example.org/a",
+            "spiffe://example.org/b",
+        ]));
+        assert_eq!(
+            inspect_leaf(&der).unwrap_err(),
+            SvidError::MultipleUriSans { count: 3 }
+        );
+    }
+
+    #[test]
+    fn refuses_a_duplicate_extension() {
+        // A second subjectAltName extension (2.5.29.17) naming another ID.
+        let mut params = params(&[ID]);
+        let second = der(self::params(&["spiffe://example.org/admin"]));
+        let (_, parsed) = X509Certificate::from_der(&second).unwrap();
+        let san = parsed
+            .extensions()
+            .iter()
+            .find(|e| e.oid == OID_X509_EXT_SUBJECT_ALT_NAME)
+            .unwrap();
+        params.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[2, 5, 29, 17],
+            san.value.to_vec(),
+        )];
+        let der = der(params);
+        assert!(malformed_reason(&der).contains("duplicate subjectAltName"));
+    }
+
+    #[test]
+    fn refuses_trailing_data_and_garbage() {
+        let mut der = der(params(&[ID]));
+        der.push(0);
+        assert!(malformed_reason(&der).contains("trailing data"));
+        assert!(!malformed_reason(b"").is_empty());
+        assert!(!malformed_reason(&[0x30, 0x03, 0x02, 0x01, 0x01]).is_empty());
+        assert_eq!(chain_validity([&b"\x30\x00"[..]]), None);
+    }
+
+    #[test]
+    fn every_truncation_is_refused_without_panic() {
+        let der = der(params(&[ID]));
+        for len in 0..der.len() {
+            assert!(
+                inspect_leaf(&der[..len]).is_err(),
+                "a certificate cut to {len} bytes was accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn refuses_elements_out_of_order_after_the_key() {
+        // Re-encode the TBSCertificate with the extensions [3] followed by a [1] element.
+        let der = der(params(&[ID]));
+        let (_, certificate) = Any::from_der(&der).unwrap();
+        let (after_tbs, tbs) = Any::from_der(certificate.data).unwrap();
+        let mut fields = tbs.data.to_vec();
+        fields.extend_from_slice(&[0x81, 0x01, 0x00]);
+        let mut tbs_der = vec![0x30];
+        push_length(&mut tbs_der, fields.len());
+        tbs_der.extend_from_slice(&fields);
+        let mut content = tbs_der;
+        content.extend_from_slice(after_tbs);
+        let mut cert = vec![0x30];
+        push_length(&mut cert, content.len());
+        cert.extend_from_slice(&content);
+        assert!(malformed_reason(&cert).contains("unexpected element"));
+    }
+
+    fn push_length(out: &mut Vec<u8>, len: usize) {
+        match len {
+            0..0x80 => out.push(len as u8),
+            0x80..0x100 => out.extend_from_slice(&[0x81, len as u8]),
+            _ => out.extend_from_slice(&[0x82, (len >> 8) as u8, len as u8]),
+        }
+    }
 }

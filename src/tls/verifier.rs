@@ -1,6 +1,7 @@
 //! SPIFFE X.509-SVID verifiers for rustls, built on rustls-webpki.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -8,8 +9,6 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
-
-use sha2::{Digest, Sha256};
 
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, chain_validity, inspect_leaf};
 use crate::source::{CredentialSource, Snapshot};
@@ -38,16 +37,23 @@ pub(crate) struct SvidVerifier {
 /// How many verified chains are remembered before the cache starts over.
 const VERIFIED_CHAINS_CAPACITY: usize = 4096;
 
-/// Chains that passed verification, keyed by the SHA-256 of the presented certificates.
+/// Chains that passed verification, found by a keyed hash of the presented certificates and
+/// compared byte for byte.
 ///
-/// Chain validation is a pure function of the chain bytes, the bundles and the clock; an entry holds the credential revision it was verified under (the
-/// bundles) and the span in which every certificate of the chain is valid (the clock), and is
-/// used only while both still hold. Who may connect is decided after the lookup, on every
-/// handshake, so a changed allow-list or policy applies at once. It spares resumed sessions, and the identity lookup after a
-/// full handshake, a second chain validation.
+/// Chain validation is a pure function of the chain bytes, the bundles and the clock; an entry
+/// holds the credential revision it was verified under (the bundles) and the span in which
+/// every certificate of the chain is valid (the clock), and is used only while both still hold.
+/// Who may connect is decided after the lookup, on every handshake, so a changed allow-list or
+/// policy applies at once. It spares resumed sessions, and the identity lookup after a full
+/// handshake, a second chain validation.
+///
+/// The hash only finds the slot (SipHash with a per-process random key, so a peer cannot aim
+/// at another's slot); an entry is used only if its chain equals the presented one, so a
+/// collision costs a validation, never an identity.
 #[derive(Debug, Default)]
 struct VerifiedChains {
-    entries: Mutex<HashMap<[u8; 32], VerifiedChain>>,
+    hasher: RandomState,
+    entries: Mutex<HashMap<u64, VerifiedChain>>,
 }
 
 #[derive(Debug, Clone)]
@@ -55,22 +61,54 @@ struct VerifiedChain {
     revision: u64,
     valid_from: i64,
     valid_until: i64,
+    /// The leaf is the identity's own certificate; these are the rest of the chain.
+    intermediates: Box<[CertificateDer<'static>]>,
     identity: PeerIdentity,
 }
 
+impl VerifiedChain {
+    fn is_chain(&self, end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> bool {
+        self.identity.leaf_certificate().as_ref() == end_entity
+            && self.intermediates.len() == intermediates.len()
+            && self
+                .intermediates
+                .iter()
+                .zip(intermediates)
+                .all(|(stored, presented)| stored.as_ref() == presented.as_ref())
+    }
+}
+
 impl VerifiedChains {
-    fn get(&self, key: &[u8; 32], revision: u64, now: UnixTime) -> Option<PeerIdentity> {
+    fn key(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> u64 {
+        let mut hasher = self.hasher.build_hasher();
+        for cert in std::iter::once(end_entity).chain(intermediates) {
+            hasher.write(cert.as_ref());
+        }
+        hasher.finish()
+    }
+
+    fn get(
+        &self,
+        key: u64,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        revision: u64,
+        now: UnixTime,
+    ) -> Option<PeerIdentity> {
         let entries = self
             .entries
             .lock()
             .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = entries.get(key)?;
+        let entry = entries.get(&key)?;
         let now = i64::try_from(now.as_secs()).ok()?;
-        (entry.revision == revision && entry.valid_from <= now && now <= entry.valid_until)
-            .then(|| entry.identity.clone())
+        (entry.revision == revision
+            && entry.valid_from <= now
+            && now <= entry.valid_until
+            && entry.is_chain(end_entity.as_ref(), intermediates))
+        .then(|| entry.identity.clone())
     }
 
-    fn insert(&self, key: [u8; 32], entry: VerifiedChain) {
+    fn insert(&self, key: u64, entry: VerifiedChain) {
         let mut entries = self
             .entries
             .lock()
@@ -80,15 +118,6 @@ impl VerifiedChains {
         }
         entries.insert(key, entry);
     }
-}
-
-fn chain_digest(end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> [u8; 32] {
-    let mut hasher = Sha256::new();
-    for cert in std::iter::once(end_entity).chain(intermediates) {
-        hasher.update((cert.len() as u64).to_be_bytes());
-        hasher.update(cert.as_ref());
-    }
-    hasher.finalize().into()
 }
 
 impl SvidVerifier {
@@ -144,8 +173,11 @@ impl SvidVerifier {
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
         let snapshot = self.source.snapshot();
-        let key = chain_digest(end_entity, intermediates);
-        if let Some(identity) = self.verified.get(&key, snapshot.revision, now) {
+        let key = self.verified.key(end_entity, intermediates);
+        if let Some(identity) =
+            self.verified
+                .get(key, end_entity, intermediates, snapshot.revision, now)
+        {
             return self.admit(identity);
         }
         let (identity, validity) = self.validate(&snapshot, end_entity, intermediates, now)?;
@@ -156,6 +188,10 @@ impl SvidVerifier {
                     revision: snapshot.revision,
                     valid_from,
                     valid_until,
+                    intermediates: intermediates
+                        .iter()
+                        .map(|cert| cert.clone().into_owned())
+                        .collect(),
                     identity: identity.clone(),
                 },
             );
@@ -414,5 +450,75 @@ impl BenchVerifier {
         let snapshot = self.0.source.snapshot();
         let (identity, _) = self.0.validate(&snapshot, leaf, intermediates, now)?;
         self.0.admit(identity)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::{Duration, UNIX_EPOCH};
+
+    use spiffe::SpiffeId;
+
+    use super::*;
+
+    fn cert(bytes: &[u8]) -> CertificateDer<'static> {
+        CertificateDer::from(bytes.to_vec())
+    }
+
+    fn entry(
+        leaf: &CertificateDer<'static>,
+        intermediates: &[CertificateDer<'static>],
+    ) -> VerifiedChain {
+        let id = SpiffeId::new("spiffe://example.org/web").unwrap();
+        VerifiedChain {
+            revision: 7,
+            valid_from: 100,
+            valid_until: 200,
+            intermediates: intermediates.into(),
+            identity: PeerIdentity::new(id, leaf.clone(), UNIX_EPOCH + Duration::from_secs(200)),
+        }
+    }
+
+    #[test]
+    fn a_cached_chain_is_used_only_for_the_same_chain_revision_and_window() {
+        let cache = VerifiedChains::default();
+        let (leaf, other_leaf, intermediate) = (cert(b"leaf"), cert(b"other"), cert(b"ca"));
+        let at = |secs| UnixTime::since_unix_epoch(Duration::from_secs(secs));
+        let key = cache.key(&leaf, &[]);
+        cache.insert(key, entry(&leaf, &[]));
+
+        assert!(cache.get(key, &leaf, &[], 7, at(150)).is_some());
+        // Same slot, other chain (what a hash collision would present): not this identity.
+        assert!(cache.get(key, &other_leaf, &[], 7, at(150)).is_none());
+        assert!(
+            cache
+                .get(key, &leaf, &[intermediate.clone()], 7, at(150))
+                .is_none()
+        );
+        // Bundles changed since, or the clock left the chain's window.
+        assert!(cache.get(key, &leaf, &[], 8, at(150)).is_none());
+        assert!(cache.get(key, &leaf, &[], 7, at(99)).is_none());
+        assert!(cache.get(key, &leaf, &[], 7, at(201)).is_none());
+
+        let key = cache.key(&leaf, &[intermediate.clone()]);
+        cache.insert(key, entry(&leaf, &[intermediate.clone()]));
+        assert!(cache.get(key, &leaf, &[intermediate], 7, at(150)).is_some());
+        assert!(
+            cache
+                .get(key, &leaf, &[cert(b"other ca")], 7, at(150))
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn the_cache_is_bounded() {
+        let cache = VerifiedChains::default();
+        for i in 0..VERIFIED_CHAINS_CAPACITY + 10 {
+            let leaf = cert(&i.to_be_bytes());
+            cache.insert(cache.key(&leaf, &[]), entry(&leaf, &[]));
+        }
+        assert!(cache.entries.lock().unwrap().len() <= VERIFIED_CHAINS_CAPACITY);
     }
 }
