@@ -271,7 +271,7 @@ struct SvidExtensions<'a> {
 /// Decodes one extension value completely (no trailing bytes).
 fn decode<'a, T: FromDer<'a, X509Error>>(value: &'a [u8], name: &str) -> Result<T, SvidError> {
     match T::from_der(value) {
-        Ok((rest, decoded)) if rest.is_empty() => Ok(decoded),
+        Ok(([], decoded)) => Ok(decoded),
         Ok(_) => Err(malformed(format!("{name}: trailing data"))),
         Err(e) => Err(malformed(format!("{name}: {e}"))),
     }

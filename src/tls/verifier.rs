@@ -494,7 +494,7 @@ mod tests {
         assert!(cache.get(key, &other_leaf, &[], 7, at(150)).is_none());
         assert!(
             cache
-                .get(key, &leaf, &[intermediate.clone()], 7, at(150))
+                .get(key, &leaf, std::slice::from_ref(&intermediate), 7, at(150))
                 .is_none()
         );
         // Bundles changed since, or the clock left the chain's window.
@@ -502,8 +502,8 @@ mod tests {
         assert!(cache.get(key, &leaf, &[], 7, at(99)).is_none());
         assert!(cache.get(key, &leaf, &[], 7, at(201)).is_none());
 
-        let key = cache.key(&leaf, &[intermediate.clone()]);
-        cache.insert(key, entry(&leaf, &[intermediate.clone()]));
+        let key = cache.key(&leaf, std::slice::from_ref(&intermediate));
+        cache.insert(key, entry(&leaf, std::slice::from_ref(&intermediate)));
         assert!(cache.get(key, &leaf, &[intermediate], 7, at(150)).is_some());
         assert!(
             cache
