@@ -1,44 +1,51 @@
 //! A bounded cache of validated tokens, keyed by the token and the connection's certificate.
 
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasherDefault, Hasher};
+use std::hash::{BuildHasher, BuildHasherDefault, Hasher, RandomState};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-
-use sha2::{Digest, Sha256};
 
 use crate::jwt::VerifiedClaims;
 
 const SHARDS: usize = 16;
 
-/// SHA-256 of the token followed by the SHA-256 thumbprint of the peer's leaf certificate: the
-/// same token presented on another connection's certificate is a different entry.
-pub(crate) type CacheKey = [u8; 64];
-
-pub(crate) fn cache_key(token: &str, thumbprint: &[u8; 32]) -> CacheKey {
-    let mut key = [0u8; 64];
-    key[..32].copy_from_slice(&Sha256::digest(token.as_bytes()));
-    key[32..].copy_from_slice(thumbprint);
-    key
+/// Where a token presented on a connection is looked up: a keyed hash of the token's
+/// signature segment and the connection's certificate thumbprint, with the two themselves.
+///
+/// The hash only finds the slot; an entry answers only for the very token (compared byte for
+/// byte) on the very certificate, so the same token on another connection's certificate is a
+/// different entry and a collision costs a validation, never a wrong answer. Hashing the
+/// signature segment alone keeps the lookup cheap (it is what makes tokens differ, and a token
+/// is several times longer); SipHash with a per-cache random key keeps peers from aiming at
+/// one slot.
+pub(crate) struct CacheKey<'a> {
+    hash: u64,
+    token: &'a str,
+    thumbprint: &'a [u8; 32],
 }
 
-/// The key is already a cryptographic digest: its first eight bytes are a fine hash.
+/// The map's keys are already keyed hashes: used as they are.
 #[derive(Default)]
-struct DigestHasher(u64);
+struct PassThrough(u64);
 
-impl Hasher for DigestHasher {
+impl Hasher for PassThrough {
     fn finish(&self) -> u64 {
         self.0
     }
 
     fn write(&mut self, bytes: &[u8]) {
-        // Mixes in the first eight bytes of each write (the length prefix, then the digest).
-        for (i, b) in bytes.iter().take(8).enumerate() {
-            self.0 ^= u64::from(*b) << (8 * i);
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
         }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
 struct Entry {
+    token: Box<str>,
+    thumbprint: [u8; 32],
     claims: VerifiedClaims,
     /// Unix seconds after which the token is no longer accepted (`exp` plus leeway).
     deadline: f64,
@@ -46,14 +53,21 @@ struct Entry {
     revision: u64,
 }
 
+impl Entry {
+    fn is_for(&self, key: &CacheKey<'_>) -> bool {
+        &self.thumbprint == key.thumbprint && *self.token == *key.token
+    }
+}
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<CacheKey, Entry, BuildHasherDefault<DigestHasher>>,
-    order: VecDeque<CacheKey>,
+    map: HashMap<u64, Entry, BuildHasherDefault<PassThrough>>,
+    order: VecDeque<u64>,
 }
 
 /// Validated tokens, at most `capacity` of them (oldest evicted first).
 pub(crate) struct TokenCache {
+    hasher: RandomState,
     shards: Vec<Mutex<Shard>>,
     per_shard: usize,
 }
@@ -61,13 +75,30 @@ pub(crate) struct TokenCache {
 impl TokenCache {
     pub(crate) fn new(capacity: usize) -> Self {
         Self {
+            hasher: RandomState::new(),
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             per_shard: capacity.div_ceil(SHARDS).max(1),
         }
     }
 
-    fn shard(&self, key: &CacheKey) -> MutexGuard<'_, Shard> {
-        let index = usize::from(key[8]) % SHARDS;
+    /// The lookup key of `token` presented on a connection whose certificate has `thumbprint`.
+    pub(crate) fn key<'a>(&self, token: &'a str, thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
+        let signature = token
+            .rsplit_once('.')
+            .map_or(token, |(_, signature)| signature);
+        let mut hasher = self.hasher.build_hasher();
+        hasher.write(signature.as_bytes());
+        hasher.write(thumbprint);
+        CacheKey {
+            hash: hasher.finish(),
+            token,
+            thumbprint,
+        }
+    }
+
+    fn shard(&self, hash: u64) -> MutexGuard<'_, Shard> {
+        // Middle bits: the map itself uses the low bits for the bucket and the top ones as tags.
+        let index = (hash >> 32) as usize % SHARDS;
         // Entries are plain data: a poisoned shard is still consistent.
         self.shards[index]
             .lock()
@@ -76,24 +107,32 @@ impl TokenCache {
 
     /// The claims of a token validated before, if still within its deadline and verified
     /// under the current key revision.
-    pub(crate) fn get(&self, key: &CacheKey, now: f64, revision: u64) -> Option<VerifiedClaims> {
-        let mut shard = self.shard(key);
-        let entry = shard.map.get(key)?;
+    pub(crate) fn get(
+        &self,
+        key: &CacheKey<'_>,
+        now: f64,
+        revision: u64,
+    ) -> Option<VerifiedClaims> {
+        let mut shard = self.shard(key.hash);
+        let entry = shard.map.get(&key.hash)?;
+        if !entry.is_for(key) {
+            return None;
+        }
         if now < entry.deadline && entry.revision == revision {
             return Some(entry.claims.clone());
         }
-        shard.map.remove(key);
+        shard.map.remove(&key.hash);
         None
     }
 
     pub(crate) fn insert(
         &self,
-        key: CacheKey,
+        key: &CacheKey<'_>,
         claims: VerifiedClaims,
         deadline: f64,
         revision: u64,
     ) {
-        let mut shard = self.shard(&key);
+        let mut shard = self.shard(key.hash);
         while shard.map.len() >= self.per_shard {
             let Some(oldest) = shard.order.pop_front() else {
                 shard.map.clear();
@@ -106,10 +145,12 @@ impl TokenCache {
             let Shard { map, order } = &mut *shard;
             order.retain(|k| map.contains_key(k));
         }
-        shard.order.push_back(key);
+        shard.order.push_back(key.hash);
         shard.map.insert(
-            key,
+            key.hash,
             Entry {
+                token: key.token.into(),
+                thumbprint: *key.thumbprint,
                 claims,
                 deadline,
                 revision,
@@ -124,6 +165,16 @@ impl TokenCache {
             .map(|s| s.lock().map(|s| s.map.len()).unwrap_or(0))
             .sum()
     }
+
+    /// A key with a chosen hash: what a collision would look like.
+    #[cfg(test)]
+    fn colliding<'a>(&self, hash: u64, token: &'a str, thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
+        CacheKey {
+            hash,
+            token,
+            thumbprint,
+        }
+    }
 }
 
 #[cfg(test)]
@@ -137,18 +188,38 @@ mod tests {
     #[test]
     fn honors_deadline_revision_and_capacity() {
         let cache = TokenCache::new(32);
-        let key = cache_key("a.b.c", &[1; 32]);
-        cache.insert(key, claims(), 100.0, 1);
+        let key = cache.key("a.b.c", &[1; 32]);
+        cache.insert(&key, claims(), 100.0, 1);
         assert!(cache.get(&key, 99.0, 1).is_some());
-        assert!(cache.get(&cache_key("a.b.c", &[2; 32]), 99.0, 1).is_none());
+        assert!(cache.get(&cache.key("a.b.c", &[2; 32]), 99.0, 1).is_none());
         assert!(cache.get(&key, 99.0, 2).is_none(), "key revision changed");
-        cache.insert(key, claims(), 100.0, 1);
+        cache.insert(&key, claims(), 100.0, 1);
         assert!(cache.get(&key, 100.0, 1).is_none(), "deadline passed");
         assert_eq!(cache.len(), 0);
 
-        for i in 0..1000 {
-            cache.insert(cache_key(&format!("t{i}"), &[0; 32]), claims(), 1e12, 1);
+        let tokens: Vec<String> = (0..1000).map(|i| format!("h.p.t{i}")).collect();
+        for token in &tokens {
+            cache.insert(&cache.key(token, &[0; 32]), claims(), 1e12, 1);
         }
         assert!(cache.len() <= 32, "bounded: {}", cache.len());
+    }
+
+    #[test]
+    fn an_entry_answers_only_for_its_own_token_and_certificate() {
+        let cache = TokenCache::new(32);
+        let key = cache.key("h.p.sig", &[1; 32]);
+        cache.insert(&key, claims(), 100.0, 1);
+        // Same slot (a collision), other token or other certificate: no answer.
+        let other_token = cache.colliding(key.hash, "h.p2.sig", &[1; 32]);
+        assert!(cache.get(&other_token, 99.0, 1).is_none());
+        let other_cert = cache.colliding(key.hash, "h.p.sig", &[2; 32]);
+        assert!(cache.get(&other_cert, 99.0, 1).is_none());
+        // The same signature segment with another header or payload is another token.
+        assert!(
+            cache
+                .get(&cache.key("h2.p.sig", &[1; 32]), 99.0, 1)
+                .is_none()
+        );
+        assert!(cache.get(&key, 99.0, 1).is_some());
     }
 }

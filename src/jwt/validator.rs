@@ -14,7 +14,7 @@ use serde_json::{Map, Value};
 use spiffe::SpiffeId;
 
 use crate::PeerIdentity;
-use crate::jwt::cache::{TokenCache, cache_key};
+use crate::jwt::cache::TokenCache;
 use crate::jwt::source::{BoxFuture, KeyLookup, KeySource};
 use crate::jwt::{JwtConfigError, TokenError, TokenErrorKind, VerifiedClaims};
 
@@ -449,7 +449,7 @@ impl JwtValidator {
         }
         let now = self.now()?;
         let cache_entry = inner.cache.as_ref().map(|cache| {
-            let key = cache_key(token, peer.thumbprint_sha256());
+            let key = cache.key(token, peer.thumbprint_sha256());
             (cache, key)
         });
         let revision = inner.keys.revision();
@@ -521,7 +521,7 @@ impl JwtValidator {
         let deadline = self.check_claims(&claims, now, peer, subject_id.as_ref())?;
         let verified = VerifiedClaims::new(claims);
         if let Some((cache, key)) = cache_entry {
-            cache.insert(key, verified.clone(), deadline, revision);
+            cache.insert(&key, verified.clone(), deadline, revision);
         }
         Ok(verified)
     }
