@@ -12,13 +12,41 @@ use spiffe::SpiffeId;
 /// and certificate binding were checked.
 #[derive(Debug, Clone, PartialEq)]
 pub struct VerifiedClaims {
-    inner: Arc<Map<String, Value>>,
+    inner: Arc<Claims>,
+}
+
+#[derive(Debug, PartialEq)]
+struct Claims {
+    map: Map<String, Value>,
+    /// [`VerifiedClaims::scopes`], split once: a cached token is checked for its scopes on
+    /// every request.
+    scopes: Box<[Box<str>]>,
+}
+
+impl std::ops::Deref for Claims {
+    type Target = Map<String, Value>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.map
+    }
 }
 
 impl VerifiedClaims {
-    pub(crate) fn new(claims: Map<String, Value>) -> Self {
+    pub(crate) fn new(map: Map<String, Value>) -> Self {
+        let from_scope = map
+            .get("scope")
+            .and_then(Value::as_str)
+            .into_iter()
+            .flat_map(str::split_whitespace);
+        let from_scp = map
+            .get("scp")
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str);
+        let scopes = from_scope.chain(from_scp).map(Box::from).collect();
         Self {
-            inner: Arc::new(claims),
+            inner: Arc::new(Claims { map, scopes }),
         }
     }
 
@@ -69,20 +97,7 @@ impl VerifiedClaims {
 
     /// The token's scopes: the space-separated `scope` claim (RFC 8693), or the `scp` array.
     pub fn scopes(&self) -> impl Iterator<Item = &str> {
-        let from_scope = self
-            .inner
-            .get("scope")
-            .and_then(Value::as_str)
-            .into_iter()
-            .flat_map(str::split_whitespace);
-        let from_scp = self
-            .inner
-            .get("scp")
-            .and_then(Value::as_array)
-            .into_iter()
-            .flatten()
-            .filter_map(Value::as_str);
-        from_scope.chain(from_scp)
+        self.inner.scopes.iter().map(|scope| &**scope)
     }
 
     /// Whether the token carries `scope`.
@@ -97,6 +112,6 @@ impl VerifiedClaims {
 
     /// All claims.
     pub fn claims(&self) -> &Map<String, Value> {
-        &self.inner
+        &self.inner.map
     }
 }
