@@ -35,8 +35,9 @@ use axum::Router;
 use axum::response::IntoResponse;
 use axum::routing::get;
 use secure_channel::authz::PolicySource;
-use secure_channel::integration::axum::layer_before_routing;
+use secure_channel::integration::axum::{LayeredRouter, layer_before_routing};
 use secure_channel::jwt::{JwtValidator, KeySource, VerifiedClaims};
+use secure_channel::layer::Jwt;
 use secure_channel::layer::{AuthorizeLayer, JwtLayer};
 use secure_channel::{
     AllowList, CredentialSource, IdMatcher, PeerIdentity, SecureChannel, TrustDomain,
@@ -140,7 +141,7 @@ fn app(
     validator: Option<JwtValidator>,
     policy: Option<PolicySource>,
     allow: AllowList,
-) -> Router {
+) -> LayeredRouter<tower::util::Either<Jwt<Router>, Router>> {
     let routes = match policy {
         None => routes,
         Some(policy) => {
@@ -163,10 +164,10 @@ fn app(
             })
         }
     };
-    match validator {
-        None => routes,
-        Some(validator) => layer_before_routing(routes, JwtLayer::new(validator)),
-    }
+    layer_before_routing(
+        routes,
+        tower::util::option_layer(validator.map(JwtLayer::new)),
+    )
 }
 
 async fn run(args: Args) -> Result<(), String> {

@@ -94,29 +94,99 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 /// path: a request such as `/admin/../public/x` could then be authorized as `/public/x` but
 /// routed by the raw path to an `/admin/{*rest}` route.
 ///
+/// The result serves like a `Router` (`into_make_service_with_connect_info`,
+/// `into_make_service`); it is the layered router itself, with no second `Router` around it
+/// (which would box every request's future once more).
+///
 /// ```no_run
-/// # fn run(policy: secure_channel::authz::PolicySource) {
+/// # async fn run(
+/// #     policy: secure_channel::authz::PolicySource,
+/// #     listener: secure_channel::SecureListener,
+/// # ) -> std::io::Result<()> {
 /// use axum::{Router, routing::get};
+/// use secure_channel::PeerIdentity;
 /// use secure_channel::integration::axum::layer_before_routing;
 /// use secure_channel::layer::AuthorizeLayer;
 ///
 /// let routes = Router::new().route("/public/hello", get(|| async { "hello" }));
 /// let app = layer_before_routing(routes, AuthorizeLayer::new(policy));
-/// # let _ = app;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<PeerIdentity>()).await
 /// # }
 /// ```
-pub fn layer_before_routing<L>(router: axum::Router, layer: L) -> axum::Router
+pub fn layer_before_routing<L>(router: axum::Router, layer: L) -> LayeredRouter<L::Service>
 where
     L: tower_layer::Layer<axum::Router>,
-    L::Service: tower_service::Service<axum::extract::Request, Error = std::convert::Infallible>
-        + Clone
+    L::Service: tower_service::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
         + Send
         + Sync
         + 'static,
-    <L::Service as tower_service::Service<axum::extract::Request>>::Response: IntoResponse,
     <L::Service as tower_service::Service<axum::extract::Request>>::Future: Send + 'static,
 {
-    axum::Router::new().fallback_service(layer.layer(router))
+    LayeredRouter {
+        service: layer.layer(router),
+    }
+}
+
+/// A router whose layers run before its routing, made by [`layer_before_routing`]; served like
+/// a `Router`.
+#[derive(Debug, Clone)]
+pub struct LayeredRouter<S> {
+    service: S,
+}
+
+impl<S> LayeredRouter<S>
+where
+    S: tower_service::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    /// A make-service for `axum::serve`, as `Router::into_make_service`.
+    pub fn into_make_service(self) -> axum::routing::IntoMakeService<Self> {
+        axum::ServiceExt::<axum::extract::Request>::into_make_service(self)
+    }
+
+    /// A make-service for `axum::serve` that puts `C` (for this crate, [`PeerIdentity`]) in
+    /// every request's extensions, as `Router::into_make_service_with_connect_info`.
+    pub fn into_make_service_with_connect_info<C>(
+        self,
+    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Self, C> {
+        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info(self)
+    }
+
+    /// The layered router.
+    pub fn into_inner(self) -> S {
+        self.service
+    }
+}
+
+impl<S> tower_service::Service<axum::extract::Request> for LayeredRouter<S>
+where
+    S: tower_service::Service<axum::extract::Request>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.service.poll_ready(cx)
+    }
+
+    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+        self.service.call(request)
+    }
 }
 
 /// The claims of the request's validated token, set by [`JwtLayer`](crate::layer::JwtLayer);
