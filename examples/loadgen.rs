@@ -85,6 +85,7 @@ struct Options {
     idle: usize,
     pin: bool,
     no_idle_timeout: bool,
+    rounds: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -121,6 +122,7 @@ fn options(args: &[String]) -> Options {
         idle: 2000,
         pin: false,
         no_idle_timeout: false,
+        rounds: 1,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -130,6 +132,7 @@ fn options(args: &[String]) -> Options {
             "--warmup" => o.warmup = value().parse().expect("--warmup N"),
             "--connections" => o.connections = value().parse().expect("--connections N"),
             "--idle" => o.idle = value().parse().expect("--idle N"),
+            "--rounds" => o.rounds = value().parse().expect("--rounds N"),
             "--pin" => o.pin = true,
             "--no-idle-timeout" => o.no_idle_timeout = true,
             "--http1" => o.protocols = vec![Proto::Http1],
@@ -138,7 +141,8 @@ fn options(args: &[String]) -> Options {
             "-h" | "--help" => {
                 println!(
                     "usage: loadgen [--seconds N] [--warmup N] [--connections N] \
-                     [--http1|--http2] [--scenarios plain,rustls,secure,nginx] [--idle N] [--pin] [--no-idle-timeout]"
+                     [--http1|--http2] [--scenarios plain,rustls,secure,nginx] [--idle N] [--rounds N] [--pin] \
+                     [--no-idle-timeout]"
                 );
                 std::process::exit(0);
             }
@@ -149,6 +153,7 @@ fn options(args: &[String]) -> Options {
     o.warmup = o.warmup.clamp(0.0, 60.0);
     o.connections = o.connections.clamp(1, 4096);
     o.idle = o.idle.min(10_000);
+    o.rounds = o.rounds.clamp(1, 20);
     o
 }
 
@@ -810,6 +815,7 @@ fn us(d: Duration) -> f64 {
 }
 
 struct Row {
+    round: usize,
     scenario: &'static str,
     proto: Proto,
     result: RunResult,
@@ -883,66 +889,114 @@ fn main() {
         .unwrap();
 
     let mut rows: Vec<Row> = Vec::new();
-    for &proto in &o.protocols {
-        for scenario in ["plain", "rustls", "secure", "nginx"] {
-            if !o.scenarios.iter().any(|s| s == scenario) || (scenario == "nginx" && !nginx) {
-                continue;
-            }
-            let server_mode = if scenario == "nginx" {
-                "plain"
-            } else {
-                scenario
-            };
-            let server = ServerProcess::start(server_mode, dir.path(), &o);
-            let sidecar =
-                (scenario == "nginx").then(|| Nginx::start(dir.path(), server.port, o.pin));
-            let mut pids = vec![server.child.id()];
-            let port = match &sidecar {
-                Some(nginx) => {
-                    pids.extend(with_children(nginx.child.id()));
-                    nginx.port
-                }
-                None => server.port,
-            };
-            let target = Target {
-                port,
-                tls: (scenario != "plain").then(|| material.client_config(proto)),
+    for round in 1..=o.rounds {
+        for &proto in &o.protocols {
+            run_round(
+                &runtime,
+                &o,
+                &material,
+                &authorization,
+                nginx,
+                round,
                 proto,
-                authorization: authorization.clone(),
-            };
-            print!("  {scenario:<7} {:<9}", proto.name());
-            let _ = std::io::stdout().flush();
-            let result = runtime.block_on(drive(&target, &o, &pids));
-            println!(
-                "{:>10.0} req/s  ({} errors)",
-                result.requests as f64 / result.seconds,
-                result.errors
+                &mut rows,
             );
-            rows.push(Row {
-                scenario,
-                proto,
-                result,
-            });
-            drop(sidecar);
-            drop(server);
         }
     }
+    report(&o, &rows);
 
+    if o.idle > 0 {
+        idle_report(&runtime, &o, &material, &authorization);
+    }
+}
+
+/// One run of every selected scenario for `proto`, appended to `rows`.
+#[allow(clippy::too_many_arguments)]
+fn run_round(
+    runtime: &tokio::runtime::Runtime,
+    o: &Options,
+    material: &Material,
+    authorization: &HeaderValue,
+    nginx: bool,
+    round: usize,
+    proto: Proto,
+    rows: &mut Vec<Row>,
+) {
+    let dir = material.dir.as_path();
+    for scenario in ["plain", "rustls", "secure", "nginx"] {
+        if !o.scenarios.iter().any(|s| s == scenario) || (scenario == "nginx" && !nginx) {
+            continue;
+        }
+        let server_mode = if scenario == "nginx" {
+            "plain"
+        } else {
+            scenario
+        };
+        let server = ServerProcess::start(server_mode, dir, o);
+        let sidecar = (scenario == "nginx").then(|| Nginx::start(dir, server.port, o.pin));
+        let mut pids = vec![server.child.id()];
+        let port = match &sidecar {
+            Some(nginx) => {
+                pids.extend(with_children(nginx.child.id()));
+                nginx.port
+            }
+            None => server.port,
+        };
+        let target = Target {
+            port,
+            tls: (scenario != "plain").then(|| material.client_config(proto)),
+            proto,
+            authorization: authorization.clone(),
+        };
+        print!("  round {round} {scenario:<7} {:<9}", proto.name());
+        let _ = std::io::stdout().flush();
+        let result = runtime.block_on(drive(&target, o, &pids));
+        println!(
+            "{:>10.0} req/s  ({} errors)",
+            result.requests as f64 / result.seconds,
+            result.errors
+        );
+        rows.push(Row {
+            round,
+            scenario,
+            proto,
+            result,
+        });
+        drop(sidecar);
+        drop(server);
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    match n {
+        0 => f64::NAN,
+        _ if n % 2 == 1 => values[n / 2],
+        _ => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+/// The results table (every run, its ratios against `rustls` of the same round) and the
+/// budget lines (medians over the rounds of those within-round ratios).
+fn report(o: &Options, rows: &[Row]) {
     println!();
     println!(
-        "| scenario | protocol | req/s | p50 µs | p99 µs | server CPU µs/req | req/s vs rustls | CPU/req vs rustls |"
+        "| round | scenario | protocol | req/s | p50 µs | p99 µs | server CPU µs/req | req/s vs rustls | CPU/req vs rustls |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
-    let find = |scenario: &str, proto: Proto| {
+    println!("|---:|---|---|---:|---:|---:|---:|---:|---:|");
+    let find = |scenario: &str, proto: Proto, round: usize| {
         rows.iter()
-            .find(|r| r.scenario == scenario && r.proto == proto)
+            .find(|r| r.scenario == scenario && r.proto == proto && r.round == round)
     };
-    for row in &rows {
-        let base = find("rustls", row.proto);
+    for row in rows {
+        let base = find("rustls", row.proto, row.round);
         let ratio =
             |f: fn(&Row) -> f64| base.map_or("-".to_owned(), |b| format!("{:.3}", f(row) / f(b)));
         println!(
-            "| {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} |",
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.2} | {} | {} |",
+            row.round,
             row.scenario,
             row.proto.name(),
             row.rate(),
@@ -954,52 +1008,81 @@ fn main() {
         );
     }
     println!();
+    let rounds = o.rounds;
+    // One within-round ratio per round where both scenarios ran.
+    let ratios = |a: &str, b: &str, proto: Proto, f: &dyn Fn(&Row, &Row) -> f64| -> Vec<f64> {
+        (1..=rounds)
+            .filter_map(|round| Some(f(find(a, proto, round)?, find(b, proto, round)?)))
+            .collect()
+    };
+    let summary = |values: Vec<f64>| -> String {
+        let list: Vec<String> = values.iter().map(|v| format!("{v:.3}")).collect();
+        format!("{:.3} [{}]", median(values), list.join(", "))
+    };
     for &proto in &o.protocols {
-        if let (Some(s), Some(b)) = (find("secure", proto), find("rustls", proto)) {
-            println!(
-                "budget {}: secure/rustls throughput {:.3} (>= 0.95), CPU/req {:.3}",
-                proto.name(),
-                s.rate() / b.rate(),
+        let name = proto.name();
+        let rate = ratios("secure", "rustls", proto, &|s, b| s.rate() / b.rate());
+        if !rate.is_empty() {
+            let cpu = ratios("secure", "rustls", proto, &|s, b| {
                 s.cpu_per_request() / b.cpu_per_request()
+            });
+            println!(
+                "budget {name}: secure/rustls throughput {} (>= 0.95), CPU/req {}",
+                summary(rate),
+                summary(cpu)
             );
         }
-        if let (Some(s), Some(n)) = (find("secure", proto), find("nginx", proto)) {
-            println!(
-                "budget {}: secure/nginx throughput {:.3} (>= 1.5), p99 {:.0} µs vs {:.0} µs \
-                 (lower), CPU/req {:.3}",
-                proto.name(),
-                s.rate() / n.rate(),
-                us(s.result.p99),
-                us(n.result.p99),
+        let rate = ratios("secure", "nginx", proto, &|s, n| s.rate() / n.rate());
+        if !rate.is_empty() {
+            let p99 = ratios("secure", "nginx", proto, &|s, n| {
+                us(s.result.p99) / us(n.result.p99)
+            });
+            let cpu = ratios("secure", "nginx", proto, &|s, n| {
                 s.cpu_per_request() / n.cpu_per_request()
+            });
+            println!(
+                "budget {name}: secure/nginx throughput {} (>= 1.5), p99 secure/nginx {} (< 1), \
+                 CPU/req {}",
+                summary(rate),
+                summary(p99),
+                summary(cpu)
             );
         }
     }
+    if rounds > 1 {
+        println!("(median of {rounds} rounds [each round's ratio])");
+    }
+}
 
-    if o.idle > 0 {
-        println!();
-        println!("memory: {} idle mTLS HTTP/1.1 connections", o.idle);
-        println!("| server | RSS before KiB | RSS after KiB | per connection KiB |");
-        println!("|---|---:|---:|---:|");
-        let mut per = Vec::new();
-        for scenario in ["rustls", "secure"] {
-            let server = ServerProcess::start(scenario, dir.path(), &o);
-            let target = Target {
-                port: server.port,
-                tls: Some(material.client_config(Proto::Http1)),
-                proto: Proto::Http1,
-                authorization: authorization.clone(),
-            };
-            let (before, after) = runtime.block_on(idle_memory(&target, server.child.id(), o.idle));
-            let each = after.saturating_sub(before) as f64 / o.idle as f64;
-            println!("| {scenario} | {before} | {after} | {each:.2} |");
-            per.push(each);
-        }
-        if let [bare, ours] = per[..] {
-            println!(
-                "budget memory: secure - rustls = {:.2} KiB per idle connection (<= 2)",
-                ours - bare
-            );
-        }
+/// RSS per idle connection, bare rustls against the channel.
+fn idle_report(
+    runtime: &tokio::runtime::Runtime,
+    o: &Options,
+    material: &Material,
+    authorization: &HeaderValue,
+) {
+    println!();
+    println!("memory: {} idle mTLS HTTP/1.1 connections", o.idle);
+    println!("| server | RSS before KiB | RSS after KiB | per connection KiB |");
+    println!("|---|---:|---:|---:|");
+    let mut per = Vec::new();
+    for scenario in ["rustls", "secure"] {
+        let server = ServerProcess::start(scenario, &material.dir, o);
+        let target = Target {
+            port: server.port,
+            tls: Some(material.client_config(Proto::Http1)),
+            proto: Proto::Http1,
+            authorization: authorization.clone(),
+        };
+        let (before, after) = runtime.block_on(idle_memory(&target, server.child.id(), o.idle));
+        let each = after.saturating_sub(before) as f64 / o.idle as f64;
+        println!("| {scenario} | {before} | {after} | {each:.2} |");
+        per.push(each);
+    }
+    if let [bare, ours] = per[..] {
+        println!(
+            "budget memory: secure - rustls = {:.2} KiB per idle connection (<= 2)",
+            ours - bare
+        );
     }
 }
