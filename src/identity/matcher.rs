@@ -1,7 +1,9 @@
 //! ID matchers: which SPIFFE IDs a rule or a channel accepts.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use spiffe::{SpiffeId, TrustDomain};
 
@@ -202,11 +204,32 @@ impl fmt::Debug for IdMatcher {
 
 /// A set of ID matchers; an ID is allowed when any matcher matches it.
 ///
-/// An empty list matches nothing: default deny.
-#[derive(Clone, Default, PartialEq, Eq)]
+/// An empty list matches nothing: default deny. Exact IDs are looked up in a hash set, so a
+/// list of thousands of workloads costs a handshake one lookup, not a scan.
+#[derive(Clone, Default)]
 pub struct AllowList {
+    /// Every matcher, in the order added (for display and [`matchers`](Self::matchers)).
     matchers: Vec<IdMatcher>,
+    /// The same matchers, sorted for lookup (shared: lists are cloned into errors and configs).
+    index: Arc<Index>,
 }
+
+#[derive(Clone, Default)]
+struct Index {
+    /// The exact IDs.
+    exact: HashSet<SpiffeId>,
+    /// The trust-domain and prefix matchers.
+    patterns: Vec<IdMatcher>,
+}
+
+/// Two lists are equal when they hold the same matchers in the same order.
+impl PartialEq for AllowList {
+    fn eq(&self, other: &Self) -> bool {
+        self.matchers == other.matchers
+    }
+}
+
+impl Eq for AllowList {}
 
 impl AllowList {
     /// A list that matches nothing.
@@ -216,14 +239,23 @@ impl AllowList {
 
     /// Adds a matcher.
     pub fn push(&mut self, matcher: IdMatcher) {
-        if !self.matchers.contains(&matcher) {
+        let index = Arc::make_mut(&mut self.index);
+        let added = match &matcher.kind {
+            MatcherKind::Exact(id) => index.exact.insert(id.clone()),
+            _ if index.patterns.contains(&matcher) => false,
+            _ => {
+                index.patterns.push(matcher.clone());
+                true
+            }
+        };
+        if added {
             self.matchers.push(matcher);
         }
     }
 
     /// Whether any matcher matches `id`.
     pub fn allows(&self, id: &SpiffeId) -> bool {
-        self.matchers.iter().any(|m| m.matches(id))
+        self.index.exact.contains(id) || self.index.patterns.iter().any(|m| m.matches(id))
     }
 
     /// Whether the list matches nothing.
@@ -390,5 +422,40 @@ mod tests {
         let list = AllowList::deny_all();
         assert!(!list.allows(&id("spiffe://example.org/a")));
         assert_eq!(list.to_string(), "[nobody]");
+    }
+
+    #[test]
+    fn allow_list_matches_exact_ids_and_patterns_and_keeps_order() {
+        let list: AllowList = [
+            "spiffe://example.org/web",
+            "spiffe://example.org/billing/*",
+            "spiffe://example.org/web",
+            "spiffe://partner.org",
+            "spiffe://example.org/billing/*",
+        ]
+        .into_iter()
+        .map(|m| IdMatcher::parse(m).unwrap())
+        .collect();
+        assert_eq!(
+            list.to_string(),
+            "[spiffe://example.org/web, spiffe://example.org/billing/*, spiffe://partner.org]"
+        );
+        for (candidate, allowed) in [
+            ("spiffe://example.org/web", true),
+            ("spiffe://example.org/web/x", false),
+            ("spiffe://example.org/we", false),
+            ("spiffe://example.org/billing/api", true),
+            ("spiffe://example.org/billing", false),
+            ("spiffe://partner.org/any/thing", true),
+            ("spiffe://other.org/web", false),
+        ] {
+            assert_eq!(list.allows(&id(candidate)), allowed, "{candidate}");
+        }
+        let many: AllowList = (0..1000)
+            .map(|i| IdMatcher::exact(id(&format!("spiffe://example.org/ns/prod/svc-{i}"))))
+            .collect();
+        assert_eq!(many.matchers().len(), 1000);
+        assert!(many.allows(&id("spiffe://example.org/ns/prod/svc-500")));
+        assert!(!many.allows(&id("spiffe://example.org/ns/prod/svc-1000")));
     }
 }
