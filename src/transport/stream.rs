@@ -4,7 +4,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
@@ -33,10 +33,16 @@ pub struct SecureStream<IO> {
 /// Progress only sets a flag (no clock read per read or write); a timer ticking every half
 /// timeout closes the connection after two ticks without progress, that is between 1x and 1.5x
 /// the timeout after the last byte.
+///
+/// The tick is polled (which registers the task's waker with the timer) only when it may have
+/// fired or the waker changed: a pending read or write on a busy connection then costs an
+/// atomic load and a pointer comparison, not a timer registration.
 #[derive(Debug)]
 struct IdleTimer {
     half: Duration,
     tick: Pin<Box<tokio::time::Sleep>>,
+    /// The waker the current tick was last polled with; `None` after a reset.
+    registered: Option<Waker>,
     active: bool,
     idle_ticks: u8,
 }
@@ -47,6 +53,7 @@ impl IdleTimer {
         Self {
             half,
             tick: Box::pin(tokio::time::sleep(half)),
+            registered: None,
             active: false,
             idle_ticks: 0,
         }
@@ -58,6 +65,15 @@ impl IdleTimer {
 
     /// Whether the connection has been idle too long (registers the waker otherwise).
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        let registered = self
+            .registered
+            .as_ref()
+            .is_some_and(|waker| waker.will_wake(cx.waker()));
+        if registered && !self.tick.is_elapsed() {
+            // The timer holds this task's waker and has not fired: it will wake the task.
+            return false;
+        }
+        self.registered = Some(cx.waker().clone());
         while self.tick.as_mut().poll(cx).is_ready() {
             if std::mem::take(&mut self.active) {
                 self.idle_ticks = 0;
@@ -71,6 +87,7 @@ impl IdleTimer {
                 .as_mut()
                 .reset(tokio::time::Instant::now() + self.half);
         }
+        // The loop ends with a pending poll of the current tick, which registered the waker.
         false
     }
 }
@@ -334,6 +351,59 @@ where
         Err(error) => {
             refuse(TlsStream::Client(stream), &error).await;
             Err(error)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use tokio::sync::mpsc::{UnboundedSender, unbounded_channel};
+
+    use super::*;
+
+    /// A waker that says which task it stands for.
+    struct Named(UnboundedSender<&'static str>, &'static str);
+
+    impl std::task::Wake for Named {
+        fn wake(self: Arc<Self>) {
+            let _ = self.0.send(self.1);
+        }
+    }
+
+    #[tokio::test]
+    async fn the_idle_timer_wakes_the_task_that_polled_it_last_and_expires() {
+        let (tx, mut woken) = unbounded_channel();
+        let a = Waker::from(Arc::new(Named(tx.clone(), "a")));
+        let b = Waker::from(Arc::new(Named(tx, "b")));
+        let mut timer = IdleTimer::new(Duration::from_millis(40));
+        assert!(!timer.expired(&mut Context::from_waker(&a)));
+        assert!(!timer.expired(&mut Context::from_waker(&a)));
+        // The stream moved to another task: that task is the one the timer must wake.
+        assert!(!timer.expired(&mut Context::from_waker(&b)));
+        let first = tokio::time::timeout(Duration::from_secs(5), woken.recv()).await;
+        assert_eq!(first.unwrap(), Some("b"));
+        // No progress since: the second tick closes the connection.
+        let mut polls = 0;
+        while !timer.expired(&mut Context::from_waker(&b)) {
+            polls += 1;
+            assert!(polls < 10, "the idle timer never expired");
+            let next = tokio::time::timeout(Duration::from_secs(5), woken.recv()).await;
+            assert_eq!(next.unwrap(), Some("b"));
+        }
+    }
+
+    #[tokio::test]
+    async fn progress_keeps_the_idle_timer_from_expiring() {
+        let (tx, mut woken) = unbounded_channel();
+        let waker = Waker::from(Arc::new(Named(tx, "task")));
+        let mut timer = IdleTimer::new(Duration::from_millis(40));
+        for _ in 0..4 {
+            timer.touch();
+            assert!(!timer.expired(&mut Context::from_waker(&waker)));
+            let tick = tokio::time::timeout(Duration::from_secs(5), woken.recv()).await;
+            assert_eq!(tick.unwrap(), Some("task"));
         }
     }
 }
