@@ -47,7 +47,7 @@ const VERIFIED_CHAINS_CAPACITY: usize = 4096;
 /// policy applies at once. It spares resumed sessions, and the identity lookup after a full
 /// handshake, a second chain validation.
 ///
-/// The hash only finds the slot (SipHash with a per-process random key, so a peer cannot aim
+/// The hash only finds the slot (SipHash under a random key of this cache, so a peer cannot aim
 /// at another's slot); an entry is used only if its chain equals the presented one, so a
 /// collision costs a validation, never an identity.
 #[derive(Debug, Default)]
