@@ -173,6 +173,9 @@ impl Bucket {
 pub(crate) struct Index {
     exact: Map<Box<str>, Bucket>,
     prefix: Map<Box<str>, Bucket>,
+    /// The lengths of the `prefix` keys, sorted: a request path's prefix of another length
+    /// cannot be a key, so it is not looked up.
+    prefix_lengths: Vec<usize>,
 }
 
 impl Index {
@@ -199,6 +202,9 @@ impl Index {
                 }
             }
         }
+        index.prefix_lengths = index.prefix.keys().map(|key| key.len()).collect();
+        index.prefix_lengths.sort_unstable();
+        index.prefix_lengths.dedup();
         index
     }
 
@@ -223,15 +229,15 @@ impl Index {
             bucket.scan(&probe, &mut matches);
         }
         if !self.prefix.is_empty() {
-            let mut end = path.len();
-            while let Some(slash) = path.get(..end).and_then(|p| p.rfind('/')) {
+            // Every prefix ending before a `/`, longest first (the root prefix is "").
+            let slashes = path.bytes().enumerate().rev().filter(|&(_, b)| b == b'/');
+            for (slash, _) in slashes {
+                if self.prefix_lengths.binary_search(&slash).is_err() {
+                    continue;
+                }
                 if let Some(bucket) = path.get(..slash).and_then(|p| self.prefix.get(p)) {
                     bucket.scan(&probe, &mut matches);
                 }
-                if slash == 0 {
-                    break;
-                }
-                end = slash;
             }
         }
         matches

@@ -1090,6 +1090,39 @@ fn every_decision_emits_one_audit_event() {
     assert_eq!(field(2, "reason").as_deref(), Some("encoded-separator"));
 }
 
+#[test]
+fn prefix_routes_of_every_length_are_found_and_whole_segments_only() {
+    let prefixes = ["/a", "/ab/cd", "/abc/de/fgh", "/x/y/z/w"];
+    let mut builder = Policy::builder();
+    for (i, prefix) in prefixes.iter().enumerate() {
+        builder = builder.rule(
+            Rule::allow(format!("r{i}"))
+                .principal("spiffe://example.org/web")
+                .route_any_method(format!("{prefix}/*")),
+        );
+    }
+    let policy = builder.build().unwrap();
+    let caller = SpiffeId::new("spiffe://example.org/web").unwrap();
+    for (i, prefix) in prefixes.iter().enumerate() {
+        for path in [
+            format!("{prefix}/leaf"),
+            format!("{prefix}/leaf/more/and/more"),
+        ] {
+            let decision = policy.explain(&caller, &Method::GET, &path);
+            assert_eq!(
+                decision.rule_name(),
+                Some(format!("r{i}").as_str()),
+                "{path}"
+            );
+        }
+        let beside = format!("{prefix}x/leaf");
+        assert!(
+            !policy.explain(&caller, &Method::GET, &beside).is_allowed(),
+            "{beside}"
+        );
+    }
+    assert!(!policy.explain(&caller, &Method::GET, "/b/c").is_allowed());
+}
 mod properties {
     use proptest::prelude::*;
 

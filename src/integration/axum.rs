@@ -95,8 +95,9 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 /// routed by the raw path to an `/admin/{*rest}` route.
 ///
 /// The result serves like a `Router` (`into_make_service_with_connect_info`,
-/// `into_make_service`); it is the layered router itself, with no second `Router` around it
-/// (which would box every request's future once more).
+/// `into_make_service`), for layers whose service answers axum's `Response` and never fails, as
+/// this crate's do; it is the layered router itself, with no second `Router` around it (which
+/// would box every request's future once more).
 ///
 /// ```no_run
 /// # async fn run(
@@ -116,15 +117,6 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 pub fn layer_before_routing<L>(router: axum::Router, layer: L) -> LayeredRouter<L::Service>
 where
     L: tower_layer::Layer<axum::Router>,
-    L::Service: tower_service::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    <L::Service as tower_service::Service<axum::extract::Request>>::Future: Send + 'static,
 {
     LayeredRouter {
         service: layer.layer(router),
