@@ -391,6 +391,25 @@ mod tests {
     }
 
     #[test]
+    fn refuses_extension_values_with_trailing_or_malformed_bytes() {
+        // keyUsage digitalSignature, then one byte too many.
+        let mut trailing = params(&[ID]);
+        trailing.key_usages = Vec::new();
+        trailing.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[2, 5, 29, 15],
+            vec![0x03, 0x02, 0x07, 0x80, 0x00],
+        )];
+        assert!(malformed_reason(&der(trailing)).contains("keyUsage: trailing data"));
+        // A subjectAltName whose sequence is cut short.
+        let mut cut = params(&[]);
+        cut.custom_extensions = vec![CustomExtension::from_oid_content(
+            &[2, 5, 29, 17],
+            vec![0x30, 0x05, 0x86, 0x01],
+        )];
+        assert!(malformed_reason(&der(cut)).contains("subjectAltName"));
+    }
+
+    #[test]
     fn refuses_trailing_data_and_garbage() {
         let mut der = der(params(&[ID]));
         der.push(0);
