@@ -210,7 +210,8 @@ impl fmt::Debug for IdMatcher {
 pub struct AllowList {
     /// Every matcher, in the order added (for display and [`matchers`](Self::matchers)).
     matchers: Vec<IdMatcher>,
-    /// The same matchers, sorted for lookup (shared: lists are cloned into errors and configs).
+    /// The same matchers split by kind for lookup (shared: lists are cloned into errors and
+    /// configs).
     index: Arc<Index>,
 }
 

@@ -41,7 +41,7 @@ pub struct SecureStream<IO> {
 struct IdleTimer {
     half: Duration,
     tick: Pin<Box<tokio::time::Sleep>>,
-    /// The waker the current tick was last polled with; `None` after a reset.
+    /// The waker the tick was last polled with (`None` before the first poll).
     registered: Option<Waker>,
     active: bool,
     idle_ticks: u8,
