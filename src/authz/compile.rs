@@ -18,31 +18,55 @@ use crate::authz::path::PathPattern;
 use crate::identity::IdMatcher;
 use crate::jwt::VerifiedClaims;
 
-/// FNV-1a, 64 bits. The maps are built from the policy and only looked up with request data,
-/// never filled with it, so a keyed hash (against flooding) buys nothing and costs a third of
-/// a decision.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Fnv(u64);
+/// A fast, unkeyed hash for the index's maps (the multiply-rotate step of rustc's `FxHasher`,
+/// eight bytes at a time). The maps are built from the policy and only looked up with request
+/// data, never filled with it, so a keyed hash (against flooding) buys nothing: a request can
+/// only choose which of the policy's own probe sequences it walks. A byte-at-a-time hash
+/// (FNV-1a, before) cost a fifth of a decision on the ~80 bytes a decision hashes.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Fx(u64);
 
-impl Default for Fnv {
-    fn default() -> Self {
-        Self(0xcbf2_9ce4_8422_2325)
+const FX_SEED: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+
+impl Fx {
+    #[inline]
+    fn add(&mut self, word: u64) {
+        self.0 = (self.0.rotate_left(5) ^ word).wrapping_mul(FX_SEED);
     }
 }
 
-impl Hasher for Fnv {
+impl Hasher for Fx {
+    #[inline]
     fn finish(&self) -> u64 {
-        self.0
+        // hashbrown takes the bucket from the low bits and the tag from the top seven; the
+        // multiply leaves its best bits high, so bring some of them down.
+        self.0.rotate_left(26)
     }
 
+    #[inline]
     fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        let mut chunks = bytes.chunks_exact(8);
+        for chunk in &mut chunks {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(chunk);
+            self.add(u64::from_le_bytes(word));
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut word = [0u8; 8];
+            word[..rest.len()].copy_from_slice(rest);
+            // The length keeps "ab" and "ab\0" apart.
+            self.add(u64::from_le_bytes(word) ^ ((rest.len() as u64) << 59));
         }
     }
+
+    #[inline]
+    fn write_u8(&mut self, i: u8) {
+        self.add(u64::from(i));
+    }
 }
 
-type Map<K, V> = HashMap<K, V, BuildHasherDefault<Fnv>>;
+type Map<K, V> = HashMap<K, V, BuildHasherDefault<Fx>>;
 
 #[derive(Debug, Clone)]
 struct Entry {
@@ -173,8 +197,10 @@ impl Bucket {
 pub(crate) struct Index {
     exact: Map<Box<str>, Bucket>,
     prefix: Map<Box<str>, Bucket>,
-    /// The lengths of the `prefix` keys, sorted: a request path's prefix of another length
-    /// cannot be a key, so it is not looked up.
+    /// The lengths of the `exact` keys, sorted: a request path of another length cannot be a
+    /// key, so it is not looked up.
+    exact_lengths: Vec<usize>,
+    /// The lengths of the `prefix` keys, sorted, for the same reason.
     prefix_lengths: Vec<usize>,
 }
 
@@ -202,9 +228,8 @@ impl Index {
                 }
             }
         }
-        index.prefix_lengths = index.prefix.keys().map(|key| key.len()).collect();
-        index.prefix_lengths.sort_unstable();
-        index.prefix_lengths.dedup();
+        index.exact_lengths = key_lengths(&index.exact);
+        index.prefix_lengths = key_lengths(&index.prefix);
         index
     }
 
@@ -225,7 +250,9 @@ impl Index {
             rules,
         };
         let mut matches = Matches::default();
-        if let Some(bucket) = self.exact.get(path) {
+        if self.exact_lengths.binary_search(&path.len()).is_ok()
+            && let Some(bucket) = self.exact.get(path)
+        {
             bucket.scan(&probe, &mut matches);
         }
         if !self.prefix.is_empty() {
@@ -242,4 +269,11 @@ impl Index {
         }
         matches
     }
+}
+
+fn key_lengths(map: &Map<Box<str>, Bucket>) -> Vec<usize> {
+    let mut lengths: Vec<usize> = map.keys().map(|key| key.len()).collect();
+    lengths.sort_unstable();
+    lengths.dedup();
+    lengths
 }

@@ -70,10 +70,15 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if is_canonical_request_path(raw) {
         return Ok(Cow::Borrowed(raw));
     }
+    normalize_segments(raw).map(Cow::Owned)
+}
+
+/// The general case of [`normalize_path`], for a path that starts with `/`.
+fn normalize_segments(raw: &str) -> Result<String, PathError> {
     let mut out = String::with_capacity(raw.len());
     // Byte offsets in `out` where each kept segment's leading `/` starts.
     let mut starts: Vec<usize> = Vec::new();
-    for segment in raw[1..].split('/') {
+    for segment in raw.get(1..).unwrap_or_default().split('/') {
         let decoded = decode_segment(segment)?;
         match decoded.as_ref() {
             "" | "." => {}
@@ -91,28 +96,38 @@ pub fn normalize_path(raw: &str) -> Result<Cow<'_, str>, PathError> {
     if out.is_empty() {
         out.push('/');
     }
-    Ok(Cow::Owned(out))
+    Ok(out)
 }
 
 /// Whether `raw` needs no work: no escapes, no backslash or control characters, no empty or dot
-/// segments, no trailing slash.
+/// segments, no trailing slash. One pass over the bytes (`raw` starts with `/`).
 fn is_canonical_request_path(raw: &str) -> bool {
     if raw == "/" {
         return true;
     }
-    let bytes = raw.as_bytes();
-    if bytes.last() == Some(&b'/') {
-        return false;
+    // The current segment's length so far and whether it holds only dots.
+    let mut length = 0usize;
+    let mut dots = true;
+    for &b in raw.as_bytes().iter().skip(1) {
+        match b {
+            b'/' => {
+                // An empty, `.` or `..` segment before this slash.
+                if dots && length <= 2 {
+                    return false;
+                }
+                length = 0;
+                dots = true;
+            }
+            b'%' | b'\\' | 0x00..=0x1f | 0x7f => return false,
+            b'.' => length += 1,
+            _ => {
+                length += 1;
+                dots = false;
+            }
+        }
     }
-    if bytes
-        .iter()
-        .any(|&b| b == b'%' || b == b'\\' || b < 0x20 || b == 0x7f)
-    {
-        return false;
-    }
-    raw[1..]
-        .split('/')
-        .all(|segment| !matches!(segment, "" | "." | ".."))
+    // The last segment: not empty (a trailing slash), not `.` or `..`.
+    !(dots && length <= 2)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -356,6 +371,35 @@ mod tests {
         for raw in ["/a/", "/a//b", "/%61"] {
             assert!(matches!(normalize_path(raw), Ok(Cow::Owned(_))), "{raw}");
         }
+    }
+
+    /// The one-pass check lets a path through unchanged only when the general normalization
+    /// would also leave it unchanged, and takes every such path without `%`, `\` or control
+    /// characters: all paths of up to seven bytes over an alphabet of the bytes that matter.
+    #[test]
+    fn the_canonical_check_agrees_with_normalization() {
+        const ALPHABET: &[u8] = b"/.a%2f\\\0";
+        let mut checked = 0;
+        for length in 0..=6u32 {
+            for n in 0..ALPHABET.len().pow(length) {
+                let mut path = vec![b'/'];
+                let mut rest = n;
+                for _ in 0..length {
+                    path.push(ALPHABET[rest % ALPHABET.len()]);
+                    rest /= ALPHABET.len();
+                }
+                let path = String::from_utf8(path).unwrap();
+                let unchanged = normalize_segments(&path).is_ok_and(|out| out == path);
+                let plain = !path.bytes().any(|b| b == b'%' || b == b'\\' || b < 0x20);
+                assert_eq!(
+                    is_canonical_request_path(&path),
+                    unchanged && plain,
+                    "{path:?}"
+                );
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, (0..=6).map(|l| 8usize.pow(l)).sum::<usize>());
     }
 
     #[test]

@@ -1123,6 +1123,44 @@ fn prefix_routes_of_every_length_are_found_and_whole_segments_only() {
     }
     assert!(!policy.explain(&caller, &Method::GET, "/b/c").is_allowed());
 }
+
+#[test]
+fn exact_routes_of_every_length_are_found_and_nothing_else() {
+    let paths = ["/", "/a", "/ab/cd", "/abc/de/fgh"];
+    let mut builder = Policy::builder();
+    for (i, path) in paths.iter().enumerate() {
+        builder = builder.rule(
+            Rule::allow(format!("r{i}"))
+                .principal("spiffe://example.org/web")
+                .route_any_method(*path),
+        );
+    }
+    let policy = builder.build().unwrap();
+    let caller = SpiffeId::new("spiffe://example.org/web").unwrap();
+    for (i, path) in paths.iter().enumerate() {
+        let decision = policy.explain(&caller, &Method::GET, path);
+        assert_eq!(
+            decision.rule_name(),
+            Some(format!("r{i}").as_str()),
+            "{path}"
+        );
+    }
+    // Same lengths, other text; and other lengths.
+    for path in [
+        "/b",
+        "/ab/ce",
+        "/abc/de/fgx",
+        "/ab",
+        "/ab/cd/e",
+        "/abc/de/fgh/i",
+    ] {
+        assert!(
+            !policy.explain(&caller, &Method::GET, path).is_allowed(),
+            "{path}"
+        );
+    }
+}
+
 mod properties {
     use proptest::prelude::*;
 
