@@ -3,8 +3,8 @@
 //! Counters are labelled by rule name only (bounded by the policy), never by path or caller.
 //! They survive a policy reload for rules that keep their name.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use crate::authz::decision::{AuthzRequest, Decision, Verdict};
 
@@ -17,6 +17,10 @@ pub(crate) struct RuleCounters {
     denied: AtomicU64,
     would_allow: AtomicU64,
     would_deny: AtomicU64,
+    /// The rule's decision metric keys by outcome (`allow`, `deny`, `would_deny`), built on
+    /// first use: a key holds its labels and their hash, so a decision registers the counter
+    /// with the current recorder without building either.
+    metric_keys: [OnceLock<metrics::Key>; 3],
 }
 
 #[derive(Debug, Default)]
@@ -89,6 +93,41 @@ impl Counters {
                 &c.would_deny
             });
         }
+    }
+
+    /// Counts the decision in the decisions metric and emits its audit event.
+    pub(crate) fn emit(&self, request: &AuthzRequest<'_>, decision: &Decision) {
+        let outcome = Outcome::of(decision);
+        match decision.rule() {
+            Some(rule) => match self.rules.get(rule.index) {
+                Some((name, counters)) => {
+                    let key = counters.metric_keys[outcome as usize].get_or_init(|| {
+                        crate::telemetry::authz_decision_key(
+                            outcome.as_str(),
+                            metrics::SharedString::from_shared(Arc::clone(name)),
+                        )
+                    });
+                    crate::telemetry::authz_decision(key);
+                }
+                // Not a rule of this policy (cannot happen): its name all the same.
+                None => crate::telemetry::authz_decision(&crate::telemetry::authz_decision_key(
+                    outcome.as_str(),
+                    metrics::SharedString::from_shared(Arc::clone(&rule.name)),
+                )),
+            },
+            None => {
+                let reason = match decision.deny_reason() {
+                    Some(crate::authz::DenyReason::InvalidPath(e)) => e.as_str(),
+                    Some(other) => other.as_str(),
+                    None => "default-deny",
+                };
+                crate::telemetry::authz_decision(&crate::telemetry::authz_decision_key(
+                    outcome.as_str(),
+                    metrics::SharedString::const_str(reason),
+                ));
+            }
+        }
+        emit(request, decision);
     }
 
     pub(crate) fn snapshot(&self) -> PolicyStats {
@@ -192,31 +231,41 @@ impl RuleStats {
     }
 }
 
+/// The `outcome` label of a decision.
+#[derive(Debug, Clone, Copy)]
+enum Outcome {
+    Allow = 0,
+    Deny = 1,
+    WouldDeny = 2,
+}
+
+impl Outcome {
+    fn of(decision: &Decision) -> Self {
+        match (decision.is_allowed(), decision.is_dry_run()) {
+            (true, _) => Self::Allow,
+            (false, true) => Self::WouldDeny,
+            (false, false) => Self::Deny,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Allow => "allow",
+            Self::Deny => "deny",
+            Self::WouldDeny => "would_deny",
+        }
+    }
+}
+
 /// Emits the one audit event of a decision.
 ///
 /// Allowed requests are logged at DEBUG, denied ones (and dry-run "would deny") at INFO.
-pub(crate) fn emit(request: &AuthzRequest<'_>, decision: &Decision) {
+fn emit(request: &AuthzRequest<'_>, decision: &Decision) {
     let rule = decision.rule_name();
     let reason = decision.deny_reason().map(|r| match r {
         crate::authz::DenyReason::InvalidPath(e) => e.as_str(),
         other => other.as_str(),
     });
-    let outcome = match (decision.is_allowed(), decision.is_dry_run()) {
-        (true, _) => "allow",
-        (false, true) => "would_deny",
-        (false, false) => "deny",
-    };
-    match decision.rule() {
-        // The rule's shared name: no allocation per decision.
-        Some(rule) => crate::telemetry::authz_decision(
-            outcome,
-            metrics::SharedString::from_shared(rule.name.clone()),
-        ),
-        None => crate::telemetry::authz_decision(
-            outcome,
-            metrics::SharedString::const_str(reason.unwrap_or("default-deny")),
-        ),
-    }
     let shadow = decision.shadow().map(|s| {
         if s.would_allow() {
             "would-allow"

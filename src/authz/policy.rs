@@ -8,7 +8,7 @@ use std::path::Path;
 use http::Method;
 use spiffe::SpiffeId;
 
-use crate::authz::audit::{self, Counters, PolicyStats};
+use crate::authz::audit::{Counters, PolicyStats};
 use crate::authz::compile::{Index, Matches};
 use crate::authz::decision::{AuthzRequest, Decision, RuleRef, ShadowVerdict, Verdict};
 use crate::authz::model::{CompiledRule, Mode, Principal, Rule};
@@ -127,7 +127,7 @@ impl Policy {
 
     pub(crate) fn record(&self, request: &AuthzRequest<'_>, decision: &Decision) {
         self.counters.record(decision);
-        audit::emit(request, decision);
+        self.counters.emit(request, decision);
     }
 
     /// Decides a request for `caller` calling `method` on `path`, without claims: for

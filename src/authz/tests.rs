@@ -1332,3 +1332,89 @@ mod properties {
         }
     }
 }
+
+/// Every decision is counted in `secure_channel_authz_decisions_total` by outcome and rule (or
+/// denial reason), through whichever recorder is current when it is made: the per-rule keys
+/// are built once but registered with the current recorder every time.
+#[test]
+fn decisions_are_counted_by_outcome_and_rule_with_the_current_recorder() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    type Snapshot = Vec<(
+        metrics_util::CompositeKey,
+        Option<metrics::Unit>,
+        Option<metrics::SharedString>,
+        DebugValue,
+    )>;
+    // A snapshot is taken once per recorder: taking one resets what it read.
+    fn count(snapshot: &Snapshot, outcome: &str, rule: &str) -> u64 {
+        snapshot
+            .iter()
+            .filter(|(key, ..)| {
+                let key = key.key();
+                key.name() == crate::telemetry::AUTHZ_DECISIONS
+                    && key
+                        .labels()
+                        .any(|l| l.key() == "outcome" && l.value() == outcome)
+                    && key.labels().any(|l| l.key() == "rule" && l.value() == rule)
+            })
+            .map(|(.., value)| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    }
+
+    let rules = |builder: PolicyBuilder| {
+        builder
+            .rule(
+                Rule::deny("no-admin")
+                    .principal("spiffe://example.org/web")
+                    .route_any_method("/admin/*"),
+            )
+            .rule(
+                Rule::allow("web")
+                    .principal("spiffe://example.org/web")
+                    .route_any_method("/*"),
+            )
+            .build()
+            .unwrap()
+    };
+    let enforced = rules(Policy::builder());
+    let dry_run = rules(Policy::builder().dry_run());
+    let web = id("spiffe://example.org/web");
+    let other = id("spiffe://example.org/other");
+    let decide = |policy: &Policy, caller: &SpiffeId, path: &str| {
+        policy.authorize(&AuthzRequest::new(caller, &Method::GET, path));
+    };
+
+    let first = DebuggingRecorder::new();
+    metrics::with_local_recorder(&first, || {
+        decide(&enforced, &web, "/orders");
+        decide(&enforced, &web, "/orders");
+        decide(&enforced, &web, "/admin/x");
+        decide(&enforced, &other, "/orders");
+        decide(&enforced, &web, "/a/%2e%2e/%2e%2e");
+        decide(&dry_run, &web, "/admin/x");
+    });
+    let snapshot = first.snapshotter().snapshot().into_vec();
+    assert_eq!(count(&snapshot, "allow", "web"), 2);
+    assert_eq!(count(&snapshot, "deny", "no-admin"), 1);
+    assert_eq!(count(&snapshot, "deny", "no-matching-rule"), 1);
+    assert_eq!(count(&snapshot, "deny", "escapes-root"), 1);
+    assert_eq!(count(&snapshot, "would_deny", "no-admin"), 1);
+    assert_eq!(count(&snapshot, "deny", "web"), 0);
+
+    // The keys built under the first recorder count under the next one, and only there.
+    let second = DebuggingRecorder::new();
+    metrics::with_local_recorder(&second, || decide(&enforced, &web, "/orders"));
+    let snapshot = second.snapshotter().snapshot().into_vec();
+    assert_eq!(count(&snapshot, "allow", "web"), 1);
+    assert_eq!(count(&snapshot, "deny", "no-admin"), 0);
+    let snapshot = first.snapshotter().snapshot().into_vec();
+    assert_eq!(
+        count(&snapshot, "allow", "web"),
+        0,
+        "the first recorder saw nothing new"
+    );
+}
