@@ -8,15 +8,22 @@ use crate::jwt::VerifiedClaims;
 
 const SHARDS: usize = 16;
 
-/// Where a token presented on a connection is looked up: a keyed hash of the token's
-/// signature segment and the connection's certificate thumbprint, with the two themselves.
+/// How much of the token the slot's hash reads: its last bytes, which are signature bytes
+/// (base64url, 6 bits each) in any token that has a signature.
+const KEY_TOKEN_BYTES: usize = 24;
+/// How much of the certificate thumbprint (SHA-256) the slot's hash reads.
+const KEY_THUMBPRINT_BYTES: usize = 8;
+
+/// Where a token presented on a connection is looked up: a keyed hash of the token's last
+/// bytes and the connection's certificate thumbprint, with the two themselves.
 ///
 /// The hash only finds the slot; an entry answers only for the very token (compared byte for
 /// byte) on the very certificate, so the same token on another connection's certificate is a
-/// different entry and a collision costs a validation, never a wrong answer. Hashing the
-/// signature segment alone keeps the lookup cheap (it is what makes tokens differ, and a token
-/// is several times longer); SipHash with a per-cache random key keeps peers from aiming at
-/// one slot.
+/// different entry and a collision costs a validation, never a wrong answer. Hashing the end
+/// of the signature (144 bits of it) and 64 bits of the thumbprint keeps the lookup cheap:
+/// signatures are what makes tokens differ, and only tokens that passed validation, so carry
+/// an issuer's signature, are ever stored. SipHash with a per-cache random key keeps peers
+/// from aiming at one slot.
 pub(crate) struct CacheKey<'a> {
     hash: u64,
     token: &'a str,
@@ -83,12 +90,11 @@ impl TokenCache {
 
     /// The lookup key of `token` presented on a connection whose certificate has `thumbprint`.
     pub(crate) fn key<'a>(&self, token: &'a str, thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
-        let signature = token
-            .rsplit_once('.')
-            .map_or(token, |(_, signature)| signature);
+        let bytes = token.as_bytes();
+        let tail = &bytes[bytes.len().saturating_sub(KEY_TOKEN_BYTES)..];
         let mut hasher = self.hasher.build_hasher();
-        hasher.write(signature.as_bytes());
-        hasher.write(thumbprint);
+        hasher.write(tail);
+        hasher.write(&thumbprint[..KEY_THUMBPRINT_BYTES]);
         CacheKey {
             hash: hasher.finish(),
             token,
@@ -221,5 +227,34 @@ mod tests {
                 .is_none()
         );
         assert!(cache.get(&key, 99.0, 1).is_some());
+    }
+
+    /// The slot's hash reads only the token's end and the thumbprint's start: tokens and
+    /// certificates that differ elsewhere share the slot and are told apart by the comparison.
+    #[test]
+    fn what_the_hash_does_not_read_still_tells_entries_apart() {
+        let cache = TokenCache::new(32);
+        let signature = "s".repeat(KEY_TOKEN_BYTES);
+        let token = format!("h.p.{signature}");
+        let thumbprint = [1; 32];
+        let key = cache.key(&token, &thumbprint);
+        cache.insert(&key, claims(), 100.0, 1);
+
+        let other_payload = format!("h.p2.{signature}");
+        let same_end = cache.key(&other_payload, &thumbprint);
+        assert_eq!(same_end.hash, key.hash);
+        assert!(cache.get(&same_end, 99.0, 1).is_none());
+
+        let mut late_byte = thumbprint;
+        late_byte[31] = 2;
+        let same_start = cache.key(&token, &late_byte);
+        assert_eq!(same_start.hash, key.hash);
+        assert!(cache.get(&same_start, 99.0, 1).is_none());
+
+        assert!(
+            cache
+                .get(&cache.key(&token, &thumbprint), 99.0, 1)
+                .is_some()
+        );
     }
 }

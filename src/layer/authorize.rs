@@ -236,21 +236,24 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(&request);
-        let rejected = |rejection: Rejection| ResponseFuture {
+        // Whether the caller speaks gRPC matters only for a rejection's form.
+        let rejected = |rejection: Rejection, request: &Request<ReqBody>| ResponseFuture {
             kind: Kind::Rejected {
-                response: Some(self.config.responder.respond(&rejection, grpc)),
+                response: Some(self.config.responder.respond(&rejection, is_grpc(request))),
             },
         };
         match decide(&self.config.policy, &request) {
-            Outcome::Reject(rejection) => rejected(rejection),
+            Outcome::Reject(rejection) => rejected(rejection, &request),
             Outcome::Pass { decision, rewrite } => {
                 if let Some(path) = rewrite {
                     match rewrite_path(request.uri(), &path) {
                         Some(uri) => *request.uri_mut() = uri,
                         // Cannot happen with an encoded path; fail closed all the same.
                         None if decision.is_allowed() => {
-                            return rejected(Rejection::new(RejectionKind::Forbidden, FORBIDDEN));
+                            return rejected(
+                                Rejection::new(RejectionKind::Forbidden, FORBIDDEN),
+                                &request,
+                            );
                         }
                         None => {}
                     }

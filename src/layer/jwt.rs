@@ -225,7 +225,8 @@ fn admit<B>(
 /// What `call` decided before any waiting.
 enum Decision<B> {
     Admit(Request<B>),
-    Reject(Rejection),
+    /// The rejection, and whether the request is gRPC.
+    Reject(Rejection, bool),
     Refresh(BoxFuture, String, PeerIdentity, Request<B>),
 }
 
@@ -244,25 +245,29 @@ where
     }
 
     fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
-        let grpc = is_grpc(&request);
+        // Whether the caller speaks gRPC matters only for a rejection's form: it is looked up
+        // when one is made.
         let decision = {
             let validator = &self.config.validator;
             match peer_identity(request.extensions()) {
-                None => Decision::Reject(Rejection::new(
-                    RejectionKind::MissingPeerIdentity,
-                    "no verified peer identity on this connection",
-                )),
+                None => Decision::Reject(
+                    Rejection::new(
+                        RejectionKind::MissingPeerIdentity,
+                        "no verified peer identity on this connection",
+                    ),
+                    is_grpc(&request),
+                ),
                 Some(peer) => match bearer_token(request.headers(), validator.max_token_size()) {
-                    Err(error) => Decision::Reject(token_rejection(&error)),
+                    Err(error) => Decision::Reject(token_rejection(&error), is_grpc(&request)),
                     Ok(token) => match validator.attempt(token, peer) {
                         crate::jwt::Attempt::Done(Ok(claims)) => {
                             match admit(&self.config, claims, &mut request) {
                                 Ok(()) => Decision::Admit(request),
-                                Err(rejection) => Decision::Reject(rejection),
+                                Err(rejection) => Decision::Reject(rejection, is_grpc(&request)),
                             }
                         }
                         crate::jwt::Attempt::Done(Err(error)) => {
-                            Decision::Reject(token_rejection(&error))
+                            Decision::Reject(token_rejection(&error), is_grpc(&request))
                         }
                         crate::jwt::Attempt::Refresh(refresh) => {
                             let token = token.to_owned();
@@ -277,10 +282,11 @@ where
             Decision::Admit(request) => State::Called {
                 future: self.inner.call(request),
             },
-            Decision::Reject(rejection) => State::Rejected {
+            Decision::Reject(rejection, grpc) => State::Rejected {
                 response: Some(self.responder.respond(&rejection, grpc)),
             },
             Decision::Refresh(refresh, token, peer, request) => {
+                let grpc = is_grpc(&request);
                 // The inner service is ready now; keep that one for the call after the
                 // refresh, and leave a clone in its place (the tower `AsyncRequireAuthorization`
                 // pattern).
