@@ -197,11 +197,11 @@ impl Bucket {
 pub(crate) struct Index {
     exact: Map<Box<str>, Bucket>,
     prefix: Map<Box<str>, Bucket>,
-    /// The lengths of the `exact` keys, sorted: a request path of another length cannot be a
-    /// key, so it is not looked up.
-    exact_lengths: Vec<usize>,
-    /// The lengths of the `prefix` keys, sorted, for the same reason.
-    prefix_lengths: Vec<usize>,
+    /// The lengths of the `exact` keys: a request path of another length cannot be a key, so
+    /// it is not looked up.
+    exact_lengths: Lengths,
+    /// The lengths of the `prefix` keys, for the same reason.
+    prefix_lengths: Lengths,
 }
 
 impl Index {
@@ -228,8 +228,8 @@ impl Index {
                 }
             }
         }
-        index.exact_lengths = key_lengths(&index.exact);
-        index.prefix_lengths = key_lengths(&index.prefix);
+        index.exact_lengths = Lengths::of_keys(&index.exact);
+        index.prefix_lengths = Lengths::of_keys(&index.prefix);
         index
     }
 
@@ -250,7 +250,7 @@ impl Index {
             rules,
         };
         let mut matches = Matches::default();
-        if self.exact_lengths.binary_search(&path.len()).is_ok()
+        if self.exact_lengths.contains(path.len())
             && let Some(bucket) = self.exact.get(path)
         {
             bucket.scan(&probe, &mut matches);
@@ -259,7 +259,7 @@ impl Index {
             // Every prefix ending before a `/`, longest first (the root prefix is "").
             let slashes = path.bytes().enumerate().rev().filter(|&(_, b)| b == b'/');
             for (slash, _) in slashes {
-                if self.prefix_lengths.binary_search(&slash).is_err() {
+                if !self.prefix_lengths.contains(slash) {
                     continue;
                 }
                 if let Some(bucket) = path.get(..slash).and_then(|p| self.prefix.get(p)) {
@@ -271,9 +271,33 @@ impl Index {
     }
 }
 
-fn key_lengths(map: &Map<Box<str>, Bucket>) -> Vec<usize> {
-    let mut lengths: Vec<usize> = map.keys().map(|key| key.len()).collect();
-    lengths.sort_unstable();
-    lengths.dedup();
-    lengths
+/// A set of key lengths: a bit per length below 64 (one test per lookup, for the lengths
+/// routes have), a sorted list for the longer ones.
+#[derive(Debug, Clone, Default)]
+struct Lengths {
+    short: u64,
+    long: Vec<usize>,
+}
+
+impl Lengths {
+    fn of_keys(map: &Map<Box<str>, Bucket>) -> Self {
+        let mut lengths = Self::default();
+        for key in map.keys() {
+            match key.len() {
+                n @ 0..64 => lengths.short |= 1 << n,
+                n => lengths.long.push(n),
+            }
+        }
+        lengths.long.sort_unstable();
+        lengths.long.dedup();
+        lengths
+    }
+
+    #[inline]
+    fn contains(&self, length: usize) -> bool {
+        match length {
+            n @ 0..64 => self.short & (1 << n) != 0,
+            n => self.long.binary_search(&n).is_ok(),
+        }
+    }
 }

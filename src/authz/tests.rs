@@ -1092,7 +1092,8 @@ fn every_decision_emits_one_audit_event() {
 
 #[test]
 fn prefix_routes_of_every_length_are_found_and_whole_segments_only() {
-    let prefixes = ["/a", "/ab/cd", "/abc/de/fgh", "/x/y/z/w"];
+    let long = format!("/long/{}", "p".repeat(70));
+    let prefixes = ["/a", "/ab/cd", "/abc/de/fgh", "/x/y/z/w", &long];
     let mut builder = Policy::builder();
     for (i, prefix) in prefixes.iter().enumerate() {
         builder = builder.rule(
@@ -1126,7 +1127,13 @@ fn prefix_routes_of_every_length_are_found_and_whole_segments_only() {
 
 #[test]
 fn exact_routes_of_every_length_are_found_and_nothing_else() {
-    let paths = ["/", "/a", "/ab/cd", "/abc/de/fgh"];
+    // Short lengths and long ones (the index keeps lengths below 64 apart from longer ones).
+    let (l63, l64, l100) = (
+        format!("/{}", "a".repeat(62)),
+        format!("/{}", "b".repeat(63)),
+        format!("/x/{}", "c".repeat(97)),
+    );
+    let paths = ["/", "/a", "/ab/cd", "/abc/de/fgh", &l63, &l64, &l100];
     let mut builder = Policy::builder();
     for (i, path) in paths.iter().enumerate() {
         builder = builder.rule(
@@ -1146,6 +1153,12 @@ fn exact_routes_of_every_length_are_found_and_nothing_else() {
         );
     }
     // Same lengths, other text; and other lengths.
+    let (o63, o64, o100, o101) = (
+        format!("/{}", "z".repeat(62)),
+        format!("/{}", "z".repeat(63)),
+        format!("/x/{}", "z".repeat(97)),
+        format!("{l100}c"),
+    );
     for path in [
         "/b",
         "/ab/ce",
@@ -1153,6 +1166,10 @@ fn exact_routes_of_every_length_are_found_and_nothing_else() {
         "/ab",
         "/ab/cd/e",
         "/abc/de/fgh/i",
+        &o63,
+        &o64,
+        &o100,
+        &o101,
     ] {
         assert!(
             !policy.explain(&caller, &Method::GET, path).is_allowed(),
