@@ -6,6 +6,7 @@
 //! ```text
 //! cargo run --release --example loadgen -- [--seconds 5] [--warmup 1] [--connections 32]
 //!     [--http1 | --http2] [--scenarios plain,rustls,secure,nginx] [--idle 2000] [--pin]
+//!     [--rounds 1] [--side-by-side]
 //! ```
 //!
 //! - Each scenario's server runs in a child process of this example (a copy of itself started
@@ -21,7 +22,8 @@
 //! - Scenarios: `plain` (axum over TCP); `rustls` (axum over bare tokio-rustls, rustls's stock
 //!   WebPKI client verifier, same certificates); `secure` (axum over `SecureChannel::listener`
 //!   with `PeerIdentity`, `JwtLayer` with a cached bound ES256 token and `AuthorizeLayer` with a
-//!   1,000-rule policy); `nginx` (only when `nginx` is on the PATH: nginx with
+//!   1,000-rule policy); `channel` (not run by default: axum over `SecureChannel::listener` with
+//!   `PeerIdentity` in every request and no layers, the transport's share of `secure`); `nginx` (only when `nginx` is on the PATH: nginx with
 //!   `ssl_verify_client on` against the testkit CA, proxying to the plaintext axum with a
 //!   keep-alive upstream; started with its own temporary `nginx.conf` and stopped at the end).
 //! - `--idle N` (0 to skip): memory per idle connection, `rustls` against `secure`: the server
@@ -30,6 +32,12 @@
 //! - `--pin` (needs `taskset` and 2 CPUs or more): the client on CPU 0, every server process on
 //!   CPU 1, so that the server's throughput is bounded by its own CPU cost instead of by the
 //!   scheduler sharing both CPUs between client and server.
+//! - `--side-by-side`: every selected scenario's server runs at the same time, each driven by its
+//!   own `--connections` connections over the same window, so that all of them share whatever
+//!   the host does meanwhile. On a machine whose speed drifts between one run and the next, the
+//!   ratios of servers measured together are steadier than those of servers measured one after
+//!   the other (the default): each server gets a share of the same CPUs, so its rate and CPU per
+//!   request compare directly. With `--pin`, every server shares CPU 1.
 //! - `--no-idle-timeout` (diagnostic): the `secure` listener without its idle timeout (default
 //!   5 minutes), to show what the per-read/write idle timer costs.
 //!
@@ -37,7 +45,7 @@
 //! are stopped (and exit by themselves when this process's pipe to them closes).
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -86,6 +94,7 @@ struct Options {
     pin: bool,
     no_idle_timeout: bool,
     rounds: usize,
+    side_by_side: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +132,7 @@ fn options(args: &[String]) -> Options {
         pin: false,
         no_idle_timeout: false,
         rounds: 1,
+        side_by_side: false,
     };
     let mut args = args.iter();
     while let Some(arg) = args.next() {
@@ -135,6 +145,7 @@ fn options(args: &[String]) -> Options {
             "--rounds" => o.rounds = value().parse().expect("--rounds N"),
             "--pin" => o.pin = true,
             "--no-idle-timeout" => o.no_idle_timeout = true,
+            "--side-by-side" => o.side_by_side = true,
             "--http1" => o.protocols = vec![Proto::Http1],
             "--http2" => o.protocols = vec![Proto::Http2],
             "--scenarios" => o.scenarios = value().split(',').map(String::from).collect(),
@@ -142,7 +153,7 @@ fn options(args: &[String]) -> Options {
                 println!(
                     "usage: loadgen [--seconds N] [--warmup N] [--connections N] \
                      [--http1|--http2] [--scenarios plain,rustls,secure,nginx] [--idle N] [--rounds N] [--pin] \
-                     [--no-idle-timeout]"
+                     [--side-by-side] [--no-idle-timeout]"
                 );
                 std::process::exit(0);
             }
@@ -357,39 +368,42 @@ fn serve(mode: &str, dir: &Path, idle_timeout: bool) {
                 };
                 axum::serve(listener, routes()).await.unwrap();
             }
-            "secure" => {
+            "channel" | "secure" => {
                 let source = MemorySource::new(material.credentials());
                 let channel = SecureChannel::builder(&source)
                     .allow_client("spiffe://example.org/ns/prod/*")
                     .build()
                     .unwrap();
-                let validator = JwtValidator::access_tokens(AUDIENCE)
-                    .issuer(ISSUER)
-                    .key_source(
-                        KeySource::from_jwks(
-                            String::from_utf8(material.read("jwks.json")).unwrap(),
-                        )
-                        .unwrap(),
-                    )
-                    .require_certificate_binding()
-                    .build()
-                    .unwrap();
-                let layers = tower::ServiceBuilder::new()
-                    .layer(JwtLayer::new(validator).require_scope("orders:read"))
-                    .layer(AuthorizeLayer::new(PolicySource::new(policy(1_000))));
-                let app = layer_before_routing(routes(), layers);
                 let mut builder = channel.listener_builder().max_connections(20_000);
                 if !idle_timeout {
                     builder = builder.idle_timeout(None);
                 }
                 let listener = builder.bind(tcp).unwrap();
                 println!("PORT {port}");
-                axum::serve(
-                    listener,
-                    app.into_make_service_with_connect_info::<PeerIdentity>(),
-                )
-                .await
-                .unwrap();
+                if mode == "channel" {
+                    // The channel's transport alone: identity in every request, no token or
+                    // policy.
+                    let app = routes().into_make_service_with_connect_info::<PeerIdentity>();
+                    axum::serve(listener, app).await.unwrap();
+                } else {
+                    let validator = JwtValidator::access_tokens(AUDIENCE)
+                        .issuer(ISSUER)
+                        .key_source(
+                            KeySource::from_jwks(
+                                String::from_utf8(material.read("jwks.json")).unwrap(),
+                            )
+                            .unwrap(),
+                        )
+                        .require_certificate_binding()
+                        .build()
+                        .unwrap();
+                    let layers = tower::ServiceBuilder::new()
+                        .layer(JwtLayer::new(validator).require_scope("orders:read"))
+                        .layer(AuthorizeLayer::new(PolicySource::new(policy(1_000))));
+                    let app = layer_before_routing(routes(), layers)
+                        .into_make_service_with_connect_info::<PeerIdentity>();
+                    axum::serve(listener, app).await.unwrap();
+                }
                 drop(source);
             }
             other => panic!("unknown mode {other}"),
@@ -922,11 +936,67 @@ fn run_round(
     proto: Proto,
     rows: &mut Vec<Row>,
 ) {
-    let dir = material.dir.as_path();
-    for scenario in ["plain", "rustls", "secure", "nginx"] {
-        if !o.scenarios.iter().any(|s| s == scenario) || (scenario == "nginx" && !nginx) {
-            continue;
+    let scenarios: Vec<&'static str> = ["plain", "rustls", "channel", "secure", "nginx"]
+        .into_iter()
+        .filter(|&scenario| {
+            o.scenarios.iter().any(|s| s == scenario) && (scenario != "nginx" || nginx)
+        })
+        .collect();
+    // Side by side: one batch of every scenario; otherwise one scenario after the other.
+    let batches: Vec<Vec<&'static str>> = if o.side_by_side {
+        vec![scenarios]
+    } else {
+        scenarios.into_iter().map(|s| vec![s]).collect()
+    };
+    for batch in batches {
+        let running: Vec<Running> = batch
+            .iter()
+            .map(|&scenario| Running::start(scenario, material, authorization, proto, o))
+            .collect();
+        // The batch's drives start together and measure the same window.
+        let drives: Vec<_> = running
+            .iter()
+            .map(|r| {
+                let (target, pids, o) = (r.target.clone(), r.pids.clone(), o.clone());
+                runtime.spawn(async move { drive(&target, &o, &pids).await })
+            })
+            .collect();
+        for (&scenario, drive) in batch.iter().zip(drives) {
+            let result = runtime.block_on(drive).unwrap();
+            println!(
+                "  round {round} {scenario:<7} {:<9}{:>10.0} req/s  ({} errors)",
+                proto.name(),
+                result.requests as f64 / result.seconds,
+                result.errors
+            );
+            rows.push(Row {
+                round,
+                scenario,
+                proto,
+                result,
+            });
         }
+    }
+}
+
+/// A scenario's server (and sidecar), with the client's target and the processes to account.
+struct Running {
+    target: Target,
+    pids: Vec<u32>,
+    // Dropped after the sidecar: nginx goes first, then its upstream.
+    _sidecar: Option<Nginx>,
+    _server: ServerProcess,
+}
+
+impl Running {
+    fn start(
+        scenario: &str,
+        material: &Material,
+        authorization: &HeaderValue,
+        proto: Proto,
+        o: &Options,
+    ) -> Self {
+        let dir = material.dir.as_path();
         let server_mode = if scenario == "nginx" {
             "plain"
         } else {
@@ -948,22 +1018,12 @@ fn run_round(
             proto,
             authorization: authorization.clone(),
         };
-        print!("  round {round} {scenario:<7} {:<9}", proto.name());
-        let _ = std::io::stdout().flush();
-        let result = runtime.block_on(drive(&target, o, &pids));
-        println!(
-            "{:>10.0} req/s  ({} errors)",
-            result.requests as f64 / result.seconds,
-            result.errors
-        );
-        rows.push(Row {
-            round,
-            scenario,
-            proto,
-            result,
-        });
-        drop(sidecar);
-        drop(server);
+        Self {
+            target,
+            pids,
+            _sidecar: sidecar,
+            _server: server,
+        }
     }
 }
 
@@ -1021,15 +1081,29 @@ fn report(o: &Options, rows: &[Row]) {
     };
     for &proto in &o.protocols {
         let name = proto.name();
-        let rate = ratios("secure", "rustls", proto, &|s, b| s.rate() / b.rate());
-        if !rate.is_empty() {
-            let cpu = ratios("secure", "rustls", proto, &|s, b| {
+        for (scenario, label) in [
+            (
+                "secure",
+                "budget {name}: secure/rustls throughput {rate} (>= 0.95), CPU/req {cpu}",
+            ),
+            (
+                "channel",
+                "{name}: channel (transport only)/rustls throughput {rate}, CPU/req {cpu}",
+            ),
+        ] {
+            let rate = ratios(scenario, "rustls", proto, &|s, b| s.rate() / b.rate());
+            if rate.is_empty() {
+                continue;
+            }
+            let cpu = ratios(scenario, "rustls", proto, &|s, b| {
                 s.cpu_per_request() / b.cpu_per_request()
             });
             println!(
-                "budget {name}: secure/rustls throughput {} (>= 0.95), CPU/req {}",
-                summary(rate),
-                summary(cpu)
+                "{}",
+                label
+                    .replace("{name}", name)
+                    .replace("{rate}", &summary(rate))
+                    .replace("{cpu}", &summary(cpu))
             );
         }
         let rate = ratios("secure", "nginx", proto, &|s, n| s.rate() / n.rate());
