@@ -9,14 +9,56 @@ use crate::identity::PeerIdentity;
 ///
 /// The tonic and hyper integrations put the [`PeerIdentity`] itself into every request's
 /// extensions; axum does it as `ConnectInfo<PeerIdentity>` when the app is served with
-/// `into_make_service_with_connect_info::<PeerIdentity>()`. Both are found here.
+/// `into_make_service_with_connect_info::<PeerIdentity>()`. Both are found here (with the
+/// `axum` feature, axum's form is looked for first: a build with that feature most likely
+/// serves axum, and each probe is a map lookup and two dynamic calls).
 pub fn peer_identity(extensions: &Extensions) -> Option<&PeerIdentity> {
-    if let Some(peer) = extensions.get::<PeerIdentity>() {
-        return Some(peer);
-    }
     #[cfg(feature = "axum")]
     if let Some(info) = extensions.get::<axum::extract::ConnectInfo<PeerIdentity>>() {
         return Some(&info.0);
     }
-    None
+    extensions.get::<PeerIdentity>()
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, SystemTime};
+
+    use rustls_pki_types::CertificateDer;
+    use spiffe::SpiffeId;
+
+    use super::*;
+
+    fn peer(id: &str) -> PeerIdentity {
+        PeerIdentity::new(
+            SpiffeId::new(id).unwrap(),
+            CertificateDer::from(vec![1, 2, 3]),
+            SystemTime::now() + Duration::from_secs(3600),
+        )
+    }
+
+    #[test]
+    fn finds_the_identity_in_either_form_and_nothing_else() {
+        assert!(peer_identity(&Extensions::new()).is_none());
+
+        let mut direct = Extensions::new();
+        direct.insert(peer("spiffe://example.org/direct"));
+        direct.insert("something else");
+        assert_eq!(
+            peer_identity(&direct).map(|p| p.spiffe_id().to_string()),
+            Some("spiffe://example.org/direct".to_owned())
+        );
+
+        #[cfg(feature = "axum")]
+        {
+            let mut axum = Extensions::new();
+            axum.insert(axum::extract::ConnectInfo(peer(
+                "spiffe://example.org/axum",
+            )));
+            assert_eq!(
+                peer_identity(&axum).map(|p| p.spiffe_id().to_string()),
+                Some("spiffe://example.org/axum".to_owned())
+            );
+        }
+    }
 }
