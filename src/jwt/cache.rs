@@ -26,7 +26,7 @@ const KEY_THUMBPRINT_BYTES: usize = 8;
 /// from aiming at one slot.
 pub(crate) struct CacheKey<'a> {
     hash: u64,
-    token: &'a str,
+    token: &'a [u8],
     thumbprint: &'a [u8; 32],
 }
 
@@ -51,7 +51,7 @@ impl Hasher for PassThrough {
 }
 
 struct Entry {
-    token: Box<str>,
+    token: Box<[u8]>,
     thumbprint: [u8; 32],
     claims: VerifiedClaims,
     /// Unix seconds after which the token is no longer accepted (`exp` plus leeway).
@@ -89,9 +89,11 @@ impl TokenCache {
     }
 
     /// The lookup key of `token` presented on a connection whose certificate has `thumbprint`.
-    pub(crate) fn key<'a>(&self, token: &'a str, thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
-        let bytes = token.as_bytes();
-        let tail = &bytes[bytes.len().saturating_sub(KEY_TOKEN_BYTES)..];
+    ///
+    /// `token` is the bytes as presented, not yet known to be UTF-8: an entry answers only for
+    /// the bytes of a token that was decoded and validated.
+    pub(crate) fn key<'a>(&self, token: &'a [u8], thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
+        let tail = &token[token.len().saturating_sub(KEY_TOKEN_BYTES)..];
         let mut hasher = self.hasher.build_hasher();
         hasher.write(tail);
         hasher.write(&thumbprint[..KEY_THUMBPRINT_BYTES]);
@@ -174,7 +176,7 @@ impl TokenCache {
 
     /// A key with a chosen hash: what a collision would look like.
     #[cfg(test)]
-    fn colliding<'a>(&self, hash: u64, token: &'a str, thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
+    fn colliding<'a>(&self, hash: u64, token: &'a [u8], thumbprint: &'a [u8; 32]) -> CacheKey<'a> {
         CacheKey {
             hash,
             token,
@@ -194,10 +196,10 @@ mod tests {
     #[test]
     fn honors_deadline_revision_and_capacity() {
         let cache = TokenCache::new(32);
-        let key = cache.key("a.b.c", &[1; 32]);
+        let key = cache.key(b"a.b.c", &[1; 32]);
         cache.insert(&key, claims(), 100.0, 1);
         assert!(cache.get(&key, 99.0, 1).is_some());
-        assert!(cache.get(&cache.key("a.b.c", &[2; 32]), 99.0, 1).is_none());
+        assert!(cache.get(&cache.key(b"a.b.c", &[2; 32]), 99.0, 1).is_none());
         assert!(cache.get(&key, 99.0, 2).is_none(), "key revision changed");
         cache.insert(&key, claims(), 100.0, 1);
         assert!(cache.get(&key, 100.0, 1).is_none(), "deadline passed");
@@ -205,7 +207,7 @@ mod tests {
 
         let tokens: Vec<String> = (0..1000).map(|i| format!("h.p.t{i}")).collect();
         for token in &tokens {
-            cache.insert(&cache.key(token, &[0; 32]), claims(), 1e12, 1);
+            cache.insert(&cache.key(token.as_bytes(), &[0; 32]), claims(), 1e12, 1);
         }
         assert!(cache.len() <= 32, "bounded: {}", cache.len());
     }
@@ -213,17 +215,17 @@ mod tests {
     #[test]
     fn an_entry_answers_only_for_its_own_token_and_certificate() {
         let cache = TokenCache::new(32);
-        let key = cache.key("h.p.sig", &[1; 32]);
+        let key = cache.key(b"h.p.sig", &[1; 32]);
         cache.insert(&key, claims(), 100.0, 1);
         // Same slot (a collision), other token or other certificate: no answer.
-        let other_token = cache.colliding(key.hash, "h.p2.sig", &[1; 32]);
+        let other_token = cache.colliding(key.hash, b"h.p2.sig", &[1; 32]);
         assert!(cache.get(&other_token, 99.0, 1).is_none());
-        let other_cert = cache.colliding(key.hash, "h.p.sig", &[2; 32]);
+        let other_cert = cache.colliding(key.hash, b"h.p.sig", &[2; 32]);
         assert!(cache.get(&other_cert, 99.0, 1).is_none());
         // The same signature segment with another header or payload is another token.
         assert!(
             cache
-                .get(&cache.key("h2.p.sig", &[1; 32]), 99.0, 1)
+                .get(&cache.key(b"h2.p.sig", &[1; 32]), 99.0, 1)
                 .is_none()
         );
         assert!(cache.get(&key, 99.0, 1).is_some());
@@ -237,23 +239,23 @@ mod tests {
         let signature = "s".repeat(KEY_TOKEN_BYTES);
         let token = format!("h.p.{signature}");
         let thumbprint = [1; 32];
-        let key = cache.key(&token, &thumbprint);
+        let key = cache.key(token.as_bytes(), &thumbprint);
         cache.insert(&key, claims(), 100.0, 1);
 
         let other_payload = format!("h.p2.{signature}");
-        let same_end = cache.key(&other_payload, &thumbprint);
+        let same_end = cache.key(other_payload.as_bytes(), &thumbprint);
         assert_eq!(same_end.hash, key.hash);
         assert!(cache.get(&same_end, 99.0, 1).is_none());
 
         let mut late_byte = thumbprint;
         late_byte[31] = 2;
-        let same_start = cache.key(&token, &late_byte);
+        let same_start = cache.key(token.as_bytes(), &late_byte);
         assert_eq!(same_start.hash, key.hash);
         assert!(cache.get(&same_start, 99.0, 1).is_none());
 
         assert!(
             cache
-                .get(&cache.key(&token, &thumbprint), 99.0, 1)
+                .get(&cache.key(token.as_bytes(), &thumbprint), 99.0, 1)
                 .is_some()
         );
     }

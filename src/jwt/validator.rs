@@ -401,6 +401,7 @@ impl JwtValidator {
     /// Completes without waiting unless the token names an unknown `kid` and the key source
     /// can refresh; then it waits for that (shared, rate-limited) refresh and tries once more.
     pub async fn validate(&self, token: &str, peer: &PeerIdentity) -> TokenResult<VerifiedClaims> {
+        let token = token.as_bytes();
         match self.attempt(token, peer) {
             Attempt::Done(result) => result,
             Attempt::Refresh(refresh) => {
@@ -411,7 +412,10 @@ impl JwtValidator {
     }
 
     /// One attempt; asks for a refresh when the `kid` is unknown and the source can refresh.
-    pub(crate) fn attempt(&self, token: &str, peer: &PeerIdentity) -> Attempt {
+    ///
+    /// `token` is the bytes as presented (an `Authorization` header's): a cached token is
+    /// recognized by comparing them, and any other must be UTF-8 to be decoded.
+    pub(crate) fn attempt(&self, token: &[u8], peer: &PeerIdentity) -> Attempt {
         match self.check(token, peer) {
             Err(error) if error.kind() == TokenErrorKind::UnknownKey => {
                 match self.inner.keys.refresh_for_unknown_kid() {
@@ -426,7 +430,7 @@ impl JwtValidator {
     /// One attempt without refreshing.
     pub(crate) fn attempt_once(
         &self,
-        token: &str,
+        token: &[u8],
         peer: &PeerIdentity,
     ) -> TokenResult<VerifiedClaims> {
         self.check(token, peer)
@@ -439,7 +443,7 @@ impl JwtValidator {
         }
     }
 
-    fn check(&self, token: &str, peer: &PeerIdentity) -> TokenResult<VerifiedClaims> {
+    fn check(&self, token: &[u8], peer: &PeerIdentity) -> TokenResult<VerifiedClaims> {
         let inner = &*self.inner;
         if token.is_empty() {
             return fail(TokenErrorKind::Missing);
@@ -459,6 +463,9 @@ impl JwtValidator {
             return Ok(claims);
         }
 
+        let Ok(token) = std::str::from_utf8(token) else {
+            return fail(TokenErrorKind::Malformed);
+        };
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(signature_b64), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
