@@ -32,6 +32,7 @@
 //! - `--pin` (needs `taskset` and 2 CPUs or more): the client on CPU 0, every server process on
 //!   CPU 1, so that the server's throughput is bounded by its own CPU cost instead of by the
 //!   scheduler sharing both CPUs between client and server.
+//! - `--rounds N`: every scenario N times; even rounds run the scenarios in reverse order.
 //! - `--side-by-side`: every selected scenario's server runs at the same time, each driven by its
 //!   own `--connections` connections over the same window, so that all of them share whatever
 //!   the host does meanwhile. On a machine whose speed drifts between one run and the next, the
@@ -936,12 +937,17 @@ fn run_round(
     proto: Proto,
     rows: &mut Vec<Row>,
 ) {
-    let scenarios: Vec<&'static str> = ["plain", "rustls", "channel", "secure", "nginx"]
+    let mut scenarios: Vec<&'static str> = ["plain", "rustls", "channel", "secure", "nginx"]
         .into_iter()
         .filter(|&scenario| {
             o.scenarios.iter().any(|s| s == scenario) && (scenario != "nginx" || nginx)
         })
         .collect();
+    // Every other round runs the scenarios in reverse order, so that a host that slows down
+    // (or speeds up) over a round does not always favour the same scenario.
+    if round.is_multiple_of(2) {
+        scenarios.reverse();
+    }
     // Side by side: one batch of every scenario; otherwise one scenario after the other.
     let batches: Vec<Vec<&'static str>> = if o.side_by_side {
         vec![scenarios]
