@@ -21,8 +21,9 @@ use crate::jwt::VerifiedClaims;
 /// A fast, unkeyed hash for the index's maps (the multiply-rotate step of rustc's `FxHasher`,
 /// eight bytes at a time). The maps are built from the policy and only looked up with request
 /// data, never filled with it, so a keyed hash (against flooding) buys nothing: a request can
-/// only choose which of the policy's own probe sequences it walks. A byte-at-a-time hash
-/// (FNV-1a, before) cost a fifth of a decision on the ~80 bytes a decision hashes.
+/// only choose which of the policy's own probe sequences it walks. FNV-1a (before) took a
+/// multiply per byte of the ~50 bytes a decision hashes (a path prefix, the caller's ID and
+/// trust domain), this one a multiply per eight.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct Fx(u64);
 
