@@ -58,6 +58,18 @@ impl PeerIdentity {
         }
     }
 
+    /// An identity for `id` with a placeholder leaf, valid for an hour: for the tests of the
+    /// layers, which look only at the ID.
+    #[cfg(test)]
+    #[allow(clippy::unwrap_used)]
+    pub(crate) fn for_tests(id: &str) -> Self {
+        Self::new(
+            SpiffeId::new(id).unwrap(),
+            CertificateDer::from(vec![1, 2, 3]),
+            SystemTime::now() + std::time::Duration::from_secs(3600),
+        )
+    }
+
     /// The peer's SPIFFE ID, from the one URI SAN of its leaf certificate.
     pub fn spiffe_id(&self) -> &SpiffeId {
         &self.inner.spiffe_id

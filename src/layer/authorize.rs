@@ -311,25 +311,13 @@ impl<F, B> std::fmt::Debug for ResponseFuture<F, B> {
 
 #[cfg(test)]
 mod tests {
-    use std::convert::Infallible;
-    use std::time::{Duration, SystemTime};
-
     use crate::identity::PeerIdentity;
     use http::{HeaderValue, Method, StatusCode, header};
-    use rustls_pki_types::CertificateDer;
-    use spiffe::SpiffeId;
+    use std::convert::Infallible;
     use tower::{ServiceExt, service_fn};
 
     use super::*;
     use crate::authz::{DenyReason, Policy, Rule};
-
-    fn peer(id: &str) -> PeerIdentity {
-        PeerIdentity::new(
-            SpiffeId::new(id).unwrap(),
-            CertificateDer::from(vec![1, 2, 3]),
-            SystemTime::now() + Duration::from_secs(3600),
-        )
-    }
 
     fn policy() -> Policy {
         Policy::builder()
@@ -356,7 +344,9 @@ mod tests {
             .body(String::new())
             .unwrap();
         if let Some(caller) = caller {
-            request.extensions_mut().insert(peer(caller));
+            request
+                .extensions_mut()
+                .insert(PeerIdentity::for_tests(caller));
         }
         request
     }

@@ -22,27 +22,14 @@ pub fn peer_identity(extensions: &Extensions) -> Option<&PeerIdentity> {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime};
-
-    use rustls_pki_types::CertificateDer;
-    use spiffe::SpiffeId;
-
     use super::*;
-
-    fn peer(id: &str) -> PeerIdentity {
-        PeerIdentity::new(
-            SpiffeId::new(id).unwrap(),
-            CertificateDer::from(vec![1, 2, 3]),
-            SystemTime::now() + Duration::from_secs(3600),
-        )
-    }
 
     #[test]
     fn finds_the_identity_in_either_form_and_nothing_else() {
         assert!(peer_identity(&Extensions::new()).is_none());
 
         let mut direct = Extensions::new();
-        direct.insert(peer("spiffe://example.org/direct"));
+        direct.insert(PeerIdentity::for_tests("spiffe://example.org/direct"));
         direct.insert("something else");
         assert_eq!(
             peer_identity(&direct).map(|p| p.spiffe_id().to_string()),
@@ -52,7 +39,7 @@ mod tests {
         #[cfg(feature = "axum")]
         {
             let mut axum = Extensions::new();
-            axum.insert(axum::extract::ConnectInfo(peer(
+            axum.insert(axum::extract::ConnectInfo(PeerIdentity::for_tests(
                 "spiffe://example.org/axum",
             )));
             assert_eq!(
