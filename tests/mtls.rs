@@ -270,6 +270,20 @@ async fn refuses_leaves_that_are_not_svids() {
                 canonical: "spiffe://example.org/web".into(),
             },
         ),
+        (
+            // The bare trust domain, which the server's trust-domain matcher would admit.
+            ca.svid("spiffe://example.org").issue().unwrap(),
+            SvidError::NoPath {
+                presented: "spiffe://example.org".into(),
+            },
+        ),
+        (
+            ca.svid(&long_id(2049)).issue().unwrap(),
+            SvidError::IdTooLong {
+                length: 2049,
+                limit: 2048,
+            },
+        ),
     ];
     for (svid, expected) in cases {
         assert_eq!(
@@ -282,6 +296,20 @@ async fn refuses_leaves_that_are_not_svids() {
         expect_not_svid(server_verdict(&non_spiffe, &ca, None).await),
         SvidError::InvalidSpiffeId { .. }
     ));
+}
+
+/// A SPIFFE ID of exactly `length` bytes in example.org.
+fn long_id(length: usize) -> String {
+    let prefix = "spiffe://example.org/";
+    format!("{prefix}{}", "a".repeat(length - prefix.len()))
+}
+
+#[tokio::test]
+async fn accepts_an_id_of_the_longest_length_the_spec_requires() {
+    let ca = ca("example.org");
+    let id = long_id(2048);
+    let svid = ca.svid(&id).issue().unwrap();
+    assert_eq!(server_verdict(&svid, &ca, None).await.unwrap(), id);
 }
 
 #[tokio::test]

@@ -10,5 +10,5 @@ mod svid;
 pub use admission::PeerAdmission;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
-pub use svid::SvidError;
+pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError};
 pub(crate) use svid::{chain_validity, inspect_leaf};

@@ -54,6 +54,23 @@ pub enum SvidError {
         /// The canonical form of the same ID.
         canonical: String,
     },
+    /// The URI SAN is the bare trust domain (`spiffe://example.org`): an SVID's SPIFFE ID names a
+    /// workload, so its path is not empty (X509-SVID 3.1 and 5.2).
+    #[error(
+        "URI SAN {presented:?} names a trust domain, not a workload (an SVID's SPIFFE ID has a path)"
+    )]
+    NoPath {
+        /// The URI as presented.
+        presented: String,
+    },
+    /// The URI SAN is longer than the SPIFFE-ID specification allows (2.3: 2048 bytes).
+    #[error("URI SAN is {length} bytes long; a SPIFFE ID has at most {limit} bytes")]
+    IdTooLong {
+        /// The length of the URI as presented, in bytes.
+        length: usize,
+        /// The limit, [`MAX_SPIFFE_ID_LENGTH`].
+        limit: usize,
+    },
     /// The leaf is a CA certificate (basicConstraints cA=true).
     #[error("leaf certificate is a CA (basicConstraints cA=true)")]
     LeafIsCa,
@@ -78,6 +95,10 @@ pub enum SvidError {
         missing: &'static str,
     },
 }
+
+/// The longest SPIFFE ID accepted, in bytes of its URI (SPIFFE-ID 2.3: implementations must
+/// support 2048 bytes and should not generate more).
+pub const MAX_SPIFFE_ID_LENGTH: usize = 2048;
 
 /// What a valid SVID leaf says about itself.
 #[derive(Debug, Clone)]
@@ -111,6 +132,13 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
             });
         }
     };
+    // The length is checked before parsing: the parser accepts longer IDs.
+    if uri.len() > MAX_SPIFFE_ID_LENGTH {
+        return Err(SvidError::IdTooLong {
+            length: uri.len(),
+            limit: MAX_SPIFFE_ID_LENGTH,
+        });
+    }
     let spiffe_id = SpiffeId::new(uri).map_err(|e| SvidError::InvalidSpiffeId {
         uri: uri.to_owned(),
         reason: e.to_string(),
@@ -119,6 +147,11 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
         return Err(SvidError::NotCanonical {
             presented: uri.to_owned(),
             canonical: spiffe_id.to_string(),
+        });
+    }
+    if spiffe_id.path().is_empty() {
+        return Err(SvidError::NoPath {
+            presented: uri.to_owned(),
         });
     }
 
@@ -447,6 +480,118 @@ mod tests {
         push_length(&mut cert, content.len());
         cert.extend_from_slice(&content);
         assert!(malformed_reason(&cert).contains("unexpected element"));
+    }
+
+    /// Re-encodes `der` with its `TBSCertificate`'s content replaced by `edit(content)`; the
+    /// signature no longer matches, which the SVID rules do not read (webpki does).
+    fn with_tbs_fields(der: &[u8], edit: impl FnOnce(&mut Vec<u8>)) -> Vec<u8> {
+        let (_, certificate) = Any::from_der(der).unwrap();
+        let (after_tbs, tbs) = Any::from_der(certificate.data).unwrap();
+        let mut fields = tbs.data.to_vec();
+        edit(&mut fields);
+        let mut content = vec![0x30];
+        push_length(&mut content, fields.len());
+        content.extend_from_slice(&fields);
+        content.extend_from_slice(after_tbs);
+        let mut cert = vec![0x30];
+        push_length(&mut cert, content.len());
+        cert.extend_from_slice(&content);
+        cert
+    }
+
+    /// The offset of the extensions element (`[3]`) in a `TBSCertificate`'s content.
+    fn extensions_offset(fields: &[u8]) -> usize {
+        let mut rest = fields;
+        loop {
+            let (next, any) = Any::from_der(rest).unwrap();
+            if any.class() == Class::ContextSpecific && any.tag() == Tag(3) {
+                return fields.len() - rest.len();
+            }
+            rest = next;
+        }
+    }
+
+    #[test]
+    fn the_re_encoding_alone_keeps_a_leaf_valid() {
+        // The baseline for the malformed-DER tests below: only their one edit is refused.
+        let der = der(params(&[ID]));
+        let same = with_tbs_fields(&der, |_| {});
+        assert_eq!(inspect_leaf(&same).unwrap().spiffe_id.to_string(), ID);
+    }
+
+    #[test]
+    fn refuses_an_element_of_the_right_class_and_the_wrong_tag() {
+        // The serial number (after the 5-byte version) as an OCTET STRING: universal, tag 4.
+        let der = with_tbs_fields(&der(params(&[ID])), |fields| {
+            assert_eq!(fields[5], 0x02);
+            fields[5] = 0x04;
+        });
+        assert!(malformed_reason(&der).contains("serialNumber"));
+    }
+
+    #[test]
+    fn refuses_an_element_of_the_right_tag_number_and_the_wrong_class() {
+        // The serial number as [APPLICATION 2]: tag number 2 like INTEGER, another class.
+        let der = with_tbs_fields(&der(params(&[ID])), |fields| {
+            fields[5] = 0x42;
+        });
+        assert!(malformed_reason(&der).contains("serialNumber"));
+    }
+
+    #[test]
+    fn refuses_a_version_with_another_context_tag() {
+        // [1] where the version [0] belongs is no version: the serial number is expected there.
+        let der = with_tbs_fields(&der(params(&[ID])), |fields| {
+            assert_eq!(fields[0], 0xa0);
+            fields[0] = 0xa1;
+        });
+        assert!(malformed_reason(&der).contains("serialNumber"));
+    }
+
+    #[test]
+    fn accepts_unique_ids_before_the_extensions_and_refuses_a_tag_above_them() {
+        // issuerUniqueID [1] and subjectUniqueID [2] may precede the extensions [3].
+        let der = der(params(&[ID]));
+        let with_ids = with_tbs_fields(&der, |fields| {
+            let at = extensions_offset(fields);
+            fields.splice(at..at, [0x81, 0x01, 0x00, 0x82, 0x01, 0x00]);
+        });
+        assert_eq!(inspect_leaf(&with_ids).unwrap().spiffe_id.to_string(), ID);
+        // Nothing after them: a [4] element is refused.
+        let with_four =
+            with_tbs_fields(&der, |fields| fields.extend_from_slice(&[0x84, 0x01, 0x00]));
+        assert!(malformed_reason(&with_four).contains("unexpected element"));
+    }
+
+    #[test]
+    fn refuses_a_bare_trust_domain_as_the_id() {
+        let der = der(params(&["spiffe://example.org"]));
+        assert_eq!(
+            inspect_leaf(&der).unwrap_err(),
+            SvidError::NoPath {
+                presented: "spiffe://example.org".into()
+            }
+        );
+    }
+
+    #[test]
+    fn accepts_an_id_of_2048_bytes_and_refuses_2049() {
+        let prefix = "spiffe://example.org/";
+        let at_limit = format!(
+            "{prefix}{}",
+            "a".repeat(MAX_SPIFFE_ID_LENGTH - prefix.len())
+        );
+        assert_eq!(at_limit.len(), 2048);
+        let leaf = inspect_leaf(&der(params(&[&at_limit]))).unwrap();
+        assert_eq!(leaf.spiffe_id.to_string(), at_limit);
+        let over = format!("{at_limit}b");
+        assert_eq!(
+            inspect_leaf(&der(params(&[&over]))).unwrap_err(),
+            SvidError::IdTooLong {
+                length: 2049,
+                limit: 2048
+            }
+        );
     }
 
     fn push_length(out: &mut Vec<u8>, len: usize) {
