@@ -185,7 +185,10 @@ impl SecureChannel {
         let tcp = tokio::time::timeout(self.inner.handshake_timeout, TcpStream::connect(addr))
             .await
             .map_err(|_| Error::HandshakeTimeout)?
-            .map_err(Error::Handshake)?;
+            .map_err(|error| Error::Connect {
+                address: addr.to_string(),
+                error,
+            })?;
         tcp.set_nodelay(true).map_err(Error::Handshake)?;
         self.connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await

@@ -35,17 +35,20 @@ impl fmt::Display for Location {
 ///
 /// Configuration problems name the file or field they come from ([`Location`]); handshake
 /// rejections carry a [`PeerRejection`] saying what the peer presented and what was expected.
+///
+/// Each message already includes its cause, so the variants return no further
+/// [`source`](std::error::Error::source) (printing a chain shows every cause once); the cause
+/// stays reachable through the variant's fields.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
     /// A credential file could not be read (missing, unreadable).
-    #[error("{location}: cannot be read: {source}")]
+    #[error("{location}: cannot be read: {error}")]
     Read {
         /// The file.
         location: Location,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
+        /// The I/O error (printed in this error's message, so not also its `source()`).
+        error: io::Error,
     },
     /// The input holds no PEM block of the expected kind, or a PEM block is malformed.
     #[error("{location}: not PEM: {problem}")]
@@ -75,7 +78,6 @@ pub enum Error {
         /// Where the certificate came from.
         location: Location,
         /// What disqualifies it.
-        #[source]
         reason: SvidError,
     },
     /// A trust bundle holds no certificates.
@@ -98,6 +100,40 @@ pub enum Error {
         /// The trust domain the CA's URI SAN names.
         found: String,
     },
+    /// A bundle holds a certificate that is not a CA: often an SVID or server certificate passed
+    /// where the CA certificate belongs (the `tls.crt`/`ca.crt` mix-up).
+    #[error(
+        "{location}: certificate #{index} is not a CA certificate (basicConstraints cA is not set): a bundle holds the trust domain's CA certificates; was a leaf certificate (such as tls.crt) given instead of the CA (ca.crt)?"
+    )]
+    NotCa {
+        /// Where the bundle came from.
+        location: Location,
+        /// The certificate's position in the bundle, from 0.
+        index: usize,
+    },
+    /// No bundle was given for the trust domain of the workload's own SVID.
+    #[error(
+        "{location}: no trust bundle for the SVID's own trust domain {trust_domain}: add its CA certificates (for files, `.own_bundle(path)` or `.bundle(trust_domain, path)`)"
+    )]
+    MissingOwnBundle {
+        /// Where the SVID came from.
+        location: Location,
+        /// The SVID's trust domain.
+        trust_domain: TrustDomain,
+    },
+    /// The workload's own SVID does not validate against the bundle of its trust domain, so no
+    /// peer of that domain would accept it.
+    #[error(
+        "{location}: the SVID does not validate against the bundle of its trust domain {trust_domain} ({reason}): check that the bundle holds the CA that issued it, and that the certificate file carries the intermediates after the leaf"
+    )]
+    SvidNotTrusted {
+        /// Where the SVID came from.
+        location: Location,
+        /// The SVID's trust domain.
+        trust_domain: TrustDomain,
+        /// What chain validation reported.
+        reason: String,
+    },
     /// A bundle certificate cannot serve as a trust anchor.
     #[error("{location}: CA certificate #{index} cannot be used as a trust anchor: {reason}")]
     InvalidTrustAnchor {
@@ -118,17 +154,27 @@ pub enum Error {
     NoCryptoProvider,
     /// rustls refused the TLS configuration.
     #[error("TLS configuration refused: {0}")]
-    TlsConfig(#[source] rustls::Error),
+    TlsConfig(rustls::Error),
     /// The SPIFFE Workload API could not be used.
     #[error("SPIFFE Workload API: {0}")]
     WorkloadApi(String),
-    /// The peer was refused during the handshake, or after a resumed handshake.
-    #[error("peer refused: {0}")]
-    PeerRejected(#[from] PeerRejection),
+    /// This workload refused the peer's certificate, during the handshake or after a resumed
+    /// one (on a client: the server's; on a server: the client's).
+    #[error("peer's certificate refused: {0}")]
+    PeerRejected(PeerRejection),
+    /// No TCP connection could be made (the address does not resolve, nobody listens, the
+    /// network is unreachable): no TLS was spoken.
+    #[error("cannot connect to {address}: {error}")]
+    Connect {
+        /// The address as given (`host:port`).
+        address: String,
+        /// The I/O error.
+        error: io::Error,
+    },
     /// The TLS handshake failed for another reason (I/O error, alert from the peer, protocol
     /// mismatch such as a TLS 1.2-only peer).
     #[error("TLS handshake failed: {0}")]
-    Handshake(#[source] io::Error),
+    Handshake(io::Error),
     /// The channel's own SVID has expired: no handshake is made with expired credentials until
     /// the source delivers valid ones.
     #[error(
@@ -143,4 +189,10 @@ pub enum Error {
     /// The handshake did not finish in time.
     #[error("TLS handshake timed out")]
     HandshakeTimeout,
+}
+
+impl From<PeerRejection> for Error {
+    fn from(rejection: PeerRejection) -> Self {
+        Self::PeerRejected(rejection)
+    }
 }

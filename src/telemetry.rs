@@ -55,6 +55,7 @@ fn failure_reason(error: &Error) -> &'static str {
     match error {
         Error::HandshakeTimeout => "timeout",
         Error::CredentialsExpired { .. } => "credentials_expired",
+        Error::Connect { .. } => "connect",
         Error::Handshake(io) => {
             match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
                 Some(rustls::Error::PeerIncompatible(_)) => "protocol",

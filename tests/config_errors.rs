@@ -198,6 +198,22 @@ fn certificate_is_not_an_svid() {
     );
     assert!(error.to_string().contains("not an X.509-SVID"), "{error}");
 
+    // The bare trust domain is no workload's ID: refused as our own SVID too.
+    let root = setup.ca.svid("spiffe://example.org").issue().unwrap();
+    setup.write("svid.pem", root.chain_pem());
+    setup.write("svid.key", root.key_pem());
+    let error = setup.start().unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::NotSvid {
+                reason: SvidError::NoPath { .. },
+                ..
+            }
+        ),
+        "{error}"
+    );
+
     let ca_leaf = setup.ca.svid(ID).as_ca().issue().unwrap();
     let error = Svid::from_der(
         ca_leaf.chain().to_vec(),
@@ -246,7 +262,114 @@ fn bundle_for_the_wrong_trust_domain() {
 }
 
 #[test]
-fn a_leaf_in_a_bundle_is_no_trust_anchor_problem_but_a_bad_certificate_is() {
+fn setups_that_can_never_complete_a_handshake_are_refused_at_start() {
+    // No bundle at all.
+    let setup = Setup::new();
+    let error = CredentialSource::from_files(setup.path("svid.pem"), setup.path("svid.key"))
+        .start()
+        .unwrap_err();
+    match &error {
+        Error::MissingOwnBundle {
+            location: Location::File(p),
+            trust_domain,
+        } => {
+            assert_eq!(p, &setup.path("svid.pem"));
+            assert_eq!(trust_domain.as_str(), "example.org");
+        }
+        other => panic!("expected MissingOwnBundle, got {other}"),
+    }
+    assert!(error.to_string().contains("own_bundle"), "{error}");
+
+    // Only a federated bundle: the own trust domain still has none.
+    let other = DevCa::new("other.org").unwrap();
+    setup.write("other.pem", other.bundle_pem());
+    let error = CredentialSource::from_files(setup.path("svid.pem"), setup.path("svid.key"))
+        .bundle(other.trust_domain().clone(), setup.path("other.pem"))
+        .start()
+        .unwrap_err();
+    assert!(matches!(error, Error::MissingOwnBundle { .. }), "{error}");
+
+    // The classic mix-up: the SVID (tls.crt) given as the bundle (ca.crt).
+    let setup = Setup::new();
+    setup.write("bundle.pem", std::fs::read(setup.path("svid.pem")).unwrap());
+    let error = setup.start().unwrap_err();
+    match &error {
+        Error::NotCa {
+            location: Location::File(p),
+            index: 0,
+        } => assert_eq!(p, &setup.path("bundle.pem")),
+        other => panic!("expected NotCa, got {other}"),
+    }
+    assert!(error.to_string().contains("tls.crt"), "{error}");
+
+    // A CA of the right trust domain that did not issue the SVID.
+    let setup = Setup::new();
+    let stranger = DevCa::new("example.org").unwrap();
+    setup.write("bundle.pem", stranger.bundle_pem());
+    let error = setup.start().unwrap_err();
+    match &error {
+        Error::SvidNotTrusted {
+            location: Location::File(p),
+            trust_domain,
+            ..
+        } => {
+            assert_eq!(p, &setup.path("svid.pem"));
+            assert_eq!(trust_domain.as_str(), "example.org");
+        }
+        other => panic!("expected SvidNotTrusted, got {other}"),
+    }
+
+    // An SVID issued by an intermediate whose certificate file lacks the intermediate.
+    let setup = Setup::new();
+    let intermediate = setup.ca.intermediate().unwrap();
+    let svid = intermediate.svid(ID).issue().unwrap();
+    setup.write("svid.pem", svid.clone_leaf_only().chain_pem());
+    setup.write("svid.key", svid.key_pem());
+    let error = setup.start().unwrap_err();
+    assert!(matches!(error, Error::SvidNotTrusted { .. }), "{error}");
+    // With the intermediate after the leaf, the same files load.
+    setup.write("svid.pem", svid.chain_pem());
+    setup.start().unwrap();
+}
+
+#[test]
+fn an_expired_svid_still_loads_for_the_expiry_gate_to_judge() {
+    // The own-chain check is about trust, not time: an expired SVID loads, and the channel's
+    // expiry gate refuses handshakes with it (tests/expiry.rs).
+    let setup = Setup::new();
+    let now = std::time::SystemTime::now();
+    let expired = setup
+        .ca
+        .svid(ID)
+        .validity(
+            now - std::time::Duration::from_secs(7200),
+            now - std::time::Duration::from_secs(3600),
+        )
+        .issue()
+        .unwrap();
+    setup.write("svid.pem", expired.chain_pem());
+    setup.write("svid.key", expired.key_pem());
+    setup.start().unwrap();
+}
+
+#[test]
+fn a_garbled_pem_block_is_described_in_words() {
+    let setup = Setup::new();
+    setup.write("svid.pem", "-----BEGIN CERTIFICATE-----\nMIIB\n");
+    let error = setup.start().unwrap_err();
+    let message = error.to_string();
+    assert!(message.contains("-----END CERTIFICATE-----"), "{message}");
+    assert!(!message.contains("[45, 45"), "raw bytes in {message}");
+}
+
+#[test]
+fn a_non_ca_certificate_in_a_bundle_is_refused_and_a_bad_certificate_too() {
+    let ca = DevCa::new("example.org").unwrap();
+    let leaf = ca.svid(ID).issue().unwrap();
+    let error =
+        TrustBundle::from_der(ca.trust_domain().clone(), vec![leaf.leaf().clone()]).unwrap_err();
+    assert!(matches!(error, Error::NotCa { index: 0, .. }), "{error}");
+
     let bad = rustls_pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
     let error =
         TrustBundle::from_der(TrustDomain::new("example.org").unwrap(), vec![bad]).unwrap_err();
@@ -284,6 +407,94 @@ fn invalid_matchers_fail_the_build() {
     let matcher = IdMatcher::parse("spiffe://example.org/billing/*").unwrap();
     SecureChannel::builder(&creds)
         .allow_client(matcher)
+        .build()
+        .unwrap();
+}
+
+/// Walks an error's `source()` chain as error reporters do, and checks that no message repeats
+/// its cause's (the std guideline: a cause is printed by its parent or returned as its source,
+/// never both).
+fn assert_each_cause_printed_once(error: &(dyn std::error::Error + 'static)) {
+    let mut current = error;
+    while let Some(cause) = current.source() {
+        let (parent, child) = (current.to_string(), cause.to_string());
+        assert!(
+            !parent.contains(&child),
+            "{parent:?} prints its source {child:?} too: a chain would show it twice"
+        );
+        current = cause;
+    }
+}
+
+#[test]
+fn error_chains_print_each_cause_once() {
+    let setup = Setup::new();
+    std::fs::remove_file(setup.path("svid.key")).unwrap();
+    let read = setup.start().unwrap_err();
+    assert!(matches!(&read, Error::Read { .. }), "{read}");
+    assert!(read.to_string().contains("No such file"), "{read}");
+    assert_each_cause_printed_once(&read);
+
+    let setup = Setup::new();
+    let plain = setup
+        .ca
+        .svid(ID)
+        .without_uri()
+        .dns_name("a.example")
+        .issue()
+        .unwrap();
+    setup.write("svid.pem", plain.chain_pem());
+    setup.write("svid.key", plain.key_pem());
+    let not_svid = setup.start().unwrap_err();
+    assert_each_cause_printed_once(&not_svid);
+
+    let rejected = Error::from(secure_channel::tls::PeerRejection::NotSvid(
+        SvidError::NoUriSan,
+    ));
+    assert!(rejected.to_string().contains("no URI SAN"), "{rejected}");
+    assert_each_cause_printed_once(&rejected);
+    let handshake = Error::Handshake(std::io::Error::other("boom"));
+    assert_each_cause_printed_once(&handshake);
+}
+
+#[tokio::test]
+async fn a_failed_tcp_connect_names_the_address_and_is_no_handshake_failure() {
+    let ca = DevCa::new("example.org").unwrap();
+    let creds = MemorySource::new(ca.credentials(ID).unwrap());
+    let channel = SecureChannel::builder(&creds)
+        .expect_server("spiffe://example.org/server")
+        .build()
+        .unwrap();
+    // A port nobody listens on: bound, then closed.
+    let addr = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let error = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        channel.connect_tcp(addr),
+    )
+    .await
+    .unwrap()
+    .unwrap_err();
+    match &error {
+        Error::Connect { address, .. } => assert_eq!(address, &addr.to_string()),
+        other => panic!("expected Connect, got {other}"),
+    }
+    assert!(
+        error
+            .to_string()
+            .starts_with(&format!("cannot connect to {addr}")),
+        "{error}"
+    );
+}
+
+#[test]
+fn a_credential_source_handle_builds_a_channel_by_reference() {
+    let ca = DevCa::new("example.org").unwrap();
+    let source = MemorySource::new(ca.credentials(ID).unwrap()).source();
+    SecureChannel::builder(&source)
+        .expect_server("spiffe://example.org/server")
         .build()
         .unwrap();
 }

@@ -569,3 +569,102 @@ async fn removing_a_federated_bundle_ends_trust_in_that_trust_domain() {
         ))
     ));
 }
+
+#[test]
+fn concurrent_memory_updates_each_publish_their_own_revision() {
+    // Caches are keyed by revision: two updates must never publish the same number.
+    let ca = DevCa::new("example.org").unwrap();
+    let credentials = ca.credentials(SERVER_ID).unwrap();
+    let memory = Arc::new(MemorySource::new(credentials.clone()));
+    let source = memory.source();
+    const THREADS: u64 = 8;
+    const UPDATES: u64 = 100;
+    let start = Arc::new(std::sync::Barrier::new(THREADS as usize));
+    let threads: Vec<_> = (0..THREADS)
+        .map(|_| {
+            let (memory, credentials, start) = (memory.clone(), credentials.clone(), start.clone());
+            std::thread::spawn(move || {
+                // The rotation log line is written between reading the revision and publishing
+                // the next; a writer that pauses there gives the other threads time to collide.
+                let pausing = tracing_subscriber::fmt()
+                    .with_writer(|| {
+                        std::thread::sleep(Duration::from_micros(20));
+                        std::io::sink()
+                    })
+                    .finish();
+                tracing::subscriber::with_default(pausing, || {
+                    start.wait();
+                    for _ in 0..UPDATES {
+                        memory.update(credentials.clone());
+                    }
+                })
+            })
+        })
+        .collect();
+    for thread in threads {
+        thread.join().unwrap();
+    }
+    assert_eq!(source.revision(), 1 + THREADS * UPDATES);
+}
+
+#[tokio::test]
+async fn a_bad_federated_bundle_keeps_its_last_good_one_and_stops_nothing_else() {
+    init_tracing();
+    let ca = DevCa::new("example.org").unwrap();
+    let partner = DevCa::new("partner.org").unwrap();
+    let impostor = DevCa::new("other.org").unwrap();
+    let (initial, _) = ca.workload_api_response(SERVER_ID).unwrap();
+    let api = secure_channel::testkit::WorkloadApiServer::start(
+        initial.with_federated_bundle("partner.org", vec![partner.root_certificate().clone()]),
+    )
+    .await
+    .unwrap();
+    let source = within(
+        CredentialSource::from_workload_api()
+            .endpoint(api.endpoint())
+            .connect(),
+    )
+    .await
+    .unwrap();
+    let mut revisions = source.subscribe();
+    let partner_td = partner.trust_domain().clone();
+    let third_td = secure_channel::TrustDomain::new("third.org").unwrap();
+
+    // Our SVID rotates while partner.org's bundle turns bad (a CA of another trust domain) and a
+    // new trust domain arrives with a bad bundle.
+    let (next, second) = ca.workload_api_response(SERVER_ID).unwrap();
+    api.rotate(
+        next.with_federated_bundle("partner.org", vec![impostor.root_certificate().clone()])
+            .with_federated_bundle("third.org", vec![impostor.root_certificate().clone()]),
+    );
+    assert_eq!(wait_for_change(&mut revisions).await, 2);
+    let current = source.current();
+    assert_eq!(
+        current.svid().chain()[0].as_ref(),
+        second.leaf().as_ref(),
+        "our own SVID rotated despite the bad federated bundles"
+    );
+    assert_eq!(
+        current.bundles().get(&partner_td).unwrap().certificates(),
+        &[partner.root_certificate().clone()],
+        "partner.org keeps its last good bundle"
+    );
+    assert!(current.bundles().get(&third_td).is_none());
+    assert_eq!(source.failed_reloads(), 2, "each refused bundle is counted");
+
+    // A bad bundle for our own trust domain refuses the whole update.
+    let (_, third) = ca.workload_api_response(SERVER_ID).unwrap();
+    let mut failures = source.subscribe_failed_reloads();
+    api.rotate(secure_channel::testkit::X509SvidResponse::new(
+        SERVER_ID,
+        third.chain().to_vec(),
+        third.key().clone_key(),
+        vec![impostor.root_certificate().clone()],
+    ));
+    within(failures.changed()).await.unwrap();
+    assert_eq!(source.revision(), 2);
+    assert_eq!(
+        source.current().svid().chain()[0].as_ref(),
+        second.leaf().as_ref()
+    );
+}

@@ -165,6 +165,12 @@ impl TrustBundle {
                     found,
                 });
             }
+            if !is_ca_certificate(cert.as_ref()) {
+                return Err(Error::NotCa {
+                    location: location.clone(),
+                    index,
+                });
+            }
             let anchor =
                 webpki::anchor_from_trusted_cert(cert).map_err(|e| Error::InvalidTrustAnchor {
                     location: location.clone(),
@@ -202,6 +208,66 @@ impl fmt::Debug for TrustBundle {
             .field("certificates", &self.certs.len())
             .finish()
     }
+}
+
+/// Whether a certificate says it is a CA (basicConstraints cA=true), as every SPIFFE signing
+/// certificate must (X509-SVID 4.1). A certificate that cannot be parsed is left to webpki,
+/// which names the problem.
+fn is_ca_certificate(der: &[u8]) -> bool {
+    match X509Certificate::from_der(der) {
+        Ok((_, cert)) => matches!(cert.basic_constraints(), Ok(Some(bc)) if bc.value.ca),
+        Err(_) => true,
+    }
+}
+
+/// Checks that `svid`'s chain validates against the bundle of its own trust domain in
+/// `bundles`: a setup that fails this can never complete a handshake with a peer of that
+/// domain, so it is refused when loaded rather than at the first connection.
+///
+/// Validity in time is not judged here (an expired SVID is the expiry gate's business): the
+/// chain is checked at the latest not-before of its certificates.
+pub(crate) fn check_own_chain(
+    svid: &Svid,
+    bundles: &TrustBundles,
+    location: &Location,
+) -> Result<(), Error> {
+    let trust_domain = svid.spiffe_id().trust_domain();
+    let Some(bundle) = bundles.get(trust_domain) else {
+        return Err(Error::MissingOwnBundle {
+            location: location.clone(),
+            trust_domain: trust_domain.clone(),
+        });
+    };
+    let chain = svid.chain();
+    let not_trusted = |reason: String| Error::SvidNotTrusted {
+        location: location.clone(),
+        trust_domain: trust_domain.clone(),
+        reason,
+    };
+    let [leaf, intermediates @ ..] = chain else {
+        return Err(not_trusted("the chain is empty".into()));
+    };
+    let at = crate::identity::chain_validity(chain.iter().map(|c| c.as_ref()))
+        .and_then(|(not_before, _)| u64::try_from(not_before).ok())
+        .map(|secs| {
+            rustls_pki_types::UnixTime::since_unix_epoch(std::time::Duration::from_secs(secs))
+        })
+        .ok_or_else(|| not_trusted("a certificate of the chain cannot be parsed".into()))?;
+    let provider = crate::crypto::default_provider()?;
+    webpki::EndEntityCert::try_from(leaf)
+        .and_then(|cert| {
+            cert.verify_for_usage(
+                provider.signature_verification_algorithms.all,
+                bundle.anchors(),
+                intermediates,
+                at,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map(|_| ())
+        })
+        .map_err(|e| not_trusted(e.to_string()))
 }
 
 /// The trust domain named by a CA certificate's SPIFFE URI SAN (`spiffe://td`), if it has one.
@@ -303,7 +369,7 @@ pub(crate) fn parse_certificates(
         .collect::<Result<Vec<_>, _>>()
         .map_err(|e| Error::NotPem {
             location: location.clone(),
-            problem: e.to_string(),
+            problem: describe_pem_error(&e),
         })?;
     if certs.is_empty() {
         return Err(Error::NotPem {
@@ -324,7 +390,33 @@ pub(crate) fn parse_private_key(
             rustls_pki_types::pem::Error::NoItemsFound => {
                 "no PRIVATE KEY, EC PRIVATE KEY or RSA PRIVATE KEY block found".into()
             }
-            other => other.to_string(),
+            other => describe_pem_error(&other),
         },
     })
+}
+
+/// A PEM parse error in words: the parser's own message prints the offending line as a list
+/// of byte values.
+fn describe_pem_error(error: &rustls_pki_types::pem::Error) -> String {
+    use rustls_pki_types::pem::Error as E;
+    let text = |bytes: &[u8]| {
+        let line = String::from_utf8_lossy(bytes);
+        let line = line.trim();
+        // Enough of the line to recognize it, not a whole file.
+        match line.char_indices().nth(80) {
+            Some((cut, _)) => format!("{:?}...", &line[..cut]),
+            None => format!("{line:?}"),
+        }
+    };
+    match error {
+        E::MissingSectionEnd { end_marker } => format!(
+            "a PEM block is not closed: no \"-----END {}-----\" line",
+            String::from_utf8_lossy(end_marker).trim()
+        ),
+        E::IllegalSectionStart { line } => {
+            format!("malformed PEM block start line {}", text(line))
+        }
+        E::Base64Decode(reason) => format!("a PEM block's base64 content is corrupt: {reason}"),
+        other => other.to_string(),
+    }
 }

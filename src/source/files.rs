@@ -7,8 +7,8 @@ use spiffe::TrustDomain;
 
 use crate::error::{Error, Location};
 use crate::source::{
-    CredentialSource, Credentials, Publisher, Svid, TrustBundle, TrustBundles, parse_certificates,
-    parse_private_key,
+    CredentialSource, Credentials, Publisher, Svid, TrustBundle, TrustBundles, check_own_chain,
+    parse_certificates, parse_private_key,
 };
 
 /// Builds a [`CredentialSource`] that reads PEM files and follows their changes.
@@ -16,7 +16,9 @@ use crate::source::{
 /// The files are polled (every second by default) and compared by content, which catches every
 /// way of replacing them: write-then-rename, and the Kubernetes secret-volume `..data` symlink
 /// swap that file-watch events often miss. A change is applied only when the whole set validates
-/// (the key matches the certificate, the certificate is an SVID, every bundle is sound); otherwise
+/// (the key matches the certificate, the certificate is an SVID, every bundle is sound and holds
+/// CA certificates only, and the SVID's chain validates against the bundle of its own trust
+/// domain, which must be given); otherwise
 /// the last good credentials stay in use, a warning says why, and
 /// [`CredentialSource::failed_reloads`] counts it. A half-written rotation (new certificate, old
 /// key) is therefore skipped until the second file lands.
@@ -79,9 +81,9 @@ impl FileSourceBuilder {
         std::thread::Builder::new()
             .name("secure-channel-files".into())
             .spawn(move || poll(self, publisher, contents))
-            .map_err(|source| Error::Read {
+            .map_err(|error| Error::Read {
                 location: Location::Field("file watcher thread"),
-                source,
+                error,
             })?;
         Ok(source)
     }
@@ -90,9 +92,9 @@ impl FileSourceBuilder {
 type Contents = Vec<Vec<u8>>;
 
 fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|source| Error::Read {
+    std::fs::read(path).map_err(|error| Error::Read {
         location: Location::File(path.to_owned()),
-        source,
+        error,
     })
 }
 
@@ -131,6 +133,8 @@ fn parse(
         };
         set.insert(TrustBundle::load(td, certs, &location)?);
     }
+    // A set that can never complete a handshake is refused now, not at the first connection.
+    check_own_chain(&svid, &set, &cert_location)?;
     Ok(Credentials::new(svid, set))
 }
 

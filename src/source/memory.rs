@@ -32,6 +32,14 @@ impl From<&MemorySource> for CredentialSource {
     }
 }
 
+impl From<&CredentialSource> for CredentialSource {
+    /// A handle on the same source, so `SecureChannel::builder(&source)` reads as it does for a
+    /// [`MemorySource`].
+    fn from(source: &CredentialSource) -> Self {
+        source.clone()
+    }
+}
+
 impl std::fmt::Debug for MemorySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_tuple("MemorySource").field(&self.source).finish()

@@ -26,7 +26,7 @@ use arc_swap::ArcSwap;
 use tokio::sync::watch;
 
 pub use credentials::{Credentials, Svid, TrustBundle, TrustBundles};
-pub(crate) use credentials::{parse_certificates, parse_private_key};
+pub(crate) use credentials::{check_own_chain, parse_certificates, parse_private_key};
 pub use files::FileSourceBuilder;
 pub use memory::MemorySource;
 #[cfg(feature = "workload-api")]
@@ -53,6 +53,9 @@ struct Shared {
     revisions: watch::Sender<u64>,
     failed_reloads: watch::Sender<u64>,
     kind: &'static str,
+    /// Serializes publishing (read the revision, store the next one), and counts the reloads
+    /// refused since the last one applied, so a recovery can be logged.
+    publishing: std::sync::Mutex<u64>,
     /// Dropped with the last handle; background tasks watch for that.
     _stop: watch::Sender<()>,
 }
@@ -78,6 +81,7 @@ impl CredentialSource {
             revisions,
             failed_reloads,
             kind,
+            publishing: std::sync::Mutex::new(0),
             _stop: stop_tx,
         });
         let publisher = Publisher {
@@ -139,7 +143,21 @@ impl Publisher {
         let Some(shared) = self.shared.upgrade() else {
             return false;
         };
+        // Two updates at once must not both publish revision n + 1: caches are keyed by it.
+        let mut refused_since = shared
+            .publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let revision = shared.current.load().revision + 1;
+        if *refused_since > 0 {
+            tracing::info!(
+                source = shared.kind,
+                revision,
+                refused_reloads = *refused_since,
+                "credential reload recovered: new credentials applied after refused reloads"
+            );
+            *refused_since = 0;
+        }
         tracing::info!(
             source = shared.kind,
             revision,
@@ -172,7 +190,36 @@ impl Publisher {
             "credential reload refused; keeping the last good credentials"
         );
         crate::telemetry::credential_reload(shared.kind, "refused");
+        *shared
+            .publishing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) += 1;
         shared.failed_reloads.send_modify(|n| *n += 1);
+    }
+
+    /// Records a part of an update that was refused (the rest is published): counted as a
+    /// failed reload and logged.
+    #[cfg(feature = "workload-api")]
+    pub(crate) fn reject_part(&self, part: &'static str, error: &crate::Error) {
+        let Some(shared) = self.shared.upgrade() else {
+            return;
+        };
+        tracing::warn!(
+            source = shared.kind,
+            part,
+            error = %error,
+            "part of a credential update refused; keeping its last good version"
+        );
+        crate::telemetry::credential_reload(shared.kind, "refused");
+        shared.failed_reloads.send_modify(|n| *n += 1);
+    }
+
+    /// The credentials currently published, if any handle of the source is left.
+    #[cfg(feature = "workload-api")]
+    pub(crate) fn current(&self) -> Option<Credentials> {
+        self.shared
+            .upgrade()
+            .map(|shared| shared.current.load().credentials.clone())
     }
 
     pub(crate) fn is_alive(&self) -> bool {

@@ -11,8 +11,11 @@ use crate::source::{CredentialSource, Credentials, Publisher, Svid, TrustBundle,
 /// Builds a [`CredentialSource`] that follows the SPIFFE Workload API.
 ///
 /// The SVID and every bundle the agent sends (the workload's own trust domain and each federated
-/// one) are followed as they rotate. An update that fails validation is refused and the last good
-/// credentials stay in use.
+/// one) are followed as they rotate. An update whose SVID or own trust domain's bundle fails
+/// validation is refused and the last good credentials stay in use. A federated trust domain's
+/// bundle is judged on its own: a bad one keeps that domain's last good bundle (counted in
+/// [`CredentialSource::failed_reloads`] and logged) while the SVID and the other bundles are
+/// applied, so one partner's broken CA cannot stop our own rotation.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct WorkloadApiSourceBuilder {
@@ -59,8 +62,14 @@ impl WorkloadApiSourceBuilder {
                 ))
             })?
             .map_err(|e| Error::WorkloadApi(e.to_string()))?;
-        let credentials = match convert(&x509) {
-            Ok(credentials) => credentials,
+        // At start there is no last good bundle to keep: a bad federated one is left out.
+        let credentials = match convert(&x509, None) {
+            Ok((credentials, refused)) => {
+                for error in &refused {
+                    tracing::warn!(%error, "federated bundle refused at start; that trust domain is not trusted");
+                }
+                credentials
+            }
             Err(error) => {
                 x509.shutdown().await;
                 return Err(error);
@@ -72,8 +81,16 @@ impl WorkloadApiSourceBuilder {
     }
 }
 
-fn convert(x509: &X509Source) -> Result<Credentials, Error> {
-    let api_error = |e: spiffe::X509SourceError| Error::WorkloadApi(e.to_string());
+/// Builds a snapshot from the Workload API's current SVID and bundles.
+///
+/// The SVID and the bundle of its own trust domain must both be sound, or the whole update is
+/// refused. A federated trust domain's bundle is validated on its own: a bad one keeps that
+/// domain's bundle from `previous` (none if it had none) and is returned with the credentials,
+/// so one partner's broken CA cannot freeze our own rotation.
+fn convert(
+    x509: &X509Source,
+    previous: Option<&Credentials>,
+) -> Result<(Credentials, Vec<Error>), Error> {
     let svid = x509.svid().map_err(api_error)?;
     let chain = svid
         .cert_chain()
@@ -84,20 +101,36 @@ fn convert(x509: &X509Source) -> Result<Credentials, Error> {
         svid.private_key().as_bytes().to_vec(),
     ));
     let svid = Svid::load(chain, key, &Location::WorkloadApi, &Location::WorkloadApi)?;
+    let own = svid.spiffe_id().trust_domain().clone();
     let mut bundles = TrustBundles::new();
+    let mut refused = Vec::new();
     for (td, bundle) in x509.bundle_set().map_err(api_error)?.iter() {
         let certs = bundle
             .authorities()
             .iter()
             .map(|c| CertificateDer::from(c.as_bytes().to_vec()))
             .collect();
-        bundles.insert(TrustBundle::load(
-            td.clone(),
-            certs,
-            &Location::WorkloadApi,
-        )?);
+        match TrustBundle::load(td.clone(), certs, &Location::WorkloadApi) {
+            Ok(bundle) => bundles.insert(bundle),
+            Err(error) if *td == own => return Err(error),
+            Err(error) => {
+                if let Some(last_good) = previous.and_then(|p| p.bundles().get(td)) {
+                    bundles.insert(last_good.clone());
+                }
+                refused.push(error);
+            }
+        }
     }
-    Ok(Credentials::new(svid, bundles))
+    if bundles.get(&own).is_none() {
+        return Err(Error::WorkloadApi(format!(
+            "no bundle for the SVID's own trust domain {own}"
+        )));
+    }
+    Ok((Credentials::new(svid, bundles), refused))
+}
+
+fn api_error(e: spiffe::X509SourceError) -> Error {
+    Error::WorkloadApi(e.to_string())
 }
 
 async fn follow(
@@ -113,8 +146,12 @@ async fn follow(
                     tracing::warn!("Workload API source closed; keeping the last credentials");
                     break;
                 }
-                match convert(&x509) {
-                    Ok(credentials) => {
+                let previous = publisher.current();
+                match convert(&x509, previous.as_ref()) {
+                    Ok((credentials, refused)) => {
+                        for error in &refused {
+                            publisher.reject_part("federated bundle", error);
+                        }
                         if !publisher.publish(credentials) {
                             break;
                         }

@@ -13,7 +13,7 @@ pub enum PeerRejection {
     NoCertificate,
     /// The peer's leaf certificate is not an X.509-SVID.
     #[error("certificate is not an X.509-SVID: {0}")]
-    NotSvid(#[source] SvidError),
+    NotSvid(SvidError),
     /// There is no bundle for the trust domain named in the peer's SPIFFE ID.
     #[error("{presented}: no trust bundle for trust domain {}", .presented.trust_domain())]
     UnknownTrustDomain {
@@ -29,7 +29,7 @@ pub enum PeerRejection {
         reason: ChainError,
     },
     /// The peer is authenticated, but its ID is not among those expected.
-    #[error("{presented} is not allowed; expected one of {expected}")]
+    #[error("{presented} is not allowed; {}", expectation(.expected))]
     NotAllowed {
         /// The peer's (authenticated) SPIFFE ID.
         presented: SpiffeId,
@@ -39,6 +39,17 @@ pub enum PeerRejection {
     /// A resumed session was refused because its stored peer certificate no longer validates.
     #[error("resumed session refused: {0}")]
     ResumedSessionInvalid(Box<PeerRejection>),
+}
+
+/// What a refusal says was expected: the list, or which call is missing when it is empty.
+fn expectation(expected: &AllowList) -> String {
+    if expected.is_empty() {
+        "no peer ID is expected at all: a client names its server with `expect_server` or \
+         `expect_server_at`, a server its clients with `allow_client` or `allow_clients_by_policy`"
+            .to_owned()
+    } else {
+        format!("expected one of {expected}")
+    }
 }
 
 /// Why a certificate chain did not validate.

@@ -145,7 +145,10 @@ impl SecureConnector {
         let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
             .await
             .map_err(|_| Error::HandshakeTimeout)?
-            .map_err(Error::Handshake)?;
+            .map_err(|error| Error::Connect {
+                address: format!("{host}:{port}"),
+                error,
+            })?;
         tcp.set_nodelay(true).map_err(Error::Handshake)?;
         let (config, verifier) = match self.overrides.get(&format!("{host}:{port}")) {
             Some(o) => (o.config.clone(), o.verifier.clone()),

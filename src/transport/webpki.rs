@@ -40,9 +40,9 @@ impl WebPkiConnector {
     pub fn with_ca_file(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
         let path = path.as_ref();
         let location = Location::File(path.to_owned());
-        let pem = std::fs::read(path).map_err(|source| Error::Read {
+        let pem = std::fs::read(path).map_err(|error| Error::Read {
             location: location.clone(),
-            source,
+            error,
         })?;
         let mut roots = RootCertStore::empty();
         for (index, cert) in parse_certificates(&pem, &location)?.into_iter().enumerate() {
@@ -106,7 +106,10 @@ impl WebPkiConnector {
         let connect = async {
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(Error::Handshake)?;
+                .map_err(|error| Error::Connect {
+                    address: format!("{host}:{port}"),
+                    error,
+                })?;
             tcp.set_nodelay(true).map_err(Error::Handshake)?;
             tokio_rustls::TlsConnector::from(self.config.clone())
                 .connect(name, tcp)
