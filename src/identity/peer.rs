@@ -92,6 +92,25 @@ impl PeerIdentity {
             .get_or_init(|| Sha256::digest(self.inner.leaf.as_ref()).into())
     }
 
+    /// [`thumbprint_sha256`](Self::thumbprint_sha256) as lower-case hex, the form certificate
+    /// tools print (`openssl x509 -fingerprint -sha256` without the colons).
+    pub fn thumbprint_sha256_hex(&self) -> String {
+        use std::fmt::Write;
+        self.thumbprint_sha256()
+            .iter()
+            .fold(String::with_capacity(64), |mut hex, byte| {
+                let _ = write!(hex, "{byte:02x}");
+                hex
+            })
+    }
+
+    /// [`thumbprint_sha256`](Self::thumbprint_sha256) in unpadded base64url, the form of a
+    /// token's `cnf` claim `x5t#S256` (RFC 8705).
+    pub fn thumbprint_sha256_base64url(&self) -> String {
+        use base64::Engine as _;
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(self.thumbprint_sha256())
+    }
+
     /// When the peer's leaf certificate expires.
     pub fn not_after(&self) -> SystemTime {
         self.inner.not_after

@@ -61,6 +61,54 @@ impl Connected<IncomingStream<'_, SecureListener>> for PeerIdentity {
     }
 }
 
+/// Connect info carrying both the caller's verified identity and its socket address, for
+/// handlers that need the address too (axum's `ConnectInfo<SocketAddr>` is not available when
+/// the app is served with a secure listener's identity).
+///
+/// Serve with `into_make_service_with_connect_info::<PeerConnectInfo>()`; the [`PeerIdentity`]
+/// extractor and this crate's layers find the identity in it as well.
+///
+/// ```no_run
+/// use axum::extract::ConnectInfo;
+/// use axum::{Router, routing::get};
+/// use secure_channel::integration::axum::PeerConnectInfo;
+///
+/// async fn whoami(ConnectInfo(peer): ConnectInfo<PeerConnectInfo>) -> String {
+///     format!("{} from {}", peer.identity().spiffe_id(), peer.remote_addr())
+/// }
+///
+/// # async fn run(listener: secure_channel::SecureListener) -> std::io::Result<()> {
+/// let app = Router::new().route("/whoami", get(whoami));
+/// axum::serve(listener, app.into_make_service_with_connect_info::<PeerConnectInfo>()).await
+/// # }
+/// ```
+#[derive(Debug, Clone)]
+pub struct PeerConnectInfo {
+    identity: PeerIdentity,
+    remote_addr: SocketAddr,
+}
+
+impl PeerConnectInfo {
+    /// The caller's verified identity.
+    pub fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
+    /// The caller's socket address (as seen by this listener: a proxy's, behind one).
+    pub fn remote_addr(&self) -> SocketAddr {
+        self.remote_addr
+    }
+}
+
+impl Connected<IncomingStream<'_, SecureListener>> for PeerConnectInfo {
+    fn connect_info(stream: IncomingStream<'_, SecureListener>) -> Self {
+        Self {
+            identity: stream.io().peer_identity().clone(),
+            remote_addr: *stream.remote_addr(),
+        }
+    }
+}
+
 /// The rejection of the [`PeerIdentity`] extractor: the request did not arrive over a secure
 /// listener with connect info (401).
 #[derive(Debug, Clone, Copy, Default)]

@@ -54,7 +54,7 @@ impl ClientTokenLayer {
         }
     }
 
-    /// A token from `provider` per request (wrap it in [`CachedTokenProvider`] to cache).
+    /// A token from `provider` per request (wrap it in [`CachedTokenProvider`](crate::jwt::CachedTokenProvider) to cache).
     pub fn provider(provider: impl TokenProvider) -> Self {
         Self {
             source: Source::Provider(Arc::new(provider)),

@@ -9,13 +9,20 @@ use crate::identity::PeerIdentity;
 ///
 /// The tonic and hyper integrations put the [`PeerIdentity`] itself into every request's
 /// extensions; axum does it as `ConnectInfo<PeerIdentity>` when the app is served with
-/// `into_make_service_with_connect_info::<PeerIdentity>()`. Both are found here (with the
+/// `into_make_service_with_connect_info::<PeerIdentity>()` (or `::<PeerConnectInfo>()`, which
+/// carries the socket address too). All are found here (with the
 /// `axum` feature, axum's form is looked for first: a build with that feature most likely
 /// serves axum, and each probe is a map lookup and two dynamic calls).
 pub fn peer_identity(extensions: &Extensions) -> Option<&PeerIdentity> {
     #[cfg(feature = "axum")]
-    if let Some(info) = extensions.get::<axum::extract::ConnectInfo<PeerIdentity>>() {
-        return Some(&info.0);
+    {
+        use crate::integration::axum::PeerConnectInfo;
+        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<PeerIdentity>>() {
+            return Some(&info.0);
+        }
+        if let Some(info) = extensions.get::<axum::extract::ConnectInfo<PeerConnectInfo>>() {
+            return Some(info.0.identity());
+        }
     }
     extensions.get::<PeerIdentity>()
 }
