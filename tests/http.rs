@@ -356,3 +356,57 @@ async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
     within(serving).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn axum_handlers_get_the_identity_and_the_address_from_peer_connect_info() {
+    use axum::extract::ConnectInfo;
+    use secure_channel::integration::axum::PeerConnectInfo;
+
+    let mut pki = Pki::new();
+    let listener = pki
+        .server()
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let app = Router::new()
+        .route(
+            "/peer",
+            get(
+                |ConnectInfo(peer): ConnectInfo<PeerConnectInfo>| async move {
+                    format!("{} {}", peer.identity().spiffe_id(), peer.remote_addr())
+                },
+            ),
+        )
+        // The identity extractor (and so this crate's layers) finds the identity in it too.
+        .route(
+            "/whoami",
+            get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+        );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerConnectInfo>(),
+        )
+        .await
+    });
+
+    let channel = pki.client(CLIENT_ID);
+    for (path, expected) in [("/peer", None), ("/whoami", Some(CLIENT_ID.to_owned()))] {
+        let tcp = within(TcpStream::connect(addr)).await.unwrap();
+        let local = tcp.local_addr().unwrap();
+        let mut stream = within(channel.connect(
+            rustls_pki_types::ServerName::IpAddress(addr.ip().into()),
+            tcp,
+        ))
+        .await
+        .unwrap();
+        let request = format!("GET {path} HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n");
+        within(stream.write_all(request.as_bytes())).await.unwrap();
+        let mut response = String::new();
+        within(stream.read_to_string(&mut response)).await.unwrap();
+        assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+        let body = response.split("\r\n\r\n").nth(1).unwrap();
+        let expected = expected.unwrap_or_else(|| format!("{CLIENT_ID} {local}"));
+        assert_eq!(body, expected);
+    }
+}

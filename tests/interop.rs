@@ -461,3 +461,69 @@ async fn s_server(
     }
     (server, format!("127.0.0.1:{port}").parse().unwrap())
 }
+
+/// The README's "Issuing SVIDs with your own CA" recipe, as written there.
+fn readme_openssl_recipe() -> String {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let section = readme
+        .split("### Issuing SVIDs with your own CA")
+        .nth(1)
+        .expect("README has the section");
+    let block = section.split("```sh\n").nth(1).expect("a sh block");
+    block.split("```").next().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn svids_from_the_readme_openssl_recipe_are_accepted() {
+    let dir = tempfile::tempdir().unwrap();
+    let output = within(
+        Command::new("bash")
+            .args(["-euc", &readme_openssl_recipe()])
+            .current_dir(dir.path())
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .unwrap();
+    assert!(
+        output.status.success(),
+        "the recipe failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let files = |name: &str| {
+        secure_channel::CredentialSource::from_files(
+            dir.path().join(format!("{name}.pem")),
+            dir.path().join(format!("{name}.key")),
+        )
+        .own_bundle(dir.path().join("ca.pem"))
+        .start()
+        .unwrap()
+    };
+    let (api, web) = (files("api"), files("web"));
+    assert_eq!(
+        api.current().svid().spiffe_id().to_string(),
+        "spiffe://example.org/api"
+    );
+    let mut server = TestServer::start(
+        SecureChannel::builder(api)
+            .allow_client("spiffe://example.org/web")
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let client = SecureChannel::builder(web)
+        .expect_server("spiffe://example.org/api")
+        .build()
+        .unwrap();
+    let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
+    assert_eq!(
+        stream.peer_identity().spiffe_id().to_string(),
+        "spiffe://example.org/api"
+    );
+    assert_eq!(
+        read_line(&mut stream).await.unwrap(),
+        "spiffe://example.org/web"
+    );
+    assert_eq!(server.next().await.unwrap(), "spiffe://example.org/web");
+}

@@ -395,10 +395,36 @@ async fn channel_without_allowed_clients_accepts_nobody() {
             .map_err(Error::Handshake)
     }
     .await;
-    assert!(matches!(
-        server.next().await,
-        Err(Error::PeerRejected(PeerRejection::NotAllowed { .. }))
-    ));
+    let refusal = server.next().await.unwrap_err();
+    assert!(
+        matches!(
+            &refusal,
+            Error::PeerRejected(PeerRejection::NotAllowed { .. })
+        ),
+        "{refusal}"
+    );
+    // The message says which call is missing instead of listing nobody.
+    let message = refusal.to_string();
+    assert!(message.contains("allow_client"), "{message}");
+    assert!(!message.contains("[nobody]"), "{message}");
+}
+
+#[tokio::test]
+async fn client_without_expected_servers_says_which_call_is_missing() {
+    let ca = ca("example.org");
+    let server = TestServer::start(server_channel(&ca)).await;
+    let creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
+    let client = SecureChannel::builder(&creds).build().unwrap();
+    let error = within(client.connect_tcp(server.addr)).await.unwrap_err();
+    assert!(
+        matches!(
+            &error,
+            Error::PeerRejected(PeerRejection::NotAllowed { .. })
+        ),
+        "{error}"
+    );
+    let message = error.to_string();
+    assert!(message.contains("expect_server"), "{message}");
 }
 
 #[tokio::test]

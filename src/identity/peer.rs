@@ -125,3 +125,22 @@ impl fmt::Debug for PeerIdentity {
             .finish_non_exhaustive()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_thumbprint_in_hex_and_base64url() {
+        // SHA-256 of the bytes 1, 2, 3 (the test identity's "leaf").
+        let peer = PeerIdentity::for_tests("spiffe://example.org/web");
+        assert_eq!(
+            peer.thumbprint_sha256_hex(),
+            "039058c6f2c0cb492c533b0a4d14ef77cc0f78abccced5287d84a1a2011cfb81"
+        );
+        assert_eq!(
+            peer.thumbprint_sha256_base64url(),
+            "A5BYxvLAy0ksUzsKTRTvd8wPeKvMztUofYShogEc-4E"
+        );
+    }
+}

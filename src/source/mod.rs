@@ -226,3 +226,54 @@ impl Publisher {
         self.shared.strong_count() > 0
     }
 }
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+
+    /// Runs `f` with a subscriber that keeps every log line, and returns them.
+    fn logged(f: impl FnOnce()) -> String {
+        let lines = Arc::new(Mutex::new(Vec::<u8>::new()));
+        let writer = lines.clone();
+        let subscriber = tracing_subscriber::fmt()
+            .with_ansi(false)
+            .with_writer(move || Capture(writer.clone()))
+            .finish();
+        tracing::subscriber::with_default(subscriber, f);
+        String::from_utf8(lines.lock().unwrap().clone()).unwrap()
+    }
+
+    struct Capture(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Capture {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn a_recovery_after_refused_reloads_is_logged_once() {
+        let ca = crate::testkit::DevCa::new("example.org").unwrap();
+        let credentials = ca.credentials("spiffe://example.org/web").unwrap();
+        let (source, publisher, _stop) = CredentialSource::new("test", credentials.clone());
+        let refused = crate::Error::WorkloadApi("broken".into());
+        let log = logged(|| {
+            publisher.reject(&refused);
+            publisher.reject(&refused);
+            assert!(publisher.publish(credentials.clone()));
+            assert!(publisher.publish(credentials.clone()));
+        });
+        assert_eq!(source.revision(), 3);
+        let recoveries: Vec<_> = log.lines().filter(|l| l.contains("recovered")).collect();
+        assert_eq!(recoveries.len(), 1, "{log}");
+        assert!(recoveries[0].contains("refused_reloads=2"), "{log}");
+    }
+}
