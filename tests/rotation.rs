@@ -189,6 +189,13 @@ async fn broken_reloads_keep_the_last_good_material() {
                 .chain_pem(),
         ),
         (&files.bundle, String::new()),
+        // A bundle that cannot vouch for the SVID: another CA of the same trust domain, and the
+        // SVID itself where the CA belongs.
+        (
+            &files.bundle,
+            DevCa::new("example.org").unwrap().bundle_pem(),
+        ),
+        (&files.bundle, first.chain_pem()),
     ];
     for (path, content) in bad_inputs {
         let original = std::fs::read_to_string(path).unwrap();
@@ -211,7 +218,7 @@ async fn broken_reloads_keep_the_last_good_material() {
     std::fs::remove_file(&files.bundle).unwrap();
     within(failures.changed()).await.unwrap();
     assert_eq!(source.revision(), 1);
-    assert!(source.failed_reloads() >= 6);
+    assert!(source.failed_reloads() >= 8);
 }
 
 #[tokio::test]
