@@ -307,6 +307,16 @@ impl SecureChannel {
         &self.inner.source
     }
 
+    /// Test hook (hidden, testkit only): the chains held by the verified-chain caches of the
+    /// channel's own verifiers (of its clients and of its servers), and the bytes they count.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn verified_chain_cache_usage(&self) -> (usize, usize) {
+        let (clients, client_bytes) = self.inner.tls.clients_verifier.cache_usage();
+        let (servers, server_bytes) = self.inner.tls.servers_verifier.cache_usage();
+        (clients + servers, client_bytes + server_bytes)
+    }
+
     /// The rustls server configuration, for serving with other TLS stacks. Prefer
     /// [`accept`](Self::accept), which also re-validates resumed sessions.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use secure_channel::identity::SvidError;
 use secure_channel::testkit::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm};
 use secure_channel::tls::{ChainError, PeerRejection};
@@ -175,6 +175,135 @@ async fn refuses_unknown_ca() {
     assert_eq!(
         expect_chain_error(server_verdict(&leaf_only, &ca, None).await),
         ChainError::UnknownIssuer
+    );
+}
+
+#[tokio::test]
+async fn refuses_chains_through_an_intermediate_that_may_not_sign_certificates() {
+    // X509-SVID 4.3 and RFC 5280 6.1.4 (n): every CA on the path must assert keyCertSign;
+    // rustls-webpki does not check it, the verifier does, on the path webpki used.
+    let root = ca("example.org");
+    let control = root.intermediate().unwrap();
+    let svid = control.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(server_verdict(&svid, &root, None).await.unwrap(), CLIENT_ID);
+
+    let no_key_cert_sign = root.intermediate_without_key_cert_sign().unwrap();
+    let svid = no_key_cert_sign.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &root, None).await),
+        ChainError::MissingKeyCertSign { depth: 1 }
+    );
+    let no_key_usage = root.intermediate_without_key_usage().unwrap();
+    let svid = no_key_usage.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &root, None).await),
+        ChainError::MissingKeyCertSign { depth: 1 }
+    );
+    // Further up the path: a sound intermediate signed by one that may not sign.
+    let above = no_key_cert_sign.intermediate().unwrap();
+    let svid = above.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(svid.chain().len(), 3);
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &root, None).await),
+        ChainError::MissingKeyCertSign { depth: 2 }
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_chained_through_an_intermediate_without_key_cert_sign() {
+    let root = ca("example.org");
+    let bad = root.intermediate_without_key_cert_sign().unwrap();
+    let creds = MemorySource::new(Credentials::new(
+        bad.svid(SERVER_ID).issue().unwrap().to_svid().unwrap(),
+        TrustBundles::new().with(root.bundle().unwrap()),
+    ));
+    let server_channel = SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .build()
+        .unwrap();
+    let server = TestServer::start(server_channel).await;
+    let client = client_channel(&root, CLIENT_ID, SERVER_ID);
+    match within(client.connect_tcp(server.addr)).await {
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
+            assert_eq!(reason, ChainError::MissingKeyCertSign { depth: 1 });
+        }
+        other => panic!("expected InvalidChain, got {other:?}"),
+    }
+}
+
+/// How many times each refused peer below connects (three peers: thousands of handshakes).
+const REFUSED_ROUNDS: usize = 350;
+
+#[tokio::test]
+async fn refused_handshakes_with_junk_intermediates_leave_the_verified_chain_cache_empty() {
+    let root = ca("example.org");
+    let channel = server_channel(&root);
+    let mut server = TestServer::start(channel.clone()).await;
+    let tls13 = &[&rustls::version::TLS13];
+    // Junk the path builder never uses, about 56 KiB per handshake.
+    let junk: Vec<CertificateDer<'static>> = (0..4u8)
+        .map(|i| CertificateDer::from(vec![i; 14 * 1024]))
+        .collect();
+    let with_junk = |svid: &IssuedSvid, junk: &[CertificateDer<'static>]| {
+        let mut chain = svid.chain().to_vec();
+        chain.extend(junk.iter().cloned());
+        chain
+    };
+    // Trusted but not allowed; allowed but from a CA outside the bundle; allowed but with more
+    // intermediates than the verifier examines.
+    let intruder = root.svid("spiffe://example.org/intruder").issue().unwrap();
+    let rogue = DevCa::new("example.org")
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    let allowed = root
+        .intermediate()
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    let too_many: Vec<_> = (0..7u8)
+        .map(|i| CertificateDer::from(vec![i; 64]))
+        .collect();
+    let refused = [
+        raw_client_config_with_chain(Some((with_junk(&intruder, &junk), &intruder)), tls13),
+        raw_client_config_with_chain(Some((with_junk(&rogue, &junk), &rogue)), tls13),
+        raw_client_config_with_chain(Some((with_junk(&allowed, &too_many), &allowed)), tls13),
+    ];
+    for _ in 0..REFUSED_ROUNDS {
+        for (index, config) in refused.iter().enumerate() {
+            assert!(raw_connect(config.clone(), server.addr).await.is_err());
+            match (index, server.next().await) {
+                (0, Err(Error::PeerRejected(PeerRejection::NotAllowed { .. })))
+                | (1, Err(Error::PeerRejected(PeerRejection::InvalidChain { .. })))
+                | (
+                    2,
+                    Err(Error::PeerRejected(PeerRejection::InvalidChain {
+                        reason:
+                            ChainError::TooManyIntermediates {
+                                presented: 8,
+                                limit: 6,
+                            },
+                        ..
+                    })),
+                ) => {}
+                (index, other) => panic!("peer {index}: unexpected verdict {other:?}"),
+            }
+        }
+    }
+    assert_eq!(channel.verified_chain_cache_usage(), (0, 0));
+
+    // The control: an admitted peer is cached, with the path webpki used and not the junk.
+    let config = raw_client_config_with_chain(Some((with_junk(&allowed, &junk), &allowed)), tls13);
+    assert_eq!(raw_connect(config, server.addr).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    let (entries, bytes) = channel.verified_chain_cache_usage();
+    let path_bytes: usize = allowed.chain().iter().map(|c| c.as_ref().len()).sum();
+    assert_eq!(entries, 1);
+    assert!(
+        bytes >= path_bytes && bytes < path_bytes + 1024,
+        "{bytes} bytes cached for a {path_bytes}-byte path"
     );
 }
 

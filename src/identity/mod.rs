@@ -11,4 +11,6 @@ pub use admission::PeerAdmission;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
 pub use svid::SvidError;
-pub(crate) use svid::{chain_validity, inspect_leaf};
+#[cfg(fuzzing)]
+pub(crate) use svid::chain_validity;
+pub(crate) use svid::{inspect_leaf, inspect_signing_cert};
