@@ -139,7 +139,7 @@ impl SecureChannel {
         transport::accept(
             tls.server.clone(),
             &tls.clients_verifier,
-            tls.now(),
+            || tls.now(),
             io,
             timeout,
         )
@@ -224,7 +224,7 @@ impl SecureChannel {
         transport::connect(
             config,
             verifier,
-            tls.now(),
+            || tls.now(),
             server_name,
             io,
             self.inner.handshake_timeout,

@@ -685,3 +685,95 @@ async fn federation_uses_the_bundle_of_the_peers_trust_domain() {
         ))
     ));
 }
+
+/// Serves one handshake with a plain tokio-rustls acceptor driven by `config` (no
+/// `SecureChannel::accept`, so no second check after the handshake), and returns the client's
+/// and the acceptor's results.
+async fn plain_acceptor_verdict(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    client: std::sync::Arc<rustls::ClientConfig>,
+) -> (std::io::Result<String>, std::io::Result<Option<usize>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = acceptor.accept(tcp).await?;
+        let presented = stream.get_ref().1.peer_certificates().map(|c| c.len());
+        stream.write_all(b"served\n").await?;
+        stream.shutdown().await?;
+        Ok(presented)
+    });
+    let client_side = raw_connect(client, addr).await;
+    let server_side = within(server).await.unwrap();
+    (client_side, server_side)
+}
+
+/// The rejection inside a handshake error of a plain rustls peer, if the verifier made it.
+fn rejection_of(error: &std::io::Error) -> Option<PeerRejection> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PeerRejection>().cloned()
+        }
+        rustls::Error::NoCertificatesPresented => Some(PeerRejection::NoCertificate),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn server_config_used_by_another_tls_stack_refuses_untrusted_unlisted_and_anonymous_clients()
+{
+    // `server_config()` exists for serving with other TLS stacks: the verifier inside it must
+    // refuse on its own, without `SecureChannel::accept`'s check after the handshake.
+    let root = ca("example.org");
+    let config = server_channel(&root).server_config();
+    let tls13 = &[&rustls::version::TLS13];
+
+    // The control: a listed client is served, and presented its certificate.
+    let listed = root.svid(CLIENT_ID).issue().unwrap();
+    let (client, server) = plain_acceptor_verdict(
+        config.clone(),
+        raw_client_config(Some((&listed, true)), tls13),
+    )
+    .await;
+    assert_eq!(client.unwrap(), "served");
+    assert_eq!(server.unwrap(), Some(1));
+
+    let unlisted = root.svid("spiffe://example.org/intruder").issue().unwrap();
+    let untrusted = DevCa::new("example.org")
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    for (name, client_config) in [
+        (
+            "unlisted",
+            raw_client_config(Some((&unlisted, true)), tls13),
+        ),
+        (
+            "untrusted",
+            raw_client_config(Some((&untrusted, true)), tls13),
+        ),
+        ("anonymous", raw_client_config(None, tls13)),
+    ] {
+        let (client, server) = plain_acceptor_verdict(config.clone(), client_config).await;
+        assert!(client.is_err(), "{name}: the client was served");
+        let error = server.expect_err(name);
+        match (name, rejection_of(&error)) {
+            ("unlisted", Some(PeerRejection::NotAllowed { presented, .. })) => {
+                assert_eq!(presented.to_string(), "spiffe://example.org/intruder");
+            }
+            (
+                "untrusted",
+                Some(PeerRejection::InvalidChain {
+                    reason: ChainError::UnknownIssuer,
+                    ..
+                }),
+            ) => {}
+            // Client authentication is mandatory: rustls itself refuses a client without one.
+            ("anonymous", Some(PeerRejection::NoCertificate)) => {}
+            (name, other) => panic!("{name}: unexpected refusal {other:?} ({error})"),
+        }
+    }
+}

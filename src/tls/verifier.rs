@@ -658,4 +658,133 @@ mod tests {
             entries.map.values().map(VerifiedChain::size).sum::<usize>()
         );
     }
+
+    /// The verifier with real certificates: the rustls entry points and `identify`.
+    #[cfg(feature = "testkit")]
+    mod with_certificates {
+        use std::time::SystemTime;
+
+        use super::*;
+        use crate::source::MemorySource;
+        use crate::testkit::DevCa;
+
+        const ALLOWED: &str = "spiffe://example.org/web";
+
+        fn verifier(source: &MemorySource, side: Side) -> SvidVerifier {
+            let provider = crate::crypto::default_provider().unwrap();
+            SvidVerifier::new(
+                source.source(),
+                AllowList::from_iter([ALLOWED.parse().unwrap()]),
+                side,
+                provider.signature_verification_algorithms,
+            )
+        }
+
+        fn unix(time: SystemTime) -> UnixTime {
+            UnixTime::since_unix_epoch(time.duration_since(SystemTime::UNIX_EPOCH).unwrap())
+        }
+
+        fn rejection(error: rustls::Error) -> PeerRejection {
+            match error {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                    other.0.downcast_ref::<PeerRejection>().cloned().unwrap()
+                }
+                other => panic!("not a verifier rejection: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn the_rustls_entry_points_refuse_what_verify_refuses() {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            let now = unix(SystemTime::now());
+            let allowed = ca.svid(ALLOWED).issue().unwrap();
+            let unlisted = ca.svid("spiffe://example.org/other").issue().unwrap();
+            let untrusted = DevCa::new("example.org")
+                .unwrap()
+                .svid(ALLOWED)
+                .issue()
+                .unwrap();
+
+            let clients = ClientSvidVerifier(Arc::new(verifier(&source, Side::Clients)));
+            assert!(clients.offer_client_auth());
+            assert!(clients.client_auth_mandatory());
+            assert!(clients.verify_client_cert(allowed.leaf(), &[], now).is_ok());
+            let error = clients
+                .verify_client_cert(unlisted.leaf(), &[], now)
+                .unwrap_err();
+            assert!(matches!(rejection(error), PeerRejection::NotAllowed { .. }));
+            let error = clients
+                .verify_client_cert(untrusted.leaf(), &[], now)
+                .unwrap_err();
+            assert!(matches!(
+                rejection(error),
+                PeerRejection::InvalidChain {
+                    reason: ChainError::UnknownIssuer,
+                    ..
+                }
+            ));
+
+            let servers = ServerSvidVerifier(Arc::new(verifier(&source, Side::Servers)));
+            let name = ServerName::try_from("localhost").unwrap();
+            assert!(
+                servers
+                    .verify_server_cert(allowed.leaf(), &[], &name, &[], now)
+                    .is_ok()
+            );
+            let error = servers
+                .verify_server_cert(unlisted.leaf(), &[], &name, &[], now)
+                .unwrap_err();
+            assert!(matches!(rejection(error), PeerRejection::NotAllowed { .. }));
+            let error = servers
+                .verify_server_cert(untrusted.leaf(), &[], &name, &[], now)
+                .unwrap_err();
+            assert!(matches!(
+                rejection(error),
+                PeerRejection::InvalidChain { .. }
+            ));
+        }
+
+        #[test]
+        fn identify_marks_refusals_of_resumed_sessions_and_only_those() {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            let verifier = verifier(&source, Side::Clients);
+            let chain = ca.svid(ALLOWED).issue().unwrap().chain().to_vec();
+            let now = unix(SystemTime::now());
+            let later = unix(SystemTime::now() + std::time::Duration::from_secs(2 * 3600));
+
+            // Still valid: the resumed session keeps its identity.
+            let identity = verifier.identify(&chain, true, now).unwrap();
+            assert_eq!(identity.spiffe_id().to_string(), ALLOWED);
+
+            // The leaf expired: refused, marked as a resumed session only when it is one.
+            let expired = |rejection: &PeerRejection| {
+                matches!(
+                    rejection,
+                    PeerRejection::InvalidChain {
+                        reason: ChainError::Expired,
+                        ..
+                    }
+                )
+            };
+            match verifier.identify(&chain, true, later) {
+                Err(PeerRejection::ResumedSessionInvalid(inner)) => assert!(expired(&inner)),
+                other => panic!("expected ResumedSessionInvalid, got {other:?}"),
+            }
+            assert!(expired(
+                &verifier.identify(&chain, false, later).unwrap_err()
+            ));
+            match verifier.identify(&[], true, now) {
+                Err(PeerRejection::ResumedSessionInvalid(inner)) => {
+                    assert!(matches!(*inner, PeerRejection::NoCertificate));
+                }
+                other => panic!("expected ResumedSessionInvalid, got {other:?}"),
+            }
+            assert!(matches!(
+                verifier.identify(&[], false, now),
+                Err(PeerRejection::NoCertificate)
+            ));
+        }
+    }
 }

@@ -262,10 +262,13 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, e
 }
 
 /// Server side: runs the handshake on `io` and returns the verified stream.
+///
+/// `now` is read once the handshake is done, so a resumed session is re-validated at the time
+/// it is accepted, not at the time the handshake started.
 pub(crate) async fn accept<IO>(
     config: Arc<ServerConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     timeout: Duration,
 ) -> Result<SecureStream<IO>, Error>
@@ -280,7 +283,7 @@ where
 async fn accept_inner<IO>(
     config: Arc<ServerConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     timeout: Duration,
 ) -> Result<SecureStream<IO>, Error>
@@ -297,7 +300,7 @@ where
         conn.handshake_kind(),
         conn.peer_certificates(),
         verifier,
-        now,
+        now(),
     ) {
         Ok(peer) => Ok(SecureStream::new(TlsStream::Server(stream), peer)),
         Err(error) => {
@@ -308,10 +311,12 @@ where
 }
 
 /// Client side: runs the handshake on `io` and returns the verified stream.
+///
+/// `now` is read once the handshake is done (see [`accept`]).
 pub(crate) async fn connect<IO>(
     config: Arc<ClientConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     server_name: ServerName<'static>,
     io: IO,
     timeout: Duration,
@@ -327,7 +332,7 @@ where
 async fn connect_inner<IO>(
     config: Arc<ClientConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     server_name: ServerName<'static>,
     io: IO,
     timeout: Duration,
@@ -345,7 +350,7 @@ where
         conn.handshake_kind(),
         conn.peer_certificates(),
         verifier,
-        now,
+        now(),
     ) {
         Ok(peer) => Ok(SecureStream::new(TlsStream::Client(stream), peer)),
         Err(error) => {
