@@ -370,6 +370,17 @@ impl SecureChannelBuilder {
         self
     }
 
+    /// The key exchange groups offered and accepted (default
+    /// [`KeyExchange::PreferPostQuantum`](crate::tls::KeyExchange::PreferPostQuantum): hybrid
+    /// post-quantum X25519MLKEM768 first, classical groups for peers without it).
+    /// [`ClassicalOnly`](crate::tls::KeyExchange::ClassicalOnly) gives up post-quantum
+    /// protection; [`PostQuantumOnly`](crate::tls::KeyExchange::PostQuantumOnly) refuses peers
+    /// without it.
+    pub fn key_exchange(mut self, choice: crate::tls::KeyExchange) -> Self {
+        self.policy.key_exchange = choice;
+        self
+    }
+
     /// Bounds each TLS handshake (default 10 s).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = timeout;

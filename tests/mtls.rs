@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use rustls_pki_types::{CertificateDer, ServerName};
 use secure_channel::identity::SvidError;
 use secure_channel::testkit::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm};
-use secure_channel::tls::{ChainError, PeerRejection};
+use secure_channel::tls::{ChainError, KeyExchange, PeerRejection};
 use secure_channel::{
     AllowList, Credentials, Error, IdMatcher, MemorySource, SecureChannel, TrustBundles,
 };
@@ -775,5 +775,107 @@ async fn server_config_used_by_another_tls_stack_refuses_untrusted_unlisted_and_
             ("anonymous", Some(PeerRejection::NoCertificate)) => {}
             (name, other) => panic!("{name}: unexpected refusal {other:?} ({error})"),
         }
+    }
+}
+
+fn channel_with(
+    ca: &DevCa,
+    id: &str,
+    configure: impl FnOnce(secure_channel::SecureChannelBuilder) -> secure_channel::SecureChannelBuilder,
+) -> SecureChannel {
+    let creds = MemorySource::new(ca.credentials(id).unwrap());
+    configure(SecureChannel::builder(&creds)).build().unwrap()
+}
+
+/// The key exchange group a `client` choice and a `server` choice negotiate, or the client's
+/// error.
+async fn negotiated(client: KeyExchange, server: KeyExchange) -> Result<rustls::NamedGroup, Error> {
+    let ca = ca("example.org");
+    let server = channel_with(&ca, SERVER_ID, |b| {
+        b.allow_client(CLIENT_ID).key_exchange(server)
+    });
+    let mut server = TestServer::start(server).await;
+    let client = channel_with(&ca, CLIENT_ID, |b| {
+        b.expect_server(SERVER_ID).key_exchange(client)
+    });
+    let mut stream = within(client.connect_tcp(server.addr)).await?;
+    let group = stream.key_exchange_group().expect("a negotiated group");
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    Ok(group)
+}
+
+#[tokio::test]
+async fn hybrid_post_quantum_key_exchange_is_the_default() {
+    use rustls::NamedGroup;
+    let pq = KeyExchange::PostQuantumOnly;
+    let classical = KeyExchange::ClassicalOnly;
+    let default = KeyExchange::default();
+    assert_eq!(default, KeyExchange::PreferPostQuantum);
+    assert_eq!(
+        negotiated(default, default).await.unwrap(),
+        NamedGroup::X25519MLKEM768
+    );
+    // Each side's choice holds against a default peer.
+    assert_eq!(
+        negotiated(classical, default).await.unwrap(),
+        NamedGroup::X25519
+    );
+    assert_eq!(
+        negotiated(default, classical).await.unwrap(),
+        NamedGroup::X25519
+    );
+    assert_eq!(
+        negotiated(pq, default).await.unwrap(),
+        NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        negotiated(default, pq).await.unwrap(),
+        NamedGroup::X25519MLKEM768
+    );
+    // Post-quantum only and classical only have nothing in common.
+    assert!(negotiated(classical, pq).await.is_err());
+    assert!(negotiated(pq, classical).await.is_err());
+}
+
+#[tokio::test]
+async fn a_post_quantum_only_server_refuses_a_classical_foreign_client() {
+    let root = ca("example.org");
+    let server = channel_with(&root, SERVER_ID, |b| {
+        b.allow_client(CLIENT_ID)
+            .key_exchange(KeyExchange::PostQuantumOnly)
+    });
+    let mut server = TestServer::start(server).await;
+    let svid = root.svid(CLIENT_ID).issue().unwrap();
+    let tls13 = &[&rustls::version::TLS13];
+    // The control: plain rustls with its stock groups (X25519MLKEM768 among them) gets in.
+    let stock = raw_client_config(Some((&svid, true)), tls13);
+    assert_eq!(raw_connect(stock, server.addr).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    // Without the hybrid group it does not.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .kx_groups
+        .retain(|g| g.name() != rustls::NamedGroup::X25519MLKEM768);
+    let classical =
+        raw_client_config_with_provider(Some((svid.chain().to_vec(), &svid)), tls13, provider);
+    assert!(raw_connect(classical, server.addr).await.is_err());
+    assert!(matches!(server.next().await, Err(Error::Handshake(_))));
+}
+
+#[test]
+fn post_quantum_only_cannot_be_combined_with_tls12() {
+    let ca = ca("example.org");
+    let creds = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let result = SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .allow_tls12()
+        .key_exchange(KeyExchange::PostQuantumOnly)
+        .build();
+    match result {
+        Err(error @ Error::KeyExchange { .. }) => {
+            assert!(error.to_string().contains("allow_tls12"), "{error}");
+        }
+        other => panic!("expected Error::KeyExchange, got {:?}", other.err()),
     }
 }

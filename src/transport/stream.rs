@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls::{ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsStream;
@@ -169,6 +169,16 @@ impl<IO> SecureStream<IO> {
         self.inner.get_ref().1.protocol_version()
     }
 
+    /// The negotiated key exchange group: `X25519MLKEM768` (hybrid post-quantum) by default,
+    /// or a classical group (`X25519`, `secp256r1`, `secp384r1`) with a peer without it.
+    pub fn key_exchange_group(&self) -> Option<NamedGroup> {
+        self.inner
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|group| group.name())
+    }
+
     /// Whether this connection was a full handshake or a resumed session.
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
         self.inner.get_ref().1.handshake_kind()
@@ -276,7 +286,11 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let result = accept_inner(config, verifier, now, io, timeout).await;
-    crate::telemetry::handshake("server", &result);
+    let group = result
+        .as_ref()
+        .ok()
+        .and_then(SecureStream::key_exchange_group);
+    crate::telemetry::handshake("server", &result, group);
     result
 }
 
@@ -325,7 +339,11 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let result = connect_inner(config, verifier, now, server_name, io, timeout).await;
-    crate::telemetry::handshake("client", &result);
+    let group = result
+        .as_ref()
+        .ok()
+        .and_then(SecureStream::key_exchange_group);
+    crate::telemetry::handshake("client", &result, group);
     result
 }
 

@@ -159,7 +159,20 @@ pub fn raw_client_config_with_chain(
     identity: Option<(Vec<CertificateDer<'static>>, &IssuedSvid)>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    raw_client_config_with_provider(
+        identity,
+        versions,
+        rustls::crypto::aws_lc_rs::default_provider(),
+    )
+}
+
+/// [`raw_client_config_with_chain`] with another crypto provider (other key exchange groups).
+pub fn raw_client_config_with_provider(
+    identity: Option<(Vec<CertificateDer<'static>>, &IssuedSvid)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    provider: rustls::crypto::CryptoProvider,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(provider);
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
