@@ -18,6 +18,15 @@
 //!   handshake rate of one client-server pair, both sides' CPU); the channel's side uses a
 //!   `SecureChannel` client too.
 //!
+//! - `kx_server_cpu/<group>/*` and `kx_e2e/<group>/*`: full handshakes with one key exchange
+//!   group on both stacks: `X25519MLKEM768` (the channel's default, `PreferPostQuantum`, against
+//!   bare rustls with the same group order, X25519MLKEM768 then X25519, P-256, P-384: the client
+//!   sends both the hybrid and the X25519 key share) and `X25519` (`KeyExchange::ClassicalOnly`
+//!   against bare rustls with X25519, P-256, P-384). Server CPU as above, and end to end.
+//!
+//! Bare rustls in the other groups uses the channel's default group order too
+//! (X25519MLKEM768 first), so every line compares the same key exchange.
+//!
 //! Run with `cargo bench --features testkit --bench handshake`. Compare the ratio of the lines of
 //! a group within one run; absolute numbers vary on shared machines.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -28,10 +37,12 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use rustls::NamedGroup;
 use rustls::client::Resumption;
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::{PrivateKeyDer, ServerName};
 use secure_channel::testkit::{DevCa, IssuedSvid};
+use secure_channel::tls::KeyExchange;
 use secure_channel::{Credentials, MemorySource, SecureChannel, TrustBundles};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream, duplex};
 
@@ -71,6 +82,25 @@ fn bare_client(
     Arc::new(config)
 }
 
+/// aws-lc-rs with the key exchange groups in the channel's default order
+/// (`KeyExchange::PreferPostQuantum`): X25519MLKEM768 first.
+fn prefer_post_quantum() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .kx_groups
+        .sort_by_key(|g| g.name() != NamedGroup::X25519MLKEM768);
+    provider
+}
+
+/// aws-lc-rs without the post-quantum hybrid (`KeyExchange::ClassicalOnly`'s groups).
+fn classical() -> rustls::crypto::CryptoProvider {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .kx_groups
+        .retain(|g| g.name() != NamedGroup::X25519MLKEM768);
+    provider
+}
+
 fn fixture() -> Fixture {
     let ca = DevCa::new("example.org").unwrap();
     let server_svid = ca.svid(SERVER_ID).dns_name("localhost").issue().unwrap();
@@ -91,7 +121,7 @@ fn fixture() -> Fixture {
         .build()
         .unwrap();
 
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = Arc::new(prefer_post_quantum());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(ca.root_certificate().clone()).unwrap();
     let roots = Arc::new(roots);
@@ -331,5 +361,126 @@ fn handshakes(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, handshakes);
+/// One key exchange choice on both stacks: the channel's server and client, bare rustls's.
+struct KxFixture {
+    label: &'static str,
+    ours_server: SecureChannel,
+    ours_client: SecureChannel,
+    bare_server: Arc<rustls::ServerConfig>,
+    bare_client: Arc<rustls::ClientConfig>,
+    expected: NamedGroup,
+    _sources: (MemorySource, MemorySource),
+}
+
+fn kx_fixture(
+    f: &Fixture,
+    label: &'static str,
+    choice: KeyExchange,
+    provider: rustls::crypto::CryptoProvider,
+    expected: NamedGroup,
+) -> KxFixture {
+    let server_svid = f.ca.svid(SERVER_ID).dns_name("localhost").issue().unwrap();
+    let client_svid = f.ca.svid(CLIENT_ID).issue().unwrap();
+    let bundles = TrustBundles::new().with(f.ca.bundle().unwrap());
+    let server_source = MemorySource::new(Credentials::new(
+        server_svid.to_svid().unwrap(),
+        bundles.clone(),
+    ));
+    let client_source =
+        MemorySource::new(Credentials::new(client_svid.to_svid().unwrap(), bundles));
+    let ours_server = SecureChannel::builder(&server_source)
+        .allow_client(CLIENT_ID)
+        .key_exchange(choice)
+        .build()
+        .unwrap();
+    let ours_client = SecureChannel::builder(&client_source)
+        .expect_server(SERVER_ID)
+        .key_exchange(choice)
+        .build()
+        .unwrap();
+    let provider = Arc::new(provider);
+    let verifier = WebPkiClientVerifier::builder_with_provider(f.roots.clone(), provider.clone())
+        .build()
+        .unwrap();
+    let bare_server = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .unwrap()
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(
+            server_svid.chain().to_vec(),
+            PrivateKeyDer::Pkcs8(server_svid.key().clone_key()),
+        )
+        .unwrap();
+    KxFixture {
+        label,
+        ours_server,
+        ours_client,
+        bare_server: Arc::new(bare_server),
+        bare_client: bare_client(&provider, &f.roots, &client_svid, false),
+        expected,
+        _sources: (server_source, client_source),
+    }
+}
+
+/// A full handshake between the fixture's own channels; checks the negotiated group.
+async fn ours_kx_e2e(k: &KxFixture, name: ServerName<'static>) {
+    let (a, b) = duplex(64 * 1024);
+    let (server, client) = tokio::join!(k.ours_server.accept(a), k.ours_client.connect(name, b));
+    let (mut server, client) = (server.unwrap(), client.unwrap());
+    assert_eq!(client.key_exchange_group(), Some(k.expected));
+    finish(&mut server, client).await;
+}
+
+/// Full handshakes per key exchange group, the channel against bare rustls with the same groups.
+fn key_exchange(c: &mut Criterion) {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let f = fixture();
+    let jobs = server_thread();
+    let counter = AtomicU32::new(1);
+    let fixtures = [
+        kx_fixture(
+            &f,
+            "X25519MLKEM768",
+            KeyExchange::PreferPostQuantum,
+            prefer_post_quantum(),
+            NamedGroup::X25519MLKEM768,
+        ),
+        kx_fixture(
+            &f,
+            "X25519",
+            KeyExchange::ClassicalOnly,
+            classical(),
+            NamedGroup::X25519,
+        ),
+    ];
+    for k in &fixtures {
+        let ours = Server::Ours(k.ours_server.clone());
+        let bare = Server::Bare(tokio_rustls::TlsAcceptor::from(k.bare_server.clone()));
+        let mut group = c.benchmark_group(format!("kx_server_cpu/{}", k.label));
+        group.sample_size(20);
+        for (name, server) in [("bare_tokio_rustls", &bare), ("secure_channel", &ours)] {
+            group.bench_function(name, |b| {
+                b.iter_custom(|n| server_cpu(&runtime, &jobs, server, n, || k.bare_client.clone()))
+            });
+        }
+        group.finish();
+
+        let mut group = c.benchmark_group(format!("kx_e2e/{}", k.label));
+        group.sample_size(20);
+        group.bench_function("bare_tokio_rustls", |b| {
+            b.to_async(&runtime)
+                .iter(|| bare_e2e(&k.bare_server, &k.bare_client))
+        });
+        group.bench_function("secure_channel", |b| {
+            b.to_async(&runtime)
+                .iter(|| ours_kx_e2e(k, fresh_name(&counter)))
+        });
+        group.finish();
+    }
+}
+
+criterion_group!(benches, handshakes, key_exchange);
 criterion_main!(benches);

@@ -139,7 +139,7 @@ impl SecureChannel {
         transport::accept(
             tls.server.clone(),
             &tls.clients_verifier,
-            tls.now(),
+            || tls.now(),
             io,
             timeout,
         )
@@ -227,7 +227,7 @@ impl SecureChannel {
         transport::connect(
             config,
             verifier,
-            tls.now(),
+            || tls.now(),
             server_name,
             io,
             self.inner.handshake_timeout,
@@ -310,6 +310,16 @@ impl SecureChannel {
         &self.inner.source
     }
 
+    /// Test hook (hidden, testkit only): the chains held by the verified-chain caches of the
+    /// channel's own verifiers (of its clients and of its servers), and the bytes they count.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn verified_chain_cache_usage(&self) -> (usize, usize) {
+        let (clients, client_bytes) = self.inner.tls.clients_verifier.cache_usage();
+        let (servers, server_bytes) = self.inner.tls.servers_verifier.cache_usage();
+        (clients + servers, client_bytes + server_bytes)
+    }
+
     /// The rustls server configuration, for serving with other TLS stacks. Prefer
     /// [`accept`](Self::accept), which also re-validates resumed sessions.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
@@ -360,6 +370,17 @@ impl SecureChannelBuilder {
     /// default: enable it only for peers that cannot speak TLS 1.3.
     pub fn allow_tls12(mut self) -> Self {
         self.policy.allow_tls12 = true;
+        self
+    }
+
+    /// The key exchange groups offered and accepted (default
+    /// [`KeyExchange::PreferPostQuantum`](crate::tls::KeyExchange::PreferPostQuantum): hybrid
+    /// post-quantum X25519MLKEM768 first, classical groups for peers without it).
+    /// [`ClassicalOnly`](crate::tls::KeyExchange::ClassicalOnly) gives up post-quantum
+    /// protection; [`PostQuantumOnly`](crate::tls::KeyExchange::PostQuantumOnly) refuses peers
+    /// without it.
+    pub fn key_exchange(mut self, choice: crate::tls::KeyExchange) -> Self {
+        self.policy.key_exchange = choice;
         self
     }
 

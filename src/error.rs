@@ -152,6 +152,15 @@ pub enum Error {
         "no rustls crypto provider: enable the `aws-lc-rs` or `ring` feature, or install a process-wide default"
     )]
     NoCryptoProvider,
+    /// The key exchange choice (`SecureChannelBuilder::key_exchange`) cannot be met: the crypto
+    /// provider lacks the groups, or another setting contradicts it.
+    #[error("key_exchange({choice:?}) cannot be used: {reason}")]
+    KeyExchange {
+        /// The choice made.
+        choice: crate::tls::KeyExchange,
+        /// What stands in the way, and what to change.
+        reason: &'static str,
+    },
     /// rustls refused the TLS configuration.
     #[error("TLS configuration refused: {0}")]
     TlsConfig(rustls::Error),

@@ -10,8 +10,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use crate::Error;
 use crate::tls::PeerRejection;
 
-/// Handshakes, by `side` (`server`, `client`), `outcome` (`accepted`, `refused`, `failed`) and
-/// `reason`.
+/// Handshakes, by `side` (`server`, `client`), `outcome` (`accepted`, `refused`, `failed`),
+/// `reason` and `group` (the negotiated key exchange group of an accepted handshake, such as
+/// `X25519MLKEM768`; `none` otherwise).
 pub const HANDSHAKES: &str = "secure_channel_handshakes_total";
 /// Connections open on secure listeners.
 pub const CONNECTIONS_OPEN: &str = "secure_channel_connections_open";
@@ -28,15 +29,35 @@ pub const SVID_NOT_AFTER: &str = "secure_channel_svid_not_after_seconds";
 /// `refused`).
 pub const CREDENTIAL_RELOADS: &str = "secure_channel_credential_reloads_total";
 
-/// Records the outcome of a handshake.
-pub(crate) fn handshake<T>(side: &'static str, result: &Result<T, Error>) {
+/// Records the outcome of a handshake, and the key exchange group it negotiated.
+pub(crate) fn handshake<T>(
+    side: &'static str,
+    result: &Result<T, Error>,
+    group: Option<rustls::NamedGroup>,
+) {
     let (outcome, reason) = match result {
         Ok(_) => ("accepted", "ok"),
         Err(Error::PeerRejected(rejection)) => ("refused", rejection_reason(rejection)),
         Err(error) => ("failed", failure_reason(error)),
     };
-    metrics::counter!(HANDSHAKES, "side" => side, "outcome" => outcome, "reason" => reason)
+    let group = group_label(group);
+    metrics::counter!(HANDSHAKES, "side" => side, "outcome" => outcome, "reason" => reason, "group" => group)
         .increment(1);
+}
+
+/// A bounded label for a key exchange group: its IANA name, `other` or `none`.
+pub(crate) fn group_label(group: Option<rustls::NamedGroup>) -> &'static str {
+    use rustls::NamedGroup as G;
+    match group {
+        None => "none",
+        Some(G::X25519MLKEM768) => "X25519MLKEM768",
+        Some(G::secp256r1MLKEM768) => "secp256r1MLKEM768",
+        Some(G::MLKEM768) => "MLKEM768",
+        Some(G::X25519) => "X25519",
+        Some(G::secp256r1) => "secp256r1",
+        Some(G::secp384r1) => "secp384r1",
+        Some(_) => "other",
+    }
 }
 
 /// A short, bounded label for why a peer was refused.

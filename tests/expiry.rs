@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use secure_channel::testkit::DevCa;
+use secure_channel::tls::{ChainError, PeerRejection};
 use secure_channel::{
     CredentialStatus, Credentials, Error, MemorySource, SecureChannel, TrustBundles,
 };
@@ -139,4 +140,196 @@ async fn the_rustls_config_never_presents_an_expired_svid() {
     assert!(raw_connect(config, addr).await.is_err());
     let error = within(server).await.unwrap().unwrap_err();
     assert!(error.to_string().contains("certificate"), "{error}");
+}
+
+/// A transport that moves `clock` to the time in `jump` (if one is set) when the first bytes
+/// arrive: time passing while a handshake runs.
+#[derive(Debug)]
+struct ClockJumpsOnFirstRead {
+    inner: tokio::net::TcpStream,
+    clock: Arc<TestClock>,
+    jump: Option<SystemTime>,
+}
+
+impl tokio::io::AsyncRead for ClockJumpsOnFirstRead {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = &mut *self;
+        let before = buf.filled().len();
+        let poll = std::pin::Pin::new(&mut this.inner).poll_read(cx, buf);
+        if buf.filled().len() > before
+            && let Some(at) = this.jump.take()
+        {
+            this.clock.set(at);
+        }
+        poll
+    }
+}
+
+impl tokio::io::AsyncWrite for ClockJumpsOnFirstRead {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_checked_at_the_time_the_handshake_ends() {
+    // The client's leaf expires while the resumed handshake runs (the clock jumps when the
+    // ClientHello arrives): the re-validation must use a clock read after the handshake, and
+    // refuse, not the one read before it.
+    let ca = DevCa::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let clock = Arc::new(TestClock::at(now));
+    let server_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let channel = SecureChannel::builder(&server_source)
+        .allow_client(CLIENT_ID)
+        .time_provider(clock.clone())
+        .build()
+        .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (jumps, mut next_jump) = tokio::sync::mpsc::unbounded_channel::<Option<SystemTime>>();
+    let (verdicts, mut verdict) = tokio::sync::mpsc::unbounded_channel();
+    let server_clock = clock.clone();
+    let server = tokio::spawn(async move {
+        while let Some(jump) = next_jump.recv().await {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let io = ClockJumpsOnFirstRead {
+                inner: tcp,
+                clock: server_clock.clone(),
+                jump,
+            };
+            match channel.accept(io).await {
+                Ok(mut stream) => {
+                    let kind = stream.handshake_kind();
+                    let _ = tokio::io::AsyncWriteExt::write_all(&mut stream, b"hello\n").await;
+                    let _ = verdicts.send(Ok(kind));
+                    // Hold the connection until the client has read the greeting and hung up.
+                    let mut rest = [0u8; 16];
+                    let _ = tokio::io::AsyncReadExt::read(&mut stream, &mut rest).await;
+                }
+                Err(error) => {
+                    let _ = verdicts.send(Err(error));
+                }
+            }
+        }
+    });
+    let client_source = MemorySource::new(short_lived(&ca, CLIENT_ID, now, 10 * MINUTE));
+    let client = SecureChannel::builder(&client_source)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+
+    // A full handshake at `now`, which leaves the client a session to resume.
+    jumps.send(None).unwrap();
+    let mut stream = within(client.connect_tcp(addr)).await.unwrap();
+    assert_eq!(read_line(&mut stream).await.unwrap(), "hello");
+    drop(stream);
+    let first = within(verdict.recv()).await.unwrap();
+    assert_eq!(first.unwrap(), Some(rustls::HandshakeKind::Full));
+
+    // The resumed handshake starts at `now` and ends after the client's leaf expired.
+    jumps.send(Some(now + 20 * MINUTE)).unwrap();
+    let attempt = async {
+        let mut stream = within(client.connect_tcp(addr)).await?;
+        read_line(&mut stream).await.map_err(Error::Handshake)
+    };
+    assert!(attempt.await.is_err());
+    match within(verdict.recv()).await.unwrap() {
+        Err(Error::PeerRejected(PeerRejection::ResumedSessionInvalid(inner))) => {
+            assert!(
+                matches!(
+                    *inner,
+                    PeerRejection::InvalidChain {
+                        reason: ChainError::Expired,
+                        ..
+                    }
+                ),
+                "{inner:?}"
+            );
+        }
+        other => panic!("expected the resumed session to be refused, got {other:?}"),
+    }
+    server.abort();
+}
+
+#[tokio::test]
+async fn a_resumed_session_is_checked_at_the_time_the_handshake_ends_client_side() {
+    // The same on the client: the server's leaf expires while the resumed handshake runs.
+    let ca = DevCa::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let clock = Arc::new(TestClock::at(now));
+    let server_source = MemorySource::new(short_lived(&ca, SERVER_ID, now, 10 * MINUTE));
+    let mut server = TestServer::start(
+        SecureChannel::builder(&server_source)
+            .allow_client(CLIENT_ID)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let client_source = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
+    let client = SecureChannel::builder(&client_source)
+        .expect_server(SERVER_ID)
+        .time_provider(clock.clone())
+        .build()
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("api.example.org").unwrap();
+    let addr = server.addr;
+    let connect = |jump| {
+        let (client, clock, name) = (&client, clock.clone(), name.clone());
+        async move {
+            let tcp = within(tokio::net::TcpStream::connect(addr))
+                .await
+                .map_err(Error::Handshake)?;
+            let io = ClockJumpsOnFirstRead {
+                inner: tcp,
+                clock,
+                jump,
+            };
+            within(client.connect(name, io)).await
+        }
+    };
+
+    let mut stream = connect(None).await.unwrap();
+    assert_eq!(stream.handshake_kind(), Some(rustls::HandshakeKind::Full));
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    drop(stream);
+
+    match connect(Some(now + 20 * MINUTE)).await {
+        Err(Error::PeerRejected(PeerRejection::ResumedSessionInvalid(inner))) => {
+            assert!(
+                matches!(
+                    *inner,
+                    PeerRejection::InvalidChain {
+                        reason: ChainError::Expired,
+                        ..
+                    }
+                ),
+                "{inner:?}"
+            );
+        }
+        other => panic!("expected the resumed session to be refused, got {other:?}"),
+    }
 }

@@ -5,10 +5,10 @@ mod support;
 
 use std::time::{Duration, SystemTime};
 
-use rustls_pki_types::ServerName;
+use rustls_pki_types::{CertificateDer, ServerName};
 use secure_channel::identity::SvidError;
 use secure_channel::testkit::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm};
-use secure_channel::tls::{ChainError, PeerRejection};
+use secure_channel::tls::{ChainError, KeyExchange, PeerRejection};
 use secure_channel::{
     AllowList, Credentials, Error, IdMatcher, MemorySource, SecureChannel, TrustBundles,
 };
@@ -175,6 +175,135 @@ async fn refuses_unknown_ca() {
     assert_eq!(
         expect_chain_error(server_verdict(&leaf_only, &ca, None).await),
         ChainError::UnknownIssuer
+    );
+}
+
+#[tokio::test]
+async fn refuses_chains_through_an_intermediate_that_may_not_sign_certificates() {
+    // X509-SVID 4.3 and RFC 5280 6.1.4 (n): every CA on the path must assert keyCertSign;
+    // rustls-webpki does not check it, the verifier does, on the path webpki used.
+    let root = ca("example.org");
+    let control = root.intermediate().unwrap();
+    let svid = control.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(server_verdict(&svid, &root, None).await.unwrap(), CLIENT_ID);
+
+    let no_key_cert_sign = root.intermediate_without_key_cert_sign().unwrap();
+    let svid = no_key_cert_sign.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &root, None).await),
+        ChainError::MissingKeyCertSign { depth: 1 }
+    );
+    let no_key_usage = root.intermediate_without_key_usage().unwrap();
+    let svid = no_key_usage.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &root, None).await),
+        ChainError::MissingKeyCertSign { depth: 1 }
+    );
+    // Further up the path: a sound intermediate signed by one that may not sign.
+    let above = no_key_cert_sign.intermediate().unwrap();
+    let svid = above.svid(CLIENT_ID).issue().unwrap();
+    assert_eq!(svid.chain().len(), 3);
+    assert_eq!(
+        expect_chain_error(server_verdict(&svid, &root, None).await),
+        ChainError::MissingKeyCertSign { depth: 2 }
+    );
+}
+
+#[tokio::test]
+async fn client_refuses_a_server_chained_through_an_intermediate_without_key_cert_sign() {
+    let root = ca("example.org");
+    let bad = root.intermediate_without_key_cert_sign().unwrap();
+    let creds = MemorySource::new(Credentials::new(
+        bad.svid(SERVER_ID).issue().unwrap().to_svid().unwrap(),
+        TrustBundles::new().with(root.bundle().unwrap()),
+    ));
+    let server_channel = SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .build()
+        .unwrap();
+    let server = TestServer::start(server_channel).await;
+    let client = client_channel(&root, CLIENT_ID, SERVER_ID);
+    match within(client.connect_tcp(server.addr)).await {
+        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
+            assert_eq!(reason, ChainError::MissingKeyCertSign { depth: 1 });
+        }
+        other => panic!("expected InvalidChain, got {other:?}"),
+    }
+}
+
+/// How many times each refused peer below connects (three peers: thousands of handshakes).
+const REFUSED_ROUNDS: usize = 350;
+
+#[tokio::test]
+async fn refused_handshakes_with_junk_intermediates_leave_the_verified_chain_cache_empty() {
+    let root = ca("example.org");
+    let channel = server_channel(&root);
+    let mut server = TestServer::start(channel.clone()).await;
+    let tls13 = &[&rustls::version::TLS13];
+    // Junk the path builder never uses, about 56 KiB per handshake.
+    let junk: Vec<CertificateDer<'static>> = (0..4u8)
+        .map(|i| CertificateDer::from(vec![i; 14 * 1024]))
+        .collect();
+    let with_junk = |svid: &IssuedSvid, junk: &[CertificateDer<'static>]| {
+        let mut chain = svid.chain().to_vec();
+        chain.extend(junk.iter().cloned());
+        chain
+    };
+    // Trusted but not allowed; allowed but from a CA outside the bundle; allowed but with more
+    // intermediates than the verifier examines.
+    let intruder = root.svid("spiffe://example.org/intruder").issue().unwrap();
+    let rogue = DevCa::new("example.org")
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    let allowed = root
+        .intermediate()
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    let too_many: Vec<_> = (0..7u8)
+        .map(|i| CertificateDer::from(vec![i; 64]))
+        .collect();
+    let refused = [
+        raw_client_config_with_chain(Some((with_junk(&intruder, &junk), &intruder)), tls13),
+        raw_client_config_with_chain(Some((with_junk(&rogue, &junk), &rogue)), tls13),
+        raw_client_config_with_chain(Some((with_junk(&allowed, &too_many), &allowed)), tls13),
+    ];
+    for _ in 0..REFUSED_ROUNDS {
+        for (index, config) in refused.iter().enumerate() {
+            assert!(raw_connect(config.clone(), server.addr).await.is_err());
+            match (index, server.next().await) {
+                (0, Err(Error::PeerRejected(PeerRejection::NotAllowed { .. })))
+                | (1, Err(Error::PeerRejected(PeerRejection::InvalidChain { .. })))
+                | (
+                    2,
+                    Err(Error::PeerRejected(PeerRejection::InvalidChain {
+                        reason:
+                            ChainError::TooManyIntermediates {
+                                presented: 8,
+                                limit: 6,
+                            },
+                        ..
+                    })),
+                ) => {}
+                (index, other) => panic!("peer {index}: unexpected verdict {other:?}"),
+            }
+        }
+    }
+    assert_eq!(channel.verified_chain_cache_usage(), (0, 0));
+
+    // The control: an admitted peer is cached, with the path webpki used and not the junk.
+    let config = raw_client_config_with_chain(Some((with_junk(&allowed, &junk), &allowed)), tls13);
+    assert_eq!(raw_connect(config, server.addr).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    let (entries, bytes) = channel.verified_chain_cache_usage();
+    let path_bytes: usize = allowed.chain().iter().map(|c| c.as_ref().len()).sum();
+    assert_eq!(entries, 1);
+    assert!(
+        bytes >= path_bytes && bytes < path_bytes + 1024,
+        "{bytes} bytes cached for a {path_bytes}-byte path"
     );
 }
 
@@ -609,4 +738,198 @@ async fn federation_uses_the_bundle_of_the_peers_trust_domain() {
             PeerRejection::UnknownTrustDomain { .. }
         ))
     ));
+}
+
+/// Serves one handshake with a plain tokio-rustls acceptor driven by `config` (no
+/// `SecureChannel::accept`, so no second check after the handshake), and returns the client's
+/// and the acceptor's results.
+async fn plain_acceptor_verdict(
+    config: std::sync::Arc<rustls::ServerConfig>,
+    client: std::sync::Arc<rustls::ClientConfig>,
+) -> (std::io::Result<String>, std::io::Result<Option<usize>>) {
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(config);
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let mut stream = acceptor.accept(tcp).await?;
+        let presented = stream.get_ref().1.peer_certificates().map(|c| c.len());
+        stream.write_all(b"served\n").await?;
+        stream.shutdown().await?;
+        Ok(presented)
+    });
+    let client_side = raw_connect(client, addr).await;
+    let server_side = within(server).await.unwrap();
+    (client_side, server_side)
+}
+
+/// The rejection inside a handshake error of a plain rustls peer, if the verifier made it.
+fn rejection_of(error: &std::io::Error) -> Option<PeerRejection> {
+    match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+            other.0.downcast_ref::<PeerRejection>().cloned()
+        }
+        rustls::Error::NoCertificatesPresented => Some(PeerRejection::NoCertificate),
+        _ => None,
+    }
+}
+
+#[tokio::test]
+async fn server_config_used_by_another_tls_stack_refuses_untrusted_unlisted_and_anonymous_clients()
+{
+    // `server_config()` exists for serving with other TLS stacks: the verifier inside it must
+    // refuse on its own, without `SecureChannel::accept`'s check after the handshake.
+    let root = ca("example.org");
+    let config = server_channel(&root).server_config();
+    let tls13 = &[&rustls::version::TLS13];
+
+    // The control: a listed client is served, and presented its certificate.
+    let listed = root.svid(CLIENT_ID).issue().unwrap();
+    let (client, server) = plain_acceptor_verdict(
+        config.clone(),
+        raw_client_config(Some((&listed, true)), tls13),
+    )
+    .await;
+    assert_eq!(client.unwrap(), "served");
+    assert_eq!(server.unwrap(), Some(1));
+
+    let unlisted = root.svid("spiffe://example.org/intruder").issue().unwrap();
+    let untrusted = DevCa::new("example.org")
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    for (name, client_config) in [
+        (
+            "unlisted",
+            raw_client_config(Some((&unlisted, true)), tls13),
+        ),
+        (
+            "untrusted",
+            raw_client_config(Some((&untrusted, true)), tls13),
+        ),
+        ("anonymous", raw_client_config(None, tls13)),
+    ] {
+        let (client, server) = plain_acceptor_verdict(config.clone(), client_config).await;
+        assert!(client.is_err(), "{name}: the client was served");
+        let error = server.expect_err(name);
+        match (name, rejection_of(&error)) {
+            ("unlisted", Some(PeerRejection::NotAllowed { presented, .. })) => {
+                assert_eq!(presented.to_string(), "spiffe://example.org/intruder");
+            }
+            (
+                "untrusted",
+                Some(PeerRejection::InvalidChain {
+                    reason: ChainError::UnknownIssuer,
+                    ..
+                }),
+            ) => {}
+            // Client authentication is mandatory: rustls itself refuses a client without one.
+            ("anonymous", Some(PeerRejection::NoCertificate)) => {}
+            (name, other) => panic!("{name}: unexpected refusal {other:?} ({error})"),
+        }
+    }
+}
+
+fn channel_with(
+    ca: &DevCa,
+    id: &str,
+    configure: impl FnOnce(secure_channel::SecureChannelBuilder) -> secure_channel::SecureChannelBuilder,
+) -> SecureChannel {
+    let creds = MemorySource::new(ca.credentials(id).unwrap());
+    configure(SecureChannel::builder(&creds)).build().unwrap()
+}
+
+/// The key exchange group a `client` choice and a `server` choice negotiate, or the client's
+/// error.
+async fn negotiated(client: KeyExchange, server: KeyExchange) -> Result<rustls::NamedGroup, Error> {
+    let ca = ca("example.org");
+    let server = channel_with(&ca, SERVER_ID, |b| {
+        b.allow_client(CLIENT_ID).key_exchange(server)
+    });
+    let mut server = TestServer::start(server).await;
+    let client = channel_with(&ca, CLIENT_ID, |b| {
+        b.expect_server(SERVER_ID).key_exchange(client)
+    });
+    let mut stream = within(client.connect_tcp(server.addr)).await?;
+    let group = stream.key_exchange_group().expect("a negotiated group");
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    Ok(group)
+}
+
+#[tokio::test]
+async fn hybrid_post_quantum_key_exchange_is_the_default() {
+    use rustls::NamedGroup;
+    let pq = KeyExchange::PostQuantumOnly;
+    let classical = KeyExchange::ClassicalOnly;
+    let default = KeyExchange::default();
+    assert_eq!(default, KeyExchange::PreferPostQuantum);
+    assert_eq!(
+        negotiated(default, default).await.unwrap(),
+        NamedGroup::X25519MLKEM768
+    );
+    // Each side's choice holds against a default peer.
+    assert_eq!(
+        negotiated(classical, default).await.unwrap(),
+        NamedGroup::X25519
+    );
+    assert_eq!(
+        negotiated(default, classical).await.unwrap(),
+        NamedGroup::X25519
+    );
+    assert_eq!(
+        negotiated(pq, default).await.unwrap(),
+        NamedGroup::X25519MLKEM768
+    );
+    assert_eq!(
+        negotiated(default, pq).await.unwrap(),
+        NamedGroup::X25519MLKEM768
+    );
+    // Post-quantum only and classical only have nothing in common.
+    assert!(negotiated(classical, pq).await.is_err());
+    assert!(negotiated(pq, classical).await.is_err());
+}
+
+#[tokio::test]
+async fn a_post_quantum_only_server_refuses_a_classical_foreign_client() {
+    let root = ca("example.org");
+    let server = channel_with(&root, SERVER_ID, |b| {
+        b.allow_client(CLIENT_ID)
+            .key_exchange(KeyExchange::PostQuantumOnly)
+    });
+    let mut server = TestServer::start(server).await;
+    let svid = root.svid(CLIENT_ID).issue().unwrap();
+    let tls13 = &[&rustls::version::TLS13];
+    // The control: plain rustls with its stock groups (X25519MLKEM768 among them) gets in.
+    let stock = raw_client_config(Some((&svid, true)), tls13);
+    assert_eq!(raw_connect(stock, server.addr).await.unwrap(), CLIENT_ID);
+    assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    // Without the hybrid group it does not.
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider
+        .kx_groups
+        .retain(|g| g.name() != rustls::NamedGroup::X25519MLKEM768);
+    let classical =
+        raw_client_config_with_provider(Some((svid.chain().to_vec(), &svid)), tls13, provider);
+    assert!(raw_connect(classical, server.addr).await.is_err());
+    assert!(matches!(server.next().await, Err(Error::Handshake(_))));
+}
+
+#[test]
+fn post_quantum_only_cannot_be_combined_with_tls12() {
+    let ca = ca("example.org");
+    let creds = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let result = SecureChannel::builder(&creds)
+        .allow_client(CLIENT_ID)
+        .allow_tls12()
+        .key_exchange(KeyExchange::PostQuantumOnly)
+        .build();
+    match result {
+        Err(error @ Error::KeyExchange { .. }) => {
+            assert!(error.to_string().contains("allow_tls12"), "{error}");
+        }
+        other => panic!("expected Error::KeyExchange, got {:?}", other.err()),
+    }
 }

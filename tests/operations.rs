@@ -83,15 +83,18 @@ async fn handshake_credential_and_connection_metrics() {
     assert!(server.next().await.is_err());
 
     let snap = snapshot(&snapshotter);
+    // The negotiated key exchange group is a label: hybrid post-quantum by default.
     let accepted = [
         ("side", "server"),
         ("outcome", "accepted"),
         ("reason", "ok"),
+        ("group", "X25519MLKEM768"),
     ];
     let refused = [
         ("side", "server"),
         ("outcome", "refused"),
         ("reason", "not_allowed"),
+        ("group", "none"),
     ];
     assert_eq!(
         counter(&snap, "secure_channel_handshakes_total", &accepted),

@@ -53,6 +53,9 @@ const KEEP_ALIVE_PERIOD: Duration = Duration::from_millis(10);
 const NEW_CONNECTION_PERIOD: Duration = Duration::from_millis(25);
 /// Upper bound for any single step: a request, a propagation, a start-up.
 const STEP: Duration = Duration::from_secs(10);
+/// The most chains the four channels' verified-chain caches may hold together at a sample: a
+/// few peer leaves of the current credential revision each.
+const MAX_CACHED_CHAINS: usize = 32;
 /// Kept error messages, for the report.
 const ERROR_SAMPLES: usize = 20;
 
@@ -553,8 +556,9 @@ async fn soak_rotation_under_load() {
             .build()
             .unwrap()
     };
-    let (files_addr, files_listener, files_task) = serve(&server_channel(&server_files)).await;
-    let (api_addr, api_listener, api_task) = serve(&server_channel(&server_api)).await;
+    let server_channels = [server_channel(&server_files), server_channel(&server_api)];
+    let (files_addr, files_listener, files_task) = serve(&server_channels[0]).await;
+    let (api_addr, api_listener, api_task) = serve(&server_channels[1]).await;
     let targets = [
         Target {
             addr: files_addr,
@@ -572,9 +576,18 @@ async fn soak_rotation_under_load() {
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let mut workers = Vec::new();
+    let client_channels = [client_channel(&client_files), client_channel(&client_api)];
+    // The verified-chain caches of all four channels: entries and bytes.
+    let cached_chains = || {
+        server_channels
+            .iter()
+            .chain(&client_channels)
+            .map(SecureChannel::verified_chain_cache_usage)
+            .fold((0, 0), |(n, b), (en, eb)| (n + en, b + eb))
+    };
     for (caller, channel) in [
-        (CLIENT_FILES, client_channel(&client_files)),
-        (CLIENT_API, client_channel(&client_api)),
+        (CLIENT_FILES, client_channels[0].clone()),
+        (CLIENT_API, client_channels[1].clone()),
     ] {
         for target in &targets {
             for mode in [Mode::KeepAliveH2, Mode::KeepAliveH1, Mode::NewConnection] {
@@ -603,15 +616,15 @@ async fn soak_rotation_under_load() {
     );
     let mut rotation_errors = Vec::new();
     let mut rss_samples = Vec::new();
-    let mut partners = Vec::new();
     for tick in 1..=ticks {
         let at = started + ROTATE_EVERY * tick as u32;
         if at >= deadline {
             break;
         }
         tokio::time::sleep_until(at).await;
-        partners.push(DevCa::new(PARTNER_DOMAIN).unwrap());
-        let partner = partners.last().unwrap();
+        // Only this tick's partner CA is kept (the harness itself must not grow per tick).
+        let partner_ca = DevCa::new(PARTNER_DOMAIN).unwrap();
+        let partner = &partner_ca;
         let plan = if tick < add {
             Plan {
                 issuer: &old_ca,
@@ -677,7 +690,7 @@ async fn soak_rotation_under_load() {
             break;
         }
         if tick % 3 == 0 {
-            rss_samples.push((started.elapsed().as_secs(), rss_kib()));
+            rss_samples.push((started.elapsed().as_secs(), rss_kib(), cached_chains()));
         }
     }
 
@@ -767,12 +780,20 @@ async fn soak_rotation_under_load() {
     }
     let samples: Vec<String> = rss_samples
         .iter()
-        .map(|(t, kib)| format!("{t}s {kib}"))
+        .map(|(t, kib, _)| format!("{t}s {kib}"))
         .collect();
     println!(
         "RSS (KiB): start {rss_start}, end {rss_end} (change {:+}); samples: {}",
         rss_end as i64 - rss_start as i64,
         samples.join(", ")
+    );
+    let cache_samples: Vec<String> = rss_samples
+        .iter()
+        .map(|(t, _, (entries, bytes))| format!("{t}s {entries}/{bytes}"))
+        .collect();
+    println!(
+        "verified-chain caches of the 4 channels (entries/bytes): {}",
+        cache_samples.join(", ")
     );
     let errors = stats.errors.lock().unwrap();
     if !errors.is_empty() {
@@ -786,6 +807,13 @@ async fn soak_rotation_under_load() {
     }
 
     assert!(rotation_errors.is_empty(), "rotations did not propagate");
+    // Entries of superseded credential revisions are dropped: the caches hold the chains of
+    // the current revision only, however many rotations went by.
+    let most_cached = rss_samples.iter().map(|(_, _, (n, _))| *n).max();
+    assert!(
+        most_cached.unwrap_or(0) <= MAX_CACHED_CHAINS,
+        "the verified-chain caches grew to {most_cached:?} entries"
+    );
     assert_eq!(failed, 0, "failed requests");
     assert_eq!(dropped, 0, "requests sent without a response");
     assert_eq!(ok, sent);

@@ -11,4 +11,4 @@ pub use admission::PeerAdmission;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
 pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError};
-pub(crate) use svid::{chain_validity, inspect_leaf};
+pub(crate) use svid::{chain_validity, inspect_leaf, inspect_signing_cert};

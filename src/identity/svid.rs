@@ -205,6 +205,13 @@ fn is_canonical(id: &SpiffeId, uri: &str) -> bool {
 
 /// The span of time in which every certificate of `chain` is valid, as Unix seconds
 /// (latest not-before, earliest not-after); `None` if a certificate cannot be parsed.
+#[cfg_attr(
+    not(fuzzing),
+    allow(
+        dead_code,
+        reason = "the fuzzing hooks' view; the verifier reads each CA with inspect_signing_cert"
+    )
+)]
 pub(crate) fn chain_validity<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> Option<(i64, i64)> {
     let mut window = (i64::MIN, i64::MAX);
     for der in chain {
@@ -213,6 +220,29 @@ pub(crate) fn chain_validity<'a>(chain: impl IntoIterator<Item = &'a [u8]>) -> O
         window.1 = window.1.min(validity.not_after.timestamp());
     }
     Some(window)
+}
+
+/// What the verifier reads of a CA certificate on a validated path (not a leaf).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct SigningCert {
+    /// The certificate's validity as Unix seconds (not-before, not-after).
+    pub(crate) validity: (i64, i64),
+    /// Whether its key usage extension is present and asserts keyCertSign (X509-SVID 4.3,
+    /// RFC 5280 6.1.4 (n)): the bit every certificate that signs another must carry.
+    pub(crate) key_cert_sign: bool,
+}
+
+/// Reads the validity and key usage of a CA certificate of a path rustls-webpki validated.
+pub(crate) fn inspect_signing_cert(der: &[u8]) -> Result<SigningCert, SvidError> {
+    let tbs = tbs_fields(der)?;
+    let extensions = svid_extensions(tbs.extensions)?;
+    Ok(SigningCert {
+        validity: (
+            tbs.validity.not_before.timestamp(),
+            tbs.validity.not_after.timestamp(),
+        ),
+        key_cert_sign: extensions.key_usage.is_some_and(|ku| ku.key_cert_sign()),
+    })
 }
 
 /// The fields of a certificate's `TBSCertificate` that the SVID rules read, borrowed from its

@@ -168,12 +168,38 @@ impl DevCa {
 
     /// An intermediate CA signed by this one; SVIDs it issues carry it in their chain.
     pub fn intermediate(&self) -> Result<Self, TestkitError> {
+        self.intermediate_with_key_usage(None)
+    }
+
+    /// An intermediate CA (basicConstraints cA=true) whose key usage lacks keyCertSign
+    /// (digitalSignature and cRLSign only): not a valid signing certificate (X509-SVID 4.3), so
+    /// chains through it must be refused.
+    pub fn intermediate_without_key_cert_sign(&self) -> Result<Self, TestkitError> {
+        self.intermediate_with_key_usage(Some(vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::CrlSign,
+        ]))
+    }
+
+    /// An intermediate CA without a key usage extension at all: not a valid signing
+    /// certificate either.
+    pub fn intermediate_without_key_usage(&self) -> Result<Self, TestkitError> {
+        self.intermediate_with_key_usage(Some(Vec::new()))
+    }
+
+    fn intermediate_with_key_usage(
+        &self,
+        key_usages: Option<Vec<KeyUsagePurpose>>,
+    ) -> Result<Self, TestkitError> {
         let key = KeyAlgorithm::EcdsaP256.generate()?;
         let depth = self.intermediates.len() + 1;
         let mut params = ca_params(
             &self.trust_domain,
             &format!("{} intermediate CA {depth}", self.trust_domain),
         )?;
+        if let Some(key_usages) = key_usages {
+            params.key_usages = key_usages;
+        }
         params.serial_number = Some(serial_for(&key));
         let cert = params.signed_by(&key, &self.issuer)?.der().clone();
         let mut intermediates = vec![cert.clone()];

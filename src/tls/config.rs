@@ -5,7 +5,7 @@ use std::sync::Arc;
 use rustls::client::Resumption;
 use rustls::crypto::CryptoProvider;
 use rustls::time_provider::TimeProvider;
-use rustls::{CipherSuite, ClientConfig, ServerConfig, SupportedProtocolVersion};
+use rustls::{CipherSuite, ClientConfig, NamedGroup, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::UnixTime;
 
 use crate::Error;
@@ -32,11 +32,48 @@ static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
 static TLS13_AND_TLS12: &[&SupportedProtocolVersion] =
     &[&rustls::version::TLS13, &rustls::version::TLS12];
 
-/// Protocol versions and suites.
+/// Which key exchange groups a channel offers (as a client) and accepts (as a server).
+///
+/// The hybrid post-quantum group X25519MLKEM768 (X25519 combined with ML-KEM-768) protects
+/// recorded traffic against a future quantum computer while staying at least as strong as
+/// X25519 alone. It needs the `aws-lc-rs` provider: rustls's `ring` provider has no ML-KEM, so
+/// with `ring` only the default offers the classical groups, and
+/// [`PostQuantumOnly`](Self::PostQuantumOnly) refuses to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum KeyExchange {
+    /// X25519MLKEM768 first, then the classical groups (X25519, P-256, P-384) for peers without
+    /// it: the order rustls's `prefer-post-quantum` feature gives (the default). A client sends
+    /// key shares for X25519MLKEM768 and X25519, so a classical server costs no extra round trip.
+    #[default]
+    PreferPostQuantum,
+    /// Classical groups only (X25519, P-256, P-384): no protection against recorded traffic
+    /// being decrypted later; for peers that cannot handle the larger hybrid key shares.
+    ClassicalOnly,
+    /// The hybrid post-quantum group only: peers without X25519MLKEM768 cannot connect. TLS 1.3
+    /// only (cannot be combined with `allow_tls12`), and needs the `aws-lc-rs` provider.
+    PostQuantumOnly,
+}
+
+/// Whether `group` includes ML-KEM (a post-quantum hybrid, or ML-KEM alone).
+fn is_post_quantum(group: NamedGroup) -> bool {
+    matches!(
+        group,
+        NamedGroup::X25519MLKEM768
+            | NamedGroup::secp256r1MLKEM768
+            | NamedGroup::MLKEM512
+            | NamedGroup::MLKEM768
+            | NamedGroup::MLKEM1024
+    )
+}
+
+/// Protocol versions, suites and key exchange groups.
 #[derive(Debug, Clone, Copy, Default)]
 pub(crate) struct TlsPolicy {
     /// Whether TLS 1.2 is accepted besides TLS 1.3.
     pub(crate) allow_tls12: bool,
+    /// The key exchange groups.
+    pub(crate) key_exchange: KeyExchange,
 }
 
 impl TlsPolicy {
@@ -48,7 +85,7 @@ impl TlsPolicy {
         }
     }
 
-    fn provider(self, base: &CryptoProvider) -> Arc<CryptoProvider> {
+    fn provider(self, base: &CryptoProvider) -> Result<Arc<CryptoProvider>, Error> {
         let mut provider = base.clone();
         provider.cipher_suites.retain(|suite| match suite {
             rustls::SupportedCipherSuite::Tls13(_) => true,
@@ -56,7 +93,28 @@ impl TlsPolicy {
                 self.allow_tls12 && TLS12_SUITES.contains(&suite.suite())
             }
         });
-        Arc::new(provider)
+        let groups = &mut provider.kx_groups;
+        match self.key_exchange {
+            // A stable sort: the post-quantum groups first, each part in the provider's order.
+            KeyExchange::PreferPostQuantum => groups.sort_by_key(|g| !is_post_quantum(g.name())),
+            KeyExchange::ClassicalOnly => groups.retain(|g| !is_post_quantum(g.name())),
+            KeyExchange::PostQuantumOnly => {
+                if self.allow_tls12 {
+                    return Err(Error::KeyExchange {
+                        choice: self.key_exchange,
+                        reason: "TLS 1.2 has no post-quantum key exchange: do not combine it with allow_tls12()",
+                    });
+                }
+                groups.retain(|g| g.name() == NamedGroup::X25519MLKEM768);
+                if groups.is_empty() {
+                    return Err(Error::KeyExchange {
+                        choice: self.key_exchange,
+                        reason: "the crypto provider has no X25519MLKEM768 (ML-KEM needs the aws-lc-rs feature)",
+                    });
+                }
+            }
+        }
+        Ok(Arc::new(provider))
     }
 }
 
@@ -85,7 +143,7 @@ impl TlsConfigs {
         policy: TlsPolicy,
         time: Arc<dyn TimeProvider>,
     ) -> Result<Self, Error> {
-        let provider = policy.provider(crate::crypto::default_provider()?.as_ref());
+        let provider = policy.provider(crate::crypto::default_provider()?.as_ref())?;
         let algorithms = provider.signature_verification_algorithms;
         let clients_verifier = Arc::new(
             SvidVerifier::new(source.clone(), allowed_clients, Side::Clients, algorithms)

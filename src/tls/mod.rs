@@ -5,7 +5,8 @@
 //!   the allow-list), never by host name;
 //! - certificate resolvers that present the current SVID of a [`CredentialSource`], so a rotation
 //!   reaches the next handshake;
-//! - the TLS policy (TLS 1.3 only unless TLS 1.2 is opted into; ALPN `h2` and `http/1.1`);
+//! - the TLS policy (TLS 1.3 only unless TLS 1.2 is opted into; hybrid post-quantum key exchange
+//!   X25519MLKEM768 preferred, see [`KeyExchange`]; ALPN `h2` and `http/1.1`);
 //! - re-validation of resumed sessions against the current bundles.
 //!
 //! # Security
@@ -13,7 +14,8 @@
 //! Limits inherited from rustls-webpki: chains whose CAs carry URI name constraints are refused
 //! (webpki does not evaluate URI name constraints, so it fails closed); revocation (CRL, OCSP) is
 //! not checked, as is usual for short-lived SVIDs; signatures follow webpki's algorithm set
-//! (no SHA-1, RSA keys of 2048 bits or more).
+//! (no SHA-1, RSA keys of 2048 bits or more). What webpki does not check on intermediates, the
+//! verifier does: every CA on the validated path must assert keyUsage keyCertSign.
 //!
 //! [`CredentialSource`]: crate::source::CredentialSource
 
@@ -23,6 +25,7 @@ mod resolver;
 mod sessions;
 mod verifier;
 
+pub use config::KeyExchange;
 pub(crate) use config::{TlsConfigs, TlsPolicy};
 pub use rejection::{ChainError, PeerRejection};
 #[cfg(feature = "testkit")]

@@ -77,6 +77,24 @@ pub enum ChainError {
     /// The extended key usage does not allow this use.
     #[error("extended key usage does not allow this use")]
     ExtendedKeyUsage,
+    /// A CA certificate on the validated path does not assert keyUsage keyCertSign (or has no
+    /// key usage extension): it may not sign certificates (X509-SVID 4.3, RFC 5280 6.1.4 (n)).
+    /// rustls-webpki does not check this; the verifier does, on the path webpki used.
+    #[error(
+        "intermediate CA at depth {depth} of the validated path (1 = the leaf's issuer) lacks keyUsage keyCertSign"
+    )]
+    MissingKeyCertSign {
+        /// The intermediate's position on the path: 1 for the leaf's issuer, then upwards.
+        depth: usize,
+    },
+    /// The peer presented more intermediate certificates than the verifier examines.
+    #[error("{presented} intermediate certificates presented; at most {limit} are accepted")]
+    TooManyIntermediates {
+        /// How many intermediates the peer sent (the leaf not counted).
+        presented: usize,
+        /// The most accepted.
+        limit: usize,
+    },
     /// Any other failure, as webpki describes it.
     #[error("{0}")]
     Other(String),

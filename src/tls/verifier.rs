@@ -10,7 +10,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
-use crate::identity::{AllowList, PeerAdmission, PeerIdentity, chain_validity, inspect_leaf};
+use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
 use crate::source::{CredentialSource, Snapshot};
 use crate::tls::{ChainError, PeerRejection};
 
@@ -34,57 +34,105 @@ pub(crate) struct SvidVerifier {
     verified: VerifiedChains,
 }
 
+/// The most intermediate certificates a peer may present (the leaf not counted). rustls-webpki
+/// builds paths of at most six intermediates, and SPIFFE chains carry one or two; anything longer
+/// is refused before path building.
+pub(crate) const MAX_INTERMEDIATES: usize = 6;
+
 /// How many verified chains are remembered before the cache starts over.
 const VERIFIED_CHAINS_CAPACITY: usize = 4096;
 
-/// Chains that passed verification, found by a keyed hash of the presented certificates and
+/// How many bytes (certificates plus [`ENTRY_OVERHEAD`] per entry) the cache holds before it
+/// starts over.
+const VERIFIED_CHAINS_MAX_BYTES: usize = 4 << 20;
+
+/// What an entry costs besides its certificates' bytes (the map slot, the identity's fields),
+/// rounded up.
+const ENTRY_OVERHEAD: usize = 256;
+
+/// Chains of admitted peers that passed verification, found by a keyed hash of the leaf and
 /// compared byte for byte.
 ///
 /// Chain validation is a pure function of the chain bytes, the bundles and the clock; an entry
-/// holds the credential revision it was verified under (the bundles) and the span in which
-/// every certificate of the chain is valid (the clock), and is used only while both still hold.
-/// Who may connect is decided after the lookup, on every handshake, so a changed allow-list or
-/// policy applies at once. It spares resumed sessions, and the identity lookup after a full
-/// handshake, a second chain validation.
+/// holds the span in which every certificate of its path is valid (the clock) and belongs to the
+/// credential revision the cache is at (the bundles); a newer revision empties the cache, so
+/// entries of superseded credentials are dropped rather than left to age out. Who may connect
+/// is decided after the lookup, on every handshake, so a changed allow-list or policy applies at
+/// once. It spares resumed sessions, and the identity lookup after a full handshake, a second
+/// chain validation.
+///
+/// Only peers that were admitted are cached, and only the path rustls-webpki used (leaf and the
+/// intermediates up to the anchor), not whatever else the peer presented: a lookup hits when
+/// the leaf is the same and every certificate of the cached path is presented again, which is
+/// enough for the same validation to succeed. The cache is bounded by entries and by bytes.
 ///
 /// The hash only finds the slot (SipHash under a random key of this cache, so a peer cannot aim
-/// at another's slot); an entry is used only if its chain equals the presented one, so a
+/// at another's slot); an entry is used only if its leaf equals the presented one, so a
 /// collision costs a validation, never an identity.
 #[derive(Debug, Default)]
 struct VerifiedChains {
     hasher: RandomState,
-    entries: Mutex<HashMap<u64, VerifiedChain>>,
+    entries: Mutex<Entries>,
 }
 
+/// The cache's content: entries of one credential revision.
+#[derive(Debug, Default)]
+struct Entries {
+    revision: u64,
+    bytes: usize,
+    map: HashMap<u64, VerifiedChain>,
+}
+
+impl Entries {
+    fn clear(&mut self) {
+        self.map.clear();
+        self.bytes = 0;
+    }
+}
+
+/// A chain that validated: its identity, the intermediates of the path webpki used, and the
+/// span in which all of them are valid.
 #[derive(Debug, Clone)]
 struct VerifiedChain {
-    revision: u64,
     valid_from: i64,
     valid_until: i64,
-    /// The leaf is the identity's own certificate; these are the rest of the chain.
-    intermediates: Box<[CertificateDer<'static>]>,
+    /// The intermediates of the validated path, the leaf's issuer first (the leaf is the
+    /// identity's own certificate); never a certificate the path did not use.
+    path: Box<[CertificateDer<'static>]>,
     identity: PeerIdentity,
 }
 
 impl VerifiedChain {
-    fn is_chain(&self, end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> bool {
+    /// Whether `end_entity` is this chain's leaf and every certificate of its path is among
+    /// `intermediates`.
+    fn is_presented_by(&self, end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> bool {
         self.identity.leaf_certificate().as_ref() == end_entity
-            && self.intermediates.len() == intermediates.len()
-            && self
-                .intermediates
-                .iter()
-                .zip(intermediates)
-                .all(|(stored, presented)| stored.as_ref() == presented.as_ref())
+            && self.path.iter().all(|used| {
+                intermediates
+                    .iter()
+                    .any(|presented| presented.as_ref() == used.as_ref())
+            })
+    }
+
+    /// What the entry counts against [`VERIFIED_CHAINS_MAX_BYTES`].
+    fn size(&self) -> usize {
+        ENTRY_OVERHEAD
+            + self.identity.leaf_certificate().as_ref().len()
+            + self.path.iter().map(|c| c.as_ref().len()).sum::<usize>()
     }
 }
 
 impl VerifiedChains {
-    fn key(&self, end_entity: &CertificateDer<'_>, intermediates: &[CertificateDer<'_>]) -> u64 {
+    fn key(&self, end_entity: &CertificateDer<'_>) -> u64 {
         let mut hasher = self.hasher.build_hasher();
-        for cert in std::iter::once(end_entity).chain(intermediates) {
-            hasher.write(cert.as_ref());
-        }
+        hasher.write(end_entity.as_ref());
         hasher.finish()
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     fn get(
@@ -95,28 +143,46 @@ impl VerifiedChains {
         revision: u64,
         now: UnixTime,
     ) -> Option<PeerIdentity> {
-        let entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        let entry = entries.get(&key)?;
+        let entries = self.lock();
+        if entries.revision != revision {
+            return None;
+        }
+        let entry = entries.map.get(&key)?;
         let now = i64::try_from(now.as_secs()).ok()?;
-        (entry.revision == revision
-            && entry.valid_from <= now
+        (entry.valid_from <= now
             && now <= entry.valid_until
-            && entry.is_chain(end_entity.as_ref(), intermediates))
+            && entry.is_presented_by(end_entity.as_ref(), intermediates))
         .then(|| entry.identity.clone())
     }
 
-    fn insert(&self, key: u64, entry: VerifiedChain) {
-        let mut entries = self
-            .entries
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        if entries.len() >= VERIFIED_CHAINS_CAPACITY {
+    /// Remembers `entry`, verified under credential `revision`: a newer revision empties the
+    /// cache first, an older one (a handshake that started before a rotation) is not kept.
+    fn insert(&self, key: u64, revision: u64, entry: VerifiedChain) {
+        let mut entries = self.lock();
+        if revision < entries.revision {
+            return;
+        }
+        if revision > entries.revision {
+            entries.clear();
+            entries.revision = revision;
+        }
+        let size = entry.size();
+        if entries.map.len() >= VERIFIED_CHAINS_CAPACITY
+            || entries.bytes + size > VERIFIED_CHAINS_MAX_BYTES
+        {
             entries.clear();
         }
-        entries.insert(key, entry);
+        if let Some(replaced) = entries.map.insert(key, entry) {
+            entries.bytes -= replaced.size();
+        }
+        entries.bytes += size;
+    }
+
+    /// How many entries, and how many bytes they count.
+    #[cfg(any(test, feature = "testkit"))]
+    fn usage(&self) -> (usize, usize) {
+        let entries = self.lock();
+        (entries.map.len(), entries.bytes)
     }
 }
 
@@ -135,6 +201,12 @@ impl SvidVerifier {
             algorithms,
             verified: VerifiedChains::default(),
         }
+    }
+
+    /// How many chains the verified-chain cache holds, and the bytes they count.
+    #[cfg(any(test, feature = "testkit"))]
+    pub(crate) fn cache_usage(&self) -> (usize, usize) {
+        self.verified.usage()
     }
 
     /// Also admits the peers `admission` admits.
@@ -165,7 +237,7 @@ impl SvidVerifier {
     ///
     /// Order matters: the SVID shape is checked, then the chain against the bundle of the trust
     /// domain named in the leaf (never another), and only an authenticated ID is matched against
-    /// the allow-list.
+    /// the allow-list. Only an admitted peer's chain is cached.
     pub(crate) fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -173,46 +245,43 @@ impl SvidVerifier {
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
         let snapshot = self.source.snapshot();
-        let key = self.verified.key(end_entity, intermediates);
+        let key = self.verified.key(end_entity);
         if let Some(identity) =
             self.verified
                 .get(key, end_entity, intermediates, snapshot.revision, now)
         {
             return self.admit(identity);
         }
-        let (identity, validity) = self.validate(&snapshot, end_entity, intermediates, now)?;
-        if let Some((valid_from, valid_until)) = validity {
-            self.verified.insert(
-                key,
-                VerifiedChain {
-                    revision: snapshot.revision,
-                    valid_from,
-                    valid_until,
-                    intermediates: intermediates
-                        .iter()
-                        .map(|cert| cert.clone().into_owned())
-                        .collect(),
-                    identity: identity.clone(),
-                },
-            );
-        }
-        self.admit(identity)
+        let verified = self.validate(&snapshot, end_entity, intermediates, now)?;
+        let identity = self.admit(verified.identity.clone())?;
+        self.verified.insert(key, snapshot.revision, verified);
+        Ok(identity)
     }
 
     /// Validates a chain against `snapshot`'s bundles, without the cache or the allow-list:
-    /// the authenticated identity, and the span in which every certificate is valid.
+    /// the authenticated identity, the path rustls-webpki used and the span in which every
+    /// certificate of that path is valid.
     fn validate(
         &self,
         snapshot: &Snapshot,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
-    ) -> Result<(PeerIdentity, Option<(i64, i64)>), PeerRejection> {
+    ) -> Result<VerifiedChain, PeerRejection> {
         let leaf = inspect_leaf(end_entity.as_ref()).map_err(PeerRejection::NotSvid)?;
         let presented = leaf.spiffe_id;
         let Some(bundle) = snapshot.credentials.bundles().get(presented.trust_domain()) else {
             return Err(PeerRejection::UnknownTrustDomain { presented });
         };
+        if intermediates.len() > MAX_INTERMEDIATES {
+            return Err(PeerRejection::InvalidChain {
+                presented,
+                reason: ChainError::TooManyIntermediates {
+                    presented: intermediates.len(),
+                    limit: MAX_INTERMEDIATES,
+                },
+            });
+        }
         let usage = match self.side {
             Side::Clients => webpki::KeyUsage::client_auth(),
             Side::Servers => webpki::KeyUsage::server_auth(),
@@ -220,34 +289,29 @@ impl SvidVerifier {
         let chain_result = webpki::EndEntityCert::try_from(end_entity)
             .map_err(ChainError::from)
             .and_then(|cert| {
-                cert.verify_for_usage(
-                    self.algorithms.all,
-                    bundle.anchors(),
-                    intermediates,
-                    now,
-                    usage,
-                    None,
-                    None,
-                )
-                .map(|_| ())
-                .map_err(ChainError::from)
+                let path = cert
+                    .verify_for_usage(
+                        self.algorithms.all,
+                        bundle.anchors(),
+                        intermediates,
+                        now,
+                        usage,
+                        None,
+                        None,
+                    )
+                    .map_err(ChainError::from)?;
+                signing_path(&path, leaf.validity)
             });
-        if let Err(reason) = chain_result {
-            return Err(PeerRejection::InvalidChain { presented, reason });
-        }
-        let identity =
-            PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after);
-        // The leaf's window is known from its inspection; only the intermediates (if any) are
-        // parsed for theirs.
-        let validity = chain_validity(intermediates.iter().map(|c| c.as_ref())).map(
-            |(valid_from, valid_until)| {
-                (
-                    valid_from.max(leaf.validity.0),
-                    valid_until.min(leaf.validity.1),
-                )
-            },
-        );
-        Ok((identity, validity))
+        let ((valid_from, valid_until), path) = match chain_result {
+            Ok(checked) => checked,
+            Err(reason) => return Err(PeerRejection::InvalidChain { presented, reason }),
+        };
+        Ok(VerifiedChain {
+            valid_from,
+            valid_until,
+            path,
+            identity: PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after),
+        })
     }
 
     /// The identity of a finished handshake's peer, from the chain rustls holds for it.
@@ -310,6 +374,36 @@ impl SvidVerifier {
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
+}
+
+/// The span (Unix seconds) in which a validated path is valid, and its intermediates.
+type SigningPath = ((i64, i64), Box<[CertificateDer<'static>]>);
+
+/// Checks that every intermediate of a path rustls-webpki validated may sign certificates
+/// (keyUsage keyCertSign: webpki does not check it), and returns the span in which the whole
+/// path, leaf included, is valid, with the intermediates, the leaf's issuer first.
+fn signing_path(
+    path: &webpki::VerifiedPath<'_>,
+    leaf_validity: (i64, i64),
+) -> Result<SigningPath, ChainError> {
+    let mut window = leaf_validity;
+    let mut certs = Vec::new();
+    for (index, cert) in path.intermediate_certificates().enumerate() {
+        let depth = index + 1;
+        let der = cert.der();
+        let signing = inspect_signing_cert(der.as_ref()).map_err(|error| {
+            ChainError::Other(format!("intermediate CA at depth {depth}: {error}"))
+        })?;
+        if !signing.key_cert_sign {
+            return Err(ChainError::MissingKeyCertSign { depth });
+        }
+        window = (
+            window.0.max(signing.validity.0),
+            window.1.min(signing.validity.1),
+        );
+        certs.push(der.into_owned());
+    }
+    Ok((window, certs.into()))
 }
 
 /// The server side's view: verifies client SVIDs. Client certificates are mandatory.
@@ -448,8 +542,8 @@ impl BenchVerifier {
             return Err(PeerRejection::NoCertificate);
         };
         let snapshot = self.0.source.snapshot();
-        let (identity, _) = self.0.validate(&snapshot, leaf, intermediates, now)?;
-        self.0.admit(identity)
+        let verified = self.0.validate(&snapshot, leaf, intermediates, now)?;
+        self.0.admit(verified.identity)
     }
 }
 
@@ -467,58 +561,230 @@ mod tests {
         CertificateDer::from(bytes.to_vec())
     }
 
-    fn entry(
-        leaf: &CertificateDer<'static>,
-        intermediates: &[CertificateDer<'static>],
-    ) -> VerifiedChain {
+    fn entry(leaf: &CertificateDer<'static>, path: &[CertificateDer<'static>]) -> VerifiedChain {
         let id = SpiffeId::new("spiffe://example.org/web").unwrap();
         VerifiedChain {
-            revision: 7,
             valid_from: 100,
             valid_until: 200,
-            intermediates: intermediates.into(),
+            path: path.into(),
             identity: PeerIdentity::new(id, leaf.clone(), UNIX_EPOCH + Duration::from_secs(200)),
         }
     }
 
+    fn at(secs: u64) -> UnixTime {
+        UnixTime::since_unix_epoch(Duration::from_secs(secs))
+    }
+
     #[test]
-    fn a_cached_chain_is_used_only_for_the_same_chain_revision_and_window() {
+    fn a_cached_chain_is_used_only_for_the_same_leaf_path_revision_and_window() {
         let cache = VerifiedChains::default();
         let (leaf, other_leaf, intermediate) = (cert(b"leaf"), cert(b"other"), cert(b"ca"));
-        let at = |secs| UnixTime::since_unix_epoch(Duration::from_secs(secs));
-        let key = cache.key(&leaf, &[]);
-        cache.insert(key, entry(&leaf, &[]));
+        let key = cache.key(&leaf);
+        cache.insert(key, 7, entry(&leaf, &[]));
 
         assert!(cache.get(key, &leaf, &[], 7, at(150)).is_some());
-        // Same slot, other chain (what a hash collision would present): not this identity.
+        // Same slot, other leaf (what a hash collision would present): not this identity.
         assert!(cache.get(key, &other_leaf, &[], 7, at(150)).is_none());
-        assert!(
-            cache
-                .get(key, &leaf, std::slice::from_ref(&intermediate), 7, at(150))
-                .is_none()
-        );
         // Bundles changed since, or the clock left the chain's window.
         assert!(cache.get(key, &leaf, &[], 8, at(150)).is_none());
         assert!(cache.get(key, &leaf, &[], 7, at(99)).is_none());
         assert!(cache.get(key, &leaf, &[], 7, at(201)).is_none());
 
-        let key = cache.key(&leaf, std::slice::from_ref(&intermediate));
-        cache.insert(key, entry(&leaf, std::slice::from_ref(&intermediate)));
-        assert!(cache.get(key, &leaf, &[intermediate], 7, at(150)).is_some());
+        let (junk, other_ca) = (cert(b"junk"), cert(b"other ca"));
+        cache.insert(key, 7, entry(&leaf, std::slice::from_ref(&intermediate)));
+        // The path webpki used must be presented again; anything else presented is irrelevant.
         assert!(
             cache
-                .get(key, &leaf, &[cert(b"other ca")], 7, at(150))
+                .get(
+                    key,
+                    &leaf,
+                    &[junk.clone(), intermediate.clone()],
+                    7,
+                    at(150)
+                )
+                .is_some()
+        );
+        assert!(
+            cache
+                .get(key, &leaf, &[other_ca, junk], 7, at(150))
                 .is_none()
         );
+        assert!(cache.get(key, &leaf, &[], 7, at(150)).is_none());
     }
 
     #[test]
-    fn the_cache_is_bounded() {
+    fn a_newer_revision_drops_the_entries_of_the_older_ones() {
+        let cache = VerifiedChains::default();
+        let (a, b) = (cert(b"a"), cert(b"b"));
+        cache.insert(cache.key(&a), 7, entry(&a, &[]));
+        assert_eq!(cache.usage().0, 1);
+        cache.insert(cache.key(&b), 8, entry(&b, &[]));
+        assert_eq!(cache.usage().0, 1);
+        assert!(cache.get(cache.key(&b), &b, &[], 8, at(150)).is_some());
+        // A handshake verified under the superseded revision is not kept.
+        cache.insert(cache.key(&a), 7, entry(&a, &[]));
+        assert_eq!(cache.usage().0, 1);
+        assert!(cache.get(cache.key(&a), &a, &[], 7, at(150)).is_none());
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_entries() {
         let cache = VerifiedChains::default();
         for i in 0..VERIFIED_CHAINS_CAPACITY + 10 {
             let leaf = cert(&i.to_be_bytes());
-            cache.insert(cache.key(&leaf, &[]), entry(&leaf, &[]));
+            cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
         }
-        assert!(cache.entries.lock().unwrap().len() <= VERIFIED_CHAINS_CAPACITY);
+        assert!(cache.usage().0 <= VERIFIED_CHAINS_CAPACITY);
+    }
+
+    #[test]
+    fn the_cache_is_bounded_by_bytes() {
+        let cache = VerifiedChains::default();
+        let big = cert(&vec![7u8; 60 * 1024]);
+        let path = [big.clone(), big.clone(), big];
+        for i in 0u32..100 {
+            let leaf = cert(&i.to_be_bytes());
+            cache.insert(cache.key(&leaf), 1, entry(&leaf, &path));
+            let (_, bytes) = cache.usage();
+            assert!(bytes <= VERIFIED_CHAINS_MAX_BYTES, "{bytes} bytes cached");
+        }
+        // The byte count is what the entries hold (replacing an entry does not inflate it).
+        let leaf = cert(b"again");
+        cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+        cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+        let entries = cache.lock();
+        assert_eq!(
+            entries.bytes,
+            entries.map.values().map(VerifiedChain::size).sum::<usize>()
+        );
+    }
+
+    /// The verifier with real certificates: the rustls entry points and `identify`.
+    #[cfg(feature = "testkit")]
+    mod with_certificates {
+        use std::time::SystemTime;
+
+        use super::*;
+        use crate::source::MemorySource;
+        use crate::testkit::DevCa;
+
+        const ALLOWED: &str = "spiffe://example.org/web";
+
+        fn verifier(source: &MemorySource, side: Side) -> SvidVerifier {
+            let provider = crate::crypto::default_provider().unwrap();
+            SvidVerifier::new(
+                source.source(),
+                AllowList::from_iter([ALLOWED.parse().unwrap()]),
+                side,
+                provider.signature_verification_algorithms,
+            )
+        }
+
+        fn unix(time: SystemTime) -> UnixTime {
+            UnixTime::since_unix_epoch(time.duration_since(SystemTime::UNIX_EPOCH).unwrap())
+        }
+
+        fn rejection(error: rustls::Error) -> PeerRejection {
+            match error {
+                rustls::Error::InvalidCertificate(rustls::CertificateError::Other(other)) => {
+                    other.0.downcast_ref::<PeerRejection>().cloned().unwrap()
+                }
+                other => panic!("not a verifier rejection: {other:?}"),
+            }
+        }
+
+        #[test]
+        fn the_rustls_entry_points_refuse_what_verify_refuses() {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            let now = unix(SystemTime::now());
+            let allowed = ca.svid(ALLOWED).issue().unwrap();
+            let unlisted = ca.svid("spiffe://example.org/other").issue().unwrap();
+            let untrusted = DevCa::new("example.org")
+                .unwrap()
+                .svid(ALLOWED)
+                .issue()
+                .unwrap();
+
+            let clients = ClientSvidVerifier(Arc::new(verifier(&source, Side::Clients)));
+            assert!(clients.offer_client_auth());
+            assert!(clients.client_auth_mandatory());
+            assert!(clients.verify_client_cert(allowed.leaf(), &[], now).is_ok());
+            let error = clients
+                .verify_client_cert(unlisted.leaf(), &[], now)
+                .unwrap_err();
+            assert!(matches!(rejection(error), PeerRejection::NotAllowed { .. }));
+            let error = clients
+                .verify_client_cert(untrusted.leaf(), &[], now)
+                .unwrap_err();
+            assert!(matches!(
+                rejection(error),
+                PeerRejection::InvalidChain {
+                    reason: ChainError::UnknownIssuer,
+                    ..
+                }
+            ));
+
+            let servers = ServerSvidVerifier(Arc::new(verifier(&source, Side::Servers)));
+            let name = ServerName::try_from("localhost").unwrap();
+            assert!(
+                servers
+                    .verify_server_cert(allowed.leaf(), &[], &name, &[], now)
+                    .is_ok()
+            );
+            let error = servers
+                .verify_server_cert(unlisted.leaf(), &[], &name, &[], now)
+                .unwrap_err();
+            assert!(matches!(rejection(error), PeerRejection::NotAllowed { .. }));
+            let error = servers
+                .verify_server_cert(untrusted.leaf(), &[], &name, &[], now)
+                .unwrap_err();
+            assert!(matches!(
+                rejection(error),
+                PeerRejection::InvalidChain { .. }
+            ));
+        }
+
+        #[test]
+        fn identify_marks_refusals_of_resumed_sessions_and_only_those() {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            let verifier = verifier(&source, Side::Clients);
+            let chain = ca.svid(ALLOWED).issue().unwrap().chain().to_vec();
+            let now = unix(SystemTime::now());
+            let later = unix(SystemTime::now() + std::time::Duration::from_secs(2 * 3600));
+
+            // Still valid: the resumed session keeps its identity.
+            let identity = verifier.identify(&chain, true, now).unwrap();
+            assert_eq!(identity.spiffe_id().to_string(), ALLOWED);
+
+            // The leaf expired: refused, marked as a resumed session only when it is one.
+            let expired = |rejection: &PeerRejection| {
+                matches!(
+                    rejection,
+                    PeerRejection::InvalidChain {
+                        reason: ChainError::Expired,
+                        ..
+                    }
+                )
+            };
+            match verifier.identify(&chain, true, later) {
+                Err(PeerRejection::ResumedSessionInvalid(inner)) => assert!(expired(&inner)),
+                other => panic!("expected ResumedSessionInvalid, got {other:?}"),
+            }
+            assert!(expired(
+                &verifier.identify(&chain, false, later).unwrap_err()
+            ));
+            match verifier.identify(&[], true, now) {
+                Err(PeerRejection::ResumedSessionInvalid(inner)) => {
+                    assert!(matches!(*inner, PeerRejection::NoCertificate));
+                }
+                other => panic!("expected ResumedSessionInvalid, got {other:?}"),
+            }
+            assert!(matches!(
+                verifier.identify(&[], false, now),
+                Err(PeerRejection::NoCertificate)
+            ));
+        }
     }
 }

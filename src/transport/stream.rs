@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use rustls::{ClientConfig, HandshakeKind, ProtocolVersion, ServerConfig};
+use rustls::{ClientConfig, HandshakeKind, NamedGroup, ProtocolVersion, ServerConfig};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsStream;
@@ -169,6 +169,16 @@ impl<IO> SecureStream<IO> {
         self.inner.get_ref().1.protocol_version()
     }
 
+    /// The negotiated key exchange group: `X25519MLKEM768` (hybrid post-quantum) by default,
+    /// or a classical group (`X25519`, `secp256r1`, `secp384r1`) with a peer without it.
+    pub fn key_exchange_group(&self) -> Option<NamedGroup> {
+        self.inner
+            .get_ref()
+            .1
+            .negotiated_key_exchange_group()
+            .map(|group| group.name())
+    }
+
     /// Whether this connection was a full handshake or a resumed session.
     pub fn handshake_kind(&self) -> Option<HandshakeKind> {
         self.inner.get_ref().1.handshake_kind()
@@ -262,10 +272,13 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, e
 }
 
 /// Server side: runs the handshake on `io` and returns the verified stream.
+///
+/// `now` is read once the handshake is done, so a resumed session is re-validated at the time
+/// it is accepted, not at the time the handshake started.
 pub(crate) async fn accept<IO>(
     config: Arc<ServerConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     timeout: Duration,
 ) -> Result<SecureStream<IO>, Error>
@@ -273,14 +286,18 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let result = accept_inner(config, verifier, now, io, timeout).await;
-    crate::telemetry::handshake("server", &result);
+    let group = result
+        .as_ref()
+        .ok()
+        .and_then(SecureStream::key_exchange_group);
+    crate::telemetry::handshake("server", &result, group);
     result
 }
 
 async fn accept_inner<IO>(
     config: Arc<ServerConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     timeout: Duration,
 ) -> Result<SecureStream<IO>, Error>
@@ -297,7 +314,7 @@ where
         conn.handshake_kind(),
         conn.peer_certificates(),
         verifier,
-        now,
+        now(),
     ) {
         Ok(peer) => Ok(SecureStream::new(TlsStream::Server(stream), peer)),
         Err(error) => {
@@ -308,10 +325,12 @@ where
 }
 
 /// Client side: runs the handshake on `io` and returns the verified stream.
+///
+/// `now` is read once the handshake is done (see [`accept`]).
 pub(crate) async fn connect<IO>(
     config: Arc<ClientConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     server_name: ServerName<'static>,
     io: IO,
     timeout: Duration,
@@ -320,14 +339,18 @@ where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let result = connect_inner(config, verifier, now, server_name, io, timeout).await;
-    crate::telemetry::handshake("client", &result);
+    let group = result
+        .as_ref()
+        .ok()
+        .and_then(SecureStream::key_exchange_group);
+    crate::telemetry::handshake("client", &result, group);
     result
 }
 
 async fn connect_inner<IO>(
     config: Arc<ClientConfig>,
     verifier: &SvidVerifier,
-    now: rustls_pki_types::UnixTime,
+    now: impl FnOnce() -> rustls_pki_types::UnixTime,
     server_name: ServerName<'static>,
     io: IO,
     timeout: Duration,
@@ -345,7 +368,7 @@ where
         conn.handshake_kind(),
         conn.peer_certificates(),
         verifier,
-        now,
+        now(),
     ) {
         Ok(peer) => Ok(SecureStream::new(TlsStream::Client(stream), peer)),
         Err(error) => {

@@ -146,18 +146,41 @@ pub fn raw_client_config(
     identity: Option<(&IssuedSvid, bool)>,
     versions: &[&'static rustls::SupportedProtocolVersion],
 ) -> Arc<rustls::ClientConfig> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let chain = identity.map(|(svid, _)| (svid.chain().to_vec(), svid));
+    match chain {
+        Some((chain, svid)) => raw_client_config_with_chain(Some((chain, svid)), versions),
+        None => raw_client_config_with_chain(None, versions),
+    }
+}
+
+/// [`raw_client_config`] presenting `chain` (leaf first, any intermediates, junk included) with
+/// the key of `svid`.
+pub fn raw_client_config_with_chain(
+    identity: Option<(Vec<CertificateDer<'static>>, &IssuedSvid)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Arc<rustls::ClientConfig> {
+    raw_client_config_with_provider(
+        identity,
+        versions,
+        rustls::crypto::aws_lc_rs::default_provider(),
+    )
+}
+
+/// [`raw_client_config_with_chain`] with another crypto provider (other key exchange groups).
+pub fn raw_client_config_with_provider(
+    identity: Option<(Vec<CertificateDer<'static>>, &IssuedSvid)>,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+    provider: rustls::crypto::CryptoProvider,
+) -> Arc<rustls::ClientConfig> {
+    let provider = Arc::new(provider);
     let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(versions)
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(AcceptAnyServer));
     let config = match identity {
-        Some((svid, _)) => builder
-            .with_client_auth_cert(
-                svid.chain().to_vec(),
-                PrivateKeyDer::Pkcs8(svid.key().clone_key()),
-            )
+        Some((chain, svid)) => builder
+            .with_client_auth_cert(chain, PrivateKeyDer::Pkcs8(svid.key().clone_key()))
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
