@@ -356,3 +356,74 @@ async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
     assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
     within(serving).await.unwrap().unwrap();
 }
+
+/// `expect_server_at` is found under every spelling of the host that reaches the same server,
+/// over real TLS: the narrow override applies, never the channel's broader default (which
+/// would accept this server).
+#[tokio::test]
+async fn expect_server_at_applies_to_every_spelling_of_the_authority() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let (v4, _) = axum_server(&server).await;
+    let v6_listener = server
+        .listener(TcpListener::bind("[::1]:0").await.unwrap())
+        .unwrap();
+    let v6 = v6_listener.local_addr();
+    let app = Router::new().route(
+        "/whoami",
+        get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            v6_listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
+    });
+    // The default accepts any server of the trust domain; the overrides only `payments`.
+    let channel = pki.channel(CLIENT_ID, |b| b.expect_server("spiffe://example.org/*"));
+    let (p4, p6) = (v4.port(), v6.port());
+    let cases = [
+        (format!("localhost:{p4}"), "LOCALHOST"),
+        // (A trailing dot in the request is folded the same way, see the unit tests; the
+        // sandbox's resolver may not resolve `localhost.`.)
+        (format!("localhost.:{p4}"), "LOCALHOST"),
+        (format!("LocalHost.:{p4}"), "localhost"),
+        (format!("127.0.0.1:{p4}"), "[::ffff:127.0.0.1]"),
+        (format!("[::ffff:7f00:1]:{p4}"), "127.0.0.1"),
+        (format!("[::1]:{p6}"), "[0:0:0:0:0:0:0:1]"),
+        (format!("[0000:0::1]:{p6}"), "[::1]"),
+    ];
+    for (registered, host) in cases {
+        let port = if host.contains(':') && !host.contains("ffff") {
+            p6
+        } else {
+            p4
+        };
+        let url = format!("https://{host}:{port}/whoami");
+        // The default alone accepts this server under this spelling...
+        let client =
+            Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(channel.connector());
+        let (status, _, _) = get_text(&client, &url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert_eq!(status.as_u16(), 200, "{url}");
+        // ...the override registered under another spelling refuses it.
+        let connector = channel
+            .connector()
+            .expect_server_at(&registered, "spiffe://example.org/payments")
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+        let error = get_text(&client, &url).await.unwrap_err();
+        match crate_error(&error) {
+            Some(Error::PeerRejected(PeerRejection::NotAllowed { expected, .. })) => {
+                assert_eq!(
+                    expected.to_string(),
+                    "[spiffe://example.org/payments]",
+                    "{registered} / {url}"
+                )
+            }
+            other => panic!("{registered} / {url}: expected NotAllowed, got {other:?}"),
+        }
+    }
+}
