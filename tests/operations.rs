@@ -384,3 +384,43 @@ async fn handshake_cap_holds_and_frees_when_stalled_handshakes_time_out() {
     );
     assert_eq!(stats.accepted(), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_sends_half_a_header_is_cut_off() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let listener = server
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async move {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+    });
+    tokio::spawn(
+        secure_channel::integration::hyper::serve(listener, service)
+            .header_read_timeout(Some(Duration::from_millis(300)))
+            .into_future(),
+    );
+    // Over mutual TLS with HTTP/1.1 negotiated, half a header section, then nothing.
+    let connection = within(
+        pki.client(CLIENT_ID)
+            .connector()
+            .http1_only()
+            .connect(format!("https://{addr}/").parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut stream = connection.into_inner();
+    assert_eq!(stream.alpn_protocol(), Some(&b"http/1.1"[..]));
+    within(stream.write_all(b"GET / HTTP/1.1\r\nhost: api\r\nx-half: "))
+        .await
+        .unwrap();
+    // The server gives up on the header and closes (the idle timeout, 5 minutes, would not):
+    // EOF or an error well before STEP, and never a response.
+    let mut buf = Vec::new();
+    let _ = within(stream.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200"),
+        "half a header must not be served"
+    );
+}
