@@ -135,13 +135,32 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.accept_within(
+            io,
+            transport::HandshakeDeadlines {
+                total: timeout,
+                client_hello: None,
+            },
+        )
+        .await
+    }
+
+    /// Server side, with the listener's deadlines.
+    pub(crate) async fn accept_within<IO>(
+        &self,
+        io: IO,
+        deadlines: transport::HandshakeDeadlines,
+    ) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let tls = self.fresh()?;
         transport::accept(
             tls.server.clone(),
             &tls.clients_verifier,
             tls.now(),
             io,
-            timeout,
+            deadlines,
         )
         .await
     }

@@ -427,3 +427,106 @@ async fn expect_server_at_applies_to_every_spelling_of_the_authority() {
         }
     }
 }
+
+/// `count` TCP connections to `addr` from 127.0.0.2 (another source than the real clients'
+/// 127.0.0.1) that send nothing; kept open while held.
+async fn silent_connections(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut silent = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(within(socket.connect(addr)).await.unwrap());
+    }
+    silent
+}
+
+/// Serves `/whoami` on `listener`.
+fn serve_whoami(listener: secure_channel::SecureListener) {
+    let app = Router::new().route(
+        "/whoami",
+        get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
+    });
+}
+
+#[tokio::test]
+async fn hundreds_of_silent_connections_do_not_stop_a_real_client() {
+    let mut pki = Pki::new();
+    let listener = pki
+        .server()
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    serve_whoami(listener);
+    // More silent connections than the default 512 handshake slots.
+    let _silent = silent_connections(addr, 600).await;
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    // Well within the default 10 s handshake timeout that used to be the only way out.
+    let url = format!("https://{addr}/whoami");
+    let (status, body, _) = tokio::time::timeout(Duration::from_secs(6), get_text(&client, &url))
+        .await
+        .expect("the real client waited for the silent ones")
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_handshake_slot() {
+    let mut pki = Pki::new();
+    // Generous timeouts: only the cap per source can free slots for the real client in time.
+    let listener = pki
+        .server()
+        .listener_builder()
+        .max_concurrent_handshakes(16)
+        .max_handshakes_per_source(4)
+        .client_hello_timeout(Duration::from_secs(60))
+        .handshake_timeout(Duration::from_secs(60))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    serve_whoami(listener);
+    let _silent = silent_connections(addr, 200).await;
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+}
+
+#[tokio::test]
+async fn a_silent_client_gives_its_slot_back_at_the_client_hello_deadline() {
+    let mut pki = Pki::new();
+    // One minute for the handshake, 200 ms for its ClientHello, no cap per source to speak of.
+    let listener = pki
+        .server()
+        .listener_builder()
+        .max_concurrent_handshakes(4)
+        .max_handshakes_per_source(1000)
+        .client_hello_timeout(Duration::from_millis(200))
+        .handshake_timeout(Duration::from_secs(60))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let stats = listener.stats();
+    serve_whoami(listener);
+    let mut silent = silent_connections(addr, 40).await;
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+    // The silent ones were closed (EOF or reset), long before the handshake timeout.
+    let mut buf = [0u8; 1];
+    let read = within(silent[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(stats.failed_handshakes() >= 1);
+}

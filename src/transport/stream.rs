@@ -261,18 +261,27 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, e
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
+/// How long a server-side handshake may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandshakeDeadlines {
+    /// The whole handshake.
+    pub(crate) total: Duration,
+    /// Receiving the client's ClientHello, from the start (at most `total`).
+    pub(crate) client_hello: Option<Duration>,
+}
+
 /// Server side: runs the handshake on `io` and returns the verified stream.
 pub(crate) async fn accept<IO>(
     config: Arc<ServerConfig>,
     verifier: &SvidVerifier,
     now: rustls_pki_types::UnixTime,
     io: IO,
-    timeout: Duration,
+    deadlines: HandshakeDeadlines,
 ) -> Result<SecureStream<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = accept_inner(config, verifier, now, io, timeout).await;
+    let result = accept_inner(config, verifier, now, io, deadlines).await;
     crate::telemetry::handshake("server", &result);
     result
 }
@@ -282,13 +291,24 @@ async fn accept_inner<IO>(
     verifier: &SvidVerifier,
     now: rustls_pki_types::UnixTime,
     io: IO,
-    timeout: Duration,
+    deadlines: HandshakeDeadlines,
 ) -> Result<SecureStream<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = tokio::time::timeout(timeout, acceptor.accept(io))
+    let start = tokio::time::Instant::now();
+    let deadline = start + deadlines.total;
+    let hello_deadline = deadlines
+        .client_hello
+        .map_or(deadline, |hello| (start + hello).min(deadline));
+    // The ClientHello first, under its own (shorter) deadline: a silent client holds a
+    // handshake slot only that long.
+    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let hello = tokio::time::timeout_at(hello_deadline, hello)
+        .await
+        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(handshake_error)?;
+    let stream = tokio::time::timeout_at(deadline, hello.into_stream(config))
         .await
         .map_err(|_| Error::HandshakeTimeout)?
         .map_err(handshake_error)?;
