@@ -240,6 +240,14 @@ impl SecureChannel {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let tls = self.fresh()?;
+        let own_id = self
+            .inner
+            .source
+            .snapshot()
+            .credentials
+            .svid()
+            .spiffe_id()
+            .clone();
         transport::connect(
             config,
             verifier,
@@ -247,6 +255,7 @@ impl SecureChannel {
             server_name,
             io,
             self.inner.handshake_timeout,
+            &own_id,
         )
         .await
     }

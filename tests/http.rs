@@ -530,3 +530,29 @@ async fn a_silent_client_gives_its_slot_back_at_the_client_hello_deadline() {
     assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
     assert!(stats.failed_handshakes() >= 1);
 }
+
+#[tokio::test]
+async fn a_refused_client_gets_the_refusal_from_hyper_every_time() {
+    let mut pki = Pki::new();
+    let (addr, _) = axum_server(&pki.server()).await;
+    let intruder = pki.client("spiffe://example.org/batch");
+    let url = format!("https://{addr}/whoami");
+    // HTTP/2 and HTTP/1.1, fresh pools: the same typed error each time, never one of hyper's
+    // connection errors.
+    for connector in [intruder.connector(), intruder.connector().http1_only()]
+        .into_iter()
+        .cycle()
+        .take(20)
+    {
+        let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+        let error = get_text(&client, &url).await.unwrap_err();
+        assert!(error.is_connect(), "{error:?}");
+        match crate_error(&error) {
+            Some(Error::RefusedByServer { own_id, alert }) => {
+                assert_eq!(own_id.to_string(), "spiffe://example.org/batch");
+                assert_eq!(*alert, rustls::AlertDescription::AccessDenied);
+            }
+            other => panic!("expected RefusedByServer, got {other:?} from {error:?}"),
+        }
+    }
+}

@@ -25,6 +25,7 @@ mod verifier;
 
 pub(crate) use config::{TlsConfigs, TlsPolicy};
 pub use rejection::{ChainError, PeerRejection};
+pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use verifier::BenchVerifier;
