@@ -135,13 +135,32 @@ impl SecureChannel {
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
+        self.accept_within(
+            io,
+            transport::HandshakeDeadlines {
+                total: timeout,
+                client_hello: None,
+            },
+        )
+        .await
+    }
+
+    /// Server side, with the listener's deadlines.
+    pub(crate) async fn accept_within<IO>(
+        &self,
+        io: IO,
+        deadlines: transport::HandshakeDeadlines,
+    ) -> Result<SecureStream<IO>, Error>
+    where
+        IO: AsyncRead + AsyncWrite + Unpin,
+    {
         let tls = self.fresh()?;
         transport::accept(
             tls.server.clone(),
             &tls.clients_verifier,
             || tls.now(),
             io,
-            timeout,
+            deadlines,
         )
         .await
     }
@@ -224,6 +243,14 @@ impl SecureChannel {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let tls = self.fresh()?;
+        let own_id = self
+            .inner
+            .source
+            .snapshot()
+            .credentials
+            .svid()
+            .spiffe_id()
+            .clone();
         transport::connect(
             config,
             verifier,
@@ -231,6 +258,7 @@ impl SecureChannel {
             server_name,
             io,
             self.inner.handshake_timeout,
+            &own_id,
         )
         .await
     }

@@ -180,6 +180,21 @@ pub enum Error {
         /// The I/O error.
         error: io::Error,
     },
+    /// The server refused this workload's SVID: it answered with a TLS alert about the client's
+    /// certificate (`access_denied`: authenticated but not allowed; `unknown_ca`: not trusted;
+    /// `bad_certificate` and others: not valid). In TLS 1.3 that alert comes just after the
+    /// handshake; the client waits briefly for the server's first record to report it here.
+    #[error(
+        "the server refused this workload's SVID {own_id} with TLS alert {}: {}",
+        crate::tls::refusal_advice(*alert).0,
+        crate::tls::refusal_advice(*alert).1
+    )]
+    RefusedByServer {
+        /// This workload's own SPIFFE ID, the one it presented.
+        own_id: spiffe::SpiffeId,
+        /// The alert the server sent.
+        alert: rustls::AlertDescription,
+    },
     /// The TLS handshake failed for another reason (I/O error, alert from the peer, protocol
     /// mismatch such as a TLS 1.2-only peer).
     #[error("TLS handshake failed: {0}")]

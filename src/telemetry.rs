@@ -72,7 +72,7 @@ pub(crate) fn rejection_reason(rejection: &PeerRejection) -> &'static str {
     }
 }
 
-fn failure_reason(error: &Error) -> &'static str {
+pub(crate) fn failure_reason(error: &Error) -> &'static str {
     match error {
         Error::HandshakeTimeout => "timeout",
         Error::CredentialsExpired { .. } => "credentials_expired",

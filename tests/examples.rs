@@ -1,5 +1,5 @@
-//! The interop examples as outside test suites drive them: echo_server and echo_client binaries,
-//! curl over HTTP/1.1 and HTTP/2.
+//! The examples as users and outside test suites run them: the quickstart's output, the
+//! echo_server and echo_client binaries, curl over HTTP/1.1 and HTTP/2.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -611,4 +611,44 @@ async fn echo_server_requires_bound_tokens() {
         );
     }
     drop(server.child);
+}
+
+#[tokio::test]
+async fn quickstart_serves_the_allowed_client_and_tells_the_refused_one_why() {
+    let mut cmd = Command::new(example("quickstart"));
+    cmd.kill_on_drop(true);
+    let output = within(cmd.output()).await.unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = stdout.lines().collect();
+    assert_eq!(lines.len(), 3, "{stdout}");
+    assert!(
+        lines[0].starts_with("server  spiffe://example.org/api serving https://127.0.0.1:"),
+        "{stdout}"
+    );
+    assert_eq!(
+        lines[1],
+        "client  spiffe://example.org/web -> spiffe://example.org/api: 200 OK hello, spiffe://example.org/web",
+    );
+    // The refused client's one line: this crate's refusal, naming its own ID and the alert, and
+    // what to check; not one of hyper's connection errors.
+    let refused = lines[2];
+    assert!(
+        refused.starts_with(
+            "client  spiffe://example.org/batch was refused: the server refused this workload's \
+             SVID spiffe://example.org/batch with TLS alert access_denied: "
+        ),
+        "{refused}"
+    );
+    assert!(
+        refused.contains("check that the server's allow-list"),
+        "{refused}"
+    );
+    for hyper_text in ["client error", "broken pipe", "channel closed", "not ready"] {
+        assert!(!refused.contains(hyper_text), "{refused}");
+    }
 }

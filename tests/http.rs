@@ -410,3 +410,203 @@ async fn axum_handlers_get_the_identity_and_the_address_from_peer_connect_info()
         assert_eq!(body, expected);
     }
 }
+
+/// `expect_server_at` is found under every spelling of the host that reaches the same server,
+/// over real TLS: the narrow override applies, never the channel's broader default (which
+/// would accept this server).
+#[tokio::test]
+async fn expect_server_at_applies_to_every_spelling_of_the_authority() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let (v4, _) = axum_server(&server).await;
+    let v6_listener = server
+        .listener(TcpListener::bind("[::1]:0").await.unwrap())
+        .unwrap();
+    let v6 = v6_listener.local_addr();
+    let app = Router::new().route(
+        "/whoami",
+        get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            v6_listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
+    });
+    // The default accepts any server of the trust domain; the overrides only `payments`.
+    let channel = pki.channel(CLIENT_ID, |b| b.expect_server("spiffe://example.org/*"));
+    let (p4, p6) = (v4.port(), v6.port());
+    let cases = [
+        (format!("localhost:{p4}"), "LOCALHOST"),
+        // (A trailing dot in the request is folded the same way, see the unit tests; the
+        // sandbox's resolver may not resolve `localhost.`.)
+        (format!("localhost.:{p4}"), "LOCALHOST"),
+        (format!("LocalHost.:{p4}"), "localhost"),
+        (format!("127.0.0.1:{p4}"), "[::ffff:127.0.0.1]"),
+        (format!("[::ffff:7f00:1]:{p4}"), "127.0.0.1"),
+        (format!("[::1]:{p6}"), "[0:0:0:0:0:0:0:1]"),
+        (format!("[0000:0::1]:{p6}"), "[::1]"),
+    ];
+    for (registered, host) in cases {
+        let port = if host.contains(':') && !host.contains("ffff") {
+            p6
+        } else {
+            p4
+        };
+        let url = format!("https://{host}:{port}/whoami");
+        // The default alone accepts this server under this spelling...
+        let client =
+            Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(channel.connector());
+        let (status, _, _) = get_text(&client, &url)
+            .await
+            .unwrap_or_else(|e| panic!("{url}: {e:?}"));
+        assert_eq!(status.as_u16(), 200, "{url}");
+        // ...the override registered under another spelling refuses it.
+        let connector = channel
+            .connector()
+            .expect_server_at(&registered, "spiffe://example.org/payments")
+            .unwrap();
+        let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+        let error = get_text(&client, &url).await.unwrap_err();
+        match crate_error(&error) {
+            Some(Error::PeerRejected(PeerRejection::NotAllowed { expected, .. })) => {
+                assert_eq!(
+                    expected.to_string(),
+                    "[spiffe://example.org/payments]",
+                    "{registered} / {url}"
+                )
+            }
+            other => panic!("{registered} / {url}: expected NotAllowed, got {other:?}"),
+        }
+    }
+}
+
+/// `count` TCP connections to `addr` from 127.0.0.2 (another source than the real clients'
+/// 127.0.0.1) that send nothing; kept open while held.
+async fn silent_connections(addr: std::net::SocketAddr, count: usize) -> Vec<TcpStream> {
+    let mut silent = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+        silent.push(within(socket.connect(addr)).await.unwrap());
+    }
+    silent
+}
+
+/// Serves `/whoami` on `listener`.
+fn serve_whoami(listener: secure_channel::SecureListener) {
+    let app = Router::new().route(
+        "/whoami",
+        get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
+    );
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            app.into_make_service_with_connect_info::<PeerIdentity>(),
+        )
+        .await
+    });
+}
+
+#[tokio::test]
+async fn hundreds_of_silent_connections_do_not_stop_a_real_client() {
+    let mut pki = Pki::new();
+    let listener = pki
+        .server()
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    serve_whoami(listener);
+    // More silent connections than the default 512 handshake slots.
+    let _silent = silent_connections(addr, 600).await;
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    // Well within the default 10 s handshake timeout that used to be the only way out.
+    let url = format!("https://{addr}/whoami");
+    let (status, body, _) = tokio::time::timeout(Duration::from_secs(6), get_text(&client, &url))
+        .await
+        .expect("the real client waited for the silent ones")
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+}
+
+#[tokio::test]
+async fn one_source_cannot_take_every_handshake_slot() {
+    let mut pki = Pki::new();
+    // Generous timeouts: only the cap per source can free slots for the real client in time.
+    let listener = pki
+        .server()
+        .listener_builder()
+        .max_concurrent_handshakes(16)
+        .max_handshakes_per_source(4)
+        .client_hello_timeout(Duration::from_secs(60))
+        .handshake_timeout(Duration::from_secs(60))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    serve_whoami(listener);
+    let _silent = silent_connections(addr, 200).await;
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+}
+
+#[tokio::test]
+async fn a_silent_client_gives_its_slot_back_at_the_client_hello_deadline() {
+    let mut pki = Pki::new();
+    // One minute for the handshake, 200 ms for its ClientHello, no cap per source to speak of.
+    let listener = pki
+        .server()
+        .listener_builder()
+        .max_concurrent_handshakes(4)
+        .max_handshakes_per_source(1000)
+        .client_hello_timeout(Duration::from_millis(200))
+        .handshake_timeout(Duration::from_secs(60))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let stats = listener.stats();
+    serve_whoami(listener);
+    let mut silent = silent_connections(addr, 40).await;
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
+        .await
+        .unwrap();
+    assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
+    // The silent ones were closed (EOF or reset), long before the handshake timeout.
+    let mut buf = [0u8; 1];
+    let read = within(silent[0].read(&mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    assert!(stats.failed_handshakes() >= 1);
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_the_refusal_from_hyper_every_time() {
+    let mut pki = Pki::new();
+    let (addr, _) = axum_server(&pki.server()).await;
+    let intruder = pki.client("spiffe://example.org/batch");
+    let url = format!("https://{addr}/whoami");
+    // HTTP/2 and HTTP/1.1, fresh pools: the same typed error each time, never one of hyper's
+    // connection errors.
+    for connector in [intruder.connector(), intruder.connector().http1_only()]
+        .into_iter()
+        .cycle()
+        .take(20)
+    {
+        let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
+        let error = get_text(&client, &url).await.unwrap_err();
+        assert!(error.is_connect(), "{error:?}");
+        match crate_error(&error) {
+            Some(Error::RefusedByServer { own_id, alert }) => {
+                assert_eq!(own_id.to_string(), "spiffe://example.org/batch");
+                assert_eq!(*alert, rustls::AlertDescription::AccessDenied);
+            }
+            other => panic!("expected RefusedByServer, got {other:?} from {error:?}"),
+        }
+    }
+}

@@ -350,7 +350,7 @@ async fn tls12_opt_in_offers_only_ecdhe_with_aead() {
 }
 
 #[tokio::test]
-async fn a_refused_client_learns_only_a_generic_alert() {
+async fn a_refused_client_learns_access_denied_and_nothing_of_the_policy() {
     let ca = DevCa::new("example.org").unwrap();
     let pem = Pem::new();
     let (cert, key) = pem.svid(
@@ -374,8 +374,9 @@ async fn a_refused_client_learns_only_a_generic_alert() {
         }
         other => panic!("expected NotAllowed, got {other:?}"),
     }
-    // ...the peer only sees a generic alert, nothing about the policy.
-    assert!(out.contains("certificate unknown"), "{out}");
+    // ...the peer sees access_denied (its ID is authenticated and not allowed), nothing about
+    // the policy.
+    assert!(out.contains("access denied"), "{out}");
     assert!(
         !out.contains(CLIENT_ID) && !out.contains("not allowed"),
         "{out}"

@@ -101,6 +101,15 @@ async fn server_verdict(
     server_ca: &DevCa,
     extra: Option<&DevCa>,
 ) -> Result<String, Error> {
+    server_verdict_and_alert(svid, server_ca, extra).await.0
+}
+
+/// As [`server_verdict`], with the TLS alert the foreign client received, if any.
+async fn server_verdict_and_alert(
+    svid: &IssuedSvid,
+    server_ca: &DevCa,
+    extra: Option<&DevCa>,
+) -> (Result<String, Error>, Option<rustls::AlertDescription>) {
     let mut bundles = TrustBundles::new().with(server_ca.bundle().unwrap());
     if let Some(extra) = extra {
         bundles.insert(extra.bundle().unwrap());
@@ -129,7 +138,13 @@ async fn server_verdict(
             "client must not get data from a refusing server"
         );
     }
-    verdict
+    let alert = client_side.err().and_then(|error| {
+        match error.get_ref()?.downcast_ref::<rustls::Error>()? {
+            rustls::Error::AlertReceived(alert) => Some(*alert),
+            _ => None,
+        }
+    });
+    (verdict, alert)
 }
 
 fn expect_not_svid(result: Result<String, Error>) -> SvidError {
@@ -932,4 +947,185 @@ fn post_quantum_only_cannot_be_combined_with_tls12() {
         }
         other => panic!("expected Error::KeyExchange, got {:?}", other.err()),
     }
+}
+
+#[tokio::test]
+async fn chain_failures_send_unknown_ca_or_bad_certificate_never_access_denied() {
+    let ca = ca("example.org");
+    let now = SystemTime::now();
+    let hour = Duration::from_secs(3600);
+    let rogue = DevCa::new("example.org")
+        .unwrap()
+        .svid(CLIENT_ID)
+        .issue()
+        .unwrap();
+    let stranger = DevCa::new("elsewhere.org")
+        .unwrap()
+        .svid("spiffe://elsewhere.org/web")
+        .issue()
+        .unwrap();
+    let expired = ca
+        .svid(CLIENT_ID)
+        .validity(now - 2 * hour, now - hour)
+        .issue()
+        .unwrap();
+    let not_svid = ca.svid(CLIENT_ID).without_uri().issue().unwrap();
+    for (svid, alert) in [
+        (&rogue, rustls::AlertDescription::UnknownCA),
+        (&stranger, rustls::AlertDescription::UnknownCA),
+        (&expired, rustls::AlertDescription::BadCertificate),
+        (&not_svid, rustls::AlertDescription::BadCertificate),
+    ] {
+        let (verdict, received) = server_verdict_and_alert(svid, &ca, None).await;
+        assert!(
+            matches!(verdict, Err(Error::PeerRejected(_))),
+            "the server keeps its typed rejection: {verdict:?}"
+        );
+        assert_eq!(received, Some(alert), "{verdict:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_refused_client_gets_a_typed_error_naming_its_id_the_alert_and_what_to_check() {
+    let ca = ca("example.org");
+    let mut server = TestServer::start(server_channel(&ca)).await;
+    let intruder = client_channel(&ca, "spiffe://example.org/batch", SERVER_ID);
+    let error = within(intruder.connect_tcp(server.addr)).await.unwrap_err();
+    match &error {
+        Error::RefusedByServer { own_id, alert } => {
+            assert_eq!(own_id.to_string(), "spiffe://example.org/batch");
+            assert_eq!(*alert, rustls::AlertDescription::AccessDenied);
+        }
+        other => panic!("expected RefusedByServer, got {other:?}"),
+    }
+    let text = error.to_string();
+    for needle in [
+        "the server refused this workload's SVID",
+        "spiffe://example.org/batch",
+        "access_denied",
+        "allow-list",
+    ] {
+        assert!(text.contains(needle), "{needle:?} in {text}");
+    }
+    // The allow-list is the server's business: the client learns nothing of it.
+    assert!(!text.contains(CLIENT_ID), "{text}");
+    assert!(matches!(
+        server.next().await,
+        Err(Error::PeerRejected(PeerRejection::NotAllowed { .. }))
+    ));
+    // The same client, allowed, is served as before: the wait for the verdict ends with the
+    // server's first record.
+    let allowed = client_channel(&ca, CLIENT_ID, SERVER_ID);
+    let mut stream = within(allowed.connect_tcp(server.addr)).await.unwrap();
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    round_trip(&mut stream, "after the verdict").await.unwrap();
+}
+
+#[tokio::test]
+async fn a_client_of_an_untrusted_ca_learns_the_server_does_not_trust_it() {
+    let ca = ca("example.org");
+    let mut server = TestServer::start(server_channel(&ca)).await;
+    // Our SVID from a CA the server does not trust; the server's CA trusted by us.
+    let rogue = DevCa::new("example.org").unwrap();
+    let creds = MemorySource::new(Credentials::new(
+        rogue.svid(CLIENT_ID).issue().unwrap().to_svid().unwrap(),
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    ));
+    let client = SecureChannel::builder(&creds)
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    let error = within(client.connect_tcp(server.addr)).await.unwrap_err();
+    match &error {
+        Error::RefusedByServer { own_id, alert } => {
+            assert_eq!(own_id.to_string(), CLIENT_ID);
+            assert_eq!(*alert, rustls::AlertDescription::UnknownCA);
+        }
+        other => panic!("expected RefusedByServer, got {other:?}"),
+    }
+    assert!(error.to_string().contains("trust bundle"), "{error}");
+    assert!(server.next().await.is_err());
+}
+
+/// A transport that hands over at most one byte per read: every TLS record arrives in pieces.
+#[derive(Debug)]
+struct OneByteReads<IO>(IO);
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for OneByteReads<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut byte = [0u8; 1];
+        let mut one = tokio::io::ReadBuf::new(&mut byte);
+        let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, &mut one);
+        if let std::task::Poll::Ready(Ok(())) = poll {
+            buf.put_slice(one.filled());
+        }
+        poll
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for OneByteReads<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn the_verdict_is_read_whole_even_when_it_arrives_byte_by_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = ca("example.org");
+    let server = server_channel(&ca);
+    let name = ServerName::try_from("api.example.org").unwrap();
+    // Refused: the alert, read one byte at a time, is still the verdict.
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let intruder = client_channel(&ca, "spiffe://example.org/batch", SERVER_ID);
+    let (client, accepted) = tokio::join!(
+        within(intruder.connect(name.clone(), OneByteReads(client_io))),
+        within(server.accept(server_io)),
+    );
+    assert!(accepted.is_err());
+    match client {
+        Err(Error::RefusedByServer { alert, .. }) => {
+            assert_eq!(alert, rustls::AlertDescription::AccessDenied)
+        }
+        other => panic!("expected RefusedByServer, got {other:?}"),
+    }
+    // Accepted: the first record (a session ticket) arrives in pieces; the data after it is
+    // read intact.
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let allowed = client_channel(&ca, CLIENT_ID, SERVER_ID);
+    let (client, accepted) = tokio::join!(
+        within(allowed.connect(name, OneByteReads(client_io))),
+        async {
+            let mut stream = within(server.accept(server_io)).await.unwrap();
+            stream.write_all(b"hello\n").await.unwrap();
+            stream
+        },
+    );
+    let mut client = client.unwrap();
+    let mut greeting = [0u8; 6];
+    within(client.read_exact(&mut greeting)).await.unwrap();
+    assert_eq!(&greeting, b"hello\n");
+    drop(accepted);
 }

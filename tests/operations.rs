@@ -387,3 +387,126 @@ async fn handshake_cap_holds_and_frees_when_stalled_handshakes_time_out() {
     );
     assert_eq!(stats.accepted(), 1);
 }
+
+#[tokio::test]
+async fn a_client_that_sends_half_a_header_is_cut_off() {
+    let mut pki = Pki::new();
+    let server = pki.server();
+    let listener = server
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let service = tower::service_fn(|_: http::Request<hyper::body::Incoming>| async move {
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from("ok"))))
+    });
+    tokio::spawn(
+        secure_channel::integration::hyper::serve(listener, service)
+            .header_read_timeout(Some(Duration::from_millis(300)))
+            .into_future(),
+    );
+    // Over mutual TLS with HTTP/1.1 negotiated, half a header section, then nothing.
+    let connection = within(
+        pki.client(CLIENT_ID)
+            .connector()
+            .http1_only()
+            .connect(format!("https://{addr}/").parse().unwrap()),
+    )
+    .await
+    .unwrap();
+    let mut stream = connection.into_inner();
+    assert_eq!(stream.alpn_protocol(), Some(&b"http/1.1"[..]));
+    within(stream.write_all(b"GET / HTTP/1.1\r\nhost: api\r\nx-half: "))
+        .await
+        .unwrap();
+    // The server gives up on the header and closes (the idle timeout, 5 minutes, would not):
+    // EOF or an error well before STEP, and never a response.
+    let mut buf = Vec::new();
+    let _ = within(stream.read_to_end(&mut buf)).await;
+    assert!(
+        !String::from_utf8_lossy(&buf).contains("200"),
+        "half a header must not be served"
+    );
+}
+
+/// Records the fields of every WARN event on target `secure_channel::transport`.
+#[derive(Clone, Default)]
+struct TransportWarnings(Arc<Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for TransportWarnings {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Fields(String);
+        impl tracing::field::Visit for Fields {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!("{}={:?} ", field.name(), value));
+            }
+        }
+        let metadata = event.metadata();
+        if *metadata.level() == tracing::Level::WARN
+            && metadata.target() == "secure_channel::transport"
+        {
+            let mut fields = Fields(String::new());
+            event.record(&mut fields);
+            self.0.lock().unwrap().push(fields.0);
+        }
+    }
+}
+
+#[tokio::test]
+async fn refused_handshakes_are_logged_briefly_and_rate_limited() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let warnings = TransportWarnings::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(warnings.clone()));
+
+    let mut pki = Pki::new();
+    let listener = pki
+        .server()
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let stats = listener.stats();
+    let mut listener = listener;
+    tokio::spawn(async move { while listener.accept().await.is_ok() {} });
+    let intruder = pki.client("spiffe://example.org/intruder");
+    let started = std::time::Instant::now();
+    const REFUSED: u64 = 100;
+    for _ in 0..REFUSED {
+        // Refused by the server (the client may or may not notice before it returns).
+        let _ = within(intruder.connect_tcp(addr)).await;
+    }
+    within(async {
+        while stats.failed_handshakes() < REFUSED {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await;
+    let seconds = started.elapsed().as_secs();
+
+    let lines = warnings.0.lock().unwrap().clone();
+    // At most 10 lines a second however many refusals...
+    assert!(!lines.is_empty());
+    assert!(
+        (lines.len() as u64) <= 10 * (seconds + 1) && (lines.len() as u64) < REFUSED,
+        "{} lines in {seconds} s",
+        lines.len()
+    );
+    // ...each naming the presented ID and the kind of refusal, never the allow-list.
+    for line in &lines {
+        assert!(
+            line.contains("presented=spiffe://example.org/intruder"),
+            "{line}"
+        );
+        assert!(line.contains("reason=\"not_allowed\""), "{line}");
+        assert!(
+            !line.contains(CLIENT_ID) && !line.contains("expected"),
+            "{line}"
+        );
+    }
+    // The lines left out are counted in a later line once a new second starts.
+    if lines.len() > 10 {
+        assert!(
+            lines.iter().any(|line| !line.contains("suppressed=0")),
+            "{lines:?}"
+        );
+    }
+}

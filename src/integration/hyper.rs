@@ -4,7 +4,8 @@
 //! Works for any tower service, an axum `Router` included (the identity is then in the
 //! extensions directly, no `ConnectInfo` needed). Each connection runs in a `tracing` span
 //! `connection` with the peer's SPIFFE ID and address; each request in a child span `request`
-//! with its method and path. Request headers are bounded ([`Serve::max_header_size`]).
+//! with its method and path. Request headers are bounded in size ([`Serve::max_header_size`])
+//! and in time ([`Serve::header_read_timeout`]).
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -30,10 +31,11 @@ use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
+use std::time::Duration;
 
 use http::{Request, Response};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
@@ -59,11 +61,15 @@ where
         listener,
         service,
         max_header_size: DEFAULT_MAX_HEADER_SIZE,
+        header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
     }
 }
 
 /// Default bound on a request's header section (HTTP/1.1 read buffer, HTTP/2 header list).
 pub const DEFAULT_MAX_HEADER_SIZE: usize = 32 * 1024;
+
+/// Default bound on the time an HTTP/1.1 client takes to send a request's header section.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A server being set up by [`serve`]; await it to run until the process ends, or add
 /// [`with_graceful_shutdown`](Self::with_graceful_shutdown).
@@ -73,6 +79,7 @@ pub struct Serve<S> {
     listener: SecureListener,
     service: S,
     max_header_size: usize,
+    header_read_timeout: Option<Duration>,
 }
 
 impl<S, B> Serve<S>
@@ -93,6 +100,15 @@ where
         self
     }
 
+    /// Closes an HTTP/1.1 connection whose client has not sent a whole request header section
+    /// within `timeout` (default 30 s; `None` never does). The time runs from when the server
+    /// starts waiting for a request, so it also bounds how long a kept-alive connection waits
+    /// idle for its next request; a client that sends half a header and stalls is cut off.
+    pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
+
     /// Runs until `signal` completes, then stops accepting and waits for the requests in flight
     /// on every connection to finish (idle keep-alive connections are closed).
     pub async fn with_graceful_shutdown<F>(self, signal: F) -> io::Result<()>
@@ -103,12 +119,19 @@ where
             mut listener,
             service,
             max_header_size,
+            header_read_timeout,
         } = self;
         let graceful = GracefulShutdown::new();
         let mut builder = Builder::new(TokioExecutor::new());
-        builder.http1().max_buf_size(max_header_size);
+        // Without a timer hyper silently ignores its header read timeout.
+        builder
+            .http1()
+            .timer(TokioTimer::new())
+            .header_read_timeout(header_read_timeout)
+            .max_buf_size(max_header_size);
         builder
             .http2()
+            .timer(TokioTimer::new())
             .max_header_list_size(u32::try_from(max_header_size).unwrap_or(u32::MAX));
         tokio::pin!(signal);
         loop {

@@ -1,5 +1,8 @@
 //! Why a peer was refused in the handshake.
 
+use std::cell::RefCell;
+use std::future::Future;
+
 use spiffe::SpiffeId;
 
 use crate::identity::{AllowList, SvidError};
@@ -123,6 +126,26 @@ impl From<webpki::Error> for ChainError {
     }
 }
 
+tokio::task_local! {
+    /// The rejection of the handshake running in this task (see [`capture`]).
+    static CAPTURED: RefCell<Option<PeerRejection>>;
+}
+
+/// Runs a handshake and returns, with its result, the rejection the verifier made in it.
+///
+/// The TLS error a verifier returns chooses the alert the peer receives, and only
+/// `CertificateError::Other` (which becomes certificate_unknown) could carry the rejection: so
+/// the verifier returns the error for the right alert and leaves the rejection here.
+pub(crate) async fn capture<F: Future>(handshake: F) -> (F::Output, Option<PeerRejection>) {
+    CAPTURED
+        .scope(RefCell::new(None), async move {
+            let output = handshake.await;
+            let rejection = CAPTURED.with(|slot| slot.borrow_mut().take());
+            (output, rejection)
+        })
+        .await
+}
+
 impl PeerRejection {
     /// Finds a rejection inside a handshake error returned by tokio-rustls.
     pub(crate) fn from_io(error: &std::io::Error) -> Option<Self> {
@@ -140,9 +163,68 @@ impl PeerRejection {
         }
     }
 
+    /// The error a verifier returns to rustls, which chooses the alert the peer receives:
+    /// `access_denied` for an authenticated ID that is not allowed, `unknown_ca` for a chain
+    /// (or trust domain) no bundle vouches for, `bad_certificate` for anything else wrong with
+    /// the certificate. The rejection itself is kept for the handshake's task ([`capture`]).
     pub(crate) fn into_rustls(self) -> rustls::Error {
-        rustls::Error::InvalidCertificate(rustls::CertificateError::Other(rustls::OtherError(
-            std::sync::Arc::new(self),
-        )))
+        use rustls::CertificateError as E;
+        let error = match &self {
+            Self::NotAllowed { .. } => E::ApplicationVerificationFailure,
+            Self::UnknownTrustDomain { .. }
+            | Self::InvalidChain {
+                reason: ChainError::UnknownIssuer,
+                ..
+            } => E::UnknownIssuer,
+            _ => E::BadEncoding,
+        };
+        // Outside `capture` (the configuration used by another TLS stack) only the alert goes.
+        let _ = CAPTURED.try_with(|slot| *slot.borrow_mut() = Some(self));
+        rustls::Error::InvalidCertificate(error)
     }
+}
+
+/// The TLS name of an alert about a certificate and what a refused client should check, for
+/// [`Error::RefusedByServer`](crate::Error::RefusedByServer).
+pub(crate) fn refusal_advice(alert: rustls::AlertDescription) -> (&'static str, &'static str) {
+    use rustls::AlertDescription as A;
+    let name = match alert {
+        A::AccessDenied => "access_denied",
+        A::UnknownCA => "unknown_ca",
+        A::BadCertificate => "bad_certificate",
+        A::CertificateUnknown => "certificate_unknown",
+        A::CertificateExpired => "certificate_expired",
+        A::CertificateRevoked => "certificate_revoked",
+        A::UnsupportedCertificate => "unsupported_certificate",
+        A::CertificateRequired => "certificate_required",
+        _ => "about its certificate",
+    };
+    let advice = match alert {
+        A::AccessDenied => {
+            "the server verified this ID and does not allow it: check that the server's allow-list (allow_client, or its admission policy) includes this SPIFFE ID"
+        }
+        A::UnknownCA => {
+            "the server does not trust its issuer: check that the server has the trust bundle of this ID's trust domain (federation included)"
+        }
+        _ => CHECK_TRUST,
+    };
+    (name, advice)
+}
+
+const CHECK_TRUST: &str = "the server could not validate it: check that this SVID is current and chains to the bundle the server has for its trust domain";
+
+/// Whether a TLS alert received by a client says the server refused the client's certificate.
+pub(crate) fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
+    use rustls::AlertDescription as A;
+    matches!(
+        alert,
+        A::AccessDenied
+            | A::UnknownCA
+            | A::BadCertificate
+            | A::CertificateUnknown
+            | A::CertificateExpired
+            | A::CertificateRevoked
+            | A::UnsupportedCertificate
+            | A::CertificateRequired
+    )
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -76,6 +77,10 @@ impl SecureConnector {
     /// For the authority `host:port` (as written in request URIs; the port is required), expect
     /// servers matched by `matcher` instead of the channel's list. May be called several times,
     /// also for the same authority (the matchers add up).
+    ///
+    /// Every spelling of the host that reaches the same destination finds the override: host
+    /// names compare case-insensitively and with or without one trailing dot, IP literals by
+    /// address (`[::1]` and `[0:0::1]`; `[::ffff:127.0.0.1]` and `127.0.0.1`).
     pub fn expect_server_at<M>(mut self, authority: &str, matcher: M) -> Result<Self, Error>
     where
         M: TryInto<IdMatcher>,
@@ -150,7 +155,7 @@ impl SecureConnector {
                 error,
             })?;
         tcp.set_nodelay(true).map_err(Error::Handshake)?;
-        let (config, verifier) = match self.overrides.get(&format!("{host}:{port}")) {
+        let (config, verifier) = match self.overrides.get(&authority_key(host, port)) {
             Some(o) => (o.config.clone(), o.verifier.clone()),
             None => self.channel.default_client_config(),
         };
@@ -178,8 +183,43 @@ fn normalize_authority(authority: &str) -> Result<String, Error> {
             format!("authority {authority:?} needs a port"),
         ))
     })?;
-    let host = parsed.host().trim_start_matches('[').trim_end_matches(']');
-    Ok(format!("{host}:{port}"))
+    Ok(authority_key(parsed.host(), port))
+}
+
+/// The key an override is registered and looked up under: the host in one spelling per
+/// destination (see [`canonical_host`]) and the port.
+///
+/// hyper-util's pool compares authorities case-insensitively, so two spellings of one host
+/// share pooled connections: both must meet the same expectation.
+fn authority_key(host: &str, port: u16) -> String {
+    match canonical_host(host) {
+        CanonicalHost::V6(ip) => format!("[{ip}]:{port}"),
+        CanonicalHost::Other(host) => format!("{host}:{port}"),
+    }
+}
+
+enum CanonicalHost {
+    V6(Ipv6Addr),
+    Other(String),
+}
+
+/// One spelling per destination: brackets and one trailing dot removed, names lowercased, IPv6
+/// literals in their compressed form, IPv4-mapped IPv6 as IPv4.
+///
+/// The other IPv4 forms the system resolver accepts (`127.1`, `0x7f.0.0.1`, `2130706433`) need
+/// no folding: they are not valid server names (rustls refuses a name whose last label is
+/// numeric), so no connection is made to them.
+fn canonical_host(host: &str) -> CanonicalHost {
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    let host = host.strip_suffix('.').unwrap_or(host);
+    match host.parse::<IpAddr>().ok().map(|ip| ip.to_canonical()) {
+        Some(IpAddr::V6(ip)) => CanonicalHost::V6(ip),
+        Some(IpAddr::V4(ip)) => CanonicalHost::Other(ip.to_string()),
+        None => CanonicalHost::Other(host.to_ascii_lowercase()),
+    }
 }
 
 /// The future of a connector call.
@@ -255,3 +295,83 @@ impl Connection for SecureConnection {
 }
 
 crate::transport::hyper_io::delegate_hyper_io!(SecureConnection);
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    #[test]
+    fn host_spellings_of_one_destination_share_a_key() {
+        for (spellings, key) in [
+            (
+                &["localhost", "LOCALHOST", "LocalHost.", "localhost."][..],
+                "localhost:8443",
+            ),
+            (
+                &["api.example.org", "API.Example.ORG.", "[api.example.org]"][..],
+                "api.example.org:8443",
+            ),
+            (
+                &[
+                    "[::1]",
+                    "::1",
+                    "[0:0:0:0:0:0:0:1]",
+                    "[0000::0001]",
+                    "[::0.0.0.1]",
+                ][..],
+                "[::1]:8443",
+            ),
+            (
+                &["[2001:DB8::A]", "[2001:db8:0:0:0:0:0:a]"][..],
+                "[2001:db8::a]:8443",
+            ),
+            (
+                &[
+                    "127.0.0.1",
+                    "127.0.0.1.",
+                    "[::ffff:127.0.0.1]",
+                    "[::FFFF:7f00:1]",
+                ][..],
+                "127.0.0.1:8443",
+            ),
+        ] {
+            for spelling in spellings {
+                assert_eq!(authority_key(spelling, 8443), key, "{spelling}");
+            }
+        }
+    }
+
+    #[test]
+    fn only_one_trailing_dot_is_folded() {
+        assert_eq!(authority_key("localhost..", 1), "localhost.:1");
+    }
+
+    #[test]
+    fn other_ipv4_spellings_are_not_server_names() {
+        // Hence never connected to, and in no need of folding.
+        for spelling in [
+            "127.1",
+            "0x7f.0.0.1",
+            "0177.0.0.1",
+            "2130706433",
+            "0x7F000001",
+        ] {
+            assert!(ServerName::try_from(spelling).is_err(), "{spelling}");
+        }
+    }
+
+    #[test]
+    fn registration_canonicalizes_like_lookup() {
+        assert_eq!(
+            normalize_authority("LOCALHOST.:8443").unwrap(),
+            "localhost:8443"
+        );
+        assert_eq!(
+            normalize_authority("[0:0:0:0:0:0:0:1]:8443").unwrap(),
+            "[::1]:8443"
+        );
+        assert!(normalize_authority("localhost").is_err());
+    }
+}

@@ -8,9 +8,10 @@ mod webpki;
 
 pub use connector::{Connecting, SecureConnection, SecureConnector};
 pub use listener::{
-    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES, DEFAULT_MAX_CONNECTIONS,
-    ListenerStats, SecureListener, SecureListenerBuilder,
+    DEFAULT_CLIENT_HELLO_TIMEOUT, DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_CONCURRENT_HANDSHAKES,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES_PER_SOURCE, ListenerStats, SecureListener,
+    SecureListenerBuilder,
 };
 pub use stream::SecureStream;
-pub(crate) use stream::{accept, connect};
+pub(crate) use stream::{HandshakeDeadlines, accept, connect};
 pub use webpki::{WebPkiConnection, WebPkiConnector};

@@ -246,11 +246,92 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<IO> {
     }
 }
 
-fn handshake_error(error: io::Error) -> Error {
-    match PeerRejection::from_io(&error) {
+/// The error of a failed handshake: the verifier's rejection when it made one.
+fn handshake_error(error: io::Error, captured: Option<PeerRejection>) -> Error {
+    match captured.or_else(|| PeerRejection::from_io(&error)) {
         Some(rejection) => Error::PeerRejected(rejection),
         None => Error::Handshake(error),
     }
+}
+
+/// Client side: a certificate alert from the server is a refusal of our SVID.
+fn client_handshake_error(
+    error: io::Error,
+    captured: Option<PeerRejection>,
+    own_id: &spiffe::SpiffeId,
+) -> Error {
+    let alert = match error
+        .get_ref()
+        .and_then(|e| e.downcast_ref::<rustls::Error>())
+    {
+        Some(rustls::Error::AlertReceived(alert)) => Some(*alert),
+        _ => None,
+    };
+    match alert {
+        Some(alert) if captured.is_none() && crate::tls::refuses_certificate(alert) => {
+            Error::RefusedByServer {
+                own_id: own_id.clone(),
+                alert,
+            }
+        }
+        _ => handshake_error(error, captured),
+    }
+}
+
+/// Bounds on the client's wait for the server's verdict after a TLS 1.3 handshake: twice the
+/// handshake's own duration (at least one round trip), within these.
+const VERDICT_WAIT_MIN: Duration = Duration::from_millis(100);
+const VERDICT_WAIT_MAX: Duration = Duration::from_secs(1);
+
+/// TLS 1.3 client side: the server judges our certificate after our last handshake message, so
+/// its verdict comes after the handshake has finished here: a refusal as an alert, an
+/// acceptance as its first record (a session ticket, or data). Reads until that first record
+/// is complete, at most `wait`, and hands it to rustls (whatever it holds stays buffered there
+/// for the stream's reader); returns the error rustls raised on it, if any.
+async fn await_server_verdict<IO>(
+    stream: &mut tokio_rustls::client::TlsStream<IO>,
+    wait: Duration,
+) -> Result<(), rustls::Error>
+where
+    IO: AsyncRead + AsyncWrite + Unpin,
+{
+    let (io, conn) = stream.get_mut();
+    let mut buf = vec![0u8; 4096];
+    // The first record's header (5 bytes: type, version, length) and the bytes read so far.
+    let mut header = [0u8; 5];
+    let mut read = 0usize;
+    let verdict = std::future::poll_fn(|cx| {
+        loop {
+            let mut chunk = ReadBuf::new(&mut buf);
+            match Pin::new(&mut *io).poll_read(cx, &mut chunk) {
+                Poll::Pending => return Poll::Pending,
+                // EOF or an I/O error: the stream's reader will meet it.
+                Poll::Ready(Err(_)) => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) if chunk.filled().is_empty() => return Poll::Ready(Ok(())),
+                Poll::Ready(Ok(())) => {}
+            }
+            let mut data = chunk.filled();
+            for (i, byte) in data.iter().enumerate().take(5usize.saturating_sub(read)) {
+                header[read + i] = *byte;
+            }
+            read += data.len();
+            while !data.is_empty() {
+                match conn.read_tls(&mut data) {
+                    Ok(0) | Err(_) => return Poll::Ready(Ok(())),
+                    Ok(_) => {}
+                }
+                let state = conn.process_new_packets()?;
+                if state.plaintext_bytes_to_read() > 0 || state.peer_has_closed() {
+                    return Poll::Ready(Ok(()));
+                }
+            }
+            let first_record = 5 + usize::from(u16::from_be_bytes([header[3], header[4]]));
+            if read >= first_record {
+                return Poll::Ready(Ok(()));
+            }
+        }
+    });
+    tokio::time::timeout(wait, verdict).await.unwrap_or(Ok(()))
 }
 
 /// Establishes the peer identity of a finished handshake (and re-validates a resumed one).
@@ -271,6 +352,15 @@ async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, e
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
 
+/// How long a server-side handshake may take.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct HandshakeDeadlines {
+    /// The whole handshake.
+    pub(crate) total: Duration,
+    /// Receiving the client's ClientHello, from the start (at most `total`).
+    pub(crate) client_hello: Option<Duration>,
+}
+
 /// Server side: runs the handshake on `io` and returns the verified stream.
 ///
 /// `now` is read once the handshake is done, so a resumed session is re-validated at the time
@@ -280,12 +370,12 @@ pub(crate) async fn accept<IO>(
     verifier: &SvidVerifier,
     now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
-    timeout: Duration,
+    deadlines: HandshakeDeadlines,
 ) -> Result<SecureStream<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = accept_inner(config, verifier, now, io, timeout).await;
+    let result = accept_inner(config, verifier, now, io, deadlines).await;
     let group = result
         .as_ref()
         .ok()
@@ -299,16 +389,28 @@ async fn accept_inner<IO>(
     verifier: &SvidVerifier,
     now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
-    timeout: Duration,
+    deadlines: HandshakeDeadlines,
 ) -> Result<SecureStream<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let acceptor = tokio_rustls::TlsAcceptor::from(config);
-    let stream = tokio::time::timeout(timeout, acceptor.accept(io))
+    let start = tokio::time::Instant::now();
+    let deadline = start + deadlines.total;
+    let hello_deadline = deadlines
+        .client_hello
+        .map_or(deadline, |hello| (start + hello).min(deadline));
+    // The ClientHello first, under its own (shorter) deadline: a silent client holds a
+    // handshake slot only that long.
+    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+    let hello = tokio::time::timeout_at(hello_deadline, hello)
         .await
         .map_err(|_| Error::HandshakeTimeout)?
-        .map_err(handshake_error)?;
+        .map_err(|error| handshake_error(error, None))?;
+    let (stream, captured) =
+        crate::tls::capture(tokio::time::timeout_at(deadline, hello.into_stream(config))).await;
+    let stream = stream
+        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(|error| handshake_error(error, captured))?;
     let (_, conn) = stream.get_ref();
     match identify(
         conn.handshake_kind(),
@@ -334,11 +436,12 @@ pub(crate) async fn connect<IO>(
     server_name: ServerName<'static>,
     io: IO,
     timeout: Duration,
+    own_id: &spiffe::SpiffeId,
 ) -> Result<SecureStream<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = connect_inner(config, verifier, now, server_name, io, timeout).await;
+    let result = connect_inner(config, verifier, now, server_name, io, timeout, own_id).await;
     let group = result
         .as_ref()
         .ok()
@@ -354,15 +457,39 @@ async fn connect_inner<IO>(
     server_name: ServerName<'static>,
     io: IO,
     timeout: Duration,
+    own_id: &spiffe::SpiffeId,
 ) -> Result<SecureStream<IO>, Error>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let connector = tokio_rustls::TlsConnector::from(config);
-    let stream = tokio::time::timeout(timeout, connector.connect(server_name, io))
-        .await
+    let started = tokio::time::Instant::now();
+    let (stream, captured) = crate::tls::capture(tokio::time::timeout(
+        timeout,
+        connector.connect(server_name, io),
+    ))
+    .await;
+    let mut stream = stream
         .map_err(|_| Error::HandshakeTimeout)?
-        .map_err(handshake_error)?;
+        .map_err(|error| client_handshake_error(error, captured, own_id))?;
+    let (_, conn) = stream.get_ref();
+    // A resumed session carries no certificate for the server to judge in the handshake.
+    if conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
+        && conn.handshake_kind() != Some(HandshakeKind::Resumed)
+    {
+        let wait = (started.elapsed() * 2).clamp(VERDICT_WAIT_MIN, VERDICT_WAIT_MAX);
+        if let Err(error) = await_server_verdict(&mut stream, wait).await {
+            return Err(match error {
+                rustls::Error::AlertReceived(alert) if crate::tls::refuses_certificate(alert) => {
+                    Error::RefusedByServer {
+                        own_id: own_id.clone(),
+                        alert,
+                    }
+                }
+                other => Error::Handshake(io::Error::new(io::ErrorKind::InvalidData, other)),
+            });
+        }
+    }
     let (_, conn) = stream.get_ref();
     match identify(
         conn.handshake_kind(),
