@@ -27,11 +27,13 @@ const OPS: &str = "spiffe://example.org/ops";
 const POLICY: &str = r#"
 [[rule]]
 name = "web-reads-public"
+effect = "allow"
 principals = ["spiffe://example.org/web"]
 routes = [{ methods = ["GET"], path = "/public/*" }]
 
 [[rule]]
 name = "ops-everywhere"
+effect = "allow"
 principals = ["spiffe://example.org/ops"]
 routes = [{ path = "/*" }]
 
@@ -43,6 +45,7 @@ routes = [{ path = "/public/secret" }]
 
 [[rule]]
 name = "grpc-client-get"
+effect = "allow"
 principals = ["spiffe://example.org/grpc-client"]
 routes = [{ path = "/whoami.WhoAmI/Get" }]
 "#;
@@ -204,7 +207,7 @@ async fn caller_no_rule_names_is_refused_at_the_handshake() {
 
     // A policy reload that names the caller admits it at the next handshake.
     policy.replace(Policy::from_toml(&format!(
-        "{POLICY}\n[[rule]]\nname = \"batch\"\nprincipals = [\"spiffe://example.org/batch\"]\nroutes = [{{ path = \"/*\" }}]\n"
+        "{POLICY}\n[[rule]]\nname = \"batch\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/batch\"]\nroutes = [{{ path = \"/*\" }}]\n"
     )).unwrap());
     let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
     assert_eq!(
