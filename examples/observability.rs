@@ -25,6 +25,7 @@ use secure_channel::{MemorySource, PeerIdentity, SecureChannel};
 const POLICY: &str = r#"
 [[rule]]
 name = "web-reads-orders"
+effect = "allow"
 principals = ["spiffe://example.org/web"]
 routes = [{ methods = ["GET"], path = "/orders/*" }]
 "#;

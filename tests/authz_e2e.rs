@@ -27,11 +27,13 @@ const OPS: &str = "spiffe://example.org/ops";
 const POLICY: &str = r#"
 [[rule]]
 name = "web-reads-public"
+effect = "allow"
 principals = ["spiffe://example.org/web"]
 routes = [{ methods = ["GET"], path = "/public/*" }]
 
 [[rule]]
 name = "ops-everywhere"
+effect = "allow"
 principals = ["spiffe://example.org/ops"]
 routes = [{ path = "/*" }]
 
@@ -43,6 +45,7 @@ routes = [{ path = "/public/secret" }]
 
 [[rule]]
 name = "grpc-client-get"
+effect = "allow"
 principals = ["spiffe://example.org/grpc-client"]
 routes = [{ path = "/whoami.WhoAmI/Get" }]
 "#;
@@ -204,7 +207,7 @@ async fn caller_no_rule_names_is_refused_at_the_handshake() {
 
     // A policy reload that names the caller admits it at the next handshake.
     policy.replace(Policy::from_toml(&format!(
-        "{POLICY}\n[[rule]]\nname = \"batch\"\nprincipals = [\"spiffe://example.org/batch\"]\nroutes = [{{ path = \"/*\" }}]\n"
+        "{POLICY}\n[[rule]]\nname = \"batch\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/batch\"]\nroutes = [{{ path = \"/*\" }}]\n"
     )).unwrap());
     let mut stream = within(client.connect_tcp(server.addr)).await.unwrap();
     assert_eq!(
@@ -258,4 +261,139 @@ async fn grpc_denial_is_permission_denied() {
     // The web workload may connect (a rule names it) but may not call this method.
     let status = call(WEB).await.unwrap_err();
     assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}");
+}
+
+/// The error events of the test's thread (the server runs on it: a current-thread runtime).
+#[derive(Clone, Default)]
+struct ErrorEvents(std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorEvents {
+    fn on_event(&self, event: &tracing::Event<'_>, _: tracing_subscriber::layer::Context<'_, S>) {
+        struct Text(String);
+        impl tracing::field::Visit for Text {
+            fn record_debug(&mut self, field: &tracing::field::Field, value: &dyn std::fmt::Debug) {
+                self.0.push_str(&format!(" {}={value:?}", field.name()));
+            }
+        }
+        if *event.metadata().level() == tracing::Level::ERROR {
+            let mut text = Text(String::new());
+            event.record(&mut text);
+            self.0.lock().unwrap().push(text.0);
+        }
+    }
+}
+
+/// Serves `app` over mutual TLS (with a CA of its own) admitting the callers of `policy`.
+async fn serve_app<S>(policy: &PolicySource, app: S) -> Setup
+where
+    S: tower::Service<
+            axum::extract::Request,
+            Response = axum::response::Response,
+            Error = std::convert::Infallible,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    let ca = DevCa::new("example.org").unwrap();
+    let source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
+    let channel = SecureChannel::builder(&source)
+        .allow_clients_by_policy(policy)
+        .build()
+        .unwrap();
+    let listener = channel
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    tokio::spawn(async move {
+        axum::serve(
+            listener,
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                PeerIdentity,
+            >(app),
+        )
+        .await
+    });
+    Setup {
+        ca,
+        _server_source: source,
+        addr,
+    }
+}
+
+/// Issue #12: `Router::layer(AuthorizeLayer)` runs after axum routed the raw path, so
+/// `GET /admin/../orders/1` reached the admin handler for a caller allowed only `GET /orders/*`.
+/// Applied after routing, the layer now refuses every request (403) and logs an error naming
+/// `layer_before_routing`; applied before routing, it authorizes and routes the same path.
+#[tokio::test]
+async fn router_layer_after_routing_fails_closed_and_before_routing_works() {
+    use tracing_subscriber::layer::SubscriberExt;
+    let errors = ErrorEvents::default();
+    let _guard =
+        tracing::subscriber::set_default(tracing_subscriber::registry().with(errors.clone()));
+
+    let policy = PolicySource::new(
+        Policy::from_toml(
+            r#"
+[[rule]]
+name = "web-reads-orders"
+effect = "allow"
+principals = ["spiffe://example.org/web"]
+routes = [{ methods = ["GET"], path = "/orders/*" }]
+"#,
+        )
+        .unwrap(),
+    );
+    let routes = Router::new()
+        .route(
+            "/orders/{id}",
+            get(
+                |axum::extract::Path(id): axum::extract::Path<String>| async move {
+                    format!("order {id}")
+                },
+            ),
+        )
+        .route("/admin/{*rest}", get(|| async { "admin area" }));
+
+    // The axum idiom: the layer runs after routing. Fail closed.
+    let wrong = serve_app(
+        &policy,
+        routes.clone().layer(AuthorizeLayer::new(policy.clone())),
+    )
+    .await;
+    let (status, body) = get_as(&wrong, WEB, "/admin/../orders/1").await.unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(!body.contains("admin area"), "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["error"], "forbidden");
+    // Even a request the policy allows: the layer cannot know what was routed.
+    assert_eq!(get_as(&wrong, WEB, "/orders/1").await.unwrap().0, 403);
+    let logged = errors.0.lock().unwrap().clone();
+    assert_eq!(logged.len(), 1, "one error per layer: {logged:?}");
+    assert!(
+        logged[0].contains("layer_before_routing") && logged[0].contains("/admin/{*rest}"),
+        "{logged:?}"
+    );
+
+    // The right order: authorized and routed as the normalized path.
+    let right = serve_app(
+        &policy,
+        layer_before_routing(routes, AuthorizeLayer::new(policy.clone())),
+    )
+    .await;
+    assert_eq!(
+        get_as(&right, WEB, "/orders/1").await.unwrap(),
+        (200, "order 1".into())
+    );
+    assert_eq!(
+        get_as(&right, WEB, "/admin/../orders/1").await.unwrap(),
+        (200, "order 1".into())
+    );
+    assert_eq!(get_as(&right, WEB, "/admin/x").await.unwrap().0, 403);
+    assert_eq!(
+        errors.0.lock().unwrap().len(),
+        1,
+        "no error in the right order"
+    );
 }

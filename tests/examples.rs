@@ -421,7 +421,7 @@ async fn echo_server_policy_file_is_enforced_and_reloaded() {
     let (ops_cert, ops_key) = s.files.svid("ops", &ops);
     let policy = s.files.path("policy.toml");
     let deny_whoami = format!(
-        "[[rule]]\nname = \"client-health\"\nprincipals = [\"{CLIENT_ID}\"]\nroutes = [{{ path = \"/health\" }}]\n"
+        "[[rule]]\nname = \"client-health\"\neffect = \"allow\"\nprincipals = [\"{CLIENT_ID}\"]\nroutes = [{{ path = \"/health\" }}]\n"
     );
     replace(&policy, &deny_whoami);
     let server = echo_server(&[
@@ -461,7 +461,7 @@ async fn echo_server_policy_file_is_enforced_and_reloaded() {
     replace(
         &policy,
         &format!(
-            "{deny_whoami}\n[[rule]]\nname = \"client-whoami\"\nprincipals = [\"{CLIENT_ID}\"]\nroutes = [{{ methods = [\"GET\"], path = \"/whoami\" }}]\n"
+            "{deny_whoami}\n[[rule]]\nname = \"client-whoami\"\neffect = \"allow\"\nprincipals = [\"{CLIENT_ID}\"]\nroutes = [{{ methods = [\"GET\"], path = \"/whoami\" }}]\n"
         ),
     );
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -483,7 +483,7 @@ async fn echo_server_policy_file_is_enforced_and_reloaded() {
     // A broken policy file is refused at start, naming the file and the line.
     replace(
         &policy,
-        "[[rule]]\nname = \"x\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/\" }]\n",
+        "[[rule]]\nname = \"x\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/\" }]\n",
     );
     expect_config_error(
         &[
@@ -497,7 +497,7 @@ async fn echo_server_policy_file_is_enforced_and_reloaded() {
             os(&policy),
         ],
         &[
-            &format!("{}:3", policy.display()),
+            &format!("{}:4", policy.display()),
             "principals",
             "spiffe://example.org/bill*",
         ],

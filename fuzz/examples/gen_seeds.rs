@@ -267,6 +267,7 @@ fn policy_seeds() -> Result<(), Box<dyn Error>> {
 
 [[rule]]
 name = "web-reads-orders"
+effect = "allow"
 principals = ["spiffe://example.org/web", "spiffe://example.org/batch/*"]
 routes = [
   { methods = ["GET"], path = "/orders/*" },
@@ -284,6 +285,7 @@ routes = [{ path = "/orders/admin/*" }]
 
 [[rule]]
 name = "partner-writes"
+effect = "allow"
 shadow = true
 principals = ["spiffe://partner.example"]
 routes = [{ methods = ["POST"], path = "/orders" }]
@@ -310,11 +312,13 @@ routes = [{ methods = ["POST"], path = "/orders" }]
     )?;
     let simple = r#"[[rule]]
 name = "any-read"
+effect = "allow"
 principals = ["spiffe://example.org"]
 routes = [{ methods = ["GET", "HEAD"], path = "/*" }, { path = "/" }]
 
 [[rule]]
 name = "grpc"
+effect = "allow"
 principals = ["spiffe://example.org/web"]
 routes = [{ path = "/pkg.v1.Svc/*" }]
 "#;
@@ -356,7 +360,7 @@ routes = [{ path = "/pkg.v1.Svc/*" }]
     corpus.write(
         "invalid",
         input(
-            "[[rule]]\nname = \"bad name!\"\nprincipals = []\nroutes = [{ path = \"/a/\" }]\n",
+            "[[rule]]\nname = \"bad name!\"\neffect = \"allow\"\nprincipals = []\nroutes = [{ path = \"/a/\" }]\n",
             "get",
             "*",
             "",

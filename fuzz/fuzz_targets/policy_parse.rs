@@ -56,7 +56,8 @@ fn reference_rules(text: &str) -> Option<Vec<RefRule>> {
     for rule in rules.as_array()? {
         let rule = rule.as_table()?;
         let deny = match rule.get("effect").map(|e| e.as_str()) {
-            None => false,
+            // `effect` is required: a file that loaded without it is a bug.
+            None => return None,
             Some(Some("allow")) => false,
             Some(Some("deny")) => true,
             Some(_) => return None,

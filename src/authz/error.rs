@@ -57,6 +57,13 @@ pub enum PolicyError {
         /// The name.
         name: String,
     },
+    /// The policy file kept changing between reads at start: it is being written. Write the
+    /// new file beside the old one and rename it over it.
+    #[error("policy file {}: kept changing while being read (is it being written?); write it elsewhere and rename it into place", path.display())]
+    Unstable {
+        /// The file.
+        path: PathBuf,
+    },
     /// The thread that polls a policy file could not be started.
     #[error("policy file watcher thread cannot be started: {source}")]
     Watcher {
@@ -82,7 +89,7 @@ impl PolicyError {
             Self::Parse { line, .. }
             | Self::InvalidRule { line, .. }
             | Self::DuplicateRuleName { line, .. } => *line,
-            Self::Read { .. } | Self::Watcher { .. } => None,
+            Self::Read { .. } | Self::Unstable { .. } | Self::Watcher { .. } => None,
         }
     }
 
@@ -100,7 +107,7 @@ impl PolicyError {
             Self::Parse { file, .. }
             | Self::InvalidRule { file, .. }
             | Self::DuplicateRuleName { file, .. } => *file = Some(path.to_owned()),
-            Self::Read { .. } | Self::Watcher { .. } => {}
+            Self::Read { .. } | Self::Unstable { .. } | Self::Watcher { .. } => {}
         }
     }
 }

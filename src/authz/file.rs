@@ -23,7 +23,7 @@ struct PolicyFile {
 #[serde(deny_unknown_fields)]
 struct RuleFile {
     name: Spanned<String>,
-    #[serde(default)]
+    /// Required: a file cut short must not turn a deny rule into an allow rule.
     effect: Effect,
     principals: Spanned<Vec<Spanned<String>>>,
     routes: Spanned<Vec<Spanned<RouteFile>>>,

@@ -26,6 +26,7 @@
 //!
 //! [[rule]]
 //! name = "web-reads-orders"   # labels audit events and counters; unique
+//! effect = "allow"
 //! principals = ["spiffe://example.org/web", "spiffe://example.org/batch/*"]
 //! routes = [
 //!   { methods = ["GET"], path = "/orders/*" },
@@ -43,6 +44,7 @@
 //!
 //! [[rule]]
 //! name = "partner-writes"
+//! effect = "allow"
 //! shadow = true               # evaluated and logged as "would allow/deny", does not decide
 //! principals = ["spiffe://partner.example"]
 //! routes = [{ methods = ["POST"], path = "/orders" }]

@@ -267,6 +267,9 @@ pub(crate) fn parse_route_path(text: &str) -> Result<PathPattern, String> {
             "must be written decoded and without {c:?} (no `%`, `\\`, `?`, `#` or control characters)"
         ));
     }
+    if let Some(problem) = axum_pattern(text) {
+        return Err(problem);
+    }
     let (body, prefix) = match text.strip_suffix("/*") {
         Some(body) => (body, true),
         None => (text, false),
@@ -299,6 +302,23 @@ pub(crate) fn parse_route_path(text: &str) -> Result<PathPattern, String> {
     } else {
         PathPattern::Exact(body.into())
     })
+}
+
+/// A route path written as an axum route pattern (`/orders/{id}`, `/files/{*rest}`): policy
+/// paths are matched against request paths, where such a pattern never appears, so the rule
+/// would never match. The problem, with the wildcard form to write instead.
+fn axum_pattern(text: &str) -> Option<String> {
+    let segments: Vec<&str> = text.split('/').collect();
+    let first = segments
+        .iter()
+        .position(|s| s.contains('{') || s.contains('}'))?;
+    let base = segments.get(..first).unwrap_or_default().join("/");
+    let below = if base.is_empty() { "/" } else { base.as_str() };
+    Some(format!(
+        "looks like an axum route pattern (`{}`), which never matches: policy paths match \
+         request paths; write `{base}/*` (every path below `{below}`, in whole segments)",
+        segments.get(first).copied().unwrap_or_default(),
+    ))
 }
 
 #[cfg(test)]
@@ -427,6 +447,21 @@ mod tests {
         for (text, expected) in ok {
             assert_eq!(parse_route_path(text).as_ref(), Ok(expected), "{text}");
             assert_eq!(expected.to_string(), *text);
+        }
+        // axum route patterns are refused with the wildcard form to write instead.
+        for (pattern, wildcard) in [
+            ("/orders/{id}", "`/orders/*`"),
+            ("/admin/{*rest}", "`/admin/*`"),
+            ("/orders/{id}/items", "`/orders/*`"),
+            ("/{tenant}/orders", "`/*`"),
+            ("/files/a}", "`/files/*`"),
+        ] {
+            let problem = parse_route_path(pattern).unwrap_err();
+            assert!(
+                problem.contains("axum route pattern"),
+                "{pattern}: {problem}"
+            );
+            assert!(problem.contains(wildcard), "{pattern}: {problem}");
         }
         for bad in [
             "", "api", "/api/", "/api*", "/a/*/b", "/a/**", "/*/a", "//a", "/a//b", "/a/./b",

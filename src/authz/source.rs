@@ -53,6 +53,8 @@ impl PolicySource {
         PolicyFileBuilder {
             path: path.into(),
             poll_interval: Duration::from_secs(1),
+            #[cfg(test)]
+            between_reads: None,
         }
     }
 
@@ -152,11 +154,34 @@ impl std::fmt::Debug for PolicySource {
 /// way of replacing it (write-then-rename, Kubernetes ConfigMap symlink swaps). A changed file
 /// is applied only if it loads and validates completely; otherwise the last good policy stays
 /// in force, a warning says why, and [`PolicySource::failed_reloads`] counts it.
-#[derive(Debug, Clone)]
+///
+/// # Security
+///
+/// A file being written in place can be read half written, and half a policy file can be a
+/// valid policy that lacks its trailing deny rules. So content is applied only when it is
+/// stable: read, read again after a short interval (the poll interval, at most 100 ms), and
+/// applied only when both reads are equal; content still changing is looked at again at the
+/// next poll, and the last good policy stays in force meanwhile (at start, a file that keeps
+/// changing is refused with [`PolicyError::Unstable`]). Every rule must also say its `effect`,
+/// so a file cut before a deny rule's `effect` line does not load. Writing the new file beside
+/// the old one and renaming it over it remains the way to replace a policy atomically.
+#[derive(Clone)]
 #[must_use]
 pub struct PolicyFileBuilder {
     path: PathBuf,
     poll_interval: Duration,
+    /// Called between the two reads of a stability check (tests write the second half there).
+    #[cfg(test)]
+    between_reads: Option<BetweenReads>,
+}
+
+impl std::fmt::Debug for PolicyFileBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyFileBuilder")
+            .field("path", &self.path)
+            .field("poll_interval", &self.poll_interval)
+            .finish_non_exhaustive()
+    }
 }
 
 impl PolicyFileBuilder {
@@ -166,10 +191,45 @@ impl PolicyFileBuilder {
         self
     }
 
+    /// Calls `hook` with the first read between the two reads of every stability check.
+    #[cfg(test)]
+    pub(crate) fn between_reads(mut self, hook: impl Fn(&[u8]) + Send + Sync + 'static) -> Self {
+        self.between_reads = Some(Arc::new(hook));
+        self
+    }
+
+    /// The wait between the two reads of a stability check.
+    fn settle(&self) -> Duration {
+        self.poll_interval.min(MAX_SETTLE)
+    }
+
+    /// Whether the file still holds `first` (what was just read from it) after
+    /// [`settle`](Self::settle): `false` while it is being written.
+    fn is_stable(&self, first: &[u8]) -> Result<bool, PolicyError> {
+        std::thread::sleep(self.settle());
+        #[cfg(test)]
+        if let Some(hook) = &self.between_reads {
+            hook(first);
+        }
+        Ok(read(&self.path)? == first)
+    }
+
     /// Loads the file now (any problem is an error naming the file, line and field) and starts
     /// following it.
     pub fn start(self) -> Result<PolicySource, PolicyError> {
-        let contents = read(&self.path)?;
+        let mut stable = None;
+        for _ in 0..START_ATTEMPTS {
+            let contents = read(&self.path)?;
+            if self.is_stable(&contents)? {
+                stable = Some(contents);
+                break;
+            }
+        }
+        let Some(contents) = stable else {
+            return Err(PolicyError::Unstable {
+                path: self.path.clone(),
+            });
+        };
         let policy = parse(&self.path, &contents)?;
         let source = PolicySource::with_file(policy, Some(self.path.clone()));
         let weak = Arc::downgrade(&source.shared);
@@ -180,6 +240,15 @@ impl PolicyFileBuilder {
         Ok(source)
     }
 }
+
+/// A test hook called with the first read, between the two reads of a stability check.
+#[cfg(test)]
+type BetweenReads = Arc<dyn Fn(&[u8]) + Send + Sync>;
+
+/// The longest wait between the two reads of a stability check.
+const MAX_SETTLE: Duration = Duration::from_millis(100);
+/// How many stability checks `start` makes before refusing a file that keeps changing.
+const START_ATTEMPTS: usize = 10;
 
 fn read(path: &Path) -> Result<Vec<u8>, PolicyError> {
     std::fs::read(path).map_err(|source| PolicyError::Read {
@@ -234,6 +303,21 @@ fn poll(config: PolicyFileBuilder, shared: Weak<Shared>, mut loaded: Vec<u8>) {
                 .is_some_and(|r| r.as_ref() == Ok(&contents))
         {
             continue;
+        }
+        // Changed: applied only once it reads the same twice. Still being written, it is
+        // looked at again at the next poll; the last good policy stays in force meanwhile.
+        match config.is_stable(&contents) {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::debug!(
+                    target: crate::authz::AUDIT_TARGET,
+                    path = %config.path.display(),
+                    "policy file changed while being read; waiting for it to settle"
+                );
+                continue;
+            }
+            // Gone or unreadable between the two reads: the next poll reports it.
+            Err(_) => continue,
         }
         match parse(&config.path, &contents) {
             Ok(policy) => {

@@ -588,6 +588,8 @@ fn builder_refuses_unsafe_or_invalid_rules() {
         (base().route_any_method("/a*"), "path"),
         (base().route_any_method("/a%2Fb"), "path"),
         (base().route_any_method("a"), "path"),
+        (base().route(Method::GET, "/orders/{id}"), "path"),
+        (base().route(Method::GET, "/admin/{*rest}"), "path"),
         (base().require_scope(""), "scopes"),
         (base().require_scope("a b"), "scopes"),
         (base().require_claim("tenant", json!(["a"])), "claims"),
@@ -616,6 +618,17 @@ fn builder_refuses_unsafe_or_invalid_rules() {
         assert_eq!(err.field(), Some(field), "{debug}: {err}");
         assert_eq!(err.line(), None);
     }
+    // An axum route pattern: the error names the rule and the wildcard form to write.
+    let err = Policy::builder()
+        .rule(base().route(Method::GET, "/admin/{*rest}"))
+        .build()
+        .unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "rule \"r\", field `path`: looks like an axum route pattern (`{*rest}`), which never \
+         matches: policy paths match request paths; write `/admin/*` (every path below \
+         `/admin`, in whole segments) (got \"/admin/{*rest}\")"
+    );
     let err = Policy::builder()
         .rule(base())
         .rule(base())
@@ -632,6 +645,7 @@ mode = "enforce"
 
 [[rule]]
 name = "web-reads-orders"
+effect = "allow"
 principals = ["spiffe://example.org/web", "spiffe://example.org/batch/*"]
 routes = [
   { methods = ["GET"], path = "/orders/*" },
@@ -649,11 +663,13 @@ routes = [{ path = "/orders/admin/*" }]
 
 [[rule]]
 name = "health"
+effect = "allow"
 principals = ["spiffe://example.org"]
 routes = [{ methods = ["GET", "HEAD"], path = "/health" }]
 
 [[rule]]
 name = "partner-writes"
+effect = "allow"
 shadow = true
 principals = ["spiffe://partner.example"]
 routes = [{ methods = ["POST"], path = "/orders" }]
@@ -714,7 +730,9 @@ fn toml_error(text: &str) -> PolicyError {
 
 #[test]
 fn toml_errors_name_line_and_field() {
-    let rule = |body: &str| format!("# comment\n\n[[rule]]\nname = \"r\"\n{body}");
+    // The body starts on line 5 (the rule table on line 2).
+    let rule =
+        |body: &str| format!("# comment\n[[rule]]\nname = \"r\"\neffect = \"allow\"\n{body}");
     // (text, line, field for InvalidRule or a word of the parser message)
     let cases: Vec<(String, u32, &str)> = vec![
         (
@@ -745,6 +763,12 @@ fn toml_errors_name_line_and_field() {
                 "principals = [\"*\"]\n\nroutes = [\n  { path = \"/ok\" },\n  { path = \"/a/../b\" },\n]\n",
             ),
             9,
+            "path",
+        ),
+        // An axum route pattern never matches a request path.
+        (
+            rule("principals = [\"*\"]\nroutes = [{ path = \"/orders/{id}\" }]\n"),
+            6,
             "path",
         ),
         (
@@ -825,8 +849,8 @@ fn toml_errors_name_line_and_field() {
         ),
         ("mode = \"permissive\"\n".to_owned(), 1, "permissive"),
         (
-            rule("effect = \"permit\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/a\" }]\n"),
-            5,
+            "[[rule]]\nname = \"r\"\neffect = \"permit\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/a\" }]\n".to_owned(),
+            3,
             "permit",
         ),
         (
@@ -834,7 +858,13 @@ fn toml_errors_name_line_and_field() {
             5,
             "sequence",
         ),
-        (rule("routes = [{ path = \"/a\" }]\n"), 3, "principals"),
+        (rule("routes = [{ path = \"/a\" }]\n"), 2, "principals"),
+        // `effect` is required: a rule cut before its `effect` line must not become an allow.
+        (
+            "[[rule]]\nname = \"r\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/a\" }]\n".to_owned(),
+            1,
+            "missing field `effect`",
+        ),
         (
             rule("principals = [\"*\"]\nroutes = [{ methods = [\"GET\"] }]\n"),
             6,
@@ -849,13 +879,13 @@ fn toml_errors_name_line_and_field() {
         assert!(err.to_string().contains(word), "{text}\n=> {err}");
     }
 
-    let dup = "[[rule]]\nname = \"r\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/a\" }]\n\n[[rule]]\nname = \"r\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/b\" }]\n";
+    let dup = "[[rule]]\nname = \"r\"\neffect = \"allow\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/a\" }]\n\n[[rule]]\nname = \"r\"\neffect = \"allow\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/b\" }]\n";
     let err = toml_error(dup);
     assert!(
         matches!(err, PolicyError::DuplicateRuleName { .. }),
         "{err}"
     );
-    assert_eq!(err.line(), Some(7));
+    assert_eq!(err.line(), Some(8));
 }
 
 #[test]
@@ -864,11 +894,11 @@ fn file_errors_name_the_file() {
     let path = dir.path().join("policy.toml");
     let err = Policy::from_file(&path).unwrap_err();
     assert!(matches!(err, PolicyError::Read { .. }), "{err}");
-    std::fs::write(&path, "[[rule]]\nname = \"r\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/a\" }]\n").unwrap();
+    std::fs::write(&path, "[[rule]]\nname = \"r\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/a\" }]\n").unwrap();
     let err = Policy::from_file(&path).unwrap_err();
     assert!(
         err.to_string().starts_with(&format!(
-            "{}:3: rule \"r\", field `principals`",
+            "{}:4: rule \"r\", field `principals`",
             path.display()
         )),
         "{err}"
@@ -877,7 +907,7 @@ fn file_errors_name_the_file() {
 
 fn write_policy(path: &std::path::Path, route: &str) {
     let text = format!(
-        "[[rule]]\nname = \"web\"\nprincipals = [\"spiffe://example.org/web\"]\nroutes = [{{ path = \"{route}\" }}]\n"
+        "[[rule]]\nname = \"web\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/web\"]\nroutes = [{{ path = \"{route}\" }}]\n"
     );
     // Write then rename, as deployment tools do, so the poller never sees half a file.
     let tmp = path.with_extension("tmp");
@@ -923,7 +953,7 @@ async fn reload_applies_valid_changes_and_keeps_the_last_good_policy() {
 
     // A broken file is refused and counted; the last good policy stays.
     let mut failures = source.subscribe_failed_reloads();
-    std::fs::write(&path, "[[rule]]\nname = \"web\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/v3\" }]\n").unwrap();
+    std::fs::write(&path, "[[rule]]\nname = \"web\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/v3\" }]\n").unwrap();
     tokio::time::timeout(Duration::from_secs(10), failures.changed())
         .await
         .unwrap()
@@ -952,17 +982,120 @@ async fn reload_applies_valid_changes_and_keeps_the_last_good_policy() {
     assert_eq!(source.failed_reloads(), 2);
 }
 
+/// A policy whose second half is a deny rule; its first half alone is a valid policy that
+/// allows what the deny rule refuses.
+const TWO_HALVES: &str = "[[rule]]\nname = \"web\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/web\"]\nroutes = [{ path = \"/orders/*\" }]\n\n[[rule]]\nname = \"no-admin\"\neffect = \"deny\"\nprincipals = [\"*\"]\nroutes = [{ path = \"/orders/admin/*\" }]\n";
+
+#[tokio::test]
+async fn a_file_written_in_two_halves_is_applied_only_whole() {
+    let web = id("spiffe://example.org/web");
+    let allows =
+        |policy: &Policy, path: &str| policy.explain(&web, &Method::GET, path).is_allowed();
+    let cut = TWO_HALVES.find("\n\n[[rule]]").unwrap() + 1;
+    let (first, second) = TWO_HALVES.split_at(cut);
+    // The danger: the first half alone loads, and lets the deny rule's requests through.
+    assert!(allows(
+        &Policy::from_toml(first).unwrap(),
+        "/orders/admin/x"
+    ));
+    assert!(!allows(
+        &Policy::from_toml(TWO_HALVES).unwrap(),
+        "/orders/admin/x"
+    ));
+
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    write_policy(&path, "/v1");
+    // The writer's second half, appended once the watcher has read the first half alone (in
+    // the watcher, between its two reads, so the order does not depend on timing).
+    let second_half = Arc::new(std::sync::Mutex::new(None::<&'static str>));
+    let saw_first_half = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let source = PolicySource::from_file(&path)
+        .poll_interval(Duration::from_millis(10))
+        .between_reads({
+            let (path, second_half, saw) = (
+                path.clone(),
+                Arc::clone(&second_half),
+                Arc::clone(&saw_first_half),
+            );
+            move |read: &[u8]| {
+                if read != first.as_bytes() {
+                    return;
+                }
+                if let Some(rest) = second_half.lock().unwrap().take() {
+                    saw.store(true, std::sync::atomic::Ordering::SeqCst);
+                    let mut file = std::fs::OpenOptions::new()
+                        .append(true)
+                        .open(&path)
+                        .unwrap();
+                    std::io::Write::write_all(&mut file, rest.as_bytes()).unwrap();
+                }
+            }
+        })
+        .start()
+        .unwrap();
+    assert_eq!(source.revision(), 1);
+    let mut revisions = source.subscribe();
+
+    // First half, written in place.
+    *second_half.lock().unwrap() = Some(second);
+    std::fs::write(&path, first).unwrap();
+    tokio::time::timeout(Duration::from_secs(10), revisions.changed())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        saw_first_half.load(std::sync::atomic::Ordering::SeqCst),
+        "the watcher read the first half"
+    );
+    // The first reload is the whole file: the half was never applied.
+    let current = source.current();
+    assert!(allows(&current, "/orders/1"));
+    assert!(
+        !allows(&current, "/orders/admin/x"),
+        "half a file was applied"
+    );
+    assert_eq!(source.revision(), 2);
+    assert_eq!(source.failed_reloads(), 0);
+}
+
+#[test]
+fn a_file_that_keeps_changing_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("policy.toml");
+    write_policy(&path, "/v0");
+    let writes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let err = PolicySource::from_file(&path)
+        .poll_interval(Duration::from_millis(10))
+        .between_reads({
+            let (path, writes) = (path.clone(), Arc::clone(&writes));
+            move |_: &[u8]| {
+                let n = writes.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                write_policy(&path, &format!("/v{}", n + 1));
+            }
+        })
+        .start()
+        .unwrap_err();
+    assert!(matches!(err, PolicyError::Unstable { .. }), "{err}");
+    assert!(err.to_string().contains("kept changing"), "{err}");
+    assert_eq!(writes.load(std::sync::atomic::Ordering::SeqCst), 10);
+
+    // Once it settles, it loads.
+    let source = PolicySource::from_file(&path).start().unwrap();
+    assert_eq!(source.revision(), 1);
+}
+
 #[test]
 fn a_broken_file_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
     std::fs::write(
         &path,
-        "[[rule]]\nname = \"r\"\nprincipals = []\nroutes = [{ path = \"/a\" }]\n",
+        "[[rule]]\nname = \"r\"\neffect = \"allow\"\nprincipals = []\nroutes = [{ path = \"/a\" }]\n",
     )
     .unwrap();
     let err = PolicySource::from_file(&path).start().unwrap_err();
-    assert_eq!(err.line(), Some(3));
+    assert_eq!(err.line(), Some(4));
     assert_eq!(err.field(), Some("principals"));
 }
 

@@ -140,7 +140,11 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 ///
 /// Use it for this crate's layers. `Router::layer` runs middleware after routing, on the raw
 /// path: a request such as `/admin/../public/x` could then be authorized as `/public/x` but
-/// routed by the raw path to an `/admin/{*rest}` route.
+/// routed by the raw path to an `/admin/{*rest}` route. So an
+/// [`AuthorizeLayer`](crate::layer::AuthorizeLayer) that finds the request already routed
+/// (axum's `MatchedPath` in its extensions, after `Router::layer` or `Router::route_layer`)
+/// refuses it with 403 whatever the policy says, and logs an error naming
+/// `layer_before_routing` (fail closed).
 ///
 /// The result serves like a `Router` (`into_make_service_with_connect_info`,
 /// `into_make_service`), for layers whose service answers axum's `Response` and never fails, as

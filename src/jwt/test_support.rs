@@ -60,6 +60,11 @@ impl TestClock {
         Arc::new(Self(AtomicI64::new(secs as i64)))
     }
 
+    /// The clock's time, in whole seconds since the epoch.
+    pub fn secs(&self) -> i64 {
+        self.0.load(Ordering::SeqCst)
+    }
+
     pub fn advance(&self, by: Duration) {
         self.0.fetch_add(by.as_secs() as i64, Ordering::SeqCst);
     }

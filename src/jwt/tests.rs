@@ -186,6 +186,246 @@ async fn time_claims_with_a_five_second_leeway() {
     );
 }
 
+/// The boundaries of the time checks, on a pinned clock: `exp` plus the leeway is already too
+/// late, `nbf` and `iat` may be exactly the leeway ahead, and a lifetime of exactly the maximum
+/// (24 h by default) is accepted.
+#[tokio::test]
+async fn time_boundaries_are_exact() {
+    let issuer = es256();
+    let c = caller();
+    let clock = TestClock::now();
+    let t0 = clock.secs();
+    let v = access(static_keys(&issuer))
+        .time_provider(clock.clone())
+        .build()
+        .unwrap();
+    // The documented defaults, written out: the boundaries below do not follow the constants.
+    let (leeway, max): (i64, i64) = (5, 24 * 3600);
+    assert_eq!(DEFAULT_LEEWAY, Duration::from_secs(5));
+    assert_eq!(DEFAULT_MAX_LIFETIME, Duration::from_secs(24 * 3600));
+    let token = |claims: &[(&str, i64)]| {
+        let mut builder = issuer
+            .token()
+            .audience(AUDIENCE)
+            .claim("iat", json!(t0))
+            .claim("exp", json!(t0 + 60));
+        for (name, value) in claims {
+            builder = builder.claim(*name, json!(value));
+        }
+        builder.sign().unwrap()
+    };
+    let accepted = |token: String| {
+        let v = v.clone();
+        let peer = c.peer.clone();
+        async move { within(v.validate(&token, &peer)).await.map(|_| ()) }
+    };
+
+    // exp: accepted up to (not including) exp + leeway.
+    accepted(token(&[("iat", t0 - 60), ("exp", t0 - leeway + 1)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind_of(
+            &v,
+            &token(&[("iat", t0 - 60), ("exp", t0 - leeway)]),
+            &c.peer
+        )
+        .await,
+        TokenErrorKind::Expired
+    );
+    // nbf: up to the leeway ahead.
+    accepted(token(&[("nbf", t0 + leeway)])).await.unwrap();
+    assert_eq!(
+        kind_of(&v, &token(&[("nbf", t0 + leeway + 1)]), &c.peer).await,
+        TokenErrorKind::NotYetValid
+    );
+    // iat: up to the leeway ahead.
+    accepted(token(&[("iat", t0 + leeway)])).await.unwrap();
+    assert_eq!(
+        kind_of(&v, &token(&[("iat", t0 + leeway + 1)]), &c.peer).await,
+        TokenErrorKind::IssuedInFuture
+    );
+    // Lifetime: exactly the default maximum is accepted, one second more is not.
+    accepted(token(&[("exp", t0 + max)])).await.unwrap();
+    assert_eq!(
+        kind_of(&v, &token(&[("exp", t0 + max + 1)]), &c.peer).await,
+        TokenErrorKind::LifetimeTooLong
+    );
+    // Measured from `nbf` when there is no `iat`, and from now without either.
+    let no_iat = |claims: &[(&str, i64)]| {
+        let mut builder = issuer.token().audience(AUDIENCE).without_claim("iat");
+        for (name, value) in claims {
+            builder = builder.claim(*name, json!(value));
+        }
+        builder.sign().unwrap()
+    };
+    accepted(no_iat(&[("nbf", t0 - 10), ("exp", t0 - 10 + max)]))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind_of(
+            &v,
+            &no_iat(&[("nbf", t0 - 10), ("exp", t0 - 9 + max)]),
+            &c.peer
+        )
+        .await,
+        TokenErrorKind::LifetimeTooLong
+    );
+    accepted(no_iat(&[("exp", t0 + max)])).await.unwrap();
+    assert_eq!(
+        kind_of(&v, &no_iat(&[("exp", t0 + max + 1)]), &c.peer).await,
+        TokenErrorKind::LifetimeTooLong
+    );
+
+    // A configured leeway and lifetime move the boundaries with them.
+    let v = access(static_keys(&issuer))
+        .time_provider(clock.clone())
+        .leeway(Duration::from_secs(30))
+        .max_lifetime(Duration::from_secs(600))
+        .build()
+        .unwrap();
+    within(v.validate(&token(&[("nbf", t0 + 30), ("exp", t0 + 600)]), &c.peer))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind_of(&v, &token(&[("nbf", t0 + 31)]), &c.peer).await,
+        TokenErrorKind::NotYetValid
+    );
+    assert_eq!(
+        kind_of(&v, &token(&[("exp", t0 + 601)]), &c.peer).await,
+        TokenErrorKind::LifetimeTooLong
+    );
+    assert_eq!(
+        kind_of(&v, &token(&[("iat", t0 - 60), ("exp", t0 - 30)]), &c.peer).await,
+        TokenErrorKind::Expired
+    );
+}
+
+/// A signed token of exactly `length` bytes (padding a claim and a header field).
+fn token_of_length(issuer: &TokenIssuer, length: usize) -> String {
+    let sign = |pad: usize, header: usize| {
+        issuer
+            .token()
+            .audience(AUDIENCE)
+            .header("x", json!("h".repeat(header)))
+            .claim("pad", json!("p".repeat(pad)))
+            .sign()
+            .unwrap()
+    };
+    let base = sign(0, 0).len();
+    let estimate = length.saturating_sub(base) * 3 / 4;
+    for pad in estimate.saturating_sub(4)..estimate + 8 {
+        for header in 0..3 {
+            let token = sign(pad, header);
+            if token.len() == length {
+                return token;
+            }
+        }
+    }
+    panic!("no token of {length} bytes");
+}
+
+/// The size limit: exactly the limit is accepted, one byte more is refused; the default is
+/// 8 KiB. The builder's bounds (256 B to 64 KiB, leeway at most 5 minutes) are inclusive.
+#[tokio::test]
+async fn size_boundaries_are_exact() {
+    let issuer = es256();
+    let c = caller();
+    assert_eq!(DEFAULT_MAX_TOKEN_SIZE, 8192, "the documented default");
+    let v = access(static_keys(&issuer)).build().unwrap();
+    assert_eq!(v.max_token_size(), 8192);
+    let at_limit = token_of_length(&issuer, 8192);
+    within(v.validate(&at_limit, &c.peer)).await.unwrap();
+    let over = token_of_length(&issuer, 8193);
+    assert_eq!(kind_of(&v, &over, &c.peer).await, TokenErrorKind::TooLarge);
+
+    let small = access(static_keys(&issuer))
+        .max_token_size(1000)
+        .build()
+        .unwrap();
+    within(small.validate(&token_of_length(&issuer, 1000), &c.peer))
+        .await
+        .unwrap();
+    assert_eq!(
+        kind_of(&small, &token_of_length(&issuer, 1001), &c.peer).await,
+        TokenErrorKind::TooLarge
+    );
+
+    let builds = |b: JwtValidatorBuilder| b.build().is_ok();
+    let keys = static_keys(&issuer);
+    assert!(builds(access(keys.clone()).max_token_size(256)));
+    assert!(builds(access(keys.clone()).max_token_size(64 * 1024)));
+    assert!(!builds(access(keys.clone()).max_token_size(255)));
+    assert!(!builds(access(keys.clone()).max_token_size(64 * 1024 + 1)));
+    assert!(builds(
+        access(keys.clone()).leeway(Duration::from_secs(300))
+    ));
+    assert!(!builds(
+        access(keys.clone()).leeway(Duration::from_secs(301))
+    ));
+    assert!(builds(
+        access(keys.clone()).max_lifetime(Duration::from_secs(1))
+    ));
+    assert!(!builds(access(keys).max_lifetime(Duration::ZERO)));
+}
+
+/// Only an unknown `kid` asks the key source for a refresh: every other refusal (expired,
+/// forged, for another audience or issuer, malformed, too large) is decided with the keys at
+/// hand, so bad tokens cannot make the service fetch the JWKS.
+#[tokio::test]
+async fn only_an_unknown_kid_asks_for_a_key_refresh() {
+    let issuer = es256();
+    let other = TokenIssuer::new("https://other.test", "k1", Algorithm::ES256).unwrap();
+    let fetcher = TestFetcher::new(issuer.jwks());
+    let keys = within(
+        KeySource::jwks_url(fetcher.clone())
+            .unknown_kid_interval(Duration::ZERO)
+            .start(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(fetcher.fetches(), 1);
+    let c = caller();
+    let v = access(keys).build().unwrap();
+    let now = SystemTime::now();
+    let t = || issuer.token().audience(AUDIENCE);
+    let bad = [
+        (
+            t().issued_at(now - Duration::from_secs(600))
+                .expires_at(now - Duration::from_secs(300))
+                .sign()
+                .unwrap(),
+            TokenErrorKind::Expired,
+        ),
+        (
+            other.token().audience(AUDIENCE).sign().unwrap(),
+            TokenErrorKind::InvalidSignature,
+        ),
+        (
+            t().audience("https://elsewhere.test").sign().unwrap(),
+            TokenErrorKind::WrongAudience,
+        ),
+        (
+            t().issued_by("https://other.test").sign().unwrap(),
+            TokenErrorKind::WrongIssuer,
+        ),
+        (t().unsigned(), TokenErrorKind::AlgorithmNone),
+        ("e30.e30.e30".to_owned(), TokenErrorKind::Malformed),
+        ("x".repeat(9000), TokenErrorKind::TooLarge),
+    ];
+    for (token, kind) in &bad {
+        assert_eq!(kind_of(&v, token, &c.peer).await, *kind);
+    }
+    assert_eq!(fetcher.fetches(), 1, "no refresh for a known or absent kid");
+    // Control: an unknown kid does ask.
+    let unknown = t().header("kid", json!("rotated")).sign().unwrap();
+    assert_eq!(
+        kind_of(&v, &unknown, &c.peer).await,
+        TokenErrorKind::UnknownKey
+    );
+    assert_eq!(fetcher.fetches(), 2);
+}
+
 #[tokio::test]
 async fn header_rules() {
     let mut issuer = es256();

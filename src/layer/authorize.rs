@@ -23,6 +23,14 @@
 //! differs from the request's, the request goes on with its URI path rewritten to the normalized
 //! one, so that the inner service routes exactly the path that was authorized. The [`Decision`]
 //! is stored in the request extensions for handlers.
+//!
+//! That holds only when the layer runs *before* routing. With the `axum` feature, a request
+//! that axum already routed (it carries a `MatchedPath`: the layer was applied with
+//! `Router::layer` or `Router::route_layer`) is refused with 403 whatever the policy says, and
+//! an error is logged naming `layer_before_routing`: axum routed the raw path, which can differ
+//! from the path the policy would authorize (`/admin/../orders/1` routed to `/admin/{*rest}`,
+//! authorized as `/orders/1`). Apply the layer with
+//! `integration::axum::layer_before_routing` (feature `axum`) instead.
 
 use std::borrow::Cow;
 use std::future::Future;
@@ -49,6 +57,20 @@ const NO_IDENTITY: &str = "no verified peer identity";
 struct Config<R> {
     policy: PolicySource,
     responder: R,
+    /// Whether the misuse "applied after routing" was already logged at ERROR.
+    #[cfg(feature = "axum")]
+    after_routing_reported: std::sync::atomic::AtomicBool,
+}
+
+impl<R> Config<R> {
+    fn new(policy: PolicySource, responder: R) -> Self {
+        Self {
+            policy,
+            responder,
+            #[cfg(feature = "axum")]
+            after_routing_reported: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
 }
 
 /// Applies an authorization policy to every request.
@@ -67,10 +89,7 @@ impl AuthorizeLayer {
     /// [`PolicySource`]), answering denials with the [`DefaultResponder`].
     pub fn new(policy: impl Into<PolicySource>) -> Self {
         Self {
-            config: Arc::new(Config {
-                policy: policy.into(),
-                responder: DefaultResponder,
-            }),
+            config: Arc::new(Config::new(policy.into(), DefaultResponder)),
         }
     }
 }
@@ -79,10 +98,7 @@ impl<R: RejectionResponder> AuthorizeLayer<R> {
     /// Replaces the responder that turns rejections into responses.
     pub fn responder<R2: RejectionResponder>(self, responder: R2) -> AuthorizeLayer<R2> {
         AuthorizeLayer {
-            config: Arc::new(Config {
-                policy: self.config.policy.clone(),
-                responder,
-            }),
+            config: Arc::new(Config::new(self.config.policy.clone(), responder)),
         }
     }
 
@@ -181,6 +197,48 @@ enum Outcome {
     Reject(Rejection),
 }
 
+/// The route axum matched, when the request was already routed: the layer then runs after
+/// routing (`Router::layer`, `Router::route_layer`), on a path that may not be the routed one.
+#[cfg(feature = "axum")]
+fn routed_by_axum<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+/// Refuses a request that axum routed before this layer saw it (fail closed), logging the
+/// misuse at ERROR once per layer (then at DEBUG, so that the log is not flooded).
+#[cfg(feature = "axum")]
+fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Option<Rejection> {
+    let route = routed_by_axum(request)?;
+    let first = !config
+        .after_routing_reported
+        .swap(true, std::sync::atomic::Ordering::Relaxed);
+    if first {
+        tracing::error!(
+            target: AUDIT_TARGET,
+            method = %request.method(),
+            path = ?request.uri().path(),
+            route,
+            reason = "layer_before_routing",
+            "AuthorizeLayer runs after axum routing (Router::layer or route_layer), so the routed \
+             path may not be the authorized one: every request is refused with 403. Apply it with \
+             secure_channel::integration::axum::layer_before_routing(router, layer)"
+        );
+    } else {
+        tracing::debug!(
+            target: AUDIT_TARGET,
+            method = %request.method(),
+            path = ?request.uri().path(),
+            route,
+            reason = "layer_before_routing",
+            "request refused: AuthorizeLayer runs after axum routing"
+        );
+    }
+    Some(Rejection::new(RejectionKind::Forbidden, FORBIDDEN))
+}
+
 fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
     let Some(peer) = crate::layer::peer_identity(request.extensions()) else {
         tracing::info!(
@@ -242,6 +300,10 @@ where
                 response: Some(self.config.responder.respond(&rejection, is_grpc(request))),
             },
         };
+        #[cfg(feature = "axum")]
+        if let Some(rejection) = refuse_after_routing(&self.config, &request) {
+            return rejected(rejection, &request);
+        }
         match decide(&self.config.policy, &request) {
             Outcome::Reject(rejection) => rejected(rejection, &request),
             Outcome::Pass { decision, rewrite } => {
@@ -552,6 +614,89 @@ mod tests {
         assert_eq!(call(&layer, req()).await.status(), StatusCode::FORBIDDEN);
         source.replace(policy());
         assert_eq!(call(&layer, req()).await.status(), StatusCode::OK);
+    }
+
+    /// `Router::layer` and `Router::route_layer` run the layer after axum routed the raw path:
+    /// every such request is refused (fail closed), even one the policy would allow, while the
+    /// same layer before routing authorizes and routes the normalized path.
+    #[cfg(feature = "axum")]
+    #[tokio::test]
+    async fn applied_after_axum_routing_every_request_is_refused() {
+        use axum::Router;
+        use axum::routing::get;
+
+        let source = PolicySource::new(
+            Policy::builder()
+                .rule(
+                    Rule::allow("web-orders")
+                        .principal("spiffe://example.org/web")
+                        .route(Method::GET, "/orders/*"),
+                )
+                .build()
+                .unwrap(),
+        );
+        let routes = Router::new()
+            .route("/orders/{id}", get(|| async { "order" }))
+            .route("/admin/{*rest}", get(|| async { "admin" }));
+        let get = |uri: &str| {
+            let mut request = Request::get(uri).body(axum::body::Body::empty()).unwrap();
+            request
+                .extensions_mut()
+                .insert(PeerIdentity::for_tests("spiffe://example.org/web"));
+            request
+        };
+        async fn answer(
+            app: impl Service<
+                Request<axum::body::Body>,
+                Response = Response<axum::body::Body>,
+                Error = Infallible,
+            >,
+            request: Request<axum::body::Body>,
+        ) -> (StatusCode, String, Option<RejectionKind>) {
+            let response = app.oneshot(request).await.unwrap();
+            let kind = response
+                .extensions()
+                .get::<Rejection>()
+                .map(Rejection::kind);
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 16)
+                .await
+                .unwrap();
+            (status, String::from_utf8_lossy(&body).into_owned(), kind)
+        }
+
+        let after = [
+            routes.clone().layer(AuthorizeLayer::new(source.clone())),
+            routes
+                .clone()
+                .route_layer(AuthorizeLayer::new(source.clone())),
+        ];
+        for app in after {
+            for uri in ["/admin/../orders/1", "/orders/1", "/admin/x"] {
+                let (status, body, kind) = answer(app.clone(), get(uri)).await;
+                assert_eq!(status, StatusCode::FORBIDDEN, "{uri}: {body}");
+                assert_eq!(kind, Some(RejectionKind::Forbidden), "{uri}");
+                assert!(
+                    !body.contains("admin") && !body.contains("order\""),
+                    "{body}"
+                );
+            }
+        }
+
+        // Before routing: the normalized path is authorized, and it is the one routed.
+        let before = AuthorizeLayer::new(source).layer(routes);
+        assert_eq!(
+            answer(before.clone(), get("/orders/1")).await,
+            (StatusCode::OK, "order".into(), None)
+        );
+        assert_eq!(
+            answer(before.clone(), get("/admin/../orders/1")).await,
+            (StatusCode::OK, "order".into(), None)
+        );
+        assert_eq!(
+            answer(before, get("/admin/x")).await.0,
+            StatusCode::FORBIDDEN
+        );
     }
 
     #[derive(Clone)]
