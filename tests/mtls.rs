@@ -669,3 +669,86 @@ async fn a_client_of_an_untrusted_ca_learns_the_server_does_not_trust_it() {
     assert!(error.to_string().contains("trust bundle"), "{error}");
     assert!(server.next().await.is_err());
 }
+
+/// A transport that hands over at most one byte per read: every TLS record arrives in pieces.
+#[derive(Debug)]
+struct OneByteReads<IO>(IO);
+
+impl<IO: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for OneByteReads<IO> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let mut byte = [0u8; 1];
+        let mut one = tokio::io::ReadBuf::new(&mut byte);
+        let poll = std::pin::Pin::new(&mut self.0).poll_read(cx, &mut one);
+        if let std::task::Poll::Ready(Ok(())) = poll {
+            buf.put_slice(one.filled());
+        }
+        poll
+    }
+}
+
+impl<IO: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for OneByteReads<IO> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn the_verdict_is_read_whole_even_when_it_arrives_byte_by_byte() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let ca = ca("example.org");
+    let server = server_channel(&ca);
+    let name = ServerName::try_from("api.example.org").unwrap();
+    // Refused: the alert, read one byte at a time, is still the verdict.
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let intruder = client_channel(&ca, "spiffe://example.org/batch", SERVER_ID);
+    let (client, accepted) = tokio::join!(
+        within(intruder.connect(name.clone(), OneByteReads(client_io))),
+        within(server.accept(server_io)),
+    );
+    assert!(accepted.is_err());
+    match client {
+        Err(Error::RefusedByServer { alert, .. }) => {
+            assert_eq!(alert, rustls::AlertDescription::AccessDenied)
+        }
+        other => panic!("expected RefusedByServer, got {other:?}"),
+    }
+    // Accepted: the first record (a session ticket) arrives in pieces; the data after it is
+    // read intact.
+    let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+    let allowed = client_channel(&ca, CLIENT_ID, SERVER_ID);
+    let (client, accepted) = tokio::join!(
+        within(allowed.connect(name, OneByteReads(client_io))),
+        async {
+            let mut stream = within(server.accept(server_io)).await.unwrap();
+            stream.write_all(b"hello\n").await.unwrap();
+            stream
+        },
+    );
+    let mut client = client.unwrap();
+    let mut greeting = [0u8; 6];
+    within(client.read_exact(&mut greeting)).await.unwrap();
+    assert_eq!(&greeting, b"hello\n");
+    drop(accepted);
+}
