@@ -140,7 +140,8 @@ impl SecureListenerBuilder {
     /// Caps the handshakes in progress at once from one source: an IPv4 address, or an IPv6
     /// /64 (default 64, at least 1). A source's connections beyond its cap wait, without taking
     /// a handshake slot, until one of its handshakes ends; one that waits longer than the
-    /// handshake timeout is closed.
+    /// handshake timeout is closed. Behind a proxy that hides client addresses, every client
+    /// is one source: raise the cap (up to [`max_concurrent_handshakes`](Self::max_concurrent_handshakes)).
     pub fn max_handshakes_per_source(mut self, max: usize) -> Self {
         self.max_handshakes_per_source = max.max(1);
         self
