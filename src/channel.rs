@@ -349,7 +349,10 @@ impl SecureChannel {
     }
 
     /// The rustls server configuration, for serving with other TLS stacks. Prefer
-    /// [`accept`](Self::accept), which also re-validates resumed sessions.
+    /// [`accept`](Self::accept), which also re-validates resumed sessions and returns the
+    /// detailed [`Error::PeerRejected`]: with this configuration alone a refused client fails
+    /// the handshake with only the certificate error that chose its alert (`access_denied`,
+    /// `unknown_ca` or `bad_certificate`), the details being logged at debug level.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
         self.inner.tls.server.clone()
     }

@@ -610,3 +610,83 @@ async fn a_refused_client_gets_the_refusal_from_hyper_every_time() {
         }
     }
 }
+
+/// A client transport that sends its first flight (the ClientHello) at once and holds every
+/// later write back for `delay` once: a slow client, not a silent one.
+struct SlowAfterHello {
+    io: TcpStream,
+    writes: usize,
+    delay: Duration,
+    held: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl tokio::io::AsyncRead for SlowAfterHello {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl tokio::io::AsyncWrite for SlowAfterHello {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.writes >= 1 {
+            let delay = self.delay;
+            let held = self
+                .held
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep(delay)));
+            std::task::ready!(held.as_mut().poll(cx));
+        }
+        self.writes += 1;
+        std::pin::Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+#[tokio::test]
+async fn the_client_hello_deadline_does_not_cut_a_slow_handshake_short() {
+    let mut pki = Pki::new();
+    let mut listener = pki
+        .server()
+        .listener_builder()
+        .client_hello_timeout(Duration::from_millis(200))
+        .handshake_timeout(Duration::from_secs(30))
+        .bind(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap();
+    let addr = listener.local_addr();
+    let client = pki.client(CLIENT_ID);
+    let tcp = within(TcpStream::connect(addr)).await.unwrap();
+    // The client's second flight comes well after the ClientHello deadline.
+    let slow = SlowAfterHello {
+        io: tcp,
+        writes: 0,
+        delay: Duration::from_millis(600),
+        held: None,
+    };
+    let name = rustls_pki_types::ServerName::try_from("api.example.org").unwrap();
+    let (connected, accepted) = tokio::join!(within(client.connect(name, slow)), async {
+        within(listener.accept()).await
+    });
+    connected.unwrap();
+    let (stream, _) = accepted.unwrap();
+    assert_eq!(stream.peer_identity().spiffe_id().to_string(), CLIENT_ID);
+}

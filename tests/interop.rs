@@ -528,3 +528,39 @@ async fn svids_from_the_readme_openssl_recipe_are_accepted() {
     );
     assert_eq!(server.next().await.unwrap(), "spiffe://example.org/web");
 }
+
+/// A foreign server (OpenSSL, TLS 1.3 and TLS 1.2) that does not trust the client's CA: the
+/// client gets `Error::RefusedByServer` with `unknown_ca`, whether the alert comes after the
+/// handshake (TLS 1.3) or within it (TLS 1.2).
+#[tokio::test]
+async fn a_foreign_server_refusing_our_svid_gives_the_typed_refusal() {
+    let ca = DevCa::new("example.org").unwrap();
+    let strangers = DevCa::new("example.org").unwrap();
+    let pem = Pem::new();
+    // The server trusts only the strangers' CA for its clients.
+    let client_cas = pem.bundle(&strangers);
+    let (cert, key) = pem.svid("server", &ca.svid(SERVER_ID).issue().unwrap());
+    let creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
+    let client = SecureChannel::builder(&creds)
+        .expect_server(SERVER_ID)
+        .allow_tls12()
+        .build()
+        .unwrap();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let (mut server, addr) = s_server(
+            &[version, "-www", "-Verify", "2", "-verify_return_error"],
+            &cert,
+            &key,
+            &client_cas,
+        )
+        .await;
+        match within(client.connect_tcp(addr)).await {
+            Err(Error::RefusedByServer { own_id, alert }) => {
+                assert_eq!(own_id.to_string(), CLIENT_ID, "{version}");
+                assert_eq!(alert, rustls::AlertDescription::UnknownCA, "{version}");
+            }
+            other => panic!("{version}: expected RefusedByServer, got {other:?}"),
+        }
+        let _ = server.kill().await;
+    }
+}

@@ -415,9 +415,9 @@ async fn request(
         Ok(Err(e)) if e.is_connect() => {
             return stats.error(&stats.failed, format!("{what}: connect: {e:?}"));
         }
-        // Sent (at least in part) but the connection ended without a response. A server
-        // refusing the client's certificate also shows up here: in TLS 1.3 the client learns
-        // of it on its first read.
+        // Sent (at least in part) but the connection ended without a response. (A server
+        // refusing the client's certificate in a full handshake is a connect error,
+        // `Error::RefusedByServer`; a refused resumed session still ends here.)
         Ok(Err(e)) => return stats.error(&stats.dropped, format!("{what}: {e:?}")),
         Ok(Ok(response)) => response,
     };

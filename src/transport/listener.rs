@@ -140,7 +140,8 @@ impl SecureListenerBuilder {
     /// Caps the handshakes in progress at once from one source: an IPv4 address, or an IPv6
     /// /64 (default 64, at least 1). A source's connections beyond its cap wait, without taking
     /// a handshake slot, until one of its handshakes ends; one that waits longer than the
-    /// handshake timeout is closed.
+    /// handshake timeout is closed. Behind a proxy that hides client addresses, every client
+    /// is one source: raise the cap (up to [`max_concurrent_handshakes`](Self::max_concurrent_handshakes)).
     pub fn max_handshakes_per_source(mut self, max: usize) -> Self {
         self.max_handshakes_per_source = max.max(1);
         self
@@ -298,9 +299,12 @@ async fn admit(
         return Some((permit, slot));
     }
     drop(slot);
-    let permit = tokio::time::timeout_at(deadline, sources.acquire(ip))
-        .await
-        .ok()??;
+    let Ok(permit) = tokio::time::timeout_at(deadline, sources.acquire(ip)).await else {
+        // The wait (and its hold on the source's entry) is over: forget the source if idle.
+        sources.forget_if_idle(Sources::source(ip));
+        return None;
+    };
+    let permit = permit?;
     let slot = tokio::time::timeout_at(deadline, slots.clone().acquire_owned())
         .await
         .ok()?
@@ -328,18 +332,7 @@ struct SourcePermit {
 impl Drop for SourcePermit {
     fn drop(&mut self) {
         drop(self.permit.take());
-        let mut active = self
-            .sources
-            .active
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
-        // Only the map holds it: no permit out, nobody waiting (waiters hold a clone).
-        if active
-            .get(&self.source)
-            .is_some_and(|semaphore| Arc::strong_count(semaphore) == 1)
-        {
-            active.remove(&self.source);
-        }
+        self.sources.forget_if_idle(self.source);
     }
 }
 
@@ -360,6 +353,20 @@ impl Sources {
                 IpAddr::V6(Ipv6Addr::from(prefix))
             }
             v4 => v4,
+        }
+    }
+
+    /// Removes the source's entry if no permit is out and nobody waits (both hold a clone).
+    fn forget_if_idle(&self, source: IpAddr) {
+        let mut active = self
+            .active
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if active
+            .get(&source)
+            .is_some_and(|semaphore| Arc::strong_count(semaphore) == 1)
+        {
+            active.remove(&source);
         }
     }
 
@@ -515,6 +522,15 @@ mod tests {
         );
         drop((second, other));
         assert_eq!(tracked(&sources), 0, "no entry outlives its handshakes");
+        // A waiter that gives up leaves nothing behind once the holder is gone.
+        let sources = Arc::new(Sources::new(1));
+        let held = sources.try_acquire(ip).unwrap();
+        let slots = Arc::new(Semaphore::new(1));
+        let slot = slots.clone().acquire_owned().await.unwrap();
+        let gave_up = admit(&sources, &slots, slot, ip, Instant::now()).await;
+        assert!(gave_up.is_none());
+        drop(held);
+        assert_eq!(tracked(&sources), 0);
         // A failed try leaves nothing behind either.
         let sources = Arc::new(Sources::new(1));
         let held = sources.try_acquire(ip).unwrap();

@@ -347,7 +347,9 @@ fn identify(
 
 async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, error: &Error) {
     use tokio::io::AsyncWriteExt;
-    tracing::info!(%error, "resumed session refused");
+    // The caller gets the error (the listener logs it briefly, rate-limited): its text may
+    // carry the whole allow-list, so only at debug level here.
+    tracing::debug!(%error, "resumed session refused");
     // Best effort: tell the peer we are closing, bounded so a stuck peer cannot hold us.
     let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
 }
