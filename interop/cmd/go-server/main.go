@@ -1,11 +1,12 @@
 // go-server: a go-spiffe spiffetls server for the interop suite.
 //
-// Usage: go-server -listen 127.0.0.1:0 -allow spiffe://a.test/rust/peer
+// Usage: go-server -listen 127.0.0.1:0 -allow spiffe://a.test/rust/peer [-exit-on-stdin-eof]
 //
 // Takes its X.509-SVID and bundles from the Workload API (SPIFFE_ENDPOINT_SOCKET), authorizes
 // exactly one client ID, prints "listening on ADDR" when ready, and answers every line a client
 // sends with the client's SPIFFE ID. Handshake failures are logged to stderr as
-// "handshake failed: ..." and the server keeps serving. Stops on SIGTERM/SIGINT.
+// "handshake failed: ..." and the server keeps serving. Stops on SIGTERM/SIGINT, and with
+// -exit-on-stdin-eof when its standard input closes (so it never outlives the test that runs it).
 package main
 
 import (
@@ -13,6 +14,7 @@ import (
 	"context"
 	"flag"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/signal"
@@ -28,7 +30,14 @@ import (
 func main() {
 	listen := flag.String("listen", "127.0.0.1:0", "address to listen on")
 	allow := flag.String("allow", "", "the one client SPIFFE ID to authorize")
+	stdinEOF := flag.Bool("exit-on-stdin-eof", false, "exit when standard input closes")
 	flag.Parse()
+	if *stdinEOF {
+		go func() {
+			_, _ = io.Copy(io.Discard, os.Stdin)
+			os.Exit(0)
+		}()
+	}
 	allowed, err := spiffeid.FromString(*allow)
 	if err != nil {
 		fmt.Fprintf(os.Stderr, "go-server: -allow %q: %v\n", *allow, err)
