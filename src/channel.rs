@@ -269,12 +269,23 @@ impl SecureChannel {
     }
 
     /// The state of the channel's own SVID at the channel's clock.
+    ///
+    /// The SVID is expiring soon when less than the warning period is left, and also less than
+    /// a quarter of its lifetime: issuers renew well before that (SPIRE at half the lifetime,
+    /// cert-manager at a third), so a short-lived SVID that is being rotated as it should is
+    /// never reported.
     pub fn credential_status(&self) -> CredentialStatus {
-        let not_after = self.inner.source.snapshot().credentials.svid().not_after();
+        let snapshot = self.inner.source.snapshot();
+        let svid = snapshot.credentials.svid();
+        let not_after = svid.not_after();
+        let lifetime = not_after
+            .duration_since(svid.not_before())
+            .unwrap_or_default();
+        let warning = self.inner.expiry_warning.min(lifetime / 4);
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(self.inner.tls.now().as_secs());
         if now >= not_after {
             CredentialStatus::Expired { not_after }
-        } else if not_after.duration_since(now).unwrap_or_default() <= self.inner.expiry_warning {
+        } else if not_after.duration_since(now).unwrap_or_default() <= warning {
             CredentialStatus::ExpiringSoon { not_after }
         } else {
             CredentialStatus::Valid { not_after }
@@ -422,7 +433,8 @@ impl SecureChannelBuilder {
     }
 
     /// Warn (through `tracing`, at most once a minute) when the channel's own SVID expires within
-    /// `period` and has not been rotated (default 10 minutes). Once expired, the channel refuses
+    /// `period` and has not been rotated (default 10 minutes; never more than a quarter of the
+    /// SVID's lifetime, which a working rotation never lets it reach). Once expired, the channel refuses
     /// new handshakes with [`Error::CredentialsExpired`] until valid credentials arrive.
     pub fn expiry_warning(mut self, period: Duration) -> Self {
         self.expiry_warning = period;

@@ -333,3 +333,38 @@ async fn a_resumed_session_is_checked_at_the_time_the_handshake_ends_client_side
         other => panic!("expected the resumed session to be refused, got {other:?}"),
     }
 }
+
+#[test]
+fn a_short_lived_svid_rotated_at_half_life_is_not_expiring_soon() {
+    // SPIRE-style: a 30 s SVID, renewed at half its lifetime. The default 10-minute warning
+    // would report every such SVID; a quarter of the lifetime is the bound.
+    let ca = DevCa::new("example.org").unwrap();
+    let now = SystemTime::now();
+    let clock = Arc::new(TestClock::at(now));
+    let svid = ca
+        .svid(SERVER_ID)
+        .validity(now, now + Duration::from_secs(30))
+        .issue()
+        .unwrap();
+    let source = MemorySource::new(Credentials::new(
+        svid.to_svid().unwrap(),
+        TrustBundles::new().with(ca.bundle().unwrap()),
+    ));
+    let channel = SecureChannel::builder(&source)
+        .allow_client(CLIENT_ID)
+        .time_provider(clock.clone())
+        .build()
+        .unwrap();
+    clock.set(now + Duration::from_secs(15));
+    assert!(
+        matches!(channel.credential_status(), CredentialStatus::Valid { .. }),
+        "{:?}",
+        channel.credential_status()
+    );
+    // Past three quarters without a rotation: expiring soon.
+    clock.set(now + Duration::from_secs(23));
+    assert!(matches!(
+        channel.credential_status(),
+        CredentialStatus::ExpiringSoon { .. }
+    ));
+}

@@ -22,6 +22,7 @@ use crate::identity::inspect_leaf;
 pub struct Svid {
     spiffe_id: SpiffeId,
     certified_key: Arc<CertifiedKey>,
+    not_before: SystemTime,
     not_after: SystemTime,
 }
 
@@ -84,6 +85,9 @@ impl Svid {
         Ok(Self {
             spiffe_id: svid.spiffe_id,
             certified_key: Arc::new(certified_key),
+            not_before: u64::try_from(svid.validity.0)
+                .map(|secs| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
+                .unwrap_or(std::time::UNIX_EPOCH),
             not_after: svid.not_after,
         })
     }
@@ -96,6 +100,11 @@ impl Svid {
     /// The certificate chain, leaf first.
     pub fn chain(&self) -> &[CertificateDer<'static>] {
         &self.certified_key.cert
+    }
+
+    /// When the leaf certificate became valid.
+    pub fn not_before(&self) -> SystemTime {
+        self.not_before
     }
 
     /// When the leaf certificate expires.
