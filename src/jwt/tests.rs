@@ -457,6 +457,15 @@ async fn header_rules() {
         kind_of(&v, &no_kid.unwrap(), &c.peer).await,
         TokenErrorKind::MissingKeyId
     );
+    // An empty or non-string `kid` is no key ID either (not an unknown one to look up).
+    for kid in [json!(""), json!(7)] {
+        let token = t().header("kid", kid.clone()).sign().unwrap();
+        assert_eq!(
+            kind_of(&v, &token, &c.peer).await,
+            TokenErrorKind::MissingKeyId,
+            "kid {kid}"
+        );
+    }
     let unknown = t().header("kid", json!("nope")).sign().unwrap();
     assert_eq!(
         kind_of(&v, &unknown, &c.peer).await,
@@ -889,8 +898,19 @@ async fn cache_skips_verification_and_honors_exp_and_key_changes() {
         "verified once, then served from the cache"
     );
 
+    // Past exp but within the leeway, the token is still good: served from the cache (the
+    // entry lives until exp plus leeway).
+    clock.advance(Duration::from_secs(62));
+    let before = counting::VERIFICATIONS.load(Ordering::SeqCst);
+    within(v.validate(&token, &c.peer)).await.unwrap();
+    assert_eq!(
+        counting::VERIFICATIONS.load(Ordering::SeqCst) - before,
+        0,
+        "within the leeway, still the cached validation"
+    );
+
     // Past exp (plus leeway), the cached entry is not used.
-    clock.advance(Duration::from_secs(70));
+    clock.advance(Duration::from_secs(8));
     assert_eq!(kind_of(&v, &token, &c.peer).await, TokenErrorKind::Expired);
 
     // Without a cache every request verifies.
@@ -1088,6 +1108,26 @@ async fn unknown_kid_flood_is_single_flight() {
         );
     }
     assert_eq!(fetcher.fetches(), 2);
+}
+
+/// The Debug forms say what the validator checks, without key material.
+#[test]
+fn debug_forms_show_the_configuration_not_the_keys() {
+    let issuer = es256();
+    let builder = access(static_keys(&issuer));
+    let debug = format!("{builder:?}");
+    assert!(debug.starts_with("JwtValidatorBuilder"), "{debug}");
+    assert!(
+        debug.contains(AUDIENCE) && debug.contains(ISSUER),
+        "{debug}"
+    );
+    let debug = format!("{:?}", builder.build().unwrap());
+    assert!(debug.starts_with("JwtValidator"), "{debug}");
+    assert!(
+        debug.contains(AUDIENCE) && debug.contains("ES256"),
+        "{debug}"
+    );
+    assert!(!debug.contains("\"x\""), "{debug}");
 }
 
 #[test]
