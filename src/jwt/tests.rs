@@ -1110,6 +1110,34 @@ async fn unknown_kid_flood_is_single_flight() {
     assert_eq!(fetcher.fetches(), 2);
 }
 
+/// A time claim out of the f64 range (`1e400`) is refused as malformed when the payload is
+/// decoded: serde_json refuses such numbers, so no non-finite time reaches `numeric_date` (whose
+/// `is_finite` guard is defence in depth; cargo-mutants' one surviving mutant of
+/// `jwt/validator.rs` replaces it with `true`, an equivalent mutant for this reason).
+#[tokio::test]
+async fn out_of_range_times_are_malformed() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let issuer = es256();
+    let c = caller();
+    let v = access(static_keys(&issuer)).build().unwrap();
+    let good = issuer.token().audience(AUDIENCE).sign().unwrap();
+    let mut parts = good.split('.');
+    let header = parts.next().unwrap();
+    let signature = parts.nth(1).unwrap();
+    for exp in ["1e400", "-1e400"] {
+        let payload = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{exp}}}"#
+        ));
+        let token = format!("{header}.{payload}.{signature}");
+        assert_eq!(
+            kind_of(&v, &token, &c.peer).await,
+            TokenErrorKind::Malformed,
+            "exp {exp}"
+        );
+    }
+}
+
 /// The Debug forms say what the validator checks, without key material.
 #[test]
 fn debug_forms_show_the_configuration_not_the_keys() {
