@@ -457,6 +457,15 @@ async fn header_rules() {
         kind_of(&v, &no_kid.unwrap(), &c.peer).await,
         TokenErrorKind::MissingKeyId
     );
+    // An empty or non-string `kid` is no key ID either (not an unknown one to look up).
+    for kid in [json!(""), json!(7)] {
+        let token = t().header("kid", kid.clone()).sign().unwrap();
+        assert_eq!(
+            kind_of(&v, &token, &c.peer).await,
+            TokenErrorKind::MissingKeyId,
+            "kid {kid}"
+        );
+    }
     let unknown = t().header("kid", json!("nope")).sign().unwrap();
     assert_eq!(
         kind_of(&v, &unknown, &c.peer).await,
@@ -889,8 +898,19 @@ async fn cache_skips_verification_and_honors_exp_and_key_changes() {
         "verified once, then served from the cache"
     );
 
+    // Past exp but within the leeway, the token is still good: served from the cache (the
+    // entry lives until exp plus leeway).
+    clock.advance(Duration::from_secs(62));
+    let before = counting::VERIFICATIONS.load(Ordering::SeqCst);
+    within(v.validate(&token, &c.peer)).await.unwrap();
+    assert_eq!(
+        counting::VERIFICATIONS.load(Ordering::SeqCst) - before,
+        0,
+        "within the leeway, still the cached validation"
+    );
+
     // Past exp (plus leeway), the cached entry is not used.
-    clock.advance(Duration::from_secs(70));
+    clock.advance(Duration::from_secs(8));
     assert_eq!(kind_of(&v, &token, &c.peer).await, TokenErrorKind::Expired);
 
     // Without a cache every request verifies.
@@ -1088,6 +1108,54 @@ async fn unknown_kid_flood_is_single_flight() {
         );
     }
     assert_eq!(fetcher.fetches(), 2);
+}
+
+/// A time claim out of the f64 range (`1e400`) is refused as malformed when the payload is
+/// decoded: serde_json refuses such numbers, so no non-finite time reaches `numeric_date` (whose
+/// `is_finite` guard is defence in depth; cargo-mutants' one surviving mutant of
+/// `jwt/validator.rs` replaces it with `true`, an equivalent mutant for this reason).
+#[tokio::test]
+async fn out_of_range_times_are_malformed() {
+    use base64::Engine;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    let issuer = es256();
+    let c = caller();
+    let v = access(static_keys(&issuer)).build().unwrap();
+    let good = issuer.token().audience(AUDIENCE).sign().unwrap();
+    let mut parts = good.split('.');
+    let header = parts.next().unwrap();
+    let signature = parts.nth(1).unwrap();
+    for exp in ["1e400", "-1e400"] {
+        let payload = URL_SAFE_NO_PAD.encode(format!(
+            r#"{{"iss":"{ISSUER}","aud":"{AUDIENCE}","exp":{exp}}}"#
+        ));
+        let token = format!("{header}.{payload}.{signature}");
+        assert_eq!(
+            kind_of(&v, &token, &c.peer).await,
+            TokenErrorKind::Malformed,
+            "exp {exp}"
+        );
+    }
+}
+
+/// The Debug forms say what the validator checks, without key material.
+#[test]
+fn debug_forms_show_the_configuration_not_the_keys() {
+    let issuer = es256();
+    let builder = access(static_keys(&issuer));
+    let debug = format!("{builder:?}");
+    assert!(debug.starts_with("JwtValidatorBuilder"), "{debug}");
+    assert!(
+        debug.contains(AUDIENCE) && debug.contains(ISSUER),
+        "{debug}"
+    );
+    let debug = format!("{:?}", builder.build().unwrap());
+    assert!(debug.starts_with("JwtValidator"), "{debug}");
+    assert!(
+        debug.contains(AUDIENCE) && debug.contains("ES256"),
+        "{debug}"
+    );
+    assert!(!debug.contains("\"x\""), "{debug}");
 }
 
 #[test]
