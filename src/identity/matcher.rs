@@ -310,6 +310,38 @@ mod tests {
         SpiffeId::new(s).unwrap()
     }
 
+    fn list(matchers: &[&str]) -> AllowList {
+        matchers.iter().map(|m| m.parse().unwrap()).collect()
+    }
+
+    #[test]
+    fn lists_compare_by_their_matchers_and_say_when_empty() {
+        let a = list(&["spiffe://example.org/web", "spiffe://example.org/billing/*"]);
+        assert_eq!(a, a.clone());
+        assert_eq!(
+            a,
+            list(&["spiffe://example.org/web", "spiffe://example.org/billing/*"])
+        );
+        assert_ne!(a, list(&["spiffe://example.org/web"]));
+        assert_ne!(a, AllowList::deny_all());
+        assert!(AllowList::deny_all().is_empty());
+        assert!(!a.is_empty());
+        assert!(!list(&["spiffe://example.org"]).is_empty());
+    }
+
+    #[test]
+    fn debug_forms_name_the_matchers() {
+        let matcher: IdMatcher = "spiffe://example.org/billing/*".parse().unwrap();
+        assert_eq!(
+            format!("{matcher:?}"),
+            "IdMatcher(spiffe://example.org/billing/*)"
+        );
+        assert_eq!(
+            format!("{:?}", list(&["spiffe://example.org/web"])),
+            "AllowList[spiffe://example.org/web]"
+        );
+    }
+
     #[test]
     fn matcher_table() {
         let cases: &[(&str, &str, bool)] = &[

@@ -143,4 +143,32 @@ mod tests {
             "A5BYxvLAy0ksUzsKTRTvd8wPeKvMztUofYShogEc-4E"
         );
     }
+
+    #[test]
+    fn identities_are_equal_by_id_leaf_and_expiry() {
+        let id = SpiffeId::new("spiffe://example.org/web").unwrap();
+        let leaf = CertificateDer::from(vec![1, 2, 3]);
+        let at = SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(1_000);
+        let peer = PeerIdentity::new(id.clone(), leaf.clone(), at);
+        assert_eq!(peer, peer.clone());
+        assert_eq!(peer, PeerIdentity::new(id.clone(), leaf.clone(), at));
+        let other_id = SpiffeId::new("spiffe://example.org/api").unwrap();
+        assert_ne!(peer, PeerIdentity::new(other_id, leaf.clone(), at));
+        assert_ne!(
+            peer,
+            PeerIdentity::new(id.clone(), CertificateDer::from(vec![4]), at)
+        );
+        assert_ne!(
+            peer,
+            PeerIdentity::new(id, leaf, at + std::time::Duration::from_secs(1))
+        );
+    }
+
+    #[test]
+    fn debug_shows_the_id_and_not_the_certificate() {
+        let debug = format!("{:?}", PeerIdentity::for_tests("spiffe://example.org/web"));
+        assert!(debug.starts_with("PeerIdentity {"), "{debug}");
+        assert!(debug.contains("spiffe://example.org/web"), "{debug}");
+        assert!(!debug.contains("leaf"), "{debug}");
+    }
 }

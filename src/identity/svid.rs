@@ -418,6 +418,10 @@ mod tests {
             full.validity().not_after.timestamp(),
         );
         assert_eq!(leaf.validity, expected);
+        assert_eq!(
+            leaf.not_after,
+            UNIX_EPOCH + Duration::from_secs(expected.1 as u64)
+        );
         assert_eq!(chain_validity([der.as_slice()]), Some(expected));
     }
 
@@ -591,6 +595,41 @@ mod tests {
         let with_four =
             with_tbs_fields(&der, |fields| fields.extend_from_slice(&[0x84, 0x01, 0x00]));
         assert!(malformed_reason(&with_four).contains("unexpected element"));
+    }
+
+    #[test]
+    fn an_extended_key_usage_needs_both_purposes_and_may_be_absent() {
+        use rcgen::ExtendedKeyUsagePurpose as Eku;
+        let with = |purposes: Vec<Eku>| {
+            let mut params = params(&[ID]);
+            params.extended_key_usages = purposes;
+            inspect_leaf(&der(params))
+        };
+        assert!(with(vec![Eku::ServerAuth, Eku::ClientAuth]).is_ok());
+        assert!(with(vec![]).is_ok());
+        assert_eq!(
+            with(vec![Eku::ClientAuth]).unwrap_err(),
+            SvidError::ExtendedKeyUsage {
+                missing: "serverAuth"
+            }
+        );
+        assert_eq!(
+            with(vec![Eku::ServerAuth]).unwrap_err(),
+            SvidError::ExtendedKeyUsage {
+                missing: "clientAuth"
+            }
+        );
+    }
+
+    #[test]
+    fn refuses_a_non_canonical_id() {
+        assert_eq!(
+            inspect_leaf(&der(params(&["spiffe://Example.org/web"]))).unwrap_err(),
+            SvidError::NotCanonical {
+                presented: "spiffe://Example.org/web".into(),
+                canonical: "spiffe://example.org/web".into(),
+            }
+        );
     }
 
     #[test]
