@@ -68,7 +68,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                 let mut text = error.to_string();
                 let mut source = std::error::Error::source(&error);
                 while let Some(cause) = source {
-                    if let Some(refusal) = cause.downcast_ref::<secure_channel::Error>() {
+                    if let Some(refusal) = cause.downcast_ref::<secure_channel::ConnectionError>() {
                         text = refusal.to_string();
                         break;
                     }

@@ -1,20 +1,24 @@
 //! [`SecureChannel`] and its builder: the one entry point that wires the rooms together.
 
-use std::convert::Infallible;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use rustls::time_provider::{DefaultTimeProvider, TimeProvider};
 use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::net::TcpStream;
+use tokio::net::{TcpListener, TcpStream};
 
-use crate::Error;
 use crate::identity::{AllowList, IdMatcher, PeerAdmission};
 use crate::source::CredentialSource;
+use crate::source::status::CredentialStatus;
 use crate::tls::{TlsConfigs, TlsPolicy};
-use crate::transport::{self, SecureStream};
+use crate::transport::{
+    HandshakeDeadlines, Handshaker, SecureConnector, SecureListener, SecureListenerBuilder,
+    SecureStream,
+};
+use crate::{ConfigError, ConnectionError};
 
 /// Default bound on one TLS handshake.
 const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -29,42 +33,11 @@ const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// bundles, on every handshake.
 #[derive(Clone, Debug)]
 pub struct SecureChannel {
-    inner: Arc<Inner>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    source: CredentialSource,
-    tls: TlsConfigs,
-    handshake_timeout: Duration,
-    expiry_warning: Duration,
-    /// When an expiry warning or error was last logged, to log at most once a minute.
-    last_expiry_log: std::sync::Mutex<Option<std::time::Instant>>,
+    handshaker: Handshaker,
 }
 
 /// Default: warn when the SVID expires within this time and has not been rotated.
 const DEFAULT_EXPIRY_WARNING: Duration = Duration::from_secs(10 * 60);
-
-/// The state of the workload's own SVID, for health checks.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum CredentialStatus {
-    /// Valid, and not close to expiry.
-    Valid {
-        /// When the SVID expires.
-        not_after: SystemTime,
-    },
-    /// Valid, but expiring within the warning period without having been rotated.
-    ExpiringSoon {
-        /// When the SVID expires.
-        not_after: SystemTime,
-    },
-    /// Expired: the channel refuses new handshakes until valid credentials arrive.
-    Expired {
-        /// When the SVID expired.
-        not_after: SystemTime,
-    },
-}
 
 /// Builds a [`SecureChannel`]. Nothing is allowed until said: a channel without
 /// [`allow_client`](Self::allow_client) accepts no client, and one without
@@ -79,7 +52,7 @@ pub struct SecureChannelBuilder {
     handshake_timeout: Duration,
     expiry_warning: Duration,
     time: Arc<dyn TimeProvider>,
-    first_error: Option<Error>,
+    first_error: Option<ConfigError>,
 }
 
 impl std::fmt::Debug for SecureChannelBuilder {
@@ -89,12 +62,6 @@ impl std::fmt::Debug for SecureChannelBuilder {
             .field("allowed_clients", &self.allowed_clients)
             .field("expected_servers", &self.expected_servers)
             .finish_non_exhaustive()
-    }
-}
-
-impl From<Infallible> for Error {
-    fn from(never: Infallible) -> Self {
-        match never {}
     }
 }
 
@@ -118,11 +85,11 @@ impl SecureChannel {
     ///
     /// The client must present an SVID that validates against the bundle of its trust domain and
     /// whose ID is allowed; a resumed session is re-validated against the current bundles.
-    pub async fn accept<IO>(&self, io: IO) -> Result<SecureStream<IO>, Error>
+    pub async fn accept<IO>(&self, io: IO) -> Result<SecureStream<IO>, ConnectionError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_with_timeout(io, self.inner.handshake_timeout)
+        self.accept_with_timeout(io, self.handshaker.handshake_timeout())
             .await
     }
 
@@ -131,38 +98,15 @@ impl SecureChannel {
         &self,
         io: IO,
         timeout: Duration,
-    ) -> Result<SecureStream<IO>, Error>
+    ) -> Result<SecureStream<IO>, ConnectionError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        self.accept_within(
-            io,
-            transport::HandshakeDeadlines {
-                total: timeout,
-                client_hello: None,
-            },
-        )
-        .await
-    }
-
-    /// Server side, with the listener's deadlines.
-    pub(crate) async fn accept_within<IO>(
-        &self,
-        io: IO,
-        deadlines: transport::HandshakeDeadlines,
-    ) -> Result<SecureStream<IO>, Error>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin,
-    {
-        let tls = self.fresh()?;
-        transport::accept(
-            tls.server.clone(),
-            &tls.clients_verifier,
-            || tls.now(),
-            io,
-            deadlines,
-        )
-        .await
+        let deadlines = HandshakeDeadlines {
+            total: timeout,
+            client_hello: None,
+        };
+        self.handshaker.accept(io, deadlines).await
     }
 
     /// Client side: runs the TLS handshake on a connected transport.
@@ -173,12 +117,12 @@ impl SecureChannel {
         &self,
         server_name: ServerName<'static>,
         io: IO,
-    ) -> Result<SecureStream<IO>, Error>
+    ) -> Result<SecureStream<IO>, ConnectionError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let (config, verifier) = self.default_client_config();
-        self.connect_with(config, &verifier, server_name, io).await
+        let client = self.handshaker.client();
+        self.handshaker.connect(&client, server_name, io).await
     }
 
     /// Client side, expecting the servers matched by `expected` instead of the channel's
@@ -191,81 +135,52 @@ impl SecureChannel {
         expected: AllowList,
         server_name: ServerName<'static>,
         io: IO,
-    ) -> Result<SecureStream<IO>, Error>
+    ) -> Result<SecureStream<IO>, ConnectionError>
     where
         IO: AsyncRead + AsyncWrite + Unpin,
     {
-        let (config, verifier) = self.client_config_for(expected)?;
-        self.connect_with(config, &verifier, server_name, io).await
+        let client = self.handshaker.client_expecting(expected);
+        self.handshaker.connect(&client, server_name, io).await
     }
 
     /// Client side: opens a TCP connection to `addr` and runs the handshake on it.
-    pub async fn connect_tcp(&self, addr: SocketAddr) -> Result<SecureStream<TcpStream>, Error> {
-        let tcp = tokio::time::timeout(self.inner.handshake_timeout, TcpStream::connect(addr))
+    pub async fn connect_tcp(
+        &self,
+        addr: SocketAddr,
+    ) -> Result<SecureStream<TcpStream>, ConnectionError> {
+        let timeout = self.handshaker.handshake_timeout();
+        let tcp = tokio::time::timeout(timeout, TcpStream::connect(addr))
             .await
-            .map_err(|_| Error::HandshakeTimeout)?
-            .map_err(|error| Error::Connect {
+            .map_err(|_| ConnectionError::HandshakeTimeout)?
+            .map_err(|error| ConnectionError::Connect {
                 address: addr.to_string(),
                 error,
             })?;
-        tcp.set_nodelay(true).map_err(Error::Handshake)?;
+        tcp.set_nodelay(true).map_err(ConnectionError::Handshake)?;
         self.connect(ServerName::IpAddress(addr.ip().into()), tcp)
             .await
     }
 
-    /// A client configuration expecting `expected`, and the verifier for its resumed sessions.
-    pub(crate) fn client_config_for(
-        &self,
-        expected: AllowList,
-    ) -> Result<(Arc<rustls::ClientConfig>, Arc<crate::tls::SvidVerifier>), Error> {
-        self.inner.tls.client_for(expected)
+    /// A secure listener on `tcp` with default limits; see [`SecureListener`].
+    ///
+    /// Must be called within a tokio runtime (the accept loop is spawned).
+    pub fn listener(&self, tcp: TcpListener) -> io::Result<SecureListener> {
+        self.listener_builder().bind(tcp)
     }
 
-    /// The channel's own client configuration and verifier.
-    pub(crate) fn default_client_config(
-        &self,
-    ) -> (Arc<rustls::ClientConfig>, Arc<crate::tls::SvidVerifier>) {
-        (
-            self.inner.tls.client.clone(),
-            self.inner.tls.servers_verifier.clone(),
-        )
+    /// A secure listener with options.
+    pub fn listener_builder(&self) -> SecureListenerBuilder {
+        SecureListenerBuilder::new(self.handshaker.clone())
     }
 
-    /// Client side with a prepared configuration (see [`client_config_for`](Self::client_config_for)).
-    pub(crate) async fn connect_with<IO>(
-        &self,
-        config: Arc<rustls::ClientConfig>,
-        verifier: &crate::tls::SvidVerifier,
-        server_name: ServerName<'static>,
-        io: IO,
-    ) -> Result<SecureStream<IO>, Error>
-    where
-        IO: AsyncRead + AsyncWrite + Unpin,
-    {
-        let tls = self.fresh()?;
-        let own_id = self
-            .inner
-            .source
-            .snapshot()
-            .credentials
-            .svid()
-            .spiffe_id()
-            .clone();
-        transport::connect(
-            config,
-            verifier,
-            || tls.now(),
-            server_name,
-            io,
-            self.inner.handshake_timeout,
-            &own_id,
-        )
-        .await
+    /// A connector for hyper and tonic clients; see [`SecureConnector`].
+    pub fn connector(&self) -> SecureConnector {
+        SecureConnector::new(self.handshaker.clone())
     }
 
     /// The bound on each handshake.
     pub fn handshake_timeout(&self) -> Duration {
-        self.inner.handshake_timeout
+        self.handshaker.handshake_timeout()
     }
 
     /// The state of the channel's own SVID at the channel's clock.
@@ -275,78 +190,12 @@ impl SecureChannel {
     /// cert-manager at a third), so a short-lived SVID that is being rotated as it should is
     /// never reported.
     pub fn credential_status(&self) -> CredentialStatus {
-        let snapshot = self.inner.source.snapshot();
-        let svid = snapshot.credentials.svid();
-        let not_after = svid.not_after();
-        let lifetime = not_after
-            .duration_since(svid.not_before())
-            .unwrap_or_default();
-        let warning = self.inner.expiry_warning.min(lifetime / 4);
-        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(self.inner.tls.now().as_secs());
-        if now >= not_after {
-            CredentialStatus::Expired { not_after }
-        } else if not_after.duration_since(now).unwrap_or_default() <= warning {
-            CredentialStatus::ExpiringSoon { not_after }
-        } else {
-            CredentialStatus::Valid { not_after }
-        }
-    }
-
-    /// The TLS configurations, if the channel's own credentials may be used for a handshake:
-    /// fails closed once the SVID has expired, and warns while it nears expiry.
-    fn fresh(&self) -> Result<&TlsConfigs, Error> {
-        match self.credential_status() {
-            CredentialStatus::Valid { .. } => Ok(&self.inner.tls),
-            CredentialStatus::ExpiringSoon { not_after } => {
-                if self.should_log_expiry() {
-                    tracing::warn!(
-                        spiffe_id = %self.inner.source.snapshot().credentials.svid().spiffe_id(),
-                        not_after = ?not_after,
-                        "SVID expires soon and has not been rotated"
-                    );
-                }
-                Ok(&self.inner.tls)
-            }
-            CredentialStatus::Expired { not_after } => {
-                let spiffe_id = self
-                    .inner
-                    .source
-                    .snapshot()
-                    .credentials
-                    .svid()
-                    .spiffe_id()
-                    .clone();
-                if self.should_log_expiry() {
-                    tracing::error!(
-                        %spiffe_id,
-                        not_after = ?not_after,
-                        "SVID expired: refusing new handshakes until valid credentials arrive"
-                    );
-                }
-                Err(Error::CredentialsExpired {
-                    spiffe_id,
-                    not_after,
-                })
-            }
-        }
-    }
-
-    fn should_log_expiry(&self) -> bool {
-        let mut last = match self.inner.last_expiry_log.lock() {
-            Ok(guard) => guard,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        let now = std::time::Instant::now();
-        if last.is_some_and(|at| now.duration_since(at) < Duration::from_secs(60)) {
-            return false;
-        }
-        *last = Some(now);
-        true
+        self.handshaker.credential_status()
     }
 
     /// The credential source this channel presents and trusts.
     pub fn source(&self) -> &CredentialSource {
-        &self.inner.source
+        self.handshaker.source()
     }
 
     /// Test hook (hidden, testkit only): the chains held by the verified-chain caches of the
@@ -354,18 +203,19 @@ impl SecureChannel {
     #[cfg(feature = "testkit")]
     #[doc(hidden)]
     pub fn verified_chain_cache_usage(&self) -> (usize, usize) {
-        let (clients, client_bytes) = self.inner.tls.clients_verifier.cache_usage();
-        let (servers, server_bytes) = self.inner.tls.servers_verifier.cache_usage();
+        let tls = self.handshaker.tls();
+        let (clients, client_bytes) = tls.clients_verifier.cache_usage();
+        let (servers, server_bytes) = tls.servers_verifier.cache_usage();
         (clients + servers, client_bytes + server_bytes)
     }
 
     /// The rustls server configuration, for serving with other TLS stacks. Prefer
     /// [`accept`](Self::accept), which also re-validates resumed sessions and returns the
-    /// detailed [`Error::PeerRejected`]: with this configuration alone a refused client fails
+    /// detailed [`ConnectionError::PeerRejected`]: with this configuration alone a refused client fails
     /// the handshake with only the certificate error that chose its alert (`access_denied`,
     /// `unknown_ca` or `bad_certificate`), the details being logged at debug level.
     pub fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        self.inner.tls.server.clone()
+        self.handshaker.tls().server.clone()
     }
 }
 
@@ -376,7 +226,7 @@ impl SecureChannelBuilder {
     pub fn allow_client<M>(mut self, matcher: M) -> Self
     where
         M: TryInto<IdMatcher>,
-        M::Error: Into<Error>,
+        M::Error: Into<ConfigError>,
     {
         match matcher.try_into() {
             Ok(m) => self.allowed_clients.push(m),
@@ -390,7 +240,7 @@ impl SecureChannelBuilder {
     pub fn expect_server<M>(mut self, matcher: M) -> Self
     where
         M: TryInto<IdMatcher>,
-        M::Error: Into<Error>,
+        M::Error: Into<ConfigError>,
     {
         match matcher.try_into() {
             Ok(m) => self.expected_servers.push(m),
@@ -435,7 +285,7 @@ impl SecureChannelBuilder {
     /// Warn (through `tracing`, at most once a minute) when the channel's own SVID expires within
     /// `period` and has not been rotated (default 10 minutes; never more than a quarter of the
     /// SVID's lifetime, which a working rotation never lets it reach). Once expired, the channel refuses
-    /// new handshakes with [`Error::CredentialsExpired`] until valid credentials arrive.
+    /// new handshakes with [`ConnectionError::CredentialsExpired`] until valid credentials arrive.
     pub fn expiry_warning(mut self, period: Duration) -> Self {
         self.expiry_warning = period;
         self
@@ -447,14 +297,14 @@ impl SecureChannelBuilder {
         self
     }
 
-    fn remember(&mut self, error: Error) {
+    fn remember(&mut self, error: ConfigError) {
         if self.first_error.is_none() {
             self.first_error = Some(error);
         }
     }
 
     /// Validates the configuration and builds the channel.
-    pub fn build(self) -> Result<SecureChannel, Error> {
+    pub fn build(self) -> Result<SecureChannel, ConfigError> {
         if let Some(error) = self.first_error {
             return Err(error);
         }
@@ -467,29 +317,12 @@ impl SecureChannelBuilder {
             self.time,
         )?;
         Ok(SecureChannel {
-            inner: Arc::new(Inner {
-                source: self.source,
+            handshaker: Handshaker::new(
+                self.source,
                 tls,
-                handshake_timeout: self.handshake_timeout,
-                expiry_warning: self.expiry_warning,
-                last_expiry_log: std::sync::Mutex::new(None),
-            }),
+                self.handshake_timeout,
+                self.expiry_warning,
+            ),
         })
-    }
-}
-
-impl TryFrom<&str> for IdMatcher {
-    type Error = crate::identity::IdMatcherError;
-
-    fn try_from(s: &str) -> Result<Self, Self::Error> {
-        Self::parse(s)
-    }
-}
-
-impl TryFrom<String> for IdMatcher {
-    type Error = crate::identity::IdMatcherError;
-
-    fn try_from(s: String) -> Result<Self, Self::Error> {
-        Self::parse(&s)
     }
 }

@@ -4,11 +4,11 @@ use std::sync::Arc;
 
 use rustls::crypto::CryptoProvider;
 
-use crate::Error;
+use crate::ConfigError;
 
 /// The provider this crate uses: aws-lc-rs when its feature is on, else ring, else the
 /// process-wide default a user installed. Deterministic whatever the feature combination.
-pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, Error> {
+pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, ConfigError> {
     #[cfg(feature = "aws-lc-rs")]
     {
         Ok(Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
@@ -21,6 +21,6 @@ pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, Error> {
     {
         CryptoProvider::get_default()
             .cloned()
-            .ok_or(Error::NoCryptoProvider)
+            .ok_or(ConfigError::NoCryptoProvider)
     }
 }

@@ -1,13 +1,17 @@
-//! The crate's error type.
+//! Configuration errors: building a channel and loading its material. What goes wrong on a
+//! connection is a [`ConnectionError`](crate::ConnectionError), in the transport room.
 
 use std::fmt;
 use std::io;
 use std::path::PathBuf;
 
+use std::convert::Infallible;
+use std::path::Path;
+use std::time::Duration;
+
 use spiffe::TrustDomain;
 
 use crate::identity::{IdMatcherError, SvidError};
-use crate::tls::PeerRejection;
 
 /// Where a piece of credential material came from, so errors can name it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,25 +35,19 @@ impl fmt::Display for Location {
     }
 }
 
-/// Everything that can go wrong in this crate.
+/// A channel, credential source or connector that cannot be built or loaded as configured.
 ///
-/// Configuration problems name the file or field they come from ([`Location`]); handshake
-/// rejections carry a [`PeerRejection`] saying what the peer presented and what was expected.
+/// Each names the file or field it comes from ([`Location`]).
 ///
 /// Each message already includes its cause, so the variants return no further
 /// [`source`](std::error::Error::source) (printing a chain shows every cause once); the cause
 /// stays reachable through the variant's fields.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
-pub enum Error {
+pub enum ConfigError {
     /// A credential file could not be read (missing, unreadable).
-    #[error("{location}: cannot be read: {error}")]
-    Read {
-        /// The file.
-        location: Location,
-        /// The I/O error (printed in this error's message, so not also its `source()`).
-        error: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] ReadError),
     /// The input holds no PEM block of the expected kind, or a PEM block is malformed.
     #[error("{location}: not PEM: {problem}")]
     NotPem {
@@ -147,6 +145,14 @@ pub enum Error {
     /// A SPIFFE ID matcher is malformed or unsafe.
     #[error(transparent)]
     InvalidMatcher(#[from] IdMatcherError),
+    /// An authority given to a connector (`expect_server_at`) is not `host:port`.
+    #[error("authority {authority:?}: {problem}")]
+    InvalidAuthority {
+        /// The text given.
+        authority: String,
+        /// What is wrong with it.
+        problem: String,
+    },
     /// No rustls crypto provider is available.
     #[error(
         "no rustls crypto provider: enable the `aws-lc-rs` or `ring` feature, or install a process-wide default"
@@ -154,69 +160,81 @@ pub enum Error {
     NoCryptoProvider,
     /// The key exchange choice (`SecureChannelBuilder::key_exchange`) cannot be met: the crypto
     /// provider lacks the groups, or another setting contradicts it.
-    #[error("key_exchange({choice:?}) cannot be used: {reason}")]
+    #[error("key_exchange({choice}) cannot be used: {reason}")]
     KeyExchange {
-        /// The choice made.
-        choice: crate::tls::KeyExchange,
+        /// The choice made, as the name of its [`KeyExchange`](crate::tls::KeyExchange) variant.
+        choice: &'static str,
         /// What stands in the way, and what to change.
         reason: &'static str,
     },
     /// rustls refused the TLS configuration.
     #[error("TLS configuration refused: {0}")]
     TlsConfig(rustls::Error),
-    /// The SPIFFE Workload API could not be used.
-    #[error("SPIFFE Workload API: {0}")]
-    WorkloadApi(String),
-    /// This workload refused the peer's certificate, during the handshake or after a resumed
-    /// one (on a client: the server's; on a server: the client's).
-    #[error("peer's certificate refused: {0}")]
-    PeerRejected(PeerRejection),
-    /// No TCP connection could be made (the address does not resolve, nobody listens, the
-    /// network is unreachable): no TLS was spoken.
-    #[error("cannot connect to {address}: {error}")]
-    Connect {
-        /// The address as given (`host:port`).
-        address: String,
-        /// The I/O error.
+    /// A background task or thread (a file watcher) could not be started.
+    #[error("{what}: cannot be started: {error}")]
+    Background {
+        /// What was to be started.
+        what: &'static str,
+        /// Why not.
         error: io::Error,
     },
-    /// The server refused this workload's SVID: it answered with a TLS alert about the client's
-    /// certificate (`access_denied`: authenticated but not allowed; `unknown_ca`: not trusted;
-    /// `bad_certificate` and others: not valid). In TLS 1.3 that alert comes just after the
-    /// handshake; the client waits briefly for the server's first record to report it here.
-    #[error(
-        "the server refused this workload's SVID {own_id} with TLS alert {}: {}",
-        crate::tls::refusal_advice(*alert).0,
-        crate::tls::refusal_advice(*alert).1
-    )]
-    RefusedByServer {
-        /// This workload's own SPIFFE ID, the one it presented.
-        own_id: spiffe::SpiffeId,
-        /// The alert the server sent.
-        alert: rustls::AlertDescription,
+    /// The SPIFFE Workload API gave no usable X.509 credentials.
+    #[error("Workload API at {endpoint}: {problem}")]
+    WorkloadApi {
+        /// The endpoint, as configured or as `SPIFFE_ENDPOINT_SOCKET` named it.
+        endpoint: String,
+        /// What went wrong.
+        problem: WorkloadApiProblem,
     },
-    /// The TLS handshake failed for another reason (I/O error, alert from the peer, protocol
-    /// mismatch such as a TLS 1.2-only peer).
-    #[error("TLS handshake failed: {0}")]
-    Handshake(io::Error),
-    /// The channel's own SVID has expired: no handshake is made with expired credentials until
-    /// the source delivers valid ones.
-    #[error(
-        "own SVID {spiffe_id} expired at {not_after:?}: refusing new handshakes until valid credentials arrive"
-    )]
-    CredentialsExpired {
-        /// The SVID's SPIFFE ID.
-        spiffe_id: spiffe::SpiffeId,
-        /// When it expired.
-        not_after: std::time::SystemTime,
-    },
-    /// The handshake did not finish in time.
-    #[error("TLS handshake timed out")]
-    HandshakeTimeout,
 }
 
-impl From<PeerRejection> for Error {
-    fn from(rejection: PeerRejection) -> Self {
-        Self::PeerRejected(rejection)
+impl From<Infallible> for ConfigError {
+    fn from(never: Infallible) -> Self {
+        match never {}
     }
+}
+
+/// What went wrong with the SPIFFE Workload API.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum WorkloadApiProblem {
+    /// No X.509-SVID arrived in time (no agent at the endpoint, or no registration entry for
+    /// this workload).
+    #[error("no X.509-SVID received within {timeout:?}")]
+    InitialTimeout {
+        /// How long was waited.
+        timeout: Duration,
+    },
+    /// The Workload API client failed (the endpoint is malformed, the agent refused or the
+    /// stream broke), as the `spiffe` crate describes it.
+    #[error("{message}")]
+    Client {
+        /// The client's description.
+        message: String,
+    },
+    /// The agent sent no bundle for the SVID's own trust domain.
+    #[error("no bundle for the SVID's own trust domain {trust_domain}")]
+    MissingOwnBundle {
+        /// The SVID's trust domain.
+        trust_domain: TrustDomain,
+    },
+}
+
+/// A file could not be read (missing, unreadable): the one shape of this error in the crate,
+/// whether the file holds credentials, a JWK set or a policy.
+#[derive(Debug, thiserror::Error)]
+#[error("file {}: cannot be read: {error}", path.display())]
+pub struct ReadError {
+    /// The file.
+    pub path: PathBuf,
+    /// The I/O error (printed in this error's message, so not also its `source()`).
+    pub error: io::Error,
+}
+
+/// Reads a whole file, naming it on failure.
+pub(crate) fn read_file(path: &Path) -> Result<Vec<u8>, ReadError> {
+    std::fs::read(path).map_err(|error| ReadError {
+        path: path.to_owned(),
+        error,
+    })
 }

@@ -34,7 +34,7 @@ impl ChainVerifier {
         source: CredentialSource,
         allowed_clients: AllowList,
         expected_servers: AllowList,
-    ) -> Result<Self, crate::Error> {
+    ) -> Result<Self, crate::ConfigError> {
         let configs = TlsConfigs::build(
             source,
             allowed_clients,

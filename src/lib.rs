@@ -110,11 +110,13 @@ pub mod testkit;
 pub mod tls;
 pub mod transport;
 
-pub use channel::{CredentialStatus, SecureChannel, SecureChannelBuilder};
-pub use error::{Error, Location};
+pub use channel::{SecureChannel, SecureChannelBuilder};
+pub use error::{ConfigError, Location, ReadError, WorkloadApiProblem};
 pub use identity::{AllowList, IdMatcher, PeerIdentity};
+pub use source::status::CredentialStatus;
 pub use source::{CredentialSource, Credentials, MemorySource, Svid, TrustBundle, TrustBundles};
 pub use spiffe::{SpiffeId, TrustDomain};
+pub use transport::error::{ConnectionError, ConnectionErrorKind};
 pub use transport::{SecureConnector, SecureListener, SecureStream};
 
 /// The README's code samples, compiled as doctests so they cannot rot.

@@ -7,9 +7,6 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use crate::Error;
-use crate::tls::PeerRejection;
-
 /// Handshakes, by `side` (`server`, `client`), `outcome` (`accepted`, `refused`, `failed`),
 /// `reason` and `group` (the negotiated key exchange group of an accepted handshake, such as
 /// `X25519MLKEM768`; `none` otherwise).
@@ -29,17 +26,14 @@ pub const SVID_NOT_AFTER: &str = "secure_channel_svid_not_after_seconds";
 /// `refused`).
 pub const CREDENTIAL_RELOADS: &str = "secure_channel_credential_reloads_total";
 
-/// Records the outcome of a handshake, and the key exchange group it negotiated.
-pub(crate) fn handshake<T>(
+/// Records the outcome of a handshake (`accepted`, `refused` or `failed`, with a bounded
+/// reason), and the key exchange group it negotiated.
+pub(crate) fn handshake(
     side: &'static str,
-    result: &Result<T, Error>,
+    outcome: &'static str,
+    reason: &'static str,
     group: Option<rustls::NamedGroup>,
 ) {
-    let (outcome, reason) = match result {
-        Ok(_) => ("accepted", "ok"),
-        Err(Error::PeerRejected(rejection)) => ("refused", rejection_reason(rejection)),
-        Err(error) => ("failed", failure_reason(error)),
-    };
     let group = group_label(group);
     metrics::counter!(HANDSHAKES, "side" => side, "outcome" => outcome, "reason" => reason, "group" => group)
         .increment(1);
@@ -57,38 +51,6 @@ pub(crate) fn group_label(group: Option<rustls::NamedGroup>) -> &'static str {
         Some(G::secp256r1) => "secp256r1",
         Some(G::secp384r1) => "secp384r1",
         Some(_) => "other",
-    }
-}
-
-/// A short, bounded label for why a peer was refused.
-pub(crate) fn rejection_reason(rejection: &PeerRejection) -> &'static str {
-    match rejection {
-        PeerRejection::NoCertificate => "no_certificate",
-        PeerRejection::NotSvid(_) => "not_svid",
-        PeerRejection::UnknownTrustDomain { .. } => "unknown_trust_domain",
-        PeerRejection::InvalidChain { .. } => "invalid_chain",
-        PeerRejection::NotAllowed { .. } => "not_allowed",
-        PeerRejection::ResumedSessionInvalid(_) => "resumed_session_invalid",
-    }
-}
-
-pub(crate) fn failure_reason(error: &Error) -> &'static str {
-    match error {
-        Error::HandshakeTimeout => "timeout",
-        Error::CredentialsExpired { .. } => "credentials_expired",
-        Error::Connect { .. } => "connect",
-        Error::Handshake(io) => {
-            match io.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>()) {
-                Some(rustls::Error::PeerIncompatible(_)) => "protocol",
-                Some(rustls::Error::AlertReceived(_)) => "alert_received",
-                Some(
-                    rustls::Error::InvalidMessage(_) | rustls::Error::InappropriateMessage { .. },
-                ) => "invalid_message",
-                Some(_) => "tls",
-                None => "io",
-            }
-        }
-        _ => "other",
     }
 }
 

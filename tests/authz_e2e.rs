@@ -11,12 +11,12 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secure_channel::authz::{Policy, PolicySource};
+use secure_channel::identity::PeerRejection;
 use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::layer::AuthorizeLayer;
 use secure_channel::testkit::DevCa;
 use secure_channel::testkit::whoami::{WhoAmIService, whoami};
-use secure_channel::tls::PeerRejection;
-use secure_channel::{Error, MemorySource, PeerIdentity, SecureChannel};
+use secure_channel::{ConnectionError, MemorySource, PeerIdentity, SecureChannel};
 use support::*;
 use tokio::net::TcpListener;
 
@@ -95,7 +95,7 @@ async fn axum_setup() -> Setup {
     }
 }
 
-async fn get_as(setup: &Setup, caller: &str, path: &str) -> Result<(u16, String), Error> {
+async fn get_as(setup: &Setup, caller: &str, path: &str) -> Result<(u16, String), ConnectionError> {
     let source = MemorySource::new(setup.ca.credentials(caller).unwrap());
     let channel = SecureChannel::builder(&source)
         .expect_server(SERVER_ID)
@@ -107,7 +107,7 @@ async fn get_as(setup: &Setup, caller: &str, path: &str) -> Result<(u16, String)
     let uri: http::Uri = format!("https://{}{path}", setup.addr).parse().unwrap();
     let response = within(client.get(uri))
         .await
-        .map_err(|e| Error::Handshake(std::io::Error::other(e)))?;
+        .map_err(|e| ConnectionError::Handshake(std::io::Error::other(e)))?;
     let status = response.status().as_u16();
     let body = within(response.into_body().collect())
         .await
@@ -191,11 +191,11 @@ async fn caller_no_rule_names_is_refused_at_the_handshake() {
     let _ = async {
         read_line(&mut within(client.connect_tcp(server.addr)).await?)
             .await
-            .map_err(Error::Handshake)
+            .map_err(ConnectionError::Handshake)
     }
     .await;
     match server.next().await {
-        Err(Error::PeerRejected(PeerRejection::NotAllowed {
+        Err(ConnectionError::PeerRejected(PeerRejection::NotAllowed {
             presented,
             expected,
         })) => {

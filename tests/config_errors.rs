@@ -6,8 +6,8 @@ use std::path::Path;
 use secure_channel::identity::SvidError;
 use secure_channel::testkit::DevCa;
 use secure_channel::{
-    CredentialSource, Error, IdMatcher, Location, MemorySource, SecureChannel, Svid, TrustBundle,
-    TrustDomain,
+    ConfigError, ConnectionError, CredentialSource, IdMatcher, Location, MemorySource, ReadError,
+    SecureChannel, Svid, TrustBundle, TrustDomain,
 };
 
 const ID: &str = "spiffe://example.org/api";
@@ -36,7 +36,7 @@ impl Setup {
         std::fs::write(self.path(name), content).unwrap();
     }
 
-    fn start(&self) -> Result<CredentialSource, Error> {
+    fn start(&self) -> Result<CredentialSource, ConfigError> {
         CredentialSource::from_files(self.path("svid.pem"), self.path("svid.key"))
             .bundle(
                 TrustDomain::new("example.org").unwrap(),
@@ -46,7 +46,7 @@ impl Setup {
     }
 }
 
-fn names_file(error: &Error, path: &Path) {
+fn names_file(error: &ConfigError, path: &Path) {
     let message = error.to_string();
     assert!(
         message.contains(&path.display().to_string()),
@@ -68,7 +68,7 @@ fn missing_file() {
     std::fs::remove_file(setup.path("svid.key")).unwrap();
     let error = setup.start().unwrap_err();
     assert!(
-        matches!(&error, Error::Read { location: Location::File(p), .. } if p == &setup.path("svid.key"))
+        matches!(&error, ConfigError::Read(ReadError { path, .. }) if path == &setup.path("svid.key"))
     );
     names_file(&error, &setup.path("svid.key"));
 }
@@ -79,14 +79,14 @@ fn not_pem() {
     setup.write("svid.pem", "this is not PEM");
     let error = setup.start().unwrap_err();
     assert!(
-        matches!(&error, Error::NotPem { location: Location::File(p), .. } if p == &setup.path("svid.pem"))
+        matches!(&error, ConfigError::NotPem { location: Location::File(p), .. } if p == &setup.path("svid.pem"))
     );
     names_file(&error, &setup.path("svid.pem"));
 
     let setup = Setup::new();
     setup.write("svid.key", setup.ca.bundle_pem()); // a certificate where the key should be
     let error = setup.start().unwrap_err();
-    assert!(matches!(&error, Error::NotPem { .. }), "{error}");
+    assert!(matches!(&error, ConfigError::NotPem { .. }), "{error}");
     names_file(&error, &setup.path("svid.key"));
 
     let setup = Setup::new();
@@ -94,7 +94,10 @@ fn not_pem() {
         "svid.pem",
         "-----BEGIN CERTIFICATE-----\n!!!!\n-----END CERTIFICATE-----\n",
     );
-    assert!(matches!(setup.start().unwrap_err(), Error::NotPem { .. }));
+    assert!(matches!(
+        setup.start().unwrap_err(),
+        ConfigError::NotPem { .. }
+    ));
 }
 
 #[test]
@@ -104,7 +107,7 @@ fn key_does_not_match_certificate() {
     setup.write("svid.key", other.key_pem());
     let error = setup.start().unwrap_err();
     assert!(
-        matches!(&error, Error::KeyMismatch { location: Location::File(p) } if p == &setup.path("svid.key"))
+        matches!(&error, ConfigError::KeyMismatch { location: Location::File(p) } if p == &setup.path("svid.key"))
     );
     assert!(error.to_string().contains("does not match"), "{error}");
 }
@@ -117,7 +120,7 @@ fn garbage_key_is_invalid() {
         "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
     );
     let error = setup.start().unwrap_err();
-    assert!(matches!(&error, Error::InvalidKey { .. }), "{error}");
+    assert!(matches!(&error, ConfigError::InvalidKey { .. }), "{error}");
     names_file(&error, &setup.path("svid.key"));
 }
 
@@ -193,7 +196,7 @@ fn certificate_is_not_an_svid() {
     setup.write("svid.key", plain.key_pem());
     let error = setup.start().unwrap_err();
     assert!(
-        matches!(&error, Error::NotSvid { reason: SvidError::NoUriSan, location: Location::File(p) } if p == &setup.path("svid.pem")),
+        matches!(&error, ConfigError::NotSvid { reason: SvidError::NoUriSan, location: Location::File(p) } if p == &setup.path("svid.pem")),
         "{error}"
     );
     assert!(error.to_string().contains("not an X.509-SVID"), "{error}");
@@ -206,7 +209,7 @@ fn certificate_is_not_an_svid() {
     assert!(
         matches!(
             &error,
-            Error::NotSvid {
+            ConfigError::NotSvid {
                 reason: SvidError::NoPath { .. },
                 ..
             }
@@ -222,7 +225,7 @@ fn certificate_is_not_an_svid() {
     .unwrap_err();
     assert!(matches!(
         error,
-        Error::NotSvid {
+        ConfigError::NotSvid {
             reason: SvidError::LeafIsCa,
             location: Location::Field("svid_chain")
         }
@@ -234,11 +237,11 @@ fn empty_bundle() {
     let setup = Setup::new();
     setup.write("bundle.pem", "");
     let error = setup.start().unwrap_err();
-    assert!(matches!(&error, Error::NotPem { .. }), "{error}");
+    assert!(matches!(&error, ConfigError::NotPem { .. }), "{error}");
     names_file(&error, &setup.path("bundle.pem"));
     let error =
         TrustBundle::from_der(TrustDomain::new("example.org").unwrap(), vec![]).unwrap_err();
-    assert!(matches!(error, Error::EmptyBundle { .. }), "{error}");
+    assert!(matches!(error, ConfigError::EmptyBundle { .. }), "{error}");
 }
 
 #[test]
@@ -248,7 +251,7 @@ fn bundle_for_the_wrong_trust_domain() {
     setup.write("bundle.pem", other.bundle_pem());
     let error = setup.start().unwrap_err();
     match &error {
-        Error::BundleTrustDomainMismatch {
+        ConfigError::BundleTrustDomainMismatch {
             location: Location::File(p),
             expected,
             found,
@@ -269,7 +272,7 @@ fn setups_that_can_never_complete_a_handshake_are_refused_at_start() {
         .start()
         .unwrap_err();
     match &error {
-        Error::MissingOwnBundle {
+        ConfigError::MissingOwnBundle {
             location: Location::File(p),
             trust_domain,
         } => {
@@ -287,14 +290,17 @@ fn setups_that_can_never_complete_a_handshake_are_refused_at_start() {
         .bundle(other.trust_domain().clone(), setup.path("other.pem"))
         .start()
         .unwrap_err();
-    assert!(matches!(error, Error::MissingOwnBundle { .. }), "{error}");
+    assert!(
+        matches!(error, ConfigError::MissingOwnBundle { .. }),
+        "{error}"
+    );
 
     // The classic mix-up: the SVID (tls.crt) given as the bundle (ca.crt).
     let setup = Setup::new();
     setup.write("bundle.pem", std::fs::read(setup.path("svid.pem")).unwrap());
     let error = setup.start().unwrap_err();
     match &error {
-        Error::NotCa {
+        ConfigError::NotCa {
             location: Location::File(p),
             index: 0,
         } => assert_eq!(p, &setup.path("bundle.pem")),
@@ -308,7 +314,7 @@ fn setups_that_can_never_complete_a_handshake_are_refused_at_start() {
     setup.write("bundle.pem", stranger.bundle_pem());
     let error = setup.start().unwrap_err();
     match &error {
-        Error::SvidNotTrusted {
+        ConfigError::SvidNotTrusted {
             location: Location::File(p),
             trust_domain,
             ..
@@ -326,7 +332,10 @@ fn setups_that_can_never_complete_a_handshake_are_refused_at_start() {
     setup.write("svid.pem", svid.clone_leaf_only().chain_pem());
     setup.write("svid.key", svid.key_pem());
     let error = setup.start().unwrap_err();
-    assert!(matches!(error, Error::SvidNotTrusted { .. }), "{error}");
+    assert!(
+        matches!(error, ConfigError::SvidNotTrusted { .. }),
+        "{error}"
+    );
     // With the intermediate after the leaf, the same files load.
     setup.write("svid.pem", svid.chain_pem());
     setup.start().unwrap();
@@ -368,13 +377,16 @@ fn a_non_ca_certificate_in_a_bundle_is_refused_and_a_bad_certificate_too() {
     let leaf = ca.svid(ID).issue().unwrap();
     let error =
         TrustBundle::from_der(ca.trust_domain().clone(), vec![leaf.leaf().clone()]).unwrap_err();
-    assert!(matches!(error, Error::NotCa { index: 0, .. }), "{error}");
+    assert!(
+        matches!(error, ConfigError::NotCa { index: 0, .. }),
+        "{error}"
+    );
 
     let bad = rustls_pki_types::CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
     let error =
         TrustBundle::from_der(TrustDomain::new("example.org").unwrap(), vec![bad]).unwrap_err();
     assert!(
-        matches!(error, Error::InvalidTrustAnchor { index: 0, .. }),
+        matches!(error, ConfigError::InvalidTrustAnchor { index: 0, .. }),
         "{error}"
     );
 }
@@ -394,14 +406,14 @@ fn invalid_matchers_fail_the_build() {
             .build()
             .unwrap_err();
         assert!(
-            matches!(&error, Error::InvalidMatcher(e) if e.input() == bad),
+            matches!(&error, ConfigError::InvalidMatcher(e) if e.input() == bad),
             "{error}"
         );
         let error = SecureChannel::builder(&creds)
             .expect_server(bad)
             .build()
             .unwrap_err();
-        assert!(matches!(&error, Error::InvalidMatcher(_)), "{error}");
+        assert!(matches!(&error, ConfigError::InvalidMatcher(_)), "{error}");
     }
     // Parsed matchers are accepted as they are.
     let matcher = IdMatcher::parse("spiffe://example.org/billing/*").unwrap();
@@ -431,7 +443,7 @@ fn error_chains_print_each_cause_once() {
     let setup = Setup::new();
     std::fs::remove_file(setup.path("svid.key")).unwrap();
     let read = setup.start().unwrap_err();
-    assert!(matches!(&read, Error::Read { .. }), "{read}");
+    assert!(matches!(&read, ConfigError::Read(_)), "{read}");
     assert!(read.to_string().contains("No such file"), "{read}");
     assert_each_cause_printed_once(&read);
 
@@ -448,12 +460,12 @@ fn error_chains_print_each_cause_once() {
     let not_svid = setup.start().unwrap_err();
     assert_each_cause_printed_once(&not_svid);
 
-    let rejected = Error::from(secure_channel::tls::PeerRejection::NotSvid(
+    let rejected = ConnectionError::from(secure_channel::identity::PeerRejection::NotSvid(
         SvidError::NoUriSan,
     ));
     assert!(rejected.to_string().contains("no URI SAN"), "{rejected}");
     assert_each_cause_printed_once(&rejected);
-    let handshake = Error::Handshake(std::io::Error::other("boom"));
+    let handshake = ConnectionError::Handshake(std::io::Error::other("boom"));
     assert_each_cause_printed_once(&handshake);
 }
 
@@ -478,7 +490,7 @@ async fn a_failed_tcp_connect_names_the_address_and_is_no_handshake_failure() {
     .unwrap()
     .unwrap_err();
     match &error {
-        Error::Connect { address, .. } => assert_eq!(address, &addr.to_string()),
+        ConnectionError::Connect { address, .. } => assert_eq!(address, &addr.to_string()),
         other => panic!("expected Connect, got {other}"),
     }
     assert!(

@@ -7,10 +7,10 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use secure_channel::identity::{ChainError, PeerRejection};
 use secure_channel::testkit::DevCa;
-use secure_channel::tls::{ChainError, PeerRejection};
 use secure_channel::{
-    CredentialStatus, Credentials, Error, MemorySource, SecureChannel, TrustBundles,
+    ConnectionError, CredentialStatus, Credentials, MemorySource, SecureChannel, TrustBundles,
 };
 use support::*;
 
@@ -70,7 +70,7 @@ async fn server_fails_closed_when_its_svid_expires_and_recovers() {
     ));
     assert!(within(client.connect_tcp(server.addr)).await.is_err());
     match server.next().await {
-        Err(error @ Error::CredentialsExpired { .. }) => {
+        Err(error @ ConnectionError::CredentialsExpired { .. }) => {
             assert!(error.to_string().contains(SERVER_ID), "{error}");
         }
         other => panic!("expected CredentialsExpired, got {other:?}"),
@@ -108,7 +108,7 @@ async fn client_refuses_to_connect_with_an_expired_svid() {
         .build()
         .unwrap();
     match within(client.connect_tcp(server.addr)).await {
-        Err(Error::CredentialsExpired { spiffe_id, .. }) => {
+        Err(ConnectionError::CredentialsExpired { spiffe_id, .. }) => {
             assert_eq!(spiffe_id.to_string(), CLIENT_ID)
         }
         other => panic!("expected CredentialsExpired, got {other:?}"),
@@ -253,16 +253,18 @@ async fn a_resumed_session_is_checked_at_the_time_the_handshake_ends() {
     jumps.send(Some(now + 20 * MINUTE)).unwrap();
     let attempt = async {
         let mut stream = within(client.connect_tcp(addr)).await?;
-        read_line(&mut stream).await.map_err(Error::Handshake)
+        read_line(&mut stream)
+            .await
+            .map_err(ConnectionError::Handshake)
     };
     assert!(attempt.await.is_err());
     match within(verdict.recv()).await.unwrap() {
-        Err(Error::PeerRejected(PeerRejection::ResumedSessionInvalid(inner))) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::ResumedSessionInvalid(inner))) => {
             assert!(
                 matches!(
                     *inner,
                     PeerRejection::InvalidChain {
-                        reason: ChainError::Expired,
+                        reason: ChainError::Expired { .. },
                         ..
                     }
                 ),
@@ -301,7 +303,7 @@ async fn a_resumed_session_is_checked_at_the_time_the_handshake_ends_client_side
         async move {
             let tcp = within(tokio::net::TcpStream::connect(addr))
                 .await
-                .map_err(Error::Handshake)?;
+                .map_err(ConnectionError::Handshake)?;
             let io = ClockJumpsOnFirstRead {
                 inner: tcp,
                 clock,
@@ -318,12 +320,12 @@ async fn a_resumed_session_is_checked_at_the_time_the_handshake_ends_client_side
     drop(stream);
 
     match connect(Some(now + 20 * MINUTE)).await {
-        Err(Error::PeerRejected(PeerRejection::ResumedSessionInvalid(inner))) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::ResumedSessionInvalid(inner))) => {
             assert!(
                 matches!(
                     *inner,
                     PeerRejection::InvalidChain {
-                        reason: ChainError::Expired,
+                        reason: ChainError::Expired { .. },
                         ..
                     }
                 ),

@@ -12,9 +12,9 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secure_channel::tls::PeerRejection;
+use secure_channel::identity::PeerRejection;
 use secure_channel::transport::ListenerStats;
-use secure_channel::{Error, PeerIdentity, SecureChannel};
+use secure_channel::{ConnectionError, PeerIdentity, SecureChannel};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -66,10 +66,10 @@ async fn get_text(
 }
 
 /// Finds this crate's error in a hyper client error's sources.
-fn crate_error(error: &hyper_util::client::legacy::Error) -> Option<&Error> {
+fn crate_error(error: &hyper_util::client::legacy::Error) -> Option<&ConnectionError> {
     let mut source = std::error::Error::source(error);
     while let Some(cause) = source {
-        if let Some(e) = cause.downcast_ref::<Error>() {
+        if let Some(e) = cause.downcast_ref::<ConnectionError>() {
             return Some(e);
         }
         source = cause.source();
@@ -159,7 +159,7 @@ async fn server_identity_mismatch_names_both_and_per_authority_override_applies(
         .await
         .unwrap_err();
     match crate_error(&error) {
-        Some(Error::PeerRejected(PeerRejection::NotAllowed {
+        Some(ConnectionError::PeerRejected(PeerRejection::NotAllowed {
             presented,
             expected,
         })) => {
@@ -293,8 +293,8 @@ async fn two_hundred_concurrent_handshakes_all_succeed() {
                 stream
                     .read_to_string(&mut answer)
                     .await
-                    .map_err(Error::Handshake)?;
-                Ok::<_, Error>(answer)
+                    .map_err(ConnectionError::Handshake)?;
+                Ok::<_, ConnectionError>(answer)
             })
         })
         .collect();
@@ -470,7 +470,7 @@ async fn expect_server_at_applies_to_every_spelling_of_the_authority() {
         let client = Client::builder(TokioExecutor::new()).build::<_, Empty<Bytes>>(connector);
         let error = get_text(&client, &url).await.unwrap_err();
         match crate_error(&error) {
-            Some(Error::PeerRejected(PeerRejection::NotAllowed { expected, .. })) => {
+            Some(ConnectionError::PeerRejected(PeerRejection::NotAllowed { expected, .. })) => {
                 assert_eq!(
                     expected.to_string(),
                     "[spiffe://example.org/payments]",
@@ -602,7 +602,7 @@ async fn a_refused_client_gets_the_refusal_from_hyper_every_time() {
         let error = get_text(&client, &url).await.unwrap_err();
         assert!(error.is_connect(), "{error:?}");
         match crate_error(&error) {
-            Some(Error::RefusedByServer { own_id, alert }) => {
+            Some(ConnectionError::RefusedByServer { own_id, alert }) => {
                 assert_eq!(own_id.to_string(), "spiffe://example.org/batch");
                 assert_eq!(*alert, rustls::AlertDescription::AccessDenied);
             }

@@ -7,9 +7,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
+use secure_channel::identity::PeerRejection;
 use secure_channel::testkit::{DevCa, IssuedSvid};
-use secure_channel::tls::PeerRejection;
-use secure_channel::{Credentials, Error, MemorySource, SecureChannel, TrustBundles};
+use secure_channel::{ConnectionError, Credentials, MemorySource, SecureChannel, TrustBundles};
 use support::*;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpListener;
@@ -50,7 +50,7 @@ async fn http_server(
     channel: SecureChannel,
 ) -> (
     u16,
-    tokio::sync::mpsc::UnboundedReceiver<Result<String, Error>>,
+    tokio::sync::mpsc::UnboundedReceiver<Result<String, ConnectionError>>,
 ) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
@@ -149,7 +149,7 @@ async fn curl_with_client_certificate() {
     assert!(!output.status.success());
     assert!(matches!(
         within(results.recv()).await.unwrap(),
-        Err(Error::PeerRejected(PeerRejection::NoCertificate))
+        Err(ConnectionError::PeerRejected(PeerRejection::NoCertificate))
     ));
 
     // A client certificate of another CA is refused too.
@@ -159,7 +159,9 @@ async fn curl_with_client_certificate() {
     assert!(!output.status.success());
     assert!(matches!(
         within(results.recv()).await.unwrap(),
-        Err(Error::PeerRejected(PeerRejection::InvalidChain { .. }))
+        Err(ConnectionError::PeerRejected(
+            PeerRejection::InvalidChain { .. }
+        ))
     ));
 }
 
@@ -220,7 +222,7 @@ async fn openssl_s_client_against_the_server() {
     assert!(!ok);
     assert!(matches!(
         within(results.recv()).await.unwrap(),
-        Err(Error::Handshake(_))
+        Err(ConnectionError::Handshake(_))
     ));
 }
 
@@ -277,7 +279,9 @@ async fn client_against_openssl_s_server_with_verify() {
         .unwrap();
     assert!(matches!(
         within(picky.connect_tcp(addr)).await,
-        Err(Error::PeerRejected(PeerRejection::NotAllowed { .. }))
+        Err(ConnectionError::PeerRejected(
+            PeerRejection::NotAllowed { .. }
+        ))
     ));
     let _ = server.kill().await;
 }
@@ -369,7 +373,7 @@ async fn a_refused_client_learns_access_denied_and_nothing_of_the_policy() {
     let out = s_client_raw(port, &args).await;
     // The server's own error names the IDs...
     match within(results.recv()).await.unwrap() {
-        Err(Error::PeerRejected(PeerRejection::NotAllowed { presented, .. })) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::NotAllowed { presented, .. })) => {
             assert_eq!(presented.to_string(), "spiffe://example.org/intruder")
         }
         other => panic!("expected NotAllowed, got {other:?}"),
@@ -397,7 +401,7 @@ async fn client_refuses_a_tls12_only_server_by_default() {
         .build()
         .unwrap();
     match within(client.connect_tcp(addr)).await {
-        Err(Error::Handshake(e)) => {
+        Err(ConnectionError::Handshake(e)) => {
             let text = e.to_string();
             assert!(
                 text.contains("ProtocolVersion")
@@ -530,7 +534,7 @@ async fn svids_from_the_readme_openssl_recipe_are_accepted() {
 }
 
 /// A foreign server (OpenSSL, TLS 1.3 and TLS 1.2) that does not trust the client's CA: the
-/// client gets `Error::RefusedByServer` with `unknown_ca`, whether the alert comes after the
+/// client gets `ConnectionError::RefusedByServer` with `unknown_ca`, whether the alert comes after the
 /// handshake (TLS 1.3) or within it (TLS 1.2).
 #[tokio::test]
 async fn a_foreign_server_refusing_our_svid_gives_the_typed_refusal() {
@@ -555,7 +559,7 @@ async fn a_foreign_server_refusing_our_svid_gives_the_typed_refusal() {
         )
         .await;
         match within(client.connect_tcp(addr)).await {
-            Err(Error::RefusedByServer { own_id, alert }) => {
+            Err(ConnectionError::RefusedByServer { own_id, alert }) => {
                 assert_eq!(own_id.to_string(), CLIENT_ID, "{version}");
                 assert_eq!(alert, rustls::AlertDescription::UnknownCA, "{version}");
             }

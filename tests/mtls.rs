@@ -7,10 +7,12 @@ use std::time::{Duration, SystemTime};
 
 use rustls_pki_types::{CertificateDer, ServerName};
 use secure_channel::identity::SvidError;
+use secure_channel::identity::{ChainError, PeerRejection};
 use secure_channel::testkit::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm};
-use secure_channel::tls::{ChainError, KeyExchange, PeerRejection};
+use secure_channel::tls::KeyExchange;
 use secure_channel::{
-    AllowList, Credentials, Error, IdMatcher, MemorySource, SecureChannel, TrustBundles,
+    AllowList, ConfigError, ConnectionError, Credentials, IdMatcher, MemorySource, SecureChannel,
+    TrustBundles,
 };
 use support::*;
 
@@ -100,7 +102,7 @@ async fn server_verdict(
     svid: &IssuedSvid,
     server_ca: &DevCa,
     extra: Option<&DevCa>,
-) -> Result<String, Error> {
+) -> Result<String, ConnectionError> {
     server_verdict_and_alert(svid, server_ca, extra).await.0
 }
 
@@ -109,7 +111,10 @@ async fn server_verdict_and_alert(
     svid: &IssuedSvid,
     server_ca: &DevCa,
     extra: Option<&DevCa>,
-) -> (Result<String, Error>, Option<rustls::AlertDescription>) {
+) -> (
+    Result<String, ConnectionError>,
+    Option<rustls::AlertDescription>,
+) {
     let mut bundles = TrustBundles::new().with(server_ca.bundle().unwrap());
     if let Some(extra) = extra {
         bundles.insert(extra.bundle().unwrap());
@@ -147,16 +152,16 @@ async fn server_verdict_and_alert(
     (verdict, alert)
 }
 
-fn expect_not_svid(result: Result<String, Error>) -> SvidError {
+fn expect_not_svid(result: Result<String, ConnectionError>) -> SvidError {
     match result {
-        Err(Error::PeerRejected(PeerRejection::NotSvid(reason))) => reason,
+        Err(ConnectionError::PeerRejected(PeerRejection::NotSvid(reason))) => reason,
         other => panic!("expected NotSvid, got {other:?}"),
     }
 }
 
-fn expect_chain_error(result: Result<String, Error>) -> ChainError {
+fn expect_chain_error(result: Result<String, ConnectionError>) -> ChainError {
     match result {
-        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => reason,
+        Err(ConnectionError::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => reason,
         other => panic!("expected InvalidChain, got {other:?}"),
     }
 }
@@ -239,7 +244,7 @@ async fn client_refuses_a_server_chained_through_an_intermediate_without_key_cer
     let server = TestServer::start(server_channel).await;
     let client = client_channel(&root, CLIENT_ID, SERVER_ID);
     match within(client.connect_tcp(server.addr)).await {
-        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
             assert_eq!(reason, ChainError::MissingKeyCertSign { depth: 1 });
         }
         other => panic!("expected InvalidChain, got {other:?}"),
@@ -290,11 +295,11 @@ async fn refused_handshakes_with_junk_intermediates_leave_the_verified_chain_cac
         for (index, config) in refused.iter().enumerate() {
             assert!(raw_connect(config.clone(), server.addr).await.is_err());
             match (index, server.next().await) {
-                (0, Err(Error::PeerRejected(PeerRejection::NotAllowed { .. })))
-                | (1, Err(Error::PeerRejected(PeerRejection::InvalidChain { .. })))
+                (0, Err(ConnectionError::PeerRejected(PeerRejection::NotAllowed { .. })))
+                | (1, Err(ConnectionError::PeerRejected(PeerRejection::InvalidChain { .. })))
                 | (
                     2,
-                    Err(Error::PeerRejected(PeerRejection::InvalidChain {
+                    Err(ConnectionError::PeerRejected(PeerRejection::InvalidChain {
                         reason:
                             ChainError::TooManyIntermediates {
                                 presented: 8,
@@ -332,19 +337,35 @@ async fn refuses_expired_and_not_yet_valid() {
         .validity(now - 2 * hour, now - hour)
         .issue()
         .unwrap();
-    assert_eq!(
-        expect_chain_error(server_verdict(&expired, &ca, None).await),
-        ChainError::Expired
-    );
+    // The refusal carries the times: when the check ran, and when the certificate ended.
+    match expect_chain_error(server_verdict(&expired, &ca, None).await) {
+        ChainError::Expired {
+            now: checked,
+            not_after,
+        } => {
+            assert!(checked >= now - Duration::from_secs(1), "{checked:?}");
+            let ended = now - hour;
+            let skew = ended.duration_since(not_after).unwrap_or_default()
+                + not_after.duration_since(ended).unwrap_or_default();
+            assert!(skew <= Duration::from_secs(1), "{not_after:?} vs {ended:?}");
+        }
+        other => panic!("expected Expired, got {other:?}"),
+    }
     let future = ca
         .svid(CLIENT_ID)
         .validity(now + hour, now + 2 * hour)
         .issue()
         .unwrap();
-    assert_eq!(
-        expect_chain_error(server_verdict(&future, &ca, None).await),
-        ChainError::NotValidYet
-    );
+    match expect_chain_error(server_verdict(&future, &ca, None).await) {
+        ChainError::NotValidYet {
+            now: checked,
+            not_before,
+        } => {
+            assert!(checked >= now - Duration::from_secs(1), "{checked:?}");
+            assert!(not_before > checked, "{not_before:?} vs {checked:?}");
+        }
+        other => panic!("expected NotValidYet, got {other:?}"),
+    }
 }
 
 #[tokio::test]
@@ -476,7 +497,7 @@ async fn refuses_id_of_one_trust_domain_chained_to_anothers_bundle() {
     let forged = example.svid("spiffe://other.org/web").issue().unwrap();
     let result = server_verdict(&forged, &example, Some(&other)).await;
     match result {
-        Err(Error::PeerRejected(PeerRejection::InvalidChain { presented, reason })) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::InvalidChain { presented, reason })) => {
             assert_eq!(presented.to_string(), "spiffe://other.org/web");
             assert_eq!(reason, ChainError::UnknownIssuer);
         }
@@ -486,7 +507,7 @@ async fn refuses_id_of_one_trust_domain_chained_to_anothers_bundle() {
     let unknown = example.svid("spiffe://unknown.org/web").issue().unwrap();
     assert!(matches!(
         server_verdict(&unknown, &example, Some(&other)).await,
-        Err(Error::PeerRejected(
+        Err(ConnectionError::PeerRejected(
             PeerRejection::UnknownTrustDomain { .. }
         ))
     ));
@@ -499,20 +520,22 @@ async fn refuses_client_id_not_allowed_naming_both() {
     let intruder = client_channel(&ca, "spiffe://example.org/batch", SERVER_ID);
     let client_side = async {
         let mut stream = within(intruder.connect_tcp(server.addr)).await?;
-        read_line(&mut stream).await.map_err(Error::Handshake)
+        read_line(&mut stream)
+            .await
+            .map_err(ConnectionError::Handshake)
     };
     assert!(
         client_side.await.is_err(),
         "a refused client must not be served"
     );
     match server.next().await {
-        Err(Error::PeerRejected(PeerRejection::NotAllowed {
+        Err(ConnectionError::PeerRejected(PeerRejection::NotAllowed {
             presented,
             expected,
         })) => {
             assert_eq!(presented.to_string(), "spiffe://example.org/batch");
             assert_eq!(expected.to_string(), format!("[{CLIENT_ID}]"));
-            let message = Error::PeerRejected(PeerRejection::NotAllowed {
+            let message = ConnectionError::PeerRejected(PeerRejection::NotAllowed {
                 presented,
                 expected,
             })
@@ -536,14 +559,14 @@ async fn channel_without_allowed_clients_accepts_nobody() {
     let _ = async {
         read_line(&mut within(client.connect_tcp(server.addr)).await?)
             .await
-            .map_err(Error::Handshake)
+            .map_err(ConnectionError::Handshake)
     }
     .await;
     let refusal = server.next().await.unwrap_err();
     assert!(
         matches!(
             &refusal,
-            Error::PeerRejected(PeerRejection::NotAllowed { .. })
+            ConnectionError::PeerRejected(PeerRejection::NotAllowed { .. })
         ),
         "{refusal}"
     );
@@ -563,7 +586,7 @@ async fn client_without_expected_servers_says_which_call_is_missing() {
     assert!(
         matches!(
             &error,
-            Error::PeerRejected(PeerRejection::NotAllowed { .. })
+            ConnectionError::PeerRejected(PeerRejection::NotAllowed { .. })
         ),
         "{error}"
     );
@@ -579,7 +602,7 @@ async fn refuses_client_without_certificate() {
     assert!(raw_connect(config, server.addr).await.is_err());
     assert!(matches!(
         server.next().await,
-        Err(Error::PeerRejected(PeerRejection::NoCertificate))
+        Err(ConnectionError::PeerRejected(PeerRejection::NoCertificate))
     ));
 }
 
@@ -592,7 +615,7 @@ async fn refuses_tls12_client_by_default_and_accepts_it_when_opted_in() {
     let mut server = TestServer::start(server_channel(&ca)).await;
     assert!(raw_connect(tls12_only.clone(), server.addr).await.is_err());
     match server.next().await {
-        Err(Error::Handshake(e)) => {
+        Err(ConnectionError::Handshake(e)) => {
             let rustls_error = e.get_ref().and_then(|e| e.downcast_ref::<rustls::Error>());
             assert!(
                 matches!(rustls_error, Some(rustls::Error::PeerIncompatible(_))),
@@ -622,7 +645,7 @@ async fn client_refuses_unexpected_server_naming_both() {
     let _server = TestServer::start(server_channel(&ca)).await;
     let client = client_channel(&ca, CLIENT_ID, "spiffe://example.org/billing/*");
     match within(client.connect_tcp(_server.addr)).await {
-        Err(Error::PeerRejected(PeerRejection::NotAllowed {
+        Err(ConnectionError::PeerRejected(PeerRejection::NotAllowed {
             presented,
             expected,
         })) => {
@@ -640,7 +663,7 @@ async fn client_refuses_server_of_unknown_ca() {
     let server = TestServer::start(server_channel(&rogue)).await;
     let client = client_channel(&ca, CLIENT_ID, SERVER_ID);
     match within(client.connect_tcp(server.addr)).await {
-        Err(Error::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::InvalidChain { reason, .. })) => {
             assert_eq!(reason, ChainError::UnknownIssuer)
         }
         other => panic!("expected InvalidChain, got {other:?}"),
@@ -680,7 +703,9 @@ async fn server_is_authenticated_by_spiffe_id_not_by_name() {
     let name = ServerName::try_from("localhost").unwrap();
     assert!(matches!(
         within(client.connect(name, tcp)).await,
-        Err(Error::PeerRejected(PeerRejection::InvalidChain { .. }))
+        Err(ConnectionError::PeerRejected(
+            PeerRejection::InvalidChain { .. }
+        ))
     ));
 }
 
@@ -744,12 +769,12 @@ async fn federation_uses_the_bundle_of_the_peers_trust_domain() {
     let _ = async {
         read_line(&mut within(client.connect_tcp(server.addr)).await?)
             .await
-            .map_err(Error::Handshake)
+            .map_err(ConnectionError::Handshake)
     }
     .await;
     assert!(matches!(
         server.next().await,
-        Err(Error::PeerRejected(
+        Err(ConnectionError::PeerRejected(
             PeerRejection::UnknownTrustDomain { .. }
         ))
     ));
@@ -850,7 +875,10 @@ fn channel_with(
 
 /// The key exchange group a `client` choice and a `server` choice negotiate, or the client's
 /// error.
-async fn negotiated(client: KeyExchange, server: KeyExchange) -> Result<rustls::NamedGroup, Error> {
+async fn negotiated(
+    client: KeyExchange,
+    server: KeyExchange,
+) -> Result<rustls::NamedGroup, ConnectionError> {
     let ca = ca("example.org");
     let server = channel_with(&ca, SERVER_ID, |b| {
         b.allow_client(CLIENT_ID).key_exchange(server)
@@ -921,7 +949,10 @@ async fn a_post_quantum_only_server_refuses_a_classical_foreign_client() {
     let classical =
         raw_client_config_with_provider(Some((svid.chain().to_vec(), &svid)), tls13, provider);
     assert!(raw_connect(classical, server.addr).await.is_err());
-    assert!(matches!(server.next().await, Err(Error::Handshake(_))));
+    assert!(matches!(
+        server.next().await,
+        Err(ConnectionError::Handshake(_))
+    ));
 }
 
 #[test]
@@ -934,10 +965,10 @@ fn post_quantum_only_cannot_be_combined_with_tls12() {
         .key_exchange(KeyExchange::PostQuantumOnly)
         .build();
     match result {
-        Err(error @ Error::KeyExchange { .. }) => {
+        Err(error @ ConfigError::KeyExchange { .. }) => {
             assert!(error.to_string().contains("allow_tls12"), "{error}");
         }
-        other => panic!("expected Error::KeyExchange, got {:?}", other.err()),
+        other => panic!("expected ConfigError::KeyExchange, got {:?}", other.err()),
     }
 }
 
@@ -970,7 +1001,7 @@ async fn chain_failures_send_unknown_ca_or_bad_certificate_never_access_denied()
     ] {
         let (verdict, received) = server_verdict_and_alert(svid, &ca, None).await;
         assert!(
-            matches!(verdict, Err(Error::PeerRejected(_))),
+            matches!(verdict, Err(ConnectionError::PeerRejected(_))),
             "the server keeps its typed rejection: {verdict:?}"
         );
         assert_eq!(received, Some(alert), "{verdict:?}");
@@ -984,7 +1015,7 @@ async fn a_refused_client_gets_a_typed_error_naming_its_id_the_alert_and_what_to
     let intruder = client_channel(&ca, "spiffe://example.org/batch", SERVER_ID);
     let error = within(intruder.connect_tcp(server.addr)).await.unwrap_err();
     match &error {
-        Error::RefusedByServer { own_id, alert } => {
+        ConnectionError::RefusedByServer { own_id, alert } => {
             assert_eq!(own_id.to_string(), "spiffe://example.org/batch");
             assert_eq!(*alert, rustls::AlertDescription::AccessDenied);
         }
@@ -1003,7 +1034,9 @@ async fn a_refused_client_gets_a_typed_error_naming_its_id_the_alert_and_what_to
     assert!(!text.contains(CLIENT_ID), "{text}");
     assert!(matches!(
         server.next().await,
-        Err(Error::PeerRejected(PeerRejection::NotAllowed { .. }))
+        Err(ConnectionError::PeerRejected(
+            PeerRejection::NotAllowed { .. }
+        ))
     ));
     // The same client, allowed, is served as before: the wait for the verdict ends with the
     // server's first record.
@@ -1029,7 +1062,7 @@ async fn a_client_of_an_untrusted_ca_learns_the_server_does_not_trust_it() {
         .unwrap();
     let error = within(client.connect_tcp(server.addr)).await.unwrap_err();
     match &error {
-        Error::RefusedByServer { own_id, alert } => {
+        ConnectionError::RefusedByServer { own_id, alert } => {
             assert_eq!(own_id.to_string(), CLIENT_ID);
             assert_eq!(*alert, rustls::AlertDescription::UnknownCA);
         }
@@ -1098,7 +1131,7 @@ async fn the_verdict_is_read_whole_even_when_it_arrives_byte_by_byte() {
     );
     assert!(accepted.is_err());
     match client {
-        Err(Error::RefusedByServer { alert, .. }) => {
+        Err(ConnectionError::RefusedByServer { alert, .. }) => {
             assert_eq!(alert, rustls::AlertDescription::AccessDenied)
         }
         other => panic!("expected RefusedByServer, got {other:?}"),

@@ -77,7 +77,7 @@ async fn handshake_credential_and_connection_metrics() {
     let _ = async {
         read_line(&mut within(intruder.connect_tcp(server.addr)).await?)
             .await
-            .map_err(secure_channel::Error::Handshake)
+            .map_err(secure_channel::ConnectionError::Handshake)
     }
     .await;
     assert!(server.next().await.is_err());
@@ -248,8 +248,8 @@ async fn connection_cap_holds_while_connected_clients_are_served() {
             let mut stream = client.connect_tcp(addr).await?;
             read_line(&mut stream)
                 .await
-                .map_err(secure_channel::Error::Handshake)?;
-            Ok::<_, secure_channel::Error>(stream)
+                .map_err(secure_channel::ConnectionError::Handshake)?;
+            Ok::<_, secure_channel::ConnectionError>(stream)
         }
     });
     let early = tokio::time::timeout(Duration::from_millis(500), async {

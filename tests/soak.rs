@@ -417,7 +417,7 @@ async fn request(
         }
         // Sent (at least in part) but the connection ended without a response. (A server
         // refusing the client's certificate in a full handshake is a connect error,
-        // `Error::RefusedByServer`; a refused resumed session still ends here.)
+        // `ConnectionError::RefusedByServer`; a refused resumed session still ends here.)
         Ok(Err(e)) => return stats.error(&stats.dropped, format!("{what}: {e:?}")),
         Ok(Ok(response)) => response,
     };

@@ -24,11 +24,11 @@ use std::time::{Duration, Instant, SystemTime};
 
 use rustls::time_provider::TimeProvider;
 use rustls_pki_types::UnixTime;
+use secure_channel::identity::PeerRejection;
 use secure_channel::jwt::{JwtSvidSource, JwtValidator, TokenErrorKind};
 use secure_channel::layer::ClientTokenLayer;
-use secure_channel::tls::PeerRejection;
 use secure_channel::{
-    CredentialSource, CredentialStatus, Error, PeerIdentity, SecureChannel, SecureStream,
+    ConnectionError, CredentialSource, CredentialStatus, PeerIdentity, SecureChannel, SecureStream,
     TrustDomain,
 };
 use sha2::{Digest, Sha256};
@@ -508,7 +508,7 @@ async fn agent_restart_under_traffic() {
 }
 
 /// 3b. The agent gone for good: the credentials in hand are used until they expire, then the
-///    channel fails closed (`CredentialStatus::Expired`, `Error::CredentialsExpired`); it
+///    channel fails closed (`CredentialStatus::Expired`, `ConnectionError::CredentialsExpired`); it
 ///    recovers by itself once an agent delivers a valid SVID again.
 #[tokio::test]
 #[ignore = "needs SPIRE: run interop/run.sh"]
@@ -533,7 +533,9 @@ async fn agent_gone_fails_closed_at_expiry() {
     .await;
     assert!(SystemTime::now() >= not_after);
     match within(channel.connect_tcp(addr)).await {
-        Err(Error::CredentialsExpired { spiffe_id, .. }) => assert_eq!(spiffe_id.to_string(), MAIN),
+        Err(ConnectionError::CredentialsExpired { spiffe_id, .. }) => {
+            assert_eq!(spiffe_id.to_string(), MAIN)
+        }
         Err(other) => panic!("expected CredentialsExpired, got {other}"),
         Ok(_) => panic!("connected with an expired SVID"),
     }
@@ -617,7 +619,10 @@ async fn deleted_entry() {
     let Err(err) = within(channel.connect_tcp(listener.local_addr().unwrap())).await else {
         panic!("connected after the entry was deleted and the SVID expired");
     };
-    assert!(matches!(err, Error::CredentialsExpired { .. }), "{err}");
+    assert!(
+        matches!(err, ConnectionError::CredentialsExpired { .. }),
+        "{err}"
+    );
 }
 
 /// 5. JWT-SVIDs minted by SPIRE checked by our `JwtValidator` over the agent's JWT bundles
@@ -732,7 +737,10 @@ async fn go_spiffe_peers() {
         panic!("connected to a server with another ID");
     };
     assert!(
-        matches!(err, Error::PeerRejected(PeerRejection::NotAllowed { .. })),
+        matches!(
+            err,
+            ConnectionError::PeerRejected(PeerRejection::NotAllowed { .. })
+        ),
         "{err:?}"
     );
     let message = err.to_string();
@@ -757,7 +765,7 @@ async fn go_spiffe_peers() {
     );
     eprintln!("go client, refused: {err}");
     match within(accepted).await.unwrap() {
-        Err(Error::PeerRejected(PeerRejection::NotAllowed { presented, .. })) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::NotAllowed { presented, .. })) => {
             assert_eq!(presented.to_string(), GO_CLIENT);
         }
         other => panic!("expected NotAllowed, got {other:?}"),
@@ -769,7 +777,10 @@ async fn go_spiffe_peers() {
 async fn serve_once(
     source: &CredentialSource,
     allow: &str,
-) -> (tokio::task::JoinHandle<Result<String, Error>>, String) {
+) -> (
+    tokio::task::JoinHandle<Result<String, ConnectionError>>,
+    String,
+) {
     let channel = SecureChannel::builder(source.clone())
         .allow_client(allow)
         .build()
@@ -841,7 +852,7 @@ async fn federation() {
     );
     eprintln!("b.test's go client after the federation was removed: {err}");
     match within(accepted).await.unwrap() {
-        Err(Error::PeerRejected(PeerRejection::UnknownTrustDomain { presented })) => {
+        Err(ConnectionError::PeerRejected(PeerRejection::UnknownTrustDomain { presented })) => {
             assert_eq!(presented.to_string(), B_GO_CLIENT);
         }
         other => panic!("expected UnknownTrustDomain, got {other:?}"),

@@ -11,14 +11,8 @@ use std::path::{Path, PathBuf};
 #[non_exhaustive]
 pub enum PolicyError {
     /// The policy file could not be read.
-    #[error("policy file {}: cannot be read: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::ReadError),
     /// The file is not valid TOML, or does not fit the schema: unknown field, missing field,
     /// wrong type, unknown `mode` or `effect` value.
     #[error("{}{message}", at(.file.as_deref(), *.line))]
@@ -89,7 +83,7 @@ impl PolicyError {
             Self::Parse { line, .. }
             | Self::InvalidRule { line, .. }
             | Self::DuplicateRuleName { line, .. } => *line,
-            Self::Read { .. } | Self::Unstable { .. } | Self::Watcher { .. } => None,
+            Self::Read(_) | Self::Unstable { .. } | Self::Watcher { .. } => None,
         }
     }
 
@@ -107,7 +101,7 @@ impl PolicyError {
             Self::Parse { file, .. }
             | Self::InvalidRule { file, .. }
             | Self::DuplicateRuleName { file, .. } => *file = Some(path.to_owned()),
-            Self::Read { .. } | Self::Unstable { .. } | Self::Watcher { .. } => {}
+            Self::Read(_) | Self::Unstable { .. } | Self::Watcher { .. } => {}
         }
     }
 }

@@ -71,11 +71,13 @@ impl Policy {
     /// Reads, parses and validates a TOML policy file. Errors name the file, line and field.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self, PolicyError> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| PolicyError::Read {
-            path: path.to_owned(),
-            source,
+        let bytes = crate::error::read_file(path)?;
+        let text = std::str::from_utf8(&bytes).map_err(|e| PolicyError::Parse {
+            file: Some(path.to_owned()),
+            line: None,
+            message: format!("not UTF-8: {e}"),
         })?;
-        Self::from_toml(&text).map_err(|mut e| {
+        Self::from_toml(text).map_err(|mut e| {
             e.set_file(path);
             e
         })

@@ -251,10 +251,7 @@ const MAX_SETTLE: Duration = Duration::from_millis(100);
 const START_ATTEMPTS: usize = 10;
 
 fn read(path: &Path) -> Result<Vec<u8>, PolicyError> {
-    std::fs::read(path).map_err(|source| PolicyError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(crate::error::read_file(path)?)
 }
 
 fn parse(path: &Path, contents: &[u8]) -> Result<Policy, PolicyError> {

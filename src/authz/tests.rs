@@ -893,7 +893,7 @@ fn file_errors_name_the_file() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("policy.toml");
     let err = Policy::from_file(&path).unwrap_err();
-    assert!(matches!(err, PolicyError::Read { .. }), "{err}");
+    assert!(matches!(err, PolicyError::Read(_)), "{err}");
     std::fs::write(&path, "[[rule]]\nname = \"r\"\neffect = \"allow\"\nprincipals = [\"spiffe://example.org/bill*\"]\nroutes = [{ path = \"/a\" }]\n").unwrap();
     let err = Policy::from_file(&path).unwrap_err();
     assert!(

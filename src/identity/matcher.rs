@@ -302,6 +302,22 @@ impl fmt::Debug for AllowList {
     }
 }
 
+impl TryFrom<&str> for IdMatcher {
+    type Error = IdMatcherError;
+
+    fn try_from(s: &str) -> Result<Self, Self::Error> {
+        Self::parse(s)
+    }
+}
+
+impl TryFrom<String> for IdMatcher {
+    type Error = IdMatcherError;
+
+    fn try_from(s: String) -> Result<Self, Self::Error> {
+        Self::parse(&s)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

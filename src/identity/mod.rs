@@ -5,10 +5,12 @@
 mod admission;
 mod matcher;
 mod peer;
+mod rejection;
 mod svid;
 
 pub use admission::PeerAdmission;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
+pub use rejection::{ChainError, PeerRejection};
 pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError};
 pub(crate) use svid::{chain_validity, inspect_leaf, inspect_signing_cert};

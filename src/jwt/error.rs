@@ -3,7 +3,6 @@
 
 use std::borrow::Cow;
 use std::fmt;
-use std::path::PathBuf;
 
 use crate::Location;
 
@@ -242,14 +241,8 @@ pub enum JwtConfigError {
         reason: String,
     },
     /// A JWKS file could not be read.
-    #[error("file {}: cannot be read: {source}", path.display())]
-    Read {
-        /// The file.
-        path: PathBuf,
-        /// The I/O error.
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Read(#[from] crate::ReadError),
     /// The initial fetch of a JWKS URL failed.
     #[error("JWKS fetch failed: {reason}")]
     Fetch {

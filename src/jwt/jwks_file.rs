@@ -80,10 +80,7 @@ impl Keys for FileKeys {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, JwtConfigError> {
-    std::fs::read(path).map_err(|source| JwtConfigError::Read {
-        path: path.to_owned(),
-        source,
-    })
+    Ok(crate::error::read_file(path)?)
 }
 
 fn poll(config: JwksFileBuilder, keys: Weak<FileKeys>, mut loaded: Vec<u8>) {

@@ -12,7 +12,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use spiffe::{SpiffeId, TrustDomain};
 use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
 
-use crate::error::{Error, Location};
+use crate::error::{ConfigError, Location};
 use crate::identity::inspect_leaf;
 
 /// The workload's own X.509-SVID: certificate chain (leaf first) and private key.
@@ -28,7 +28,7 @@ pub struct Svid {
 
 impl Svid {
     /// Parses a PEM chain (leaf first) and a PEM private key (PKCS#8, SEC1 or PKCS#1).
-    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, Error> {
+    pub fn from_pem(chain_pem: &[u8], key_pem: &[u8]) -> Result<Self, ConfigError> {
         let chain = parse_certificates(chain_pem, &Location::Field("svid_chain"))?;
         let key = parse_private_key(key_pem, &Location::Field("svid_key"))?;
         Self::from_der(chain, key)
@@ -38,7 +38,7 @@ impl Svid {
     pub fn from_der(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         Self::load(
             chain,
             key,
@@ -52,12 +52,12 @@ impl Svid {
         key: PrivateKeyDer<'static>,
         chain_location: &Location,
         key_location: &Location,
-    ) -> Result<Self, Error> {
-        let leaf = chain.first().ok_or_else(|| Error::NotPem {
+    ) -> Result<Self, ConfigError> {
+        let leaf = chain.first().ok_or_else(|| ConfigError::NotPem {
             location: chain_location.clone(),
             problem: "no CERTIFICATE block".into(),
         })?;
-        let svid = inspect_leaf(leaf.as_ref()).map_err(|reason| Error::NotSvid {
+        let svid = inspect_leaf(leaf.as_ref()).map_err(|reason| ConfigError::NotSvid {
             location: chain_location.clone(),
             reason,
         })?;
@@ -66,7 +66,7 @@ impl Svid {
             provider
                 .key_provider
                 .load_private_key(key)
-                .map_err(|e| Error::InvalidKey {
+                .map_err(|e| ConfigError::InvalidKey {
                     location: key_location.clone(),
                     reason: e.to_string(),
                 })?;
@@ -77,7 +77,7 @@ impl Svid {
                 tracing::debug!("cannot tell whether the SVID key matches its certificate");
             }
             Err(_) => {
-                return Err(Error::KeyMismatch {
+                return Err(ConfigError::KeyMismatch {
                     location: key_location.clone(),
                 });
             }
@@ -138,7 +138,7 @@ pub struct TrustBundle {
 
 impl TrustBundle {
     /// Parses PEM CA certificates for `trust_domain`.
-    pub fn from_pem(trust_domain: TrustDomain, pem: &[u8]) -> Result<Self, Error> {
+    pub fn from_pem(trust_domain: TrustDomain, pem: &[u8]) -> Result<Self, ConfigError> {
         let location = Location::Field("bundle");
         let certs = parse_certificates(pem, &location)?;
         Self::load(trust_domain, certs, &location)
@@ -148,7 +148,7 @@ impl TrustBundle {
     pub fn from_der(
         trust_domain: TrustDomain,
         certs: Vec<CertificateDer<'static>>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         Self::load(trust_domain, certs, &Location::Field("bundle"))
     }
 
@@ -156,9 +156,9 @@ impl TrustBundle {
         trust_domain: TrustDomain,
         certs: Vec<CertificateDer<'static>>,
         location: &Location,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         if certs.is_empty() {
-            return Err(Error::EmptyBundle {
+            return Err(ConfigError::EmptyBundle {
                 location: location.clone(),
                 trust_domain,
             });
@@ -168,24 +168,25 @@ impl TrustBundle {
             if let Some(found) = spiffe_trust_domain_of_ca(cert.as_ref())
                 && found != trust_domain.as_str()
             {
-                return Err(Error::BundleTrustDomainMismatch {
+                return Err(ConfigError::BundleTrustDomainMismatch {
                     location: location.clone(),
                     expected: trust_domain,
                     found,
                 });
             }
             if !is_ca_certificate(cert.as_ref()) {
-                return Err(Error::NotCa {
+                return Err(ConfigError::NotCa {
                     location: location.clone(),
                     index,
                 });
             }
-            let anchor =
-                webpki::anchor_from_trusted_cert(cert).map_err(|e| Error::InvalidTrustAnchor {
+            let anchor = webpki::anchor_from_trusted_cert(cert).map_err(|e| {
+                ConfigError::InvalidTrustAnchor {
                     location: location.clone(),
                     index,
                     reason: e.to_string(),
-                })?;
+                }
+            })?;
             anchors.push(anchor.to_owned());
         }
         Ok(Self {
@@ -239,16 +240,16 @@ pub(crate) fn check_own_chain(
     svid: &Svid,
     bundles: &TrustBundles,
     location: &Location,
-) -> Result<(), Error> {
+) -> Result<(), ConfigError> {
     let trust_domain = svid.spiffe_id().trust_domain();
     let Some(bundle) = bundles.get(trust_domain) else {
-        return Err(Error::MissingOwnBundle {
+        return Err(ConfigError::MissingOwnBundle {
             location: location.clone(),
             trust_domain: trust_domain.clone(),
         });
     };
     let chain = svid.chain();
-    let not_trusted = |reason: String| Error::SvidNotTrusted {
+    let not_trusted = |reason: String| ConfigError::SvidNotTrusted {
         location: location.clone(),
         trust_domain: trust_domain.clone(),
         reason,
@@ -373,15 +374,15 @@ impl Credentials {
 pub(crate) fn parse_certificates(
     pem: &[u8],
     location: &Location,
-) -> Result<Vec<CertificateDer<'static>>, Error> {
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
     let certs = CertificateDer::pem_slice_iter(pem)
         .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| Error::NotPem {
+        .map_err(|e| ConfigError::NotPem {
             location: location.clone(),
             problem: describe_pem_error(&e),
         })?;
     if certs.is_empty() {
-        return Err(Error::NotPem {
+        return Err(ConfigError::NotPem {
             location: location.clone(),
             problem: "no CERTIFICATE block found".into(),
         });
@@ -392,8 +393,8 @@ pub(crate) fn parse_certificates(
 pub(crate) fn parse_private_key(
     pem: &[u8],
     location: &Location,
-) -> Result<PrivateKeyDer<'static>, Error> {
-    PrivateKeyDer::from_pem_slice(pem).map_err(|e| Error::NotPem {
+) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|e| ConfigError::NotPem {
         location: location.clone(),
         problem: match e {
             rustls_pki_types::pem::Error::NoItemsFound => {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use spiffe::TrustDomain;
 
-use crate::error::{Error, Location};
+use crate::error::{ConfigError, Location};
 use crate::source::{
     CredentialSource, Credentials, Publisher, Svid, TrustBundle, TrustBundles, check_own_chain,
     parse_certificates, parse_private_key,
@@ -75,14 +75,14 @@ impl FileSourceBuilder {
     }
 
     /// Loads the files now (any problem is an error naming the file) and starts following them.
-    pub fn start(self) -> Result<CredentialSource, Error> {
+    pub fn start(self) -> Result<CredentialSource, ConfigError> {
         let (contents, credentials) = load(&self.cert, &self.key, &self.bundles)?;
         let (source, publisher, _stop) = CredentialSource::new("files", credentials);
         std::thread::Builder::new()
             .name("secure-channel-files".into())
             .spawn(move || poll(self, publisher, contents))
-            .map_err(|error| Error::Read {
-                location: Location::Field("file watcher thread"),
+            .map_err(|error| ConfigError::Background {
+                what: "file watcher thread",
                 error,
             })?;
         Ok(source)
@@ -91,14 +91,15 @@ impl FileSourceBuilder {
 
 type Contents = Vec<Vec<u8>>;
 
-fn read(path: &Path) -> Result<Vec<u8>, Error> {
-    std::fs::read(path).map_err(|error| Error::Read {
-        location: Location::File(path.to_owned()),
-        error,
-    })
+fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
+    Ok(crate::error::read_file(path)?)
 }
 
-fn read_all(cert: &Path, key: &Path, bundles: &[(BundleFor, PathBuf)]) -> Result<Contents, Error> {
+fn read_all(
+    cert: &Path,
+    key: &Path,
+    bundles: &[(BundleFor, PathBuf)],
+) -> Result<Contents, ConfigError> {
     let mut contents = vec![read(cert)?, read(key)?];
     for (_, path) in bundles {
         contents.push(read(path)?);
@@ -111,9 +112,9 @@ fn parse(
     cert: &Path,
     key: &Path,
     bundles: &[(BundleFor, PathBuf)],
-) -> Result<Credentials, Error> {
+) -> Result<Credentials, ConfigError> {
     let [cert_pem, key_pem, bundle_pems @ ..] = contents.as_slice() else {
-        return Err(Error::NotPem {
+        return Err(ConfigError::NotPem {
             location: Location::File(cert.to_owned()),
             problem: "missing".into(),
         });
@@ -142,7 +143,7 @@ fn load(
     cert: &Path,
     key: &Path,
     bundles: &[(BundleFor, PathBuf)],
-) -> Result<(Contents, Credentials), Error> {
+) -> Result<(Contents, Credentials), ConfigError> {
     let contents = read_all(cert, key, bundles)?;
     let credentials = parse(&contents, cert, key, bundles)?;
     Ok((contents, credentials))

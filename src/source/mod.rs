@@ -17,6 +17,7 @@
 mod credentials;
 mod files;
 mod memory;
+pub(crate) mod status;
 #[cfg(feature = "workload-api")]
 mod workload_api;
 
@@ -180,7 +181,7 @@ impl Publisher {
     }
 
     /// Records a reload that was refused; the last good credentials stay in use.
-    pub(crate) fn reject(&self, error: &crate::Error) {
+    pub(crate) fn reject(&self, error: &crate::ConfigError) {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
@@ -200,7 +201,7 @@ impl Publisher {
     /// Records a part of an update that was refused (the rest is published): counted as a
     /// failed reload and logged.
     #[cfg(feature = "workload-api")]
-    pub(crate) fn reject_part(&self, part: &'static str, error: &crate::Error) {
+    pub(crate) fn reject_part(&self, part: &'static str, error: &crate::ConfigError) {
         let Some(shared) = self.shared.upgrade() else {
             return;
         };
@@ -264,7 +265,12 @@ mod tests {
         let ca = crate::testkit::DevCa::new("example.org").unwrap();
         let credentials = ca.credentials("spiffe://example.org/web").unwrap();
         let (source, publisher, _stop) = CredentialSource::new("test", credentials.clone());
-        let refused = crate::Error::WorkloadApi("broken".into());
+        let refused = crate::ConfigError::WorkloadApi {
+            endpoint: "unix:/tmp/agent.sock".into(),
+            problem: crate::error::WorkloadApiProblem::Client {
+                message: "broken".into(),
+            },
+        };
         let log = logged(|| {
             publisher.reject(&refused);
             publisher.reject(&refused);

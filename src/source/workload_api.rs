@@ -5,7 +5,7 @@ use std::time::Duration;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use spiffe::X509Source;
 
-use crate::error::{Error, Location};
+use crate::error::{ConfigError, Location, WorkloadApiProblem};
 use crate::source::{CredentialSource, Credentials, Publisher, Svid, TrustBundle, TrustBundles};
 
 /// Builds a [`CredentialSource`] that follows the SPIFFE Workload API.
@@ -48,7 +48,18 @@ impl WorkloadApiSourceBuilder {
     }
 
     /// Connects, waits for the first SVID and bundles, and follows their rotation in a tokio task.
-    pub async fn connect(self) -> Result<CredentialSource, Error> {
+    pub async fn connect(self) -> Result<CredentialSource, ConfigError> {
+        let endpoint = match &self.endpoint {
+            Some(endpoint) => endpoint.clone(),
+            None => format!(
+                "SPIFFE_ENDPOINT_SOCKET={}",
+                std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default()
+            ),
+        };
+        let failed = |problem| ConfigError::WorkloadApi {
+            endpoint: endpoint.clone(),
+            problem,
+        };
         let mut builder = X509Source::builder();
         if let Some(endpoint) = &self.endpoint {
             builder = builder.endpoint(endpoint);
@@ -56,14 +67,13 @@ impl WorkloadApiSourceBuilder {
         let x509 = tokio::time::timeout(self.initial_timeout, builder.build())
             .await
             .map_err(|_| {
-                Error::WorkloadApi(format!(
-                    "no X.509-SVID received within {:?}",
-                    self.initial_timeout
-                ))
+                failed(WorkloadApiProblem::InitialTimeout {
+                    timeout: self.initial_timeout,
+                })
             })?
-            .map_err(|e| Error::WorkloadApi(e.to_string()))?;
+            .map_err(|e| failed(client_problem(&e)))?;
         // At start there is no last good bundle to keep: a bad federated one is left out.
-        let credentials = match convert(&x509, None) {
+        let credentials = match convert(&x509, None, &endpoint) {
             Ok((credentials, refused)) => {
                 for error in &refused {
                     tracing::warn!(%error, "federated bundle refused at start; that trust domain is not trusted");
@@ -76,7 +86,7 @@ impl WorkloadApiSourceBuilder {
             }
         };
         let (source, publisher, stop) = CredentialSource::new("workload-api", credentials);
-        tokio::spawn(follow(x509, publisher, stop));
+        tokio::spawn(follow(x509, publisher, stop, endpoint));
         Ok(source)
     }
 }
@@ -90,8 +100,13 @@ impl WorkloadApiSourceBuilder {
 fn convert(
     x509: &X509Source,
     previous: Option<&Credentials>,
-) -> Result<(Credentials, Vec<Error>), Error> {
-    let svid = x509.svid().map_err(api_error)?;
+    endpoint: &str,
+) -> Result<(Credentials, Vec<ConfigError>), ConfigError> {
+    let failed = |problem| ConfigError::WorkloadApi {
+        endpoint: endpoint.to_owned(),
+        problem,
+    };
+    let svid = x509.svid().map_err(|e| failed(client_problem(&e)))?;
     let chain = svid
         .cert_chain()
         .iter()
@@ -104,7 +119,11 @@ fn convert(
     let own = svid.spiffe_id().trust_domain().clone();
     let mut bundles = TrustBundles::new();
     let mut refused = Vec::new();
-    for (td, bundle) in x509.bundle_set().map_err(api_error)?.iter() {
+    for (td, bundle) in x509
+        .bundle_set()
+        .map_err(|e| failed(client_problem(&e)))?
+        .iter()
+    {
         let certs = bundle
             .authorities()
             .iter()
@@ -122,21 +141,24 @@ fn convert(
         }
     }
     if bundles.get(&own).is_none() {
-        return Err(Error::WorkloadApi(format!(
-            "no bundle for the SVID's own trust domain {own}"
-        )));
+        return Err(failed(WorkloadApiProblem::MissingOwnBundle {
+            trust_domain: own,
+        }));
     }
     Ok((Credentials::new(svid, bundles), refused))
 }
 
-fn api_error(e: spiffe::X509SourceError) -> Error {
-    Error::WorkloadApi(e.to_string())
+fn client_problem(error: &spiffe::X509SourceError) -> WorkloadApiProblem {
+    WorkloadApiProblem::Client {
+        message: error.to_string(),
+    }
 }
 
 async fn follow(
     x509: X509Source,
     publisher: Publisher,
     mut stop: tokio::sync::watch::Receiver<()>,
+    endpoint: String,
 ) {
     let mut updates = x509.updated();
     loop {
@@ -147,7 +169,7 @@ async fn follow(
                     break;
                 }
                 let previous = publisher.current();
-                match convert(&x509, previous.as_ref()) {
+                match convert(&x509, previous.as_ref(), &endpoint) {
                     Ok((credentials, refused)) => {
                         for error in &refused {
                             publisher.reject_part("federated bundle", error);

@@ -29,7 +29,7 @@ pub enum TestkitError {
     },
     /// The minted material was refused by the crate (expected for deliberately invalid SVIDs).
     #[error(transparent)]
-    Credentials(#[from] crate::Error),
+    Credentials(#[from] crate::ConfigError),
 }
 
 /// Key algorithms the development CA can mint.
@@ -507,7 +507,7 @@ impl IssuedSvid {
     }
 
     /// Validates it as this crate's [`Svid`].
-    pub fn to_svid(&self) -> Result<Svid, crate::Error> {
+    pub fn to_svid(&self) -> Result<Svid, crate::ConfigError> {
         Svid::from_der(
             self.chain.clone(),
             PrivateKeyDer::Pkcs8(self.key.clone_key()),

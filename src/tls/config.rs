@@ -8,7 +8,7 @@ use rustls::time_provider::TimeProvider;
 use rustls::{CipherSuite, ClientConfig, NamedGroup, ServerConfig, SupportedProtocolVersion};
 use rustls_pki_types::UnixTime;
 
-use crate::Error;
+use crate::ConfigError;
 use crate::identity::{AllowList, PeerAdmission};
 use crate::source::CredentialSource;
 use crate::tls::resolver::SvidResolver;
@@ -55,6 +55,17 @@ pub enum KeyExchange {
     PostQuantumOnly,
 }
 
+impl KeyExchange {
+    /// The variant's name, for messages.
+    pub(crate) fn name(self) -> &'static str {
+        match self {
+            Self::PreferPostQuantum => "PreferPostQuantum",
+            Self::ClassicalOnly => "ClassicalOnly",
+            Self::PostQuantumOnly => "PostQuantumOnly",
+        }
+    }
+}
+
 /// Whether `group` includes ML-KEM (a post-quantum hybrid, or ML-KEM alone).
 fn is_post_quantum(group: NamedGroup) -> bool {
     matches!(
@@ -85,7 +96,7 @@ impl TlsPolicy {
         }
     }
 
-    fn provider(self, base: &CryptoProvider) -> Result<Arc<CryptoProvider>, Error> {
+    fn provider(self, base: &CryptoProvider) -> Result<Arc<CryptoProvider>, ConfigError> {
         let mut provider = base.clone();
         provider.cipher_suites.retain(|suite| match suite {
             rustls::SupportedCipherSuite::Tls13(_) => true,
@@ -100,15 +111,15 @@ impl TlsPolicy {
             KeyExchange::ClassicalOnly => groups.retain(|g| !is_post_quantum(g.name())),
             KeyExchange::PostQuantumOnly => {
                 if self.allow_tls12 {
-                    return Err(Error::KeyExchange {
-                        choice: self.key_exchange,
+                    return Err(ConfigError::KeyExchange {
+                        choice: self.key_exchange.name(),
                         reason: "TLS 1.2 has no post-quantum key exchange: do not combine it with allow_tls12()",
                     });
                 }
                 groups.retain(|g| g.name() == NamedGroup::X25519MLKEM768);
                 if groups.is_empty() {
-                    return Err(Error::KeyExchange {
-                        choice: self.key_exchange,
+                    return Err(ConfigError::KeyExchange {
+                        choice: self.key_exchange.name(),
                         reason: "the crypto provider has no X25519MLKEM768 (ML-KEM needs the aws-lc-rs feature)",
                     });
                 }
@@ -130,8 +141,6 @@ pub(crate) struct TlsConfigs {
     provider: Arc<CryptoProvider>,
     time: Arc<dyn TimeProvider>,
     source: CredentialSource,
-    policy: TlsPolicy,
-    client_sessions: Arc<RotatingSessionStore>,
 }
 
 impl TlsConfigs {
@@ -142,7 +151,7 @@ impl TlsConfigs {
         expected_servers: AllowList,
         policy: TlsPolicy,
         time: Arc<dyn TimeProvider>,
-    ) -> Result<Self, Error> {
+    ) -> Result<Self, ConfigError> {
         let provider = policy.provider(crate::crypto::default_provider()?.as_ref())?;
         let algorithms = provider.signature_verification_algorithms;
         let clients_verifier = Arc::new(
@@ -152,7 +161,7 @@ impl TlsConfigs {
         let resolver = Arc::new(SvidResolver::new(source.clone(), time.clone()));
         let mut server = ServerConfig::builder_with_details(provider.clone(), time.clone())
             .with_protocol_versions(policy.versions())
-            .map_err(Error::TlsConfig)?
+            .map_err(ConfigError::TlsConfig)?
             .with_client_cert_verifier(Arc::new(ClientSvidVerifier(clients_verifier.clone())))
             .with_cert_resolver(resolver);
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
@@ -181,32 +190,24 @@ impl TlsConfigs {
             provider,
             time,
             source,
-            policy,
-            client_sessions,
         })
     }
 
     /// A client configuration that accepts servers matched by `expected`, sharing this
-    /// channel's session cache, and the verifier to re-validate its resumed sessions with.
-    pub(crate) fn client_for(
-        &self,
-        expected: AllowList,
-    ) -> Result<(Arc<ClientConfig>, Arc<SvidVerifier>), Error> {
+    /// channel's session cache, and the verifier to re-validate its resumed sessions with: the
+    /// channel's own configuration with another verifier, so it cannot fail.
+    pub(crate) fn client_for(&self, expected: AllowList) -> (Arc<ClientConfig>, Arc<SvidVerifier>) {
         let verifier = Arc::new(SvidVerifier::new(
             self.source.clone(),
             expected,
             Side::Servers,
             self.provider.signature_verification_algorithms,
         ));
-        let client = client_config(
-            &self.provider,
-            &self.time,
-            self.policy,
-            &self.source,
-            &self.client_sessions,
-            verifier.clone(),
-        )?;
-        Ok((client, verifier))
+        let mut client = (*self.client).clone();
+        client
+            .dangerous()
+            .set_certificate_verifier(Arc::new(ServerSvidVerifier(verifier.clone())));
+        (Arc::new(client), verifier)
     }
 
     /// The current time, from the channel's time provider.
@@ -222,10 +223,10 @@ fn client_config(
     source: &CredentialSource,
     sessions: &Arc<RotatingSessionStore>,
     verifier: Arc<SvidVerifier>,
-) -> Result<Arc<ClientConfig>, Error> {
+) -> Result<Arc<ClientConfig>, ConfigError> {
     let mut client = ClientConfig::builder_with_details(provider.clone(), time.clone())
         .with_protocol_versions(policy.versions())
-        .map_err(Error::TlsConfig)?
+        .map_err(ConfigError::TlsConfig)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerSvidVerifier(verifier)))
         .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone(), time.clone())));

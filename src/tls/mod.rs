@@ -27,7 +27,6 @@ mod verifier;
 
 pub use config::KeyExchange;
 pub(crate) use config::{TlsConfigs, TlsPolicy};
-pub use rejection::{ChainError, PeerRejection};
 pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
 #[cfg(feature = "testkit")]
 #[doc(hidden)]

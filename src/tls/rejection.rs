@@ -1,115 +1,27 @@
-//! Why a peer was refused in the handshake.
+//! How a [`PeerRejection`] meets rustls: the alert it chooses, the task-local capture that
+//! carries it out of the verifier, and what a refused client is told.
 
 use std::cell::RefCell;
 use std::future::Future;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use spiffe::SpiffeId;
+use rustls_pki_types::UnixTime;
 
-use crate::identity::{AllowList, SvidError};
-
-/// Why a peer's certificate was refused.
-#[derive(Debug, Clone, thiserror::Error)]
-#[non_exhaustive]
-pub enum PeerRejection {
-    /// The peer presented no certificate.
-    #[error("no certificate presented")]
-    NoCertificate,
-    /// The peer's leaf certificate is not an X.509-SVID.
-    #[error("certificate is not an X.509-SVID: {0}")]
-    NotSvid(SvidError),
-    /// There is no bundle for the trust domain named in the peer's SPIFFE ID.
-    #[error("{presented}: no trust bundle for trust domain {}", .presented.trust_domain())]
-    UnknownTrustDomain {
-        /// The SPIFFE ID the peer presented (not authenticated).
-        presented: SpiffeId,
-    },
-    /// The chain does not validate against the bundle of the peer's trust domain.
-    #[error("{presented}: chain does not validate against the bundle of {}: {reason}", .presented.trust_domain())]
-    InvalidChain {
-        /// The SPIFFE ID the peer presented (not authenticated).
-        presented: SpiffeId,
-        /// What failed.
-        reason: ChainError,
-    },
-    /// The peer is authenticated, but its ID is not among those expected.
-    #[error("{presented} is not allowed; {}", expectation(.expected))]
-    NotAllowed {
-        /// The peer's (authenticated) SPIFFE ID.
-        presented: SpiffeId,
-        /// What would have been accepted.
-        expected: AllowList,
-    },
-    /// A resumed session was refused because its stored peer certificate no longer validates.
-    #[error("resumed session refused: {0}")]
-    ResumedSessionInvalid(Box<PeerRejection>),
-}
-
-/// What a refusal says was expected: the list, or which call is missing when it is empty.
-fn expectation(expected: &AllowList) -> String {
-    if expected.is_empty() {
-        "no peer ID is expected at all: a client names its server with `expect_server` or \
-         `expect_server_at`, a server its clients with `allow_client` or `allow_clients_by_policy`"
-            .to_owned()
-    } else {
-        format!("expected one of {expected}")
-    }
-}
-
-/// Why a certificate chain did not validate.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum ChainError {
-    /// No path to a CA of the bundle.
-    #[error("unknown issuer")]
-    UnknownIssuer,
-    /// A certificate of the chain has expired.
-    #[error("certificate expired")]
-    Expired,
-    /// A certificate of the chain is not valid yet.
-    #[error("certificate not valid yet")]
-    NotValidYet,
-    /// A signature does not verify.
-    #[error("bad signature")]
-    BadSignature,
-    /// A signature algorithm or key is not accepted (for example SHA-1, or RSA under 2048 bits).
-    #[error("unsupported signature algorithm or key")]
-    UnsupportedAlgorithm,
-    /// The leaf is a CA certificate.
-    #[error("CA certificate used as end entity")]
-    CaUsedAsEndEntity,
-    /// The extended key usage does not allow this use.
-    #[error("extended key usage does not allow this use")]
-    ExtendedKeyUsage,
-    /// A CA certificate on the validated path does not assert keyUsage keyCertSign (or has no
-    /// key usage extension): it may not sign certificates (X509-SVID 4.3, RFC 5280 6.1.4 (n)).
-    /// rustls-webpki does not check this; the verifier does, on the path webpki used.
-    #[error(
-        "intermediate CA at depth {depth} of the validated path (1 = the leaf's issuer) lacks keyUsage keyCertSign"
-    )]
-    MissingKeyCertSign {
-        /// The intermediate's position on the path: 1 for the leaf's issuer, then upwards.
-        depth: usize,
-    },
-    /// The peer presented more intermediate certificates than the verifier examines.
-    #[error("{presented} intermediate certificates presented; at most {limit} are accepted")]
-    TooManyIntermediates {
-        /// How many intermediates the peer sent (the leaf not counted).
-        presented: usize,
-        /// The most accepted.
-        limit: usize,
-    },
-    /// Any other failure, as webpki describes it.
-    #[error("{0}")]
-    Other(String),
-}
+use crate::identity::{ChainError, PeerRejection};
 
 impl From<webpki::Error> for ChainError {
     fn from(e: webpki::Error) -> Self {
         use webpki::Error as E;
         match e {
             E::UnknownIssuer => Self::UnknownIssuer,
-            E::CertExpired { .. } => Self::Expired,
-            E::CertNotValidYet { .. } => Self::NotValidYet,
+            E::CertExpired { time, not_after } => Self::Expired {
+                now: system_time(time),
+                not_after: system_time(not_after),
+            },
+            E::CertNotValidYet { time, not_before } => Self::NotValidYet {
+                now: system_time(time),
+                not_before: system_time(not_before),
+            },
             E::InvalidSignatureForPublicKey => Self::BadSignature,
             E::UnsupportedSignatureAlgorithmContext(_)
             | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Self::UnsupportedAlgorithm,
@@ -124,6 +36,10 @@ impl From<webpki::Error> for ChainError {
             other => Self::Other(other.to_string()),
         }
     }
+}
+
+fn system_time(time: UnixTime) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(time.as_secs())
 }
 
 tokio::task_local! {
@@ -185,7 +101,7 @@ impl PeerRejection {
 }
 
 /// The TLS name of an alert about a certificate and what a refused client should check, for
-/// [`Error::RefusedByServer`](crate::Error::RefusedByServer).
+/// [`ConnectionError::RefusedByServer`](crate::ConnectionError::RefusedByServer).
 pub(crate) fn refusal_advice(alert: rustls::AlertDescription) -> (&'static str, &'static str) {
     use rustls::AlertDescription as A;
     let name = match alert {

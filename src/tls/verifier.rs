@@ -11,8 +11,8 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
+use crate::identity::{ChainError, PeerRejection};
 use crate::source::{CredentialSource, Snapshot};
-use crate::tls::{ChainError, PeerRejection};
 
 /// Which side of the connection is being verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -510,7 +510,7 @@ pub struct BenchVerifier(SvidVerifier);
 #[doc(hidden)]
 impl BenchVerifier {
     /// The verifier a server trusting `source`'s bundles and admitting `allowed` holds.
-    pub fn new(source: CredentialSource, allowed: AllowList) -> Result<Self, crate::Error> {
+    pub fn new(source: CredentialSource, allowed: AllowList) -> Result<Self, crate::ConfigError> {
         let provider = crate::crypto::default_provider()?;
         Ok(Self(SvidVerifier::new(
             source,
@@ -756,14 +756,17 @@ mod tests {
             let identity = verifier.identify(&chain, true, now).unwrap();
             assert_eq!(identity.spiffe_id().to_string(), ALLOWED);
 
-            // The leaf expired: refused, marked as a resumed session only when it is one.
+            // The leaf expired: refused, marked as a resumed session only when it is one; the
+            // error carries the time of the check.
+            let checked_at =
+                SystemTime::UNIX_EPOCH + std::time::Duration::from_secs(later.as_secs());
             let expired = |rejection: &PeerRejection| {
                 matches!(
                     rejection,
                     PeerRejection::InvalidChain {
-                        reason: ChainError::Expired,
+                        reason: ChainError::Expired { now, not_after },
                         ..
-                    }
+                    } if *now == checked_at && *not_after < checked_at
                 )
             };
             match verifier.identify(&chain, true, later) {

@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::future::Future;
-use std::io;
 use std::net::{IpAddr, Ipv6Addr};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -16,10 +15,10 @@ use rustls::ClientConfig;
 use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 
+use crate::ConfigError;
 use crate::identity::{AllowList, IdMatcher, PeerIdentity};
-use crate::tls::SvidVerifier;
-use crate::transport::SecureStream;
-use crate::{Error, SecureChannel};
+use crate::transport::error::ConnectionError;
+use crate::transport::{ClientTls, Handshaker, SecureStream};
 
 /// Connects to servers over mutual TLS and verifies their SPIFFE ID.
 ///
@@ -30,14 +29,14 @@ use crate::{Error, SecureChannel};
 ///
 /// The expected server IDs are the channel's ([`expect_server`]), or, for one authority
 /// (`host:port`), those given to [`expect_server_at`](Self::expect_server_at). A mismatch fails
-/// the call with [`Error::PeerRejected`] naming the presented and the expected IDs. The
+/// the call with [`ConnectionError::PeerRejected`](crate::ConnectionError::PeerRejected) naming the presented and the expected IDs. The
 /// server's [`PeerIdentity`] is in the extensions of every response hyper's client returns, and
 /// on the [`SecureConnection`].
 ///
 /// [`expect_server`]: crate::SecureChannelBuilder::expect_server
 #[derive(Clone)]
 pub struct SecureConnector {
-    channel: SecureChannel,
+    handshaker: Handshaker,
     overrides: Arc<HashMap<String, Override>>,
     alpn: Option<&'static [&'static [u8]]>,
 }
@@ -45,8 +44,7 @@ pub struct SecureConnector {
 #[derive(Clone)]
 struct Override {
     expected: AllowList,
-    config: Arc<ClientConfig>,
-    verifier: Arc<SvidVerifier>,
+    client: ClientTls,
 }
 
 impl fmt::Debug for SecureConnector {
@@ -62,18 +60,16 @@ impl fmt::Debug for SecureConnector {
     }
 }
 
-impl SecureChannel {
-    /// A connector for hyper and tonic clients; see [`SecureConnector`].
-    pub fn connector(&self) -> SecureConnector {
-        SecureConnector {
-            channel: self.clone(),
+impl SecureConnector {
+    /// A connector for the channel that hands `handshaker` down.
+    pub(crate) fn new(handshaker: Handshaker) -> Self {
+        Self {
+            handshaker,
             overrides: Arc::new(HashMap::new()),
             alpn: None,
         }
     }
-}
 
-impl SecureConnector {
     /// For the authority `host:port` (as written in request URIs; the port is required), expect
     /// servers matched by `matcher` instead of the channel's list. May be called several times,
     /// also for the same authority (the matchers add up).
@@ -81,10 +77,10 @@ impl SecureConnector {
     /// Every spelling of the host that reaches the same destination finds the override: host
     /// names compare case-insensitively and with or without one trailing dot, IP literals by
     /// address (`[::1]` and `[0:0::1]`; `[::ffff:127.0.0.1]` and `127.0.0.1`).
-    pub fn expect_server_at<M>(mut self, authority: &str, matcher: M) -> Result<Self, Error>
+    pub fn expect_server_at<M>(mut self, authority: &str, matcher: M) -> Result<Self, ConfigError>
     where
         M: TryInto<IdMatcher>,
-        M::Error: Into<Error>,
+        M::Error: Into<ConfigError>,
     {
         let matcher = matcher.try_into().map_err(Into::into)?;
         let authority = normalize_authority(authority)?;
@@ -94,15 +90,8 @@ impl SecureConnector {
             .map(|o| o.expected.clone())
             .unwrap_or_default();
         expected.push(matcher);
-        let (config, verifier) = self.channel.client_config_for(expected.clone())?;
-        overrides.insert(
-            authority,
-            Override {
-                expected,
-                config,
-                verifier,
-            },
-        );
+        let client = self.handshaker.client_expecting(expected.clone());
+        overrides.insert(authority, Override { expected, client });
         self.overrides = Arc::new(overrides);
         Ok(self)
     }
@@ -131,58 +120,53 @@ impl SecureConnector {
     }
 
     /// Connects to `uri` and runs the handshake; what the `Service` implementation does.
-    pub async fn connect(&self, uri: Uri) -> Result<SecureConnection, Error> {
-        let host = uri.host().ok_or_else(|| {
-            Error::Handshake(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "URI has no host",
-            ))
-        })?;
+    pub async fn connect(&self, uri: Uri) -> Result<SecureConnection, ConnectionError> {
+        let invalid = |problem: String| ConnectionError::InvalidUri {
+            uri: uri.to_string(),
+            problem,
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| invalid("the URI has no host".to_owned()))?;
         let host = host.trim_start_matches('[').trim_end_matches(']');
         let port = uri.port_u16().unwrap_or(match uri.scheme_str() {
             Some("http") => 80,
             _ => 443,
         });
-        let server_name = ServerName::try_from(host.to_owned()).map_err(|e| {
-            Error::Handshake(io::Error::new(io::ErrorKind::InvalidInput, e.to_string()))
-        })?;
-        let timeout = self.channel.handshake_timeout();
+        let server_name = ServerName::try_from(host.to_owned())
+            .map_err(|e| invalid(format!("host {host:?}: {e}")))?;
+        let timeout = self.handshaker.handshake_timeout();
         let tcp = tokio::time::timeout(timeout, TcpStream::connect((host, port)))
             .await
-            .map_err(|_| Error::HandshakeTimeout)?
-            .map_err(|error| Error::Connect {
+            .map_err(|_| ConnectionError::HandshakeTimeout)?
+            .map_err(|error| ConnectionError::Connect {
                 address: format!("{host}:{port}"),
                 error,
             })?;
-        tcp.set_nodelay(true).map_err(Error::Handshake)?;
-        let (config, verifier) = match self.overrides.get(&authority_key(host, port)) {
-            Some(o) => (o.config.clone(), o.verifier.clone()),
-            None => self.channel.default_client_config(),
+        tcp.set_nodelay(true).map_err(ConnectionError::Handshake)?;
+        let mut client = match self.overrides.get(&authority_key(host, port)) {
+            Some(o) => o.client.clone(),
+            None => self.handshaker.client(),
         };
-        let config = self.with_alpn(config);
-        let stream = self
-            .channel
-            .connect_with(config, &verifier, server_name, tcp)
-            .await?;
+        client.config = self.with_alpn(client.config);
+        let stream = self.handshaker.connect(&client, server_name, tcp).await?;
         Ok(SecureConnection {
             inner: TokioIo::new(stream),
         })
     }
 }
 
-fn normalize_authority(authority: &str) -> Result<String, Error> {
-    let parsed: http::uri::Authority = authority.parse().map_err(|e: http::uri::InvalidUri| {
-        Error::Handshake(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("authority {authority:?}: {e}"),
-        ))
-    })?;
-    let port = parsed.port_u16().ok_or_else(|| {
-        Error::Handshake(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("authority {authority:?} needs a port"),
-        ))
-    })?;
+fn normalize_authority(authority: &str) -> Result<String, ConfigError> {
+    let invalid = |problem: String| ConfigError::InvalidAuthority {
+        authority: authority.to_owned(),
+        problem,
+    };
+    let parsed: http::uri::Authority = authority
+        .parse()
+        .map_err(|e: http::uri::InvalidUri| invalid(e.to_string()))?;
+    let port = parsed
+        .port_u16()
+        .ok_or_else(|| invalid("a port is required (host:port)".to_owned()))?;
     Ok(authority_key(parsed.host(), port))
 }
 
@@ -224,11 +208,13 @@ fn canonical_host(host: &str) -> CanonicalHost {
 
 /// The future of a connector call.
 pub struct Connecting<C = SecureConnection> {
-    inner: Pin<Box<dyn Future<Output = Result<C, Error>> + Send>>,
+    inner: Pin<Box<dyn Future<Output = Result<C, ConnectionError>> + Send>>,
 }
 
 impl<C> Connecting<C> {
-    pub(crate) fn new(future: impl Future<Output = Result<C, Error>> + Send + 'static) -> Self {
+    pub(crate) fn new(
+        future: impl Future<Output = Result<C, ConnectionError>> + Send + 'static,
+    ) -> Self {
         Self {
             inner: Box::pin(future),
         }
@@ -242,7 +228,7 @@ impl<C> fmt::Debug for Connecting<C> {
 }
 
 impl<C> Future for Connecting<C> {
-    type Output = Result<C, Error>;
+    type Output = Result<C, ConnectionError>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         self.inner.as_mut().poll(cx)
@@ -251,7 +237,7 @@ impl<C> Future for Connecting<C> {
 
 impl tower_service::Service<Uri> for SecureConnector {
     type Response = SecureConnection;
-    type Error = Error;
+    type Error = ConnectionError;
     type Future = Connecting;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {

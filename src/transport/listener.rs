@@ -12,9 +12,10 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::transport::Handshaker;
 use crate::transport::SecureStream;
+use crate::transport::error::ConnectionError;
 use crate::transport::stream::{ConnectionSlot, HandshakeDeadlines};
-use crate::{Error, SecureChannel};
 
 /// Default cap on handshakes in progress at once.
 pub const DEFAULT_MAX_CONCURRENT_HANDSHAKES: usize = 512;
@@ -78,7 +79,7 @@ impl ListenerStats {
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct SecureListenerBuilder {
-    channel: SecureChannel,
+    handshaker: Handshaker,
     handshake_timeout: Option<Duration>,
     client_hello_timeout: Duration,
     max_concurrent_handshakes: usize,
@@ -93,18 +94,11 @@ impl Drop for SecureListener {
     }
 }
 
-impl SecureChannel {
-    /// A secure listener on `tcp` with default limits; see [`SecureListener`].
-    ///
-    /// Must be called within a tokio runtime (the accept loop is spawned).
-    pub fn listener(&self, tcp: TcpListener) -> io::Result<SecureListener> {
-        self.listener_builder().bind(tcp)
-    }
-
-    /// A secure listener with options.
-    pub fn listener_builder(&self) -> SecureListenerBuilder {
-        SecureListenerBuilder {
-            channel: self.clone(),
+impl SecureListenerBuilder {
+    /// A listener builder with the default limits, for the channel that hands `handshaker` down.
+    pub(crate) fn new(handshaker: Handshaker) -> Self {
+        Self {
+            handshaker,
             handshake_timeout: None,
             client_hello_timeout: DEFAULT_CLIENT_HELLO_TIMEOUT,
             max_concurrent_handshakes: DEFAULT_MAX_CONCURRENT_HANDSHAKES,
@@ -113,9 +107,7 @@ impl SecureChannel {
             idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
         }
     }
-}
 
-impl SecureListenerBuilder {
     /// Bounds each handshake (default: the channel's, 10 s unless changed).
     pub fn handshake_timeout(mut self, timeout: Duration) -> Self {
         self.handshake_timeout = Some(timeout);
@@ -220,7 +212,7 @@ async fn accept_loop(
     let failures = Arc::new(FailureLog::default());
     let timeout = config
         .handshake_timeout
-        .unwrap_or_else(|| config.channel.handshake_timeout());
+        .unwrap_or_else(|| config.handshaker.handshake_timeout());
     let client_hello = config.client_hello_timeout;
     let idle_timeout = config.idle_timeout;
     loop {
@@ -243,7 +235,7 @@ async fn accept_loop(
             return;
         }
         let _ = stream.set_nodelay(true);
-        let channel = config.channel.clone();
+        let handshaker = config.handshaker.clone();
         let accepted = accepted.clone();
         let stats = stats.clone();
         let slots = slots.clone();
@@ -257,9 +249,9 @@ async fn accept_loop(
                         total: deadline.saturating_duration_since(Instant::now()),
                         client_hello: Some(client_hello),
                     };
-                    channel.accept_within(stream, deadlines).await
+                    handshaker.accept(stream, deadlines).await
                 }
-                None => Err(Error::HandshakeTimeout),
+                None => Err(ConnectionError::HandshakeTimeout),
             };
             match result {
                 Ok(stream) => {
@@ -422,14 +414,11 @@ impl FailureLog {
 
     /// Logs a failed handshake briefly: the kind of failure and the presented SPIFFE ID, never
     /// the allow-list.
-    fn log(&self, addr: SocketAddr, error: &Error) {
+    fn log(&self, addr: SocketAddr, error: &ConnectionError) {
         let Some(suppressed) = self.take_line() else {
             return;
         };
-        let reason = match error {
-            Error::PeerRejected(rejection) => crate::telemetry::rejection_reason(rejection),
-            other => crate::telemetry::failure_reason(other),
-        };
+        let reason = error.metric_reason();
         let (presented, not_allowed) = presented_id(error);
         // A refused ID's error text carries the whole allow-list: the reason says enough.
         let detail = (!not_allowed).then(|| error.to_string());
@@ -469,9 +458,9 @@ impl FailureLog {
 
 /// The SPIFFE ID a refused peer presented, if the refusal names one, and whether it was refused
 /// for not being allowed.
-fn presented_id(error: &Error) -> (Option<&spiffe::SpiffeId>, bool) {
-    use crate::tls::PeerRejection as R;
-    let Error::PeerRejected(rejection) = error else {
+fn presented_id(error: &ConnectionError) -> (Option<&spiffe::SpiffeId>, bool) {
+    use crate::identity::PeerRejection as R;
+    let ConnectionError::PeerRejected(rejection) = error else {
         return (None, false);
     };
     let mut rejection: &R = rejection;

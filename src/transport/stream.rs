@@ -12,9 +12,9 @@ use rustls_pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio_rustls::TlsStream;
 
-use crate::Error;
-use crate::identity::PeerIdentity;
-use crate::tls::{PeerRejection, SvidVerifier};
+use crate::identity::{PeerIdentity, PeerRejection};
+use crate::tls::SvidVerifier;
+use crate::transport::error::ConnectionError;
 
 /// A mutually authenticated TLS stream and the identity its peer proved.
 ///
@@ -247,10 +247,10 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<IO> {
 }
 
 /// The error of a failed handshake: the verifier's rejection when it made one.
-fn handshake_error(error: io::Error, captured: Option<PeerRejection>) -> Error {
+fn handshake_error(error: io::Error, captured: Option<PeerRejection>) -> ConnectionError {
     match captured.or_else(|| PeerRejection::from_io(&error)) {
-        Some(rejection) => Error::PeerRejected(rejection),
-        None => Error::Handshake(error),
+        Some(rejection) => ConnectionError::PeerRejected(rejection),
+        None => ConnectionError::Handshake(error),
     }
 }
 
@@ -259,7 +259,7 @@ fn client_handshake_error(
     error: io::Error,
     captured: Option<PeerRejection>,
     own_id: &spiffe::SpiffeId,
-) -> Error {
+) -> ConnectionError {
     let alert = match error
         .get_ref()
         .and_then(|e| e.downcast_ref::<rustls::Error>())
@@ -269,7 +269,7 @@ fn client_handshake_error(
     };
     match alert {
         Some(alert) if captured.is_none() && crate::tls::refuses_certificate(alert) => {
-            Error::RefusedByServer {
+            ConnectionError::RefusedByServer {
                 own_id: own_id.clone(),
                 alert,
             }
@@ -340,12 +340,15 @@ fn identify(
     chain: Option<&[rustls_pki_types::CertificateDer<'static>]>,
     verifier: &SvidVerifier,
     now: rustls_pki_types::UnixTime,
-) -> Result<PeerIdentity, Error> {
+) -> Result<PeerIdentity, ConnectionError> {
     let resumed = kind == Some(HandshakeKind::Resumed);
     Ok(verifier.identify(chain.unwrap_or_default(), resumed, now)?)
 }
 
-async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(mut stream: TlsStream<IO>, error: &Error) {
+async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: TlsStream<IO>,
+    error: &ConnectionError,
+) {
     use tokio::io::AsyncWriteExt;
     // The caller gets the error (the listener logs it briefly, rate-limited): its text may
     // carry the whole allow-list, so only at debug level here.
@@ -363,6 +366,19 @@ pub(crate) struct HandshakeDeadlines {
     pub(crate) client_hello: Option<Duration>,
 }
 
+/// Records a handshake's outcome in the metrics.
+fn record<IO>(side: &'static str, result: &Result<SecureStream<IO>, ConnectionError>) {
+    match result {
+        Ok(stream) => {
+            crate::telemetry::handshake(side, "accepted", "ok", stream.key_exchange_group());
+        }
+        Err(error @ ConnectionError::PeerRejected(_)) => {
+            crate::telemetry::handshake(side, "refused", error.metric_reason(), None);
+        }
+        Err(error) => crate::telemetry::handshake(side, "failed", error.metric_reason(), None),
+    }
+}
+
 /// Server side: runs the handshake on `io` and returns the verified stream.
 ///
 /// `now` is read once the handshake is done, so a resumed session is re-validated at the time
@@ -373,16 +389,12 @@ pub(crate) async fn accept<IO>(
     now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     deadlines: HandshakeDeadlines,
-) -> Result<SecureStream<IO>, Error>
+) -> Result<SecureStream<IO>, ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let result = accept_inner(config, verifier, now, io, deadlines).await;
-    let group = result
-        .as_ref()
-        .ok()
-        .and_then(SecureStream::key_exchange_group);
-    crate::telemetry::handshake("server", &result, group);
+    record("server", &result);
     result
 }
 
@@ -392,7 +404,7 @@ async fn accept_inner<IO>(
     now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     deadlines: HandshakeDeadlines,
-) -> Result<SecureStream<IO>, Error>
+) -> Result<SecureStream<IO>, ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -406,12 +418,12 @@ where
     let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
     let hello = tokio::time::timeout_at(hello_deadline, hello)
         .await
-        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(|_| ConnectionError::HandshakeTimeout)?
         .map_err(|error| handshake_error(error, None))?;
     let (stream, captured) =
         crate::tls::capture(tokio::time::timeout_at(deadline, hello.into_stream(config))).await;
     let stream = stream
-        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(|_| ConnectionError::HandshakeTimeout)?
         .map_err(|error| handshake_error(error, captured))?;
     let (_, conn) = stream.get_ref();
     match identify(
@@ -439,16 +451,12 @@ pub(crate) async fn connect<IO>(
     io: IO,
     timeout: Duration,
     own_id: &spiffe::SpiffeId,
-) -> Result<SecureStream<IO>, Error>
+) -> Result<SecureStream<IO>, ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
     let result = connect_inner(config, verifier, now, server_name, io, timeout, own_id).await;
-    let group = result
-        .as_ref()
-        .ok()
-        .and_then(SecureStream::key_exchange_group);
-    crate::telemetry::handshake("client", &result, group);
+    record("client", &result);
     result
 }
 
@@ -460,7 +468,7 @@ async fn connect_inner<IO>(
     io: IO,
     timeout: Duration,
     own_id: &spiffe::SpiffeId,
-) -> Result<SecureStream<IO>, Error>
+) -> Result<SecureStream<IO>, ConnectionError>
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
@@ -472,7 +480,7 @@ where
     ))
     .await;
     let mut stream = stream
-        .map_err(|_| Error::HandshakeTimeout)?
+        .map_err(|_| ConnectionError::HandshakeTimeout)?
         .map_err(|error| client_handshake_error(error, captured, own_id))?;
     let (_, conn) = stream.get_ref();
     // A resumed session carries no certificate for the server to judge in the handshake.
@@ -483,12 +491,14 @@ where
         if let Err(error) = await_server_verdict(&mut stream, wait).await {
             return Err(match error {
                 rustls::Error::AlertReceived(alert) if crate::tls::refuses_certificate(alert) => {
-                    Error::RefusedByServer {
+                    ConnectionError::RefusedByServer {
                         own_id: own_id.clone(),
                         alert,
                     }
                 }
-                other => Error::Handshake(io::Error::new(io::ErrorKind::InvalidData, other)),
+                other => {
+                    ConnectionError::Handshake(io::Error::new(io::ErrorKind::InvalidData, other))
+                }
             });
         }
     }

@@ -2,7 +2,6 @@
 //! not SPIFFE workloads (such as a token issuer's JWKS endpoint).
 
 use std::fmt;
-use std::io;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -14,10 +13,10 @@ use rustls_pki_types::ServerName;
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
 
-use crate::Error;
-use crate::error::Location;
+use crate::error::{ConfigError, Location, read_file};
 use crate::source::parse_certificates;
 use crate::transport::connector::Connecting;
+use crate::transport::error::ConnectionError;
 
 /// Connects over TLS and authenticates the server by the host name in the URI against WebPKI
 /// roots: the system's, or given CA certificates. No client certificate is sent.
@@ -37,31 +36,30 @@ impl fmt::Debug for WebPkiConnector {
 
 impl WebPkiConnector {
     /// Trusts the CA certificates in the PEM file `path`.
-    pub fn with_ca_file(path: impl AsRef<std::path::Path>) -> Result<Self, Error> {
+    pub fn with_ca_file(path: impl AsRef<std::path::Path>) -> Result<Self, ConfigError> {
         let path = path.as_ref();
         let location = Location::File(path.to_owned());
-        let pem = std::fs::read(path).map_err(|error| Error::Read {
-            location: location.clone(),
-            error,
-        })?;
+        let pem = read_file(path)?;
         let mut roots = RootCertStore::empty();
         for (index, cert) in parse_certificates(&pem, &location)?.into_iter().enumerate() {
-            roots.add(cert).map_err(|e| Error::InvalidTrustAnchor {
-                location: location.clone(),
-                index,
-                reason: e.to_string(),
-            })?;
+            roots
+                .add(cert)
+                .map_err(|e| ConfigError::InvalidTrustAnchor {
+                    location: location.clone(),
+                    index,
+                    reason: e.to_string(),
+                })?;
         }
         Self::with_roots(roots)
     }
 
     /// Trusts the system's certificate store (as found by `rustls-native-certs`).
-    pub fn with_system_roots() -> Result<Self, Error> {
+    pub fn with_system_roots() -> Result<Self, ConfigError> {
         let found = rustls_native_certs::load_native_certs();
         let mut roots = RootCertStore::empty();
         let (added, _ignored) = roots.add_parsable_certificates(found.certs);
         if added == 0 {
-            return Err(Error::InvalidTrustAnchor {
+            return Err(ConfigError::InvalidTrustAnchor {
                 location: Location::Field("system certificate store"),
                 index: 0,
                 reason: format!(
@@ -74,11 +72,11 @@ impl WebPkiConnector {
     }
 
     /// Trusts `roots`.
-    pub fn with_roots(roots: RootCertStore) -> Result<Self, Error> {
+    pub fn with_roots(roots: RootCertStore) -> Result<Self, ConfigError> {
         let provider = crate::crypto::default_provider()?;
         let mut config = ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(Error::TlsConfig)?
+            .map_err(ConfigError::TlsConfig)?
             .with_root_certificates(roots)
             .with_no_client_auth();
         config.alpn_protocols = vec![b"http/1.1".to_vec()];
@@ -89,14 +87,15 @@ impl WebPkiConnector {
     }
 
     /// Connects to an `https` URI.
-    pub async fn connect(&self, uri: Uri) -> Result<WebPkiConnection, Error> {
-        let invalid = |what: &str| {
-            Error::Handshake(io::Error::new(io::ErrorKind::InvalidInput, what.to_owned()))
+    pub async fn connect(&self, uri: Uri) -> Result<WebPkiConnection, ConnectionError> {
+        let invalid = |problem: &str| ConnectionError::InvalidUri {
+            uri: uri.to_string(),
+            problem: problem.to_owned(),
         };
         if uri.scheme_str() != Some("https") {
             return Err(invalid("only https URIs are accepted"));
         }
-        let host = uri.host().ok_or_else(|| invalid("URI has no host"))?;
+        let host = uri.host().ok_or_else(|| invalid("the URI has no host"))?;
         let host = host
             .trim_start_matches('[')
             .trim_end_matches(']')
@@ -106,19 +105,19 @@ impl WebPkiConnector {
         let connect = async {
             let tcp = TcpStream::connect((host.as_str(), port))
                 .await
-                .map_err(|error| Error::Connect {
+                .map_err(|error| ConnectionError::Connect {
                     address: format!("{host}:{port}"),
                     error,
                 })?;
-            tcp.set_nodelay(true).map_err(Error::Handshake)?;
+            tcp.set_nodelay(true).map_err(ConnectionError::Handshake)?;
             tokio_rustls::TlsConnector::from(self.config.clone())
                 .connect(name, tcp)
                 .await
-                .map_err(Error::Handshake)
+                .map_err(ConnectionError::Handshake)
         };
         let stream = tokio::time::timeout(self.timeout, connect)
             .await
-            .map_err(|_| Error::HandshakeTimeout)??;
+            .map_err(|_| ConnectionError::HandshakeTimeout)??;
         Ok(WebPkiConnection {
             inner: TokioIo::new(stream),
         })
@@ -127,7 +126,7 @@ impl WebPkiConnector {
 
 impl tower_service::Service<Uri> for WebPkiConnector {
     type Response = WebPkiConnection;
-    type Error = Error;
+    type Error = ConnectionError;
     type Future = Connecting<WebPkiConnection>;
 
     fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
