@@ -1,15 +1,19 @@
 //! Load generator: axum in plaintext, over bare tokio-rustls mTLS, behind `SecureChannel` with
 //! every layer on, and behind an nginx sidecar terminating mTLS, on 127.0.0.1.
 //!
-//! Usage:
+//! Usage (a benchmark target without criterion's harness, built in the release profile):
 //!
 //! ```text
-//! cargo run --release --example loadgen -- [--seconds 5] [--warmup 1] [--connections 32]
+//! cargo bench --bench loadgen -- [--seconds 5] [--warmup 1] [--connections 32]
 //!     [--http1 | --http2] [--scenarios plain,rustls,secure,nginx] [--idle 2000] [--pin]
 //!     [--rounds 1] [--side-by-side]
 //! ```
 //!
-//! - Each scenario's server runs in a child process of this example (a copy of itself started
+//! A plain `cargo bench` runs it too, with the defaults, among the criterion benches;
+//! `cargo bench -- FILTER` (a criterion filter) skips it unless FILTER is part of `loadgen`.
+//! Cargo adds `--bench` to the arguments, which is ignored here.
+//!
+//! - Each scenario's server runs in a child process of this harness (a copy of itself started
 //!   with `--serve`), so its CPU time is its own: the table's "server CPU/req" is the child's
 //!   CPU time (all its threads, from `/proc/<pid>/task/*/schedstat`) over the measured
 //!   window divided by the requests completed in it. For nginx it is nginx's master and workers
@@ -150,13 +154,23 @@ fn options(args: &[String]) -> Options {
             "--http1" => o.protocols = vec![Proto::Http1],
             "--http2" => o.protocols = vec![Proto::Http2],
             "--scenarios" => o.scenarios = value().split(',').map(String::from).collect(),
+            // Added by `cargo bench` to every benchmark's arguments.
+            "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: loadgen [--seconds N] [--warmup N] [--connections N] \
+                    "usage: cargo bench --bench loadgen -- [--seconds N] [--warmup N] [--connections N] \
                      [--http1|--http2] [--scenarios plain,rustls,secure,nginx] [--idle N] [--rounds N] [--pin] \
                      [--side-by-side] [--no-idle-timeout]"
                 );
                 std::process::exit(0);
+            }
+            // A positional argument is a filter that `cargo bench -- FILTER` hands to every
+            // benchmark: this one runs only when named by it.
+            filter if !filter.starts_with('-') => {
+                if !"loadgen".contains(filter) {
+                    println!("loadgen: skipped (the filter {filter:?} does not name it)");
+                    std::process::exit(0);
+                }
             }
             other => panic!("unknown argument {other:?} (see --help)"),
         }
@@ -478,7 +492,7 @@ fn pinned(pin: bool, program: &std::ffi::OsStr) -> Command {
     }
 }
 
-/// A server child process (this example with `--serve`), stopped on drop.
+/// A server child process (this harness with `--serve`), stopped on drop.
 struct ServerProcess {
     child: Child,
     port: u16,
