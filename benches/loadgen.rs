@@ -60,13 +60,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request};
+use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use secure_channel::authz::{Policy, PolicySource, Rule};
+use secure_channel::authz::PolicySource;
 use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
 use secure_channel::layer::{AuthorizeLayer, JwtLayer};
@@ -77,6 +77,11 @@ use secure_channel::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "support/policy.rs"]
+mod bench_policy;
+
+use bench_policy::policy;
 
 const TRUST_DOMAIN: &str = "example.org";
 const SERVER_ID: &str = "spiffe://example.org/api";
@@ -292,31 +297,6 @@ impl Material {
 // ---------------------------------------------------------------------------------------------
 // The server child: `loadgen --serve MODE --dir DIR` prints `PORT n` and serves until its stdin
 // closes.
-
-/// The policy of `benches/authz.rs`: 1,000 rules, one allow rule per calling service.
-fn policy(n: usize) -> Policy {
-    let mut builder = Policy::builder()
-        .rule(
-            Rule::deny("no-admin")
-                .any_authenticated_peer()
-                .route_any_method("/admin/*"),
-        )
-        .rule(
-            Rule::allow("health")
-                .principal("spiffe://example.org")
-                .route_methods([Method::GET, Method::HEAD], "/health"),
-        );
-    for i in 0..n.saturating_sub(2) {
-        builder = builder.rule(
-            Rule::allow(format!("svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
-                .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
-                .route_any_method(format!("/svc{i}.v1.Service/*")),
-        );
-    }
-    builder.build().unwrap()
-}
 
 fn routes() -> Router {
     Router::new().route("/{*rest}", get(|| async { "ok" }))
