@@ -11,34 +11,13 @@ use std::hint::black_box;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::Method;
-use secure_channel::authz::{AuthzRequest, Policy, Rule};
+use secure_channel::authz::AuthzRequest;
 use secure_channel::{AllowList, IdMatcher, SpiffeId};
 
-/// `n` rules shaped like a real deployment: one allow rule per calling service (its own REST
-/// prefix and gRPC service), a few trust-domain-wide and deny rules.
-fn policy(n: usize) -> Policy {
-    let mut builder = Policy::builder()
-        .rule(
-            Rule::deny("no-admin")
-                .any_authenticated_peer()
-                .route_any_method("/admin/*"),
-        )
-        .rule(
-            Rule::allow("health")
-                .principal("spiffe://example.org")
-                .route_methods([Method::GET, Method::HEAD], "/health"),
-        );
-    for i in 0..n.saturating_sub(2) {
-        builder = builder.rule(
-            Rule::allow(format!("svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
-                .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
-                .route_any_method(format!("/svc{i}.v1.Service/*")),
-        );
-    }
-    builder.build().expect("benchmark policy is valid")
-}
+#[path = "support/policy.rs"]
+mod bench_policy;
+
+use bench_policy::policy;
 
 fn bench(c: &mut Criterion) {
     for n in [10usize, 1_000] {

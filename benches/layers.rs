@@ -28,7 +28,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use rustls_pki_types::ServerName;
-use secure_channel::authz::{Policy, PolicySource, Rule};
+use secure_channel::authz::PolicySource;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
 use secure_channel::layer::{AuthorizeLayer, JwtLayer, peer_identity};
 use secure_channel::testkit::{DevCa, IssuedSvid, TokenIssuer};
@@ -36,36 +36,16 @@ use secure_channel::{Credentials, MemorySource, PeerIdentity, SecureChannel, Tru
 use tokio::io::duplex;
 use tower::{Layer, Service, ServiceExt};
 
+#[path = "support/policy.rs"]
+mod bench_policy;
+
+use bench_policy::policy;
+
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
 const SERVER_ID: &str = "spiffe://example.org/api";
 
 type Body = Full<Bytes>;
-
-/// The same policy shape as `benches/authz.rs`: one allow rule per calling service.
-fn policy(n: usize) -> Policy {
-    let mut builder = Policy::builder()
-        .rule(
-            Rule::deny("no-admin")
-                .any_authenticated_peer()
-                .route_any_method("/admin/*"),
-        )
-        .rule(
-            Rule::allow("health")
-                .principal("spiffe://example.org")
-                .route_methods([Method::GET, Method::HEAD], "/health"),
-        );
-    for i in 0..n.saturating_sub(2) {
-        builder = builder.rule(
-            Rule::allow(format!("svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
-                .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
-                .route_any_method(format!("/svc{i}.v1.Service/*")),
-        );
-    }
-    builder.build().unwrap()
-}
 
 /// The caller's identity as the listener sees it, from one in-memory mTLS handshake.
 fn peer_identity_of(ca: &DevCa, svid: &IssuedSvid, id: &str) -> PeerIdentity {

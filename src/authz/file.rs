@@ -71,6 +71,29 @@ impl Lines<'_> {
             line,
         }
     }
+
+    /// A located list of located items, each item converted by `f`.
+    fn locate_each<T, U>(
+        &self,
+        list: Spanned<Vec<Spanned<T>>>,
+        mut f: impl FnMut(T) -> U,
+    ) -> Located<Vec<Located<U>>> {
+        let list = self.locate(list);
+        Located {
+            value: list
+                .value
+                .into_iter()
+                .map(|item| {
+                    let item = self.locate(item);
+                    Located {
+                        value: f(item.value),
+                        line: item.line,
+                    }
+                })
+                .collect(),
+            line: list.line,
+        }
+    }
 }
 
 pub(crate) fn parse(text: &str) -> Result<Policy, PolicyError> {
@@ -88,6 +111,7 @@ pub(crate) fn parse(text: &str) -> Result<Policy, PolicyError> {
     builder.build()
 }
 
+/// One `[[rule]]` table as a [`Rule`], every value with its line.
 fn convert(lines: &Lines<'_>, file: RuleFile, rule_line: u32) -> Result<Rule, PolicyError> {
     let name = lines.locate(file.name);
     let mut rule = match file.effect {
@@ -98,84 +122,57 @@ fn convert(lines: &Lines<'_>, file: RuleFile, rule_line: u32) -> Result<Rule, Po
     if file.shadow {
         rule = rule.shadow();
     }
-
-    let principals = lines.locate(file.principals);
-    rule.principals = Located {
-        value: principals
-            .value
-            .into_iter()
-            .map(|p| {
-                let p = lines.locate(p);
-                Located {
-                    value: PrincipalSpec::Text(p.value),
-                    line: p.line,
-                }
-            })
-            .collect(),
-        line: principals.line,
-    };
-
-    let routes = lines.locate(file.routes);
-    rule.routes = Located {
-        value: routes
-            .value
-            .into_iter()
-            .map(|r| {
-                let r = lines.locate(r);
-                let methods = r.value.methods.map(|m| {
-                    let m = lines.locate(m);
-                    Located {
-                        value: m
-                            .value
-                            .into_iter()
-                            .map(|text| {
-                                let text = lines.locate(text);
-                                Located {
-                                    value: MethodSpec::Text(text.value),
-                                    line: text.line,
-                                }
-                            })
-                            .collect(),
-                        line: m.line,
-                    }
-                });
-                Located {
-                    value: RouteSpec {
-                        methods,
-                        path: lines.locate(r.value.path),
-                    },
-                    line: r.line,
-                }
-            })
-            .collect(),
-        line: routes.line,
-    };
-
+    rule.principals = lines.locate_each(file.principals, PrincipalSpec::Text);
+    rule.routes = lines.locate_each(file.routes, |route| route_spec(lines, route));
     if let Some(when) = file.when {
-        rule.scopes = when.scopes.into_iter().map(|s| lines.locate(s)).collect();
-        for (claim, value) in when.claims {
-            let value = lines.locate(value);
-            let json = match value.value {
-                toml::Value::String(s) => Value::String(s),
-                toml::Value::Boolean(b) => Value::Bool(b),
-                toml::Value::Integer(i) => Value::from(i),
-                other => {
-                    return Err(PolicyError::InvalidRule {
-                        file: None,
-                        line: value.line.or(Some(rule_line)),
-                        rule: rule.name().to_owned(),
-                        field: "claims",
-                        value: format!("{claim} = {other}"),
-                        problem: "a claim condition compares with a string, boolean or integer"
-                            .into(),
-                    });
-                }
-            };
-            rule.claims.push(Located {
-                value: (claim, json),
-                line: value.line,
-            });
-        }
+        add_conditions(lines, &mut rule, when, rule_line)?;
     }
     Ok(rule)
+}
+
+/// One entry of `routes`: its `methods` (absent: any method) and `path`.
+fn route_spec(lines: &Lines<'_>, route: RouteFile) -> RouteSpec {
+    RouteSpec {
+        methods: route
+            .methods
+            .map(|methods| lines.locate_each(methods, MethodSpec::Text)),
+        path: lines.locate(route.path),
+    }
+}
+
+/// The `[rule.when]` table: required scopes and claims.
+fn add_conditions(
+    lines: &Lines<'_>,
+    rule: &mut Rule,
+    when: ConditionsFile,
+    rule_line: u32,
+) -> Result<(), PolicyError> {
+    rule.scopes = when.scopes.into_iter().map(|s| lines.locate(s)).collect();
+    for (claim, value) in when.claims {
+        let value = lines.locate(value);
+        let json = claim_value(value.value).map_err(|other| {
+            rule.invalid(
+                value.line.or(Some(rule_line)),
+                "claims",
+                format!("{claim} = {other}"),
+                "a claim condition compares with a string, boolean or integer",
+            )
+        })?;
+        rule.claims.push(Located {
+            value: (claim, json),
+            line: value.line,
+        });
+    }
+    Ok(())
+}
+
+/// A claim condition's TOML value as JSON, or the value back if it is not a string, boolean
+/// or integer.
+fn claim_value(value: toml::Value) -> Result<Value, toml::Value> {
+    match value {
+        toml::Value::String(s) => Ok(Value::String(s)),
+        toml::Value::Boolean(b) => Ok(Value::Bool(b)),
+        toml::Value::Integer(i) => Ok(Value::from(i)),
+        other => Err(other),
+    }
 }

@@ -225,7 +225,8 @@ impl Rule {
         &self.name.value
     }
 
-    fn invalid(
+    /// The error for a field of this rule (`PolicyError::InvalidRule`).
+    pub(crate) fn invalid(
         &self,
         line: Option<u32>,
         field: &'static str,
@@ -242,8 +243,29 @@ impl Rule {
         }
     }
 
-    /// Validates and compiles the rule.
+    /// Validates and compiles the rule. Fields are checked in the order they are written
+    /// (name, principals, routes, scopes, claims); the first problem is the error.
     pub(crate) fn compile(&self) -> Result<CompiledRule, PolicyError> {
+        let name = self.compile_name()?;
+        let principals = self.compile_principals()?;
+        let routes = self.compile_routes()?;
+        let scopes = self.compile_scopes()?;
+        let claims = self.compile_claims()?;
+        Ok(CompiledRule {
+            name,
+            effect: self.effect,
+            shadow: self.shadow,
+            principals,
+            routes,
+            conditions: Conditions {
+                scopes: scopes.into(),
+                claims: claims.into(),
+            },
+        })
+    }
+
+    /// The name: 1 to 64 characters among `A-Z a-z 0-9 . _ : -`.
+    fn compile_name(&self) -> Result<Arc<str>, PolicyError> {
         let name = &self.name.value;
         if name.is_empty()
             || name.len() > 64
@@ -258,7 +280,11 @@ impl Rule {
                 "must be 1 to 64 characters among A-Z a-z 0-9 . _ : -",
             ));
         }
+        Ok(Arc::from(name.as_str()))
+    }
 
+    /// The principals, at least one, duplicates dropped.
+    fn compile_principals(&self) -> Result<Vec<Principal>, PolicyError> {
         if self.principals.value.is_empty() {
             return Err(self.invalid(
                 self.principals.line,
@@ -269,23 +295,31 @@ impl Rule {
         }
         let mut principals = Vec::with_capacity(self.principals.value.len());
         for spec in &self.principals.value {
-            let principal = match &spec.value {
-                PrincipalSpec::AnyAuthenticated => Principal::AnyAuthenticated,
-                PrincipalSpec::Matcher(m) => Principal::Id(m.clone()),
-                PrincipalSpec::Text(text) if text == "*" => Principal::AnyAuthenticated,
-                PrincipalSpec::Text(text) => match IdMatcher::parse(text) {
-                    Ok(m) => Principal::Id(m),
-                    Err(e) => {
-                        let reason = e.to_string();
-                        return Err(self.invalid(spec.line, "principals", text.clone(), reason));
-                    }
-                },
-            };
+            let principal = self.compile_principal(spec)?;
             if !principals.contains(&principal) {
                 principals.push(principal);
             }
         }
+        Ok(principals)
+    }
 
+    fn compile_principal(&self, spec: &Located<PrincipalSpec>) -> Result<Principal, PolicyError> {
+        Ok(match &spec.value {
+            PrincipalSpec::AnyAuthenticated => Principal::AnyAuthenticated,
+            PrincipalSpec::Matcher(m) => Principal::Id(m.clone()),
+            PrincipalSpec::Text(text) if text == "*" => Principal::AnyAuthenticated,
+            PrincipalSpec::Text(text) => match IdMatcher::parse(text) {
+                Ok(m) => Principal::Id(m),
+                Err(e) => {
+                    let reason = e.to_string();
+                    return Err(self.invalid(spec.line, "principals", text.clone(), reason));
+                }
+            },
+        })
+    }
+
+    /// The routes, at least one; each path is checked before its methods.
+    fn compile_routes(&self) -> Result<Vec<Route>, PolicyError> {
         if self.routes.value.is_empty() {
             return Err(self.invalid(
                 self.routes.line,
@@ -301,34 +335,44 @@ impl Rule {
                 .map_err(|problem| self.invalid(path.line, "path", path.value.clone(), problem))?;
             let methods = match &route.value.methods {
                 None => MethodSet::any(),
-                Some(list) => {
-                    if list.value.is_empty() {
-                        return Err(self.invalid(
-                            list.line.or(route.line),
-                            "methods",
-                            "[]",
-                            "must list at least one method; leave `methods` out for any method",
-                        ));
-                    }
-                    let mut set = MethodSet::none();
-                    for spec in &list.value {
-                        let method = match &spec.value {
-                            MethodSpec::Method(m) => m.clone(),
-                            MethodSpec::Text(text) => parse_method(text).map_err(|problem| {
-                                self.invalid(spec.line, "methods", text.clone(), problem)
-                            })?,
-                        };
-                        set.insert(method);
-                    }
-                    set
-                }
+                Some(list) => self.compile_methods(list, route.line)?,
             };
             routes.push(Route {
                 methods,
                 path: pattern,
             });
         }
+        Ok(routes)
+    }
 
+    /// A route's list of methods: present, so not empty.
+    fn compile_methods(
+        &self,
+        list: &Located<Vec<Located<MethodSpec>>>,
+        route_line: Option<u32>,
+    ) -> Result<MethodSet, PolicyError> {
+        if list.value.is_empty() {
+            return Err(self.invalid(
+                list.line.or(route_line),
+                "methods",
+                "[]",
+                "must list at least one method; leave `methods` out for any method",
+            ));
+        }
+        let mut set = MethodSet::none();
+        for spec in &list.value {
+            let method = match &spec.value {
+                MethodSpec::Method(m) => m.clone(),
+                MethodSpec::Text(text) => parse_method(text)
+                    .map_err(|problem| self.invalid(spec.line, "methods", text.clone(), problem))?,
+            };
+            set.insert(method);
+        }
+        Ok(set)
+    }
+
+    /// The required scopes: each one word.
+    fn compile_scopes(&self) -> Result<Vec<Box<str>>, PolicyError> {
         let mut scopes = Vec::with_capacity(self.scopes.len());
         for scope in &self.scopes {
             let text = &scope.value;
@@ -342,6 +386,11 @@ impl Rule {
             }
             scopes.push(Box::<str>::from(text.as_str()));
         }
+        Ok(scopes)
+    }
+
+    /// The required claims: a name, and a string, boolean or integer to compare with.
+    fn compile_claims(&self) -> Result<Vec<(Box<str>, Value)>, PolicyError> {
         let mut claims = Vec::with_capacity(self.claims.len());
         for claim in &self.claims {
             let (name, value) = &claim.value;
@@ -363,18 +412,7 @@ impl Rule {
             }
             claims.push((Box::<str>::from(name.as_str()), value.clone()));
         }
-
-        Ok(CompiledRule {
-            name: Arc::from(name.as_str()),
-            effect: self.effect,
-            shadow: self.shadow,
-            principals,
-            routes,
-            conditions: Conditions {
-                scopes: scopes.into(),
-                claims: claims.into(),
-            },
-        })
+        Ok(claims)
     }
 }
 

@@ -114,7 +114,26 @@ pub(crate) struct LeafSvid {
 pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
     let tbs = tbs_fields(der)?;
     let extensions = svid_extensions(tbs.extensions)?;
+    let spiffe_id = leaf_spiffe_id(&extensions)?;
+    check_leaf_usage(extensions)?;
 
+    let validity = (
+        tbs.validity.not_before.timestamp(),
+        tbs.validity.not_after.timestamp(),
+    );
+    let not_after = u64::try_from(validity.1)
+        .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
+        .unwrap_or(UNIX_EPOCH);
+    Ok(LeafSvid {
+        spiffe_id,
+        not_after,
+        validity,
+    })
+}
+
+/// The leaf's SPIFFE ID: its one URI SAN, at most [`MAX_SPIFFE_ID_LENGTH`] bytes, canonical,
+/// with a path.
+fn leaf_spiffe_id(extensions: &SvidExtensions<'_>) -> Result<SpiffeId, SvidError> {
     let mut uris = extensions
         .subject_alt_name
         .iter()
@@ -154,7 +173,11 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
             presented: uri.to_owned(),
         });
     }
+    Ok(spiffe_id)
+}
 
+/// The leaf's basic constraints, key usage and extended key usage, as an SVID's must be.
+fn check_leaf_usage(extensions: SvidExtensions<'_>) -> Result<(), SvidError> {
     if extensions.basic_constraints.is_some_and(|bc| bc.ca) {
         return Err(SvidError::LeafIsCa);
     }
@@ -180,19 +203,7 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
             });
         }
     }
-
-    let validity = (
-        tbs.validity.not_before.timestamp(),
-        tbs.validity.not_after.timestamp(),
-    );
-    let not_after = u64::try_from(validity.1)
-        .map(|secs| UNIX_EPOCH + Duration::from_secs(secs))
-        .unwrap_or(UNIX_EPOCH);
-    Ok(LeafSvid {
-        spiffe_id,
-        not_after,
-        validity,
-    })
+    Ok(())
 }
 
 /// Whether `uri` is the canonical form of `id` (`spiffe://` + trust domain + path), compared

@@ -1,15 +1,19 @@
 //! Load generator: axum in plaintext, over bare tokio-rustls mTLS, behind `SecureChannel` with
 //! every layer on, and behind an nginx sidecar terminating mTLS, on 127.0.0.1.
 //!
-//! Usage:
+//! Usage (a benchmark target without criterion's harness, built in the release profile):
 //!
 //! ```text
-//! cargo run --release --example loadgen -- [--seconds 5] [--warmup 1] [--connections 32]
+//! cargo bench --bench loadgen -- [--seconds 5] [--warmup 1] [--connections 32]
 //!     [--http1 | --http2] [--scenarios plain,rustls,secure,nginx] [--idle 2000] [--pin]
 //!     [--rounds 1] [--side-by-side]
 //! ```
 //!
-//! - Each scenario's server runs in a child process of this example (a copy of itself started
+//! A plain `cargo bench` runs it too, with the defaults, among the criterion benches;
+//! `cargo bench -- FILTER` (a criterion filter) skips it unless FILTER is part of `loadgen`.
+//! Cargo adds `--bench` to the arguments, which is ignored here.
+//!
+//! - Each scenario's server runs in a child process of this harness (a copy of itself started
 //!   with `--serve`), so its CPU time is its own: the table's "server CPU/req" is the child's
 //!   CPU time (all its threads, from `/proc/<pid>/task/*/schedstat`) over the measured
 //!   window divided by the requests completed in it. For nginx it is nginx's master and workers
@@ -56,13 +60,13 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use http::{HeaderValue, Method, Request};
+use http::{HeaderValue, Request};
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use secure_channel::authz::{Policy, PolicySource, Rule};
+use secure_channel::authz::PolicySource;
 use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
 use secure_channel::layer::{AuthorizeLayer, JwtLayer};
@@ -73,6 +77,11 @@ use secure_channel::{
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
+
+#[path = "support/policy.rs"]
+mod bench_policy;
+
+use bench_policy::policy;
 
 const TRUST_DOMAIN: &str = "example.org";
 const SERVER_ID: &str = "spiffe://example.org/api";
@@ -150,13 +159,23 @@ fn options(args: &[String]) -> Options {
             "--http1" => o.protocols = vec![Proto::Http1],
             "--http2" => o.protocols = vec![Proto::Http2],
             "--scenarios" => o.scenarios = value().split(',').map(String::from).collect(),
+            // Added by `cargo bench` to every benchmark's arguments.
+            "--bench" => {}
             "-h" | "--help" => {
                 println!(
-                    "usage: loadgen [--seconds N] [--warmup N] [--connections N] \
+                    "usage: cargo bench --bench loadgen -- [--seconds N] [--warmup N] [--connections N] \
                      [--http1|--http2] [--scenarios plain,rustls,secure,nginx] [--idle N] [--rounds N] [--pin] \
                      [--side-by-side] [--no-idle-timeout]"
                 );
                 std::process::exit(0);
+            }
+            // A positional argument is a filter that `cargo bench -- FILTER` hands to every
+            // benchmark: this one runs only when named by it.
+            filter if !filter.starts_with('-') => {
+                if !"loadgen".contains(filter) {
+                    println!("loadgen: skipped (the filter {filter:?} does not name it)");
+                    std::process::exit(0);
+                }
             }
             other => panic!("unknown argument {other:?} (see --help)"),
         }
@@ -278,31 +297,6 @@ impl Material {
 // ---------------------------------------------------------------------------------------------
 // The server child: `loadgen --serve MODE --dir DIR` prints `PORT n` and serves until its stdin
 // closes.
-
-/// The policy of `benches/authz.rs`: 1,000 rules, one allow rule per calling service.
-fn policy(n: usize) -> Policy {
-    let mut builder = Policy::builder()
-        .rule(
-            Rule::deny("no-admin")
-                .any_authenticated_peer()
-                .route_any_method("/admin/*"),
-        )
-        .rule(
-            Rule::allow("health")
-                .principal("spiffe://example.org")
-                .route_methods([Method::GET, Method::HEAD], "/health"),
-        );
-    for i in 0..n.saturating_sub(2) {
-        builder = builder.rule(
-            Rule::allow(format!("svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
-                .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
-                .route_any_method(format!("/svc{i}.v1.Service/*")),
-        );
-    }
-    builder.build().unwrap()
-}
 
 fn routes() -> Router {
     Router::new().route("/{*rest}", get(|| async { "ok" }))
@@ -478,7 +472,7 @@ fn pinned(pin: bool, program: &std::ffi::OsStr) -> Command {
     }
 }
 
-/// A server child process (this example with `--serve`), stopped on drop.
+/// A server child process (this harness with `--serve`), stopped on drop.
 struct ServerProcess {
     child: Child,
     port: u16,
