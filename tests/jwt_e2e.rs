@@ -380,28 +380,6 @@ async fn jwks_from_a_spiffe_issuer_through_the_connector() {
     assert!(within(KeySource::jwks_url(fetcher).start()).await.is_err());
 }
 
-/// A real PeerIdentity, obtained the only way there is: a handshake.
-async fn peer_identity_of(ca: &DevCa, id: &str) -> PeerIdentity {
-    let server_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
-    let server = SecureChannel::builder(&server_source)
-        .allow_client(id)
-        .build()
-        .unwrap();
-    let client_source = MemorySource::new(ca.credentials(id).unwrap());
-    let client = SecureChannel::builder(&client_source)
-        .expect_server(SERVER_ID)
-        .build()
-        .unwrap();
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accept = async {
-        let (tcp, _) = listener.accept().await.unwrap();
-        server.accept(tcp).await.unwrap()
-    };
-    let (stream, _client) = tokio::join!(accept, async { client.connect_tcp(addr).await.unwrap() });
-    stream.peer_identity().clone()
-}
-
 #[tokio::test]
 async fn oversized_tokens_are_refused_while_good_ones_pass() {
     let s = setup().await;

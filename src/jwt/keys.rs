@@ -172,93 +172,11 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyingKey, String> {
     let Some(jwk) = jwk.as_object() else {
         return Err("not a JSON object".into());
     };
-    let kid = required(jwk, "kid")?;
-    if kid.is_empty() {
-        return Err("empty `kid`".into());
-    }
-    if let Some(usage) = string(jwk, "use")?
-        && usage != "sig"
-        && usage != "jwt-svid"
-    {
-        return Err(format!(
-            "kid {kid:?}: `use` is {usage:?}, not a signature key"
-        ));
-    }
-    if let Some(ops) = jwk.get("key_ops") {
-        let verifies = ops
-            .as_array()
-            .is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")));
-        if !verifies {
-            return Err(format!("kid {kid:?}: `key_ops` lacks \"verify\""));
-        }
-    }
-    let alg = match string(jwk, "alg")? {
-        None => None,
-        Some(name) => match Algorithm::from_str(name) {
-            Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) | Err(_) => {
-                return Err(format!("kid {kid:?}: `alg` {name:?} is not supported"));
-            }
-            Ok(alg) => Some(alg),
-        },
-    };
-    let kty = required(jwk, "kty")?;
-    let (key_type, key) = match (kty, string(jwk, "crv")?) {
-        ("RSA", _) => {
-            let n = b64(jwk, "n")?;
-            let e = b64(jwk, "e")?;
-            let n_trimmed = trim_leading_zeros(&n);
-            let e_trimmed = trim_leading_zeros(&e);
-            if n_trimmed.len() < 256 || n_trimmed.len() > 1024 {
-                return Err(format!(
-                    "kid {kid:?}: RSA modulus of {} bits (2048 to 8192 accepted)",
-                    n_trimmed.len() * 8
-                ));
-            }
-            if e_trimmed.is_empty() || e_trimmed.len() > 4 {
-                return Err(format!("kid {kid:?}: RSA exponent out of range"));
-            }
-            (
-                KeyType::Rsa,
-                DecodingKey::from_rsa_raw_components(n_trimmed, e_trimmed),
-            )
-        }
-        ("EC", Some(curve @ ("P-256" | "P-384"))) => {
-            let (key_type, len) = if curve == "P-256" {
-                (KeyType::P256, 32)
-            } else {
-                (KeyType::P384, 48)
-            };
-            let x = b64(jwk, "x")?;
-            let y = b64(jwk, "y")?;
-            if x.len() != len || y.len() != len {
-                return Err(format!(
-                    "kid {kid:?}: {curve} coordinates of the wrong length"
-                ));
-            }
-            let mut point = Vec::with_capacity(1 + 2 * len);
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
-            (key_type, DecodingKey::from_ec_der(&point))
-        }
-        ("OKP", Some("Ed25519")) => {
-            let x = b64(jwk, "x")?;
-            if x.len() != 32 {
-                return Err(format!("kid {kid:?}: Ed25519 key of the wrong length"));
-            }
-            (KeyType::Ed25519, DecodingKey::from_ed_der(&x))
-        }
-        ("oct", _) => {
-            return Err(format!(
-                "kid {kid:?}: symmetric keys are never used (no HMAC)"
-            ));
-        }
-        (kty, crv) => {
-            return Err(format!(
-                "kid {kid:?}: key type {kty:?} with curve {crv:?} is not supported"
-            ));
-        }
-    };
+    let kid = key_id(jwk)?;
+    check_use(jwk, kid)?;
+    check_key_ops(jwk, kid)?;
+    let alg = declared_algorithm(jwk, kid)?;
+    let (key_type, key) = public_key(jwk, kid)?;
     if let Some(alg) = alg
         && !key_type.fits(alg)
     {
@@ -272,6 +190,124 @@ fn parse_jwk(jwk: &Value) -> Result<VerifyingKey, String> {
         key_type,
         key,
     })
+}
+
+/// The `kid`: required, not empty.
+fn key_id(jwk: &Map<String, Value>) -> Result<&str, String> {
+    let kid = required(jwk, "kid")?;
+    if kid.is_empty() {
+        return Err("empty `kid`".into());
+    }
+    Ok(kid)
+}
+
+/// `use`, when present, says signature (`sig`, or SPIFFE's `jwt-svid`).
+fn check_use(jwk: &Map<String, Value>, kid: &str) -> Result<(), String> {
+    if let Some(usage) = string(jwk, "use")?
+        && usage != "sig"
+        && usage != "jwt-svid"
+    {
+        return Err(format!(
+            "kid {kid:?}: `use` is {usage:?}, not a signature key"
+        ));
+    }
+    Ok(())
+}
+
+/// `key_ops`, when present, is a list that includes `verify`.
+fn check_key_ops(jwk: &Map<String, Value>, kid: &str) -> Result<(), String> {
+    if let Some(ops) = jwk.get("key_ops") {
+        let verifies = ops
+            .as_array()
+            .is_some_and(|ops| ops.iter().any(|op| op.as_str() == Some("verify")));
+        if !verifies {
+            return Err(format!("kid {kid:?}: `key_ops` lacks \"verify\""));
+        }
+    }
+    Ok(())
+}
+
+/// The key's own `alg`, when present: an asymmetric algorithm jsonwebtoken knows.
+fn declared_algorithm(jwk: &Map<String, Value>, kid: &str) -> Result<Option<Algorithm>, String> {
+    let Some(name) = string(jwk, "alg")? else {
+        return Ok(None);
+    };
+    match Algorithm::from_str(name) {
+        Ok(Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512) | Err(_) => {
+            Err(format!("kid {kid:?}: `alg` {name:?} is not supported"))
+        }
+        Ok(alg) => Ok(Some(alg)),
+    }
+}
+
+/// The public key by `kty` (and `crv`): RSA, EC P-256 or P-384, or Ed25519.
+fn public_key(jwk: &Map<String, Value>, kid: &str) -> Result<(KeyType, DecodingKey), String> {
+    match (required(jwk, "kty")?, string(jwk, "crv")?) {
+        ("RSA", _) => rsa_key(jwk, kid),
+        ("EC", Some(curve @ ("P-256" | "P-384"))) => ec_key(jwk, kid, curve),
+        ("OKP", Some("Ed25519")) => ed25519_key(jwk, kid),
+        ("oct", _) => Err(format!(
+            "kid {kid:?}: symmetric keys are never used (no HMAC)"
+        )),
+        (kty, crv) => Err(format!(
+            "kid {kid:?}: key type {kty:?} with curve {crv:?} is not supported"
+        )),
+    }
+}
+
+/// An RSA key of 2048 to 8192 bits with an exponent of at most 4 bytes.
+fn rsa_key(jwk: &Map<String, Value>, kid: &str) -> Result<(KeyType, DecodingKey), String> {
+    let n = b64(jwk, "n")?;
+    let e = b64(jwk, "e")?;
+    let n_trimmed = trim_leading_zeros(&n);
+    let e_trimmed = trim_leading_zeros(&e);
+    if n_trimmed.len() < 256 || n_trimmed.len() > 1024 {
+        return Err(format!(
+            "kid {kid:?}: RSA modulus of {} bits (2048 to 8192 accepted)",
+            n_trimmed.len() * 8
+        ));
+    }
+    if e_trimmed.is_empty() || e_trimmed.len() > 4 {
+        return Err(format!("kid {kid:?}: RSA exponent out of range"));
+    }
+    Ok((
+        KeyType::Rsa,
+        DecodingKey::from_rsa_raw_components(n_trimmed, e_trimmed),
+    ))
+}
+
+/// An EC key on `curve` (`P-256` or `P-384`), its coordinates of the curve's length.
+fn ec_key(
+    jwk: &Map<String, Value>,
+    kid: &str,
+    curve: &str,
+) -> Result<(KeyType, DecodingKey), String> {
+    let (key_type, len) = if curve == "P-256" {
+        (KeyType::P256, 32)
+    } else {
+        (KeyType::P384, 48)
+    };
+    let x = b64(jwk, "x")?;
+    let y = b64(jwk, "y")?;
+    if x.len() != len || y.len() != len {
+        return Err(format!(
+            "kid {kid:?}: {curve} coordinates of the wrong length"
+        ));
+    }
+    let mut point = Vec::with_capacity(1 + 2 * len);
+    point.push(0x04);
+    point.extend_from_slice(&x);
+    point.extend_from_slice(&y);
+    Ok((key_type, DecodingKey::from_ec_der(&point)))
+}
+
+/// An Ed25519 key of 32 bytes.
+fn ed25519_key(jwk: &Map<String, Value>, kid: &str) -> Result<(KeyType, DecodingKey), String> {
+    let x = b64(jwk, "x")?;
+    if x.len() != 32 {
+        return Err(format!("kid {kid:?}: Ed25519 key of the wrong length"));
+    }
+    Ok((KeyType::Ed25519, DecodingKey::from_ed_der(&x)))
 }
 
 fn trim_leading_zeros(bytes: &[u8]) -> &[u8] {

@@ -475,25 +475,7 @@ impl JwtValidator {
         let header = decode_object(header_b64)?;
         let claims = decode_object(payload_b64)?;
 
-        // Header.
-        if header.contains_key("crit") {
-            return fail(TokenErrorKind::CriticalHeader);
-        }
-        let Some(alg_name) = header.get("alg").and_then(Value::as_str) else {
-            return fail(TokenErrorKind::Malformed);
-        };
-        if alg_name.eq_ignore_ascii_case("none") {
-            return fail(TokenErrorKind::AlgorithmNone);
-        }
-        let alg = match Algorithm::from_str(alg_name) {
-            Ok(alg) if inner.algorithms.contains(&alg) => alg,
-            _ => return fail(TokenErrorKind::DisallowedAlgorithm),
-        };
-        self.check_type(&header)?;
-        let kid = match header.get("kid") {
-            Some(Value::String(kid)) if !kid.is_empty() => kid.as_str(),
-            _ => return fail(TokenErrorKind::MissingKeyId),
-        };
+        let (alg, kid) = self.check_header(&header)?;
 
         // Key. For JWT-SVIDs the (not yet verified) subject names the trust domain whose
         // bundle holds the key; a forged subject only selects a bundle whose key must verify.
@@ -533,6 +515,33 @@ impl JwtValidator {
         Ok(verified)
     }
 
+    /// The header: no `crit`, `alg` not `none` and allowed, `typ` as configured, a `kid`;
+    /// returns the algorithm and the `kid`.
+    fn check_header<'h>(
+        &self,
+        header: &'h Map<String, Value>,
+    ) -> TokenResult<(Algorithm, &'h str)> {
+        if header.contains_key("crit") {
+            return fail(TokenErrorKind::CriticalHeader);
+        }
+        let Some(alg_name) = header.get("alg").and_then(Value::as_str) else {
+            return fail(TokenErrorKind::Malformed);
+        };
+        if alg_name.eq_ignore_ascii_case("none") {
+            return fail(TokenErrorKind::AlgorithmNone);
+        }
+        let alg = match Algorithm::from_str(alg_name) {
+            Ok(alg) if self.inner.algorithms.contains(&alg) => alg,
+            _ => return fail(TokenErrorKind::DisallowedAlgorithm),
+        };
+        self.check_type(header)?;
+        let kid = match header.get("kid") {
+            Some(Value::String(kid)) if !kid.is_empty() => kid.as_str(),
+            _ => return fail(TokenErrorKind::MissingKeyId),
+        };
+        Ok((alg, kid))
+    }
+
     fn check_type(&self, header: &Map<String, Value>) -> TokenResult<()> {
         let typ = match header.get("typ") {
             None => None,
@@ -564,9 +573,20 @@ impl JwtValidator {
         peer: &PeerIdentity,
         subject_id: Option<&SpiffeId>,
     ) -> TokenResult<f64> {
-        let inner = &*self.inner;
-        let leeway = inner.leeway;
+        let exp = self.check_times(claims, now)?;
+        self.check_issuer(claims)?;
+        self.check_audience(claims)?;
+        check_subject_type(claims)?;
+        self.check_required_claims(claims)?;
+        self.check_subject_is_peer(claims, peer, subject_id)?;
+        check_binding(claims, peer, self.inner.require_binding)?;
+        Ok(exp + self.inner.leeway)
+    }
 
+    /// `exp` (required), `nbf` and `iat` against `now` with the leeway, and the lifetime from
+    /// `iat` (or `nbf`, or now) to `exp`; returns `exp`.
+    fn check_times(&self, claims: &Map<String, Value>, now: f64) -> TokenResult<f64> {
+        let leeway = self.inner.leeway;
         let exp = match claims.get("exp") {
             Some(value) => numeric_date(value)?,
             None => {
@@ -592,49 +612,55 @@ impl JwtValidator {
             return fail(TokenErrorKind::IssuedInFuture);
         }
         let start = iat.or(nbf).unwrap_or(now);
-        if exp - start > inner.max_lifetime {
+        if exp - start > self.inner.max_lifetime {
             return fail(TokenErrorKind::LifetimeTooLong);
         }
+        Ok(exp)
+    }
 
-        // Issuer.
+    /// `iss`: a string, one of ours when issuers are configured (then also required).
+    fn check_issuer(&self, claims: &Map<String, Value>) -> TokenResult<()> {
+        let issuers = &self.inner.issuers;
         match claims.get("iss") {
             Some(Value::String(iss)) => {
-                if !inner.issuers.is_empty() && !inner.issuers.contains(iss) {
+                if !issuers.is_empty() && !issuers.contains(iss) {
                     return fail(TokenErrorKind::WrongIssuer);
                 }
             }
             Some(_) => return fail(TokenErrorKind::WrongIssuer),
             None => {
-                if !inner.issuers.is_empty() {
+                if !issuers.is_empty() {
                     return fail(TokenErrorKind::WrongIssuer);
                 }
             }
         }
+        Ok(())
+    }
 
-        // Audience: a string, or a non-empty list of strings, containing one of ours.
+    /// `aud`: a string, or a non-empty list of strings, containing one of ours.
+    fn check_audience(&self, claims: &Map<String, Value>) -> TokenResult<()> {
+        let audiences = &self.inner.audiences;
         let audience_ok = match claims.get("aud") {
-            Some(Value::String(aud)) => inner.audiences.contains(aud),
+            Some(Value::String(aud)) => audiences.contains(aud),
             Some(Value::Array(list)) => {
                 !list.is_empty()
                     && list.iter().all(Value::is_string)
                     && list
                         .iter()
                         .filter_map(Value::as_str)
-                        .any(|a| inner.audiences.iter().any(|ours| ours == a))
+                        .any(|a| audiences.iter().any(|ours| ours == a))
             }
             _ => false,
         };
         if !audience_ok {
             return fail(TokenErrorKind::WrongAudience);
         }
+        Ok(())
+    }
 
-        if let Some(sub) = claims.get("sub")
-            && !sub.is_string()
-        {
-            return fail(TokenErrorKind::InvalidSubject);
-        }
-
-        for name in &inner.required_claims {
+    /// Every configured required claim is present and not `null`.
+    fn check_required_claims(&self, claims: &Map<String, Value>) -> TokenResult<()> {
+        for name in &self.inner.required_claims {
             if claims.get(name).is_none_or(Value::is_null) {
                 return Err(TokenError::with_description(
                     TokenErrorKind::InvalidClaim,
@@ -642,20 +668,38 @@ impl JwtValidator {
                 ));
             }
         }
-
-        if inner.subject_is_peer {
-            let subject = match subject_id {
-                Some(id) => id.clone(),
-                None => spiffe_subject(claims)?,
-            };
-            if &subject != peer.spiffe_id() {
-                return fail(TokenErrorKind::SubjectMismatch);
-            }
-        }
-
-        check_binding(claims, peer, inner.require_binding)?;
-        Ok(exp + leeway)
+        Ok(())
     }
+
+    /// When configured, `sub` is the SPIFFE ID the caller proved on this connection.
+    fn check_subject_is_peer(
+        &self,
+        claims: &Map<String, Value>,
+        peer: &PeerIdentity,
+        subject_id: Option<&SpiffeId>,
+    ) -> TokenResult<()> {
+        if !self.inner.subject_is_peer {
+            return Ok(());
+        }
+        let subject = match subject_id {
+            Some(id) => id.clone(),
+            None => spiffe_subject(claims)?,
+        };
+        if &subject != peer.spiffe_id() {
+            return fail(TokenErrorKind::SubjectMismatch);
+        }
+        Ok(())
+    }
+}
+
+/// `sub`, when present, is a string.
+fn check_subject_type(claims: &Map<String, Value>) -> TokenResult<()> {
+    if let Some(sub) = claims.get("sub")
+        && !sub.is_string()
+    {
+        return fail(TokenErrorKind::InvalidSubject);
+    }
+    Ok(())
 }
 
 /// RFC 8705 section 3.1: `cnf.x5t#S256` is the base64url (unpadded) SHA-256 of the DER of the

@@ -293,6 +293,19 @@ impl TokenIssuer {
         }
     }
 
+    /// Signs `signing_input` exactly as given with key `kid` and that key's algorithm, and
+    /// returns the token `signing_input.signature`.
+    ///
+    /// For odd and deliberately bad tokens whose encoding a [`TokenBuilder`] would not produce
+    /// (duplicate JSON members, padded or non-canonical base64url, bytes that are not JSON):
+    /// the signature is valid, so only the parsing decides. `signing_input` is normally
+    /// `base64url(header).base64url(payload)`; nothing of it is checked.
+    pub fn sign_input(&self, kid: &str, signing_input: &str) -> Result<String, TokenIssuerError> {
+        let key = self.key(Some(kid))?;
+        let signature = self.sign_raw(key.alg, &key.encoding, signing_input.as_bytes())?;
+        Ok(format!("{signing_input}.{signature}"))
+    }
+
     fn key(&self, kid: Option<&str>) -> Result<&IssuerKey, TokenIssuerError> {
         let kid = kid.unwrap_or_default();
         self.keys

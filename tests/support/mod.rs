@@ -11,7 +11,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::{DigitallySignedStruct, SignatureScheme};
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use secure_channel::testkit::{DevCa, IssuedSvid};
-use secure_channel::{ConnectionError as Error, SecureChannel, SecureStream};
+use secure_channel::{
+    ConnectionError as Error, MemorySource, PeerIdentity, SecureChannel, SecureStream,
+};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
@@ -311,4 +313,28 @@ impl Pki {
     pub fn client(&mut self, id: &str) -> SecureChannel {
         self.channel(id, |b| b.expect_server(PKI_SERVER_ID))
     }
+}
+
+/// A real `PeerIdentity` for the client `id` of `ca`, obtained the only way there is: a
+/// loopback handshake with a server of the same CA.
+pub async fn peer_identity_of(ca: &DevCa, id: &str) -> PeerIdentity {
+    let server_id = format!("spiffe://{}/api", ca.trust_domain());
+    let server_source = MemorySource::new(ca.credentials(&server_id).unwrap());
+    let server = SecureChannel::builder(&server_source)
+        .allow_client(id)
+        .build()
+        .unwrap();
+    let client_source = MemorySource::new(ca.credentials(id).unwrap());
+    let client = SecureChannel::builder(&client_source)
+        .expect_server(server_id.as_str())
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = async {
+        let (tcp, _) = listener.accept().await.unwrap();
+        server.accept(tcp).await.unwrap()
+    };
+    let (stream, _client) = tokio::join!(accept, async { client.connect_tcp(addr).await.unwrap() });
+    stream.peer_identity().clone()
 }
