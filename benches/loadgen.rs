@@ -67,13 +67,11 @@ use rustls::server::WebPkiClientVerifier;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use secure_channel::authz::PolicySource;
-use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
 use secure_channel::layer::{AuthorizeLayer, JwtLayer};
 use secure_channel::testkit::{DevCa, TokenIssuer};
 use secure_channel::{
-    Credentials, MemorySource, PeerIdentity, SecureChannel, Svid, TrustBundle, TrustBundles,
-    TrustDomain,
+    Credentials, MemorySource, SecureChannel, Svid, TrustBundle, TrustBundles, TrustDomain,
 };
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
@@ -378,8 +376,9 @@ fn serve(mode: &str, dir: &Path, idle_timeout: bool) {
                 if mode == "channel" {
                     // The channel's transport alone: identity in every request, no token or
                     // policy.
-                    let app = routes().into_make_service_with_connect_info::<PeerIdentity>();
-                    axum::serve(listener, app).await.unwrap();
+                    secure_channel::integration::axum::serve(listener, routes())
+                        .await
+                        .unwrap();
                 } else {
                     let validator = JwtValidator::access_tokens(AUDIENCE)
                         .issuer(ISSUER)
@@ -392,12 +391,11 @@ fn serve(mode: &str, dir: &Path, idle_timeout: bool) {
                         .require_certificate_binding()
                         .build()
                         .unwrap();
-                    let layers = tower::ServiceBuilder::new()
-                        .layer(JwtLayer::new(validator).require_scope("orders:read"))
-                        .layer(AuthorizeLayer::new(PolicySource::new(policy(1_000))));
-                    let app = layer_before_routing(routes(), layers)
-                        .into_make_service_with_connect_info::<PeerIdentity>();
-                    axum::serve(listener, app).await.unwrap();
+                    secure_channel::integration::axum::serve(listener, routes())
+                        .jwt(JwtLayer::new(validator).require_scope("orders:read"))
+                        .authorize(AuthorizeLayer::new(PolicySource::new(policy(1_000))))
+                        .await
+                        .unwrap();
                 }
                 drop(source);
             }

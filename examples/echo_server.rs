@@ -229,12 +229,11 @@ async fn run(args: Args) -> Result<(), String> {
         policy,
         allow,
     );
-    axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<PeerIdentity>(),
-    )
-    .await
-    .map_err(|e| e.to_string())
+    // The allow-list-or-policy routing above is this example's own; its layers are already in
+    // the right order (layer_before_routing), so the plain hyper server serves it.
+    secure_channel::integration::hyper::serve(listener, app)
+        .await
+        .map_err(|e| e.to_string())
 }
 
 #[tokio::main]

@@ -17,7 +17,6 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use secure_channel::authz::{Policy, PolicySource};
-use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::layer::AuthorizeLayer;
 use secure_channel::testkit::DevCa;
 use secure_channel::{MemorySource, PeerIdentity, SecureChannel};
@@ -57,14 +56,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             get(|peer: PeerIdentity| async move { format!("order for {}\n", peer.spiffe_id()) }),
         )
         .route("/admin", get(|| async { "admin\n" }));
-    let app = layer_before_routing(routes, AuthorizeLayer::new(policy));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(
+        secure_channel::integration::axum::serve(listener, routes)
+            .authorize(AuthorizeLayer::new(policy))
+            .into_future(),
+    );
     println!("secured service: https://{service_addr}  metrics: http://{metrics_addr}/metrics");
 
     if serve_forever {

@@ -33,13 +33,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = format!("https://{}/whoami", listener.local_addr());
     println!("server  spiffe://example.org/api serving {url}");
     let app = Router::new().route("/whoami", get(whoami));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { secure_channel::integration::axum::serve(listener, app).await });
 
     for caller in ["spiffe://example.org/web", "spiffe://example.org/batch"] {
         let source = MemorySource::new(ca.credentials(caller)?);

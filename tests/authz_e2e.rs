@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::future::IntoFuture;
+
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
@@ -80,13 +82,10 @@ async fn axum_setup() -> Setup {
         )
         .route("/public/secret", get(|| async { "the secret" }))
         .route("/admin/{*rest}", get(|| async { "admin area" }));
-    let app = layer_before_routing(routes, AuthorizeLayer::new(policy));
     tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
+        secure_channel::integration::axum::serve(listener, routes)
+            .authorize(AuthorizeLayer::new(policy))
+            .await
     });
     Setup {
         ca,
@@ -287,7 +286,7 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for ErrorEvents {
 async fn serve_app<S>(policy: &PolicySource, app: S) -> Setup
 where
     S: tower::Service<
-            axum::extract::Request,
+            http::Request<hyper::body::Incoming>,
             Response = axum::response::Response,
             Error = std::convert::Infallible,
         > + Clone
@@ -306,15 +305,7 @@ where
         .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let addr = listener.local_addr();
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                PeerIdentity,
-            >(app),
-        )
-        .await
-    });
+    tokio::spawn(secure_channel::integration::hyper::serve(listener, app).into_future());
     Setup {
         ca,
         _server_source: source,

@@ -3,6 +3,7 @@
 
 mod support;
 
+use std::future::IntoFuture;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -41,13 +42,7 @@ async fn axum_server(channel: &SecureChannel) -> (std::net::SocketAddr, Arc<List
                 |request: axum::extract::Request| async move { format!("{:?}", request.version()) },
             ),
         );
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { secure_channel::integration::axum::serve(listener, app).await });
     (addr, connections)
 }
 
@@ -124,7 +119,7 @@ async fn axum_over_mtls_http1_and_http2_with_pooled_connections() {
 }
 
 #[tokio::test]
-async fn axum_without_connect_info_fails_closed() {
+async fn an_identity_only_in_axum_connect_info_fails_closed() {
     let mut pki = Pki::new();
     let server = pki.server();
     let listener = server
@@ -135,7 +130,20 @@ async fn axum_without_connect_info_fails_closed() {
         "/whoami",
         get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
     );
-    tokio::spawn(async move { axum::serve(listener, app).await });
+    // What `into_make_service_with_connect_info::<PeerIdentity>()` used to do: the identity as
+    // axum's ConnectInfo, which any make-service can set. Only the bare PeerIdentity the
+    // secure servers insert is trusted.
+    let moved = tower::service_fn(move |mut request: http::Request<hyper::body::Incoming>| {
+        let app = app.clone();
+        async move {
+            let peer = request.extensions_mut().remove::<PeerIdentity>().unwrap();
+            request
+                .extensions_mut()
+                .insert(axum::extract::ConnectInfo(peer));
+            tower::ServiceExt::oneshot(app, request).await
+        }
+    });
+    tokio::spawn(secure_channel::integration::hyper::serve(listener, moved).into_future());
     let client = Client::builder(TokioExecutor::new())
         .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
     let (status, body, _) = get_text(&client, &format!("https://{addr}/whoami"))
@@ -212,13 +220,7 @@ async fn silent_and_garbage_clients_do_not_block_good_ones() {
         "/whoami",
         get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
     );
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { secure_channel::integration::axum::serve(listener, app).await });
 
     // Connects and sends nothing, for longer than the good client needs.
     let _silent = TcpStream::connect(addr).await.unwrap();
@@ -358,9 +360,9 @@ async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
 }
 
 #[tokio::test]
-async fn axum_handlers_get_the_identity_and_the_address_from_peer_connect_info() {
+async fn axum_handlers_get_the_identity_and_the_client_address() {
     use axum::extract::ConnectInfo;
-    use secure_channel::integration::axum::PeerConnectInfo;
+    use std::net::SocketAddr;
 
     let mut pki = Pki::new();
     let listener = pki
@@ -372,23 +374,16 @@ async fn axum_handlers_get_the_identity_and_the_address_from_peer_connect_info()
         .route(
             "/peer",
             get(
-                |ConnectInfo(peer): ConnectInfo<PeerConnectInfo>| async move {
-                    format!("{} {}", peer.identity().spiffe_id(), peer.remote_addr())
+                |peer: PeerIdentity, ConnectInfo(address): ConnectInfo<SocketAddr>| async move {
+                    format!("{} {address}", peer.spiffe_id())
                 },
             ),
         )
-        // The identity extractor (and so this crate's layers) finds the identity in it too.
         .route(
             "/whoami",
             get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
         );
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerConnectInfo>(),
-        )
-        .await
-    });
+    tokio::spawn(secure_channel::integration::axum::serve(listener, app).into_future());
 
     let channel = pki.client(CLIENT_ID);
     for (path, expected) in [("/peer", None), ("/whoami", Some(CLIENT_ID.to_owned()))] {
@@ -427,13 +422,7 @@ async fn expect_server_at_applies_to_every_spelling_of_the_authority() {
         "/whoami",
         get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
     );
-    tokio::spawn(async move {
-        axum::serve(
-            v6_listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { secure_channel::integration::axum::serve(v6_listener, app).await });
     // The default accepts any server of the trust domain; the overrides only `payments`.
     let channel = pki.channel(CLIENT_ID, |b| b.expect_server("spiffe://example.org/*"));
     let (p4, p6) = (v4.port(), v6.port());
@@ -500,13 +489,7 @@ fn serve_whoami(listener: secure_channel::SecureListener) {
         "/whoami",
         get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
     );
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { secure_channel::integration::axum::serve(listener, app).await });
 }
 
 #[tokio::test]

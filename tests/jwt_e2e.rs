@@ -13,7 +13,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::integration::jwks::HttpsJwksFetcher;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource, VerifiedClaims};
 use secure_channel::layer::{BearerToken, ClientTokenLayer, JwtLayer};
@@ -63,20 +62,14 @@ async fn setup() -> Setup {
             )
         }),
     );
-    let app = layer_before_routing(
-        routes,
-        JwtLayer::new(validator).require_scope("orders.read"),
-    );
     let listener = channel
         .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let addr = listener.local_addr();
     tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
+        secure_channel::integration::axum::serve(listener, routes)
+            .jwt(JwtLayer::new(validator).require_scope("orders.read"))
+            .await
     });
     Setup {
         ca,
@@ -338,13 +331,7 @@ async fn jwks_from_a_spiffe_issuer_through_the_connector() {
     let addr = listener.local_addr();
     let jwks = issuer.jwks();
     let app = Router::new().route("/jwks", get(move || async move { jwks }));
-    tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
-    });
+    tokio::spawn(async move { secure_channel::integration::axum::serve(listener, app).await });
 
     let api_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
     let api = SecureChannel::builder(&api_source).build().unwrap();

@@ -15,7 +15,6 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secure_channel::integration::axum::layer_before_routing;
 use secure_channel::jwt::{
     Algorithm, JwtSvidSource, JwtSvidSourceError, JwtValidator, VerifiedClaims,
 };
@@ -95,17 +94,14 @@ async fn setup() -> Setup {
             )
         }),
     );
-    let app = layer_before_routing(routes, JwtLayer::new(validator));
     let listener = server
         .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let addr = listener.local_addr();
     tokio::spawn(async move {
-        axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await
+        secure_channel::integration::axum::serve(listener, routes)
+            .jwt(JwtLayer::new(validator))
+            .await
     });
 
     // The client: X.509 and JWT-SVIDs from the Workload API.

@@ -381,11 +381,7 @@ async fn serve(channel: &SecureChannel) -> (SocketAddr, Arc<ListenerStats>, Join
         get(|peer: PeerIdentity| async move { peer.spiffe_id().to_string() }),
     );
     let task = tokio::spawn(async move {
-        let _ = axum::serve(
-            listener,
-            app.into_make_service_with_connect_info::<PeerIdentity>(),
-        )
-        .await;
+        let _ = secure_channel::integration::axum::serve(listener, app).await;
     });
     (addr, stats, task)
 }

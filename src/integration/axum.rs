@@ -1,4 +1,5 @@
-//! axum 0.8: serve over a [`SecureListener`] and extract the caller's [`PeerIdentity`].
+//! axum 0.8: serve a `Router` over a [`SecureListener`] with this crate's layers in the right
+//! order, and extract the caller's [`PeerIdentity`].
 //!
 //! ```no_run
 //! use axum::{Router, routing::get};
@@ -11,106 +12,184 @@
 //! # async fn run(channel: SecureChannel) -> std::io::Result<()> {
 //! let app = Router::new().route("/whoami", get(whoami));
 //! let tcp = tokio::net::TcpListener::bind("127.0.0.1:8443").await?;
-//! axum::serve(
-//!     channel.listener(tcp)?,
-//!     app.into_make_service_with_connect_info::<PeerIdentity>(),
-//! )
-//! .await
+//! secure_channel::integration::axum::serve(channel.listener(tcp)?, app).await
 //! # }
 //! ```
 //!
-//! axum hands per-connection data to requests only through `ConnectInfo`, so serve the app with
-//! `into_make_service_with_connect_info::<PeerIdentity>()`: the [`PeerIdentity`] extractor and
-//! this crate's layers then find the caller. Served as a plain `app`, the TLS is the same but
-//! every extraction is refused with 401 (fail closed).
+//! [`serve`] is the one call that assembles a secure server: the identity and the client's
+//! address (axum's `ConnectInfo<SocketAddr>`) in every request, the JWT layer outside the
+//! authorization layer and both before routing ([`Serve::jwt`], [`Serve::authorize`]),
+//! connection spans, bounded request headers, and graceful shutdown. The pieces it is made of
+//! stay available: [`layer_before_routing`], the layers in [`layer`](crate::layer), and
+//! [`integration::hyper::serve`](crate::integration::hyper::serve).
+//!
+//! `axum::serve` cannot take a [`SecureListener`]: it hands connection data to requests only
+//! through `ConnectInfo`, which this crate's layers do not trust to be the verified identity.
 
+use std::convert::Infallible;
+use std::future::{Future, IntoFuture};
 use std::io;
-use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::Duration;
 
 use axum::extract::FromRequestParts;
-use axum::extract::connect_info::Connected;
 use axum::response::{IntoResponse, Response};
-use axum::serve::IncomingStream;
 use http::request::Parts;
-use tokio::net::TcpStream;
+use hyper::body::Incoming;
+use tower_layer::{Identity, Layer};
 
 use crate::identity::PeerIdentity;
-use crate::layer::{DefaultResponder, Rejection, RejectionKind, RejectionResponder};
-use crate::transport::{SecureListener, SecureStream};
+use crate::integration::hyper::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_SIZE};
+use crate::layer::{
+    AuthorizeLayer, DefaultResponder, JwtLayer, Rejection, RejectionBody, RejectionKind,
+    RejectionResponder,
+};
+use crate::transport::SecureListener;
 
-impl axum::serve::Listener for SecureListener {
-    type Io = SecureStream<TcpStream>;
-    type Addr = SocketAddr;
-
-    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
-        match SecureListener::accept(self).await {
-            Ok(pair) => pair,
-            // The accept loop only stops when the listener is being dropped.
-            Err(_) => std::future::pending().await,
-        }
-    }
-
-    fn local_addr(&self) -> io::Result<Self::Addr> {
-        Ok(SecureListener::local_addr(self))
-    }
-}
-
-impl Connected<IncomingStream<'_, SecureListener>> for PeerIdentity {
-    fn connect_info(stream: IncomingStream<'_, SecureListener>) -> Self {
-        stream.io().peer_identity().clone()
-    }
-}
-
-/// Connect info carrying both the caller's verified identity and its socket address, for
-/// handlers that need the address too (axum's `ConnectInfo<SocketAddr>` is not available when
-/// the app is served with a secure listener's identity).
-///
-/// Serve with `into_make_service_with_connect_info::<PeerConnectInfo>()`; the [`PeerIdentity`]
-/// extractor and this crate's layers find the identity in it as well.
+/// Serves `router` on every connection of `listener`, with the caller's [`PeerIdentity`] in
+/// every request; add [`jwt`](Serve::jwt) and [`authorize`](Serve::authorize) for tokens and
+/// authorization, then await it (or call [`with_graceful_shutdown`](Serve::with_graceful_shutdown)).
 ///
 /// ```no_run
-/// use axum::extract::ConnectInfo;
+/// # async fn run(
+/// #     listener: secure_channel::SecureListener,
+/// #     policy: secure_channel::authz::PolicySource,
+/// #     tokens: secure_channel::jwt::JwtValidator,
+/// # ) -> std::io::Result<()> {
 /// use axum::{Router, routing::get};
-/// use secure_channel::integration::axum::PeerConnectInfo;
+/// use secure_channel::layer::{AuthorizeLayer, JwtLayer};
 ///
-/// async fn whoami(ConnectInfo(peer): ConnectInfo<PeerConnectInfo>) -> String {
-///     format!("{} from {}", peer.identity().spiffe_id(), peer.remote_addr())
-/// }
-///
-/// # async fn run(listener: secure_channel::SecureListener) -> std::io::Result<()> {
-/// let app = Router::new().route("/whoami", get(whoami));
-/// axum::serve(listener, app.into_make_service_with_connect_info::<PeerConnectInfo>()).await
+/// let app = Router::new().route("/orders", get(|| async { "[]" }));
+/// secure_channel::integration::axum::serve(listener, app)
+///     .jwt(JwtLayer::new(tokens))
+///     .authorize(AuthorizeLayer::new(policy))
+///     .with_graceful_shutdown(async { let _ = tokio::signal::ctrl_c().await; })
+///     .await
 /// # }
 /// ```
-#[derive(Debug, Clone)]
-pub struct PeerConnectInfo {
-    identity: PeerIdentity,
-    remote_addr: SocketAddr,
-}
-
-impl PeerConnectInfo {
-    /// The caller's verified identity.
-    pub fn identity(&self) -> &PeerIdentity {
-        &self.identity
-    }
-
-    /// The caller's socket address (as seen by this listener: a proxy's, behind one).
-    pub fn remote_addr(&self) -> SocketAddr {
-        self.remote_addr
+pub fn serve(listener: SecureListener, router: axum::Router) -> Serve {
+    Serve {
+        listener,
+        router,
+        jwt: Identity::new(),
+        authorize: Identity::new(),
+        max_header_size: DEFAULT_MAX_HEADER_SIZE,
+        header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
     }
 }
 
-impl Connected<IncomingStream<'_, SecureListener>> for PeerConnectInfo {
-    fn connect_info(stream: IncomingStream<'_, SecureListener>) -> Self {
-        Self {
-            identity: stream.io().peer_identity().clone(),
-            remote_addr: *stream.remote_addr(),
+/// A server being assembled by [`serve`]. Whatever order the calls come in, requests pass the
+/// JWT layer first, then the authorization layer, both before axum routes them.
+#[derive(Debug)]
+#[must_use = "a server does nothing until awaited"]
+pub struct Serve<J = Identity, A = Identity> {
+    listener: SecureListener,
+    router: axum::Router,
+    jwt: J,
+    authorize: A,
+    max_header_size: usize,
+    header_read_timeout: Option<Duration>,
+}
+
+impl<J, A> Serve<J, A> {
+    /// Validates bearer tokens (certificate-bound when the validator says so) before
+    /// authorization, so rules can require scopes and claims.
+    pub fn jwt<R>(self, layer: JwtLayer<R>) -> Serve<JwtLayer<R>, A> {
+        Serve {
+            listener: self.listener,
+            router: self.router,
+            jwt: layer,
+            authorize: self.authorize,
+            max_header_size: self.max_header_size,
+            header_read_timeout: self.header_read_timeout,
         }
     }
+
+    /// Authorizes each request by its caller, method and normalized path before routing (see
+    /// [`layer_before_routing`] for why before).
+    pub fn authorize<R>(self, layer: AuthorizeLayer<R>) -> Serve<J, AuthorizeLayer<R>> {
+        Serve {
+            listener: self.listener,
+            router: self.router,
+            jwt: self.jwt,
+            authorize: layer,
+            max_header_size: self.max_header_size,
+            header_read_timeout: self.header_read_timeout,
+        }
+    }
+
+    /// Bounds a request's header section (default 32 KiB, at least 8 KiB); see
+    /// [`integration::hyper::Serve::max_header_size`](crate::integration::hyper::Serve::max_header_size).
+    pub fn max_header_size(mut self, bytes: usize) -> Self {
+        self.max_header_size = bytes;
+        self
+    }
+
+    /// Bounds the time a client takes to send a request's header section (default 30 s); see
+    /// [`integration::hyper::Serve::header_read_timeout`](crate::integration::hyper::Serve::header_read_timeout).
+    pub fn header_read_timeout(mut self, timeout: Option<Duration>) -> Self {
+        self.header_read_timeout = timeout;
+        self
+    }
 }
 
-/// The rejection of the [`PeerIdentity`] extractor: the request did not arrive over a secure
-/// listener with connect info (401).
+impl<J, A> Serve<J, A>
+where
+    A: Layer<axum::Router>,
+    J: Layer<A::Service>,
+    J::Service: tower_service::Service<Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    <J::Service as tower_service::Service<Request>>::Future: Send + 'static,
+{
+    /// Runs until `signal` completes, then stops accepting and waits for the requests in flight
+    /// to finish.
+    pub async fn with_graceful_shutdown<F>(self, signal: F) -> io::Result<()>
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let service = self.jwt.layer(self.authorize.layer(self.router));
+        crate::integration::hyper::serve(self.listener, service)
+            .max_header_size(self.max_header_size)
+            .header_read_timeout(self.header_read_timeout)
+            .with_graceful_shutdown(signal)
+            .await
+    }
+}
+
+type Request = http::Request<Incoming>;
+
+impl<J, A> IntoFuture for Serve<J, A>
+where
+    J: Send + 'static,
+    A: Send + 'static,
+    A: Layer<axum::Router>,
+    J: Layer<A::Service>,
+    J::Service: tower_service::Service<Request, Response = Response, Error = Infallible>
+        + Clone
+        + Send
+        + 'static,
+    <J::Service as tower_service::Service<Request>>::Future: Send + 'static,
+{
+    type Output = io::Result<()>;
+    type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
+
+    fn into_future(self) -> Self::IntoFuture {
+        Box::pin(self.with_graceful_shutdown(std::future::pending()))
+    }
+}
+
+/// Rejections of this crate's layers answer with axum's body type.
+impl RejectionBody for axum::body::Body {
+    fn from_bytes(bytes: bytes::Bytes) -> Self {
+        Self::from(bytes)
+    }
+}
+
+/// The rejection of the [`PeerIdentity`] extractor: the request did not arrive through
+/// [`serve`] (or [`integration::hyper::serve`](crate::integration::hyper::serve)) over a secure
+/// listener (401).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct MissingPeerIdentity;
 
@@ -118,7 +197,7 @@ impl IntoResponse for MissingPeerIdentity {
     fn into_response(self) -> Response {
         let rejection = Rejection::new(
             RejectionKind::MissingPeerIdentity,
-            "no verified peer identity: serve with into_make_service_with_connect_info::<PeerIdentity>() over a secure listener",
+            "no verified peer identity: serve the app with secure_channel::integration::axum::serve over a secure listener",
         );
         DefaultResponder.respond(&rejection, false)
     }
@@ -146,10 +225,10 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 /// refuses it with 403 whatever the policy says, and logs an error naming
 /// `layer_before_routing` (fail closed).
 ///
-/// The result serves like a `Router` (`into_make_service_with_connect_info`,
-/// `into_make_service`), for layers whose service answers axum's `Response` and never fails, as
-/// this crate's do; it is the layered router itself, with no second `Router` around it (which
-/// would box every request's future once more).
+/// [`serve`] does this for the JWT and authorization layers; use this piece for other layers,
+/// or to serve with [`integration::hyper::serve`](crate::integration::hyper::serve) directly.
+/// The result is the layered router itself, with no second `Router` around it (which would box
+/// every request's future once more).
 ///
 /// ```no_run
 /// # async fn run(
@@ -157,13 +236,12 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 /// #     listener: secure_channel::SecureListener,
 /// # ) -> std::io::Result<()> {
 /// use axum::{Router, routing::get};
-/// use secure_channel::PeerIdentity;
 /// use secure_channel::integration::axum::layer_before_routing;
 /// use secure_channel::layer::AuthorizeLayer;
 ///
 /// let routes = Router::new().route("/public/hello", get(|| async { "hello" }));
 /// let app = layer_before_routing(routes, AuthorizeLayer::new(policy));
-/// axum::serve(listener, app.into_make_service_with_connect_info::<PeerIdentity>()).await
+/// secure_channel::integration::hyper::serve(listener, app).await
 /// # }
 /// ```
 pub fn layer_before_routing<L>(router: axum::Router, layer: L) -> LayeredRouter<L::Service>
@@ -175,47 +253,23 @@ where
     }
 }
 
-/// A router whose layers run before its routing, made by [`layer_before_routing`]; served like
-/// a `Router`.
+/// A router whose layers run before its routing, made by [`layer_before_routing`]; a tower
+/// service like a `Router`.
 #[derive(Debug, Clone)]
 pub struct LayeredRouter<S> {
     service: S,
 }
 
-impl<S> LayeredRouter<S>
-where
-    S: tower_service::Service<
-            axum::extract::Request,
-            Response = axum::response::Response,
-            Error = std::convert::Infallible,
-        > + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    /// A make-service for `axum::serve`, as `Router::into_make_service`.
-    pub fn into_make_service(self) -> axum::routing::IntoMakeService<Self> {
-        axum::ServiceExt::<axum::extract::Request>::into_make_service(self)
-    }
-
-    /// A make-service for `axum::serve` that puts `C` (for this crate, [`PeerIdentity`]) in
-    /// every request's extensions, as `Router::into_make_service_with_connect_info`.
-    pub fn into_make_service_with_connect_info<C>(
-        self,
-    ) -> axum::extract::connect_info::IntoMakeServiceWithConnectInfo<Self, C> {
-        axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info(self)
-    }
-
+impl<S> LayeredRouter<S> {
     /// The layered router.
     pub fn into_inner(self) -> S {
         self.service
     }
 }
 
-impl<S> tower_service::Service<axum::extract::Request> for LayeredRouter<S>
+impl<S, B> tower_service::Service<http::Request<B>> for LayeredRouter<S>
 where
-    S: tower_service::Service<axum::extract::Request>,
+    S: tower_service::Service<http::Request<B>>,
 {
     type Response = S::Response;
     type Error = S::Error;
@@ -228,7 +282,7 @@ where
         self.service.poll_ready(cx)
     }
 
-    fn call(&mut self, request: axum::extract::Request) -> Self::Future {
+    fn call(&mut self, request: http::Request<B>) -> Self::Future {
         self.service.call(request)
     }
 }

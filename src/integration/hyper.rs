@@ -1,8 +1,11 @@
 //! Plain hyper: serve a tower service over a [`SecureListener`] with hyper-util's automatic
 //! HTTP/1.1 + HTTP/2 builder, the caller's [`PeerIdentity`] in every request's extensions.
 //!
-//! Works for any tower service, an axum `Router` included (the identity is then in the
-//! extensions directly, no `ConnectInfo` needed). Each connection runs in a `tracing` span
+//! Works for any tower service; for an axum `Router`, [`integration::axum::serve`] assembles
+//! this crate's layers in front of it and serves it here. With the `axum` feature every request
+//! also carries axum's `ConnectInfo<SocketAddr>` (the client's address).
+//!
+//! Each connection runs in a `tracing` span
 //! `connection` with the peer's SPIFFE ID and address; each request in a child span `request`
 //! with its method and path. Request headers are bounded in size ([`Serve::max_header_size`])
 //! and in time ([`Serve::header_read_timeout`]).
@@ -149,6 +152,7 @@ where
                     let service = TowerToHyperService::new(AddPeerIdentity {
                         inner: service.clone(),
                         peer,
+                        remote_addr: peer_addr,
                         span: span.clone(),
                     });
                     let builder = builder.clone();
@@ -191,11 +195,14 @@ where
     }
 }
 
-/// Inserts the connection's peer identity into each request.
+/// Inserts the connection's peer identity into each request (and, with the `axum` feature,
+/// axum's `ConnectInfo<SocketAddr>` with the client's address).
 #[derive(Clone)]
 struct AddPeerIdentity<S> {
     inner: S,
     peer: PeerIdentity,
+    #[cfg_attr(not(feature = "axum"), allow(dead_code))]
+    remote_addr: std::net::SocketAddr,
     /// The connection's span: the parent of every request span.
     span: tracing::Span,
 }
@@ -224,6 +231,10 @@ where
             path = %request.uri().path(),
         );
         request.extensions_mut().insert(self.peer.clone());
+        #[cfg(feature = "axum")]
+        request
+            .extensions_mut()
+            .insert(axum::extract::ConnectInfo(self.remote_addr));
         let _entered = span.enter();
         self.inner.call(request).instrument(span.clone())
     }

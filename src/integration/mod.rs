@@ -3,8 +3,8 @@
 //! - [`hyper`]: serve any tower service over a [`SecureListener`](crate::transport::SecureListener)
 //!   with hyper-util's HTTP/1.1 + HTTP/2 builder, the caller's identity in every request, and
 //!   graceful shutdown.
-//! - `axum` (feature `axum`): `SecureListener` implements `axum::serve::Listener`;
-//!   [`PeerIdentity`](crate::PeerIdentity) is an extractor.
+//! - `axum` (feature `axum`): `serve`, one call that serves a `Router` with this crate's
+//!   layers in the right order; [`PeerIdentity`](crate::PeerIdentity) is an extractor.
 //! - [`jwks`]: fetching a token issuer's JWK set over HTTPS for the JWT layer.
 //! - `tonic` (feature `tonic`): an incoming stream for `Server::serve_with_incoming` whose
 //!   connections carry the caller's identity into every request.

@@ -78,3 +78,10 @@ impl<T> RequestPeerExt for tonic::Request<T> {
             .ok_or_else(|| tonic::Status::unauthenticated("no verified peer identity"))
     }
 }
+
+/// Rejections of this crate's layers answer with tonic's body type.
+impl crate::layer::RejectionBody for tonic::body::Body {
+    fn from_bytes(bytes: bytes::Bytes) -> Self {
+        Self::new(http_body_util::Full::new(bytes))
+    }
+}

@@ -116,20 +116,6 @@ impl<E> RejectionBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
     }
 }
 
-#[cfg(feature = "axum")]
-impl RejectionBody for axum::body::Body {
-    fn from_bytes(bytes: Bytes) -> Self {
-        Self::from(bytes)
-    }
-}
-
-#[cfg(feature = "tonic")]
-impl RejectionBody for tonic::body::Body {
-    fn from_bytes(bytes: Bytes) -> Self {
-        Self::new(http_body_util::Full::new(bytes))
-    }
-}
-
 /// Turns rejections into responses. Replace the [`DefaultResponder`] to change bodies or
 /// headers; keep the status codes unless the callers' protocol needs others.
 pub trait RejectionResponder: Clone + Send + Sync + 'static {
