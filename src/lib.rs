@@ -62,7 +62,8 @@
 //! - [`CredentialSource::from_files`]: PEM files that rotate on disk (Kubernetes secrets,
 //!   cert-manager, Vault agent), polled and reloaded; a broken reload keeps the last good files;
 //! - [`CredentialSource::from_workload_api`] (feature `workload-api`, on by default): the SPIFFE
-//!   Workload API of a SPIRE agent, following SVID and bundle rotation.
+//!   Workload API of a SPIRE agent, following SVID and bundle rotation; `WorkloadApi::builder()`
+//!   connects this X.509 source and the JWT-SVID source together, from one endpoint.
 //!
 //! Rotation never needs a restart: each handshake reads the current snapshot, and established
 //! connections keep the material they were made with.
@@ -109,6 +110,8 @@ pub mod telemetry;
 pub mod testkit;
 pub mod tls;
 pub mod transport;
+#[cfg(feature = "workload-api")]
+mod workload_api;
 
 pub use channel::{SecureChannel, SecureChannelBuilder};
 pub use error::{ConfigError, Location, ReadError, WorkloadApiProblem};
@@ -118,6 +121,8 @@ pub use source::{CredentialSource, Credentials, MemorySource, Svid, TrustBundle,
 pub use spiffe::{SpiffeId, TrustDomain};
 pub use transport::error::{ConnectionError, ConnectionErrorKind};
 pub use transport::{SecureConnector, SecureListener, SecureStream};
+#[cfg(feature = "workload-api")]
+pub use workload_api::{WorkloadApi, WorkloadApiBuilder, WorkloadApiError};
 
 /// The README's code samples, compiled as doctests so they cannot rot.
 #[cfg(doctest)]

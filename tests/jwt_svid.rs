@@ -23,7 +23,8 @@ use secure_channel::layer::{
 };
 use secure_channel::testkit::{DevCa, TokenIssuer, WorkloadApiServer};
 use secure_channel::{
-    CredentialSource, MemorySource, PeerIdentity, SecureChannel, SecureConnector,
+    ConfigError, MemorySource, PeerIdentity, SecureChannel, SecureConnector, WorkloadApi,
+    WorkloadApiError,
 };
 use support::*;
 use tokio::net::TcpListener;
@@ -104,29 +105,22 @@ async fn setup() -> Setup {
             .await
     });
 
-    // The client: X.509 and JWT-SVIDs from the Workload API.
-    let client_source = within(
-        CredentialSource::from_workload_api()
+    // The client: X.509 and JWT-SVIDs from the Workload API, with one builder.
+    let (client_source, client_jwt) = within(
+        WorkloadApi::builder()
             .endpoint(agent.endpoint())
             .initial_timeout(STEP)
+            .jwt_fetch_timeout(STEP)
             .connect(),
     )
     .await
-    .unwrap();
+    .unwrap()
+    .into_parts();
     let channel = SecureChannel::builder(client_source)
         .expect_server(SERVER_ID)
         .build()
         .unwrap();
     let client = Client::builder(TokioExecutor::new()).build(channel.connector());
-    let client_jwt = within(
-        JwtSvidSource::builder()
-            .endpoint(agent.endpoint())
-            .initial_timeout(STEP)
-            .fetch_timeout(STEP)
-            .connect(),
-    )
-    .await
-    .unwrap();
 
     Setup {
         agent,
@@ -339,4 +333,28 @@ async fn connect_without_jwt_bundles_times_out() {
         "{error}"
     );
     assert!(error.to_string().contains(&agent.endpoint()), "{error}");
+}
+
+/// One builder for both halves: with no agent at the endpoint it fails, naming the endpoint,
+/// within the initial timeout.
+#[tokio::test]
+async fn one_workload_api_builder_fails_clearly_without_an_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("unix:{}", dir.path().join("missing.sock").display());
+    let error = within(
+        WorkloadApi::builder()
+            .endpoint(endpoint.clone())
+            .initial_timeout(Duration::from_millis(300))
+            .connect(),
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(
+            error,
+            WorkloadApiError::X509(ConfigError::WorkloadApi { .. }) | WorkloadApiError::Jwt(_)
+        ),
+        "{error:?}"
+    );
+    assert!(error.to_string().contains(&endpoint), "{error}");
 }
