@@ -220,6 +220,19 @@ pub enum WorkloadApiProblem {
     },
 }
 
+/// The Workload API endpoint as errors name it: the one configured, or what
+/// `SPIFFE_ENDPOINT_SOCKET` says.
+#[cfg(feature = "workload-api")]
+pub(crate) fn workload_api_endpoint(configured: Option<&str>) -> String {
+    match configured {
+        Some(endpoint) => endpoint.to_owned(),
+        None => format!(
+            "SPIFFE_ENDPOINT_SOCKET={}",
+            std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default()
+        ),
+    }
+}
+
 /// A file could not be read (missing, unreadable): the one shape of this error in the crate,
 /// whether the file holds credentials, a JWK set or a policy.
 #[derive(Debug, thiserror::Error)]

@@ -95,24 +95,25 @@ impl<J, A> Serve<J, A> {
     /// Validates bearer tokens (certificate-bound when the validator says so) before
     /// authorization, so rules can require scopes and claims.
     pub fn jwt<R>(self, layer: JwtLayer<R>) -> Serve<JwtLayer<R>, A> {
-        Serve {
-            listener: self.listener,
-            router: self.router,
-            jwt: layer,
-            authorize: self.authorize,
-            max_header_size: self.max_header_size,
-            header_read_timeout: self.header_read_timeout,
-        }
+        self.replace_layers(|_| layer, |authorize| authorize)
     }
 
     /// Authorizes each request by its caller, method and normalized path before routing (see
     /// [`layer_before_routing`] for why before).
     pub fn authorize<R>(self, layer: AuthorizeLayer<R>) -> Serve<J, AuthorizeLayer<R>> {
+        self.replace_layers(|jwt| jwt, |_| layer)
+    }
+
+    fn replace_layers<J2, A2>(
+        self,
+        jwt: impl FnOnce(J) -> J2,
+        authorize: impl FnOnce(A) -> A2,
+    ) -> Serve<J2, A2> {
         Serve {
             listener: self.listener,
             router: self.router,
-            jwt: self.jwt,
-            authorize: layer,
+            jwt: jwt(self.jwt),
+            authorize: authorize(self.authorize),
             max_header_size: self.max_header_size,
             header_read_timeout: self.header_read_timeout,
         }

@@ -158,13 +158,7 @@ impl JwtSvidSourceBuilder {
     /// Fails if the endpoint is malformed, no bundles arrive within the initial timeout, or
     /// none of the first bundles holds a usable key.
     pub async fn connect(self) -> Result<JwtSvidSource, JwtSvidSourceError> {
-        let endpoint = match &self.endpoint {
-            Some(endpoint) => endpoint.clone(),
-            None => format!(
-                "SPIFFE_ENDPOINT_SOCKET={}",
-                std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default()
-            ),
-        };
+        let endpoint = crate::error::workload_api_endpoint(self.endpoint.as_deref());
         let mut builder = JwtSource::builder().initial_sync_timeout(self.initial_timeout);
         if let Some(explicit) = &self.endpoint {
             builder = builder.endpoint(explicit);

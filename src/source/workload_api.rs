@@ -49,13 +49,7 @@ impl WorkloadApiSourceBuilder {
 
     /// Connects, waits for the first SVID and bundles, and follows their rotation in a tokio task.
     pub async fn connect(self) -> Result<CredentialSource, ConfigError> {
-        let endpoint = match &self.endpoint {
-            Some(endpoint) => endpoint.clone(),
-            None => format!(
-                "SPIFFE_ENDPOINT_SOCKET={}",
-                std::env::var("SPIFFE_ENDPOINT_SOCKET").unwrap_or_default()
-            ),
-        };
+        let endpoint = crate::error::workload_api_endpoint(self.endpoint.as_deref());
         let failed = |problem| ConfigError::WorkloadApi {
             endpoint: endpoint.clone(),
             problem,

@@ -121,14 +121,7 @@ impl Handshaker {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let tls = self.fresh()?;
-        let own_id = self
-            .inner
-            .source
-            .snapshot()
-            .credentials
-            .svid()
-            .spiffe_id()
-            .clone();
+        let own_id = self.own_id();
         stream::connect(
             client.config.clone(),
             &client.verifier,
@@ -149,7 +142,7 @@ impl Handshaker {
             CredentialStatus::ExpiringSoon { not_after } => {
                 if self.should_log_expiry() {
                     tracing::warn!(
-                        spiffe_id = %self.inner.source.snapshot().credentials.svid().spiffe_id(),
+                        spiffe_id = %self.own_id(),
                         not_after = ?not_after,
                         "SVID expires soon and has not been rotated"
                     );
@@ -157,14 +150,7 @@ impl Handshaker {
                 Ok(&self.inner.tls)
             }
             CredentialStatus::Expired { not_after } => {
-                let spiffe_id = self
-                    .inner
-                    .source
-                    .snapshot()
-                    .credentials
-                    .svid()
-                    .spiffe_id()
-                    .clone();
+                let spiffe_id = self.own_id();
                 if self.should_log_expiry() {
                     tracing::error!(
                         %spiffe_id,
@@ -178,6 +164,17 @@ impl Handshaker {
                 })
             }
         }
+    }
+
+    /// The SPIFFE ID of the SVID this workload presents now.
+    fn own_id(&self) -> spiffe::SpiffeId {
+        self.inner
+            .source
+            .snapshot()
+            .credentials
+            .svid()
+            .spiffe_id()
+            .clone()
     }
 
     fn should_log_expiry(&self) -> bool {

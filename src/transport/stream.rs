@@ -334,27 +334,29 @@ where
     tokio::time::timeout(wait, verdict).await.unwrap_or(Ok(()))
 }
 
-/// Establishes the peer identity of a finished handshake (and re-validates a resumed one).
-fn identify(
-    kind: Option<HandshakeKind>,
-    chain: Option<&[rustls_pki_types::CertificateDer<'static>]>,
+/// The finished handshake's peer, verified (a resumed session re-validated at `now`); a refused
+/// peer's connection is closed.
+async fn identified<IO: AsyncRead + AsyncWrite + Unpin>(
+    mut stream: TlsStream<IO>,
     verifier: &SvidVerifier,
     now: rustls_pki_types::UnixTime,
-) -> Result<PeerIdentity, ConnectionError> {
-    let resumed = kind == Some(HandshakeKind::Resumed);
-    Ok(verifier.identify(chain.unwrap_or_default(), resumed, now)?)
-}
-
-async fn refuse<IO: AsyncRead + AsyncWrite + Unpin>(
-    mut stream: TlsStream<IO>,
-    error: &ConnectionError,
-) {
-    use tokio::io::AsyncWriteExt;
-    // The caller gets the error (the listener logs it briefly, rate-limited): its text may
-    // carry the whole allow-list, so only at debug level here.
-    tracing::debug!(%error, "resumed session refused");
-    // Best effort: tell the peer we are closing, bounded so a stuck peer cannot hold us.
-    let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+) -> Result<SecureStream<IO>, ConnectionError> {
+    let (_, conn) = stream.get_ref();
+    let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
+    let chain = conn.peer_certificates().unwrap_or_default();
+    match verifier.identify(chain, resumed, now) {
+        Ok(peer) => Ok(SecureStream::new(stream, peer)),
+        Err(rejection) => {
+            let error = ConnectionError::from(rejection);
+            use tokio::io::AsyncWriteExt;
+            // The caller gets the error (the listener logs it briefly, rate-limited): its text
+            // may carry the whole allow-list, so only at debug level here.
+            tracing::debug!(%error, "resumed session refused");
+            // Best effort: tell the peer we are closing, bounded so a stuck peer cannot hold us.
+            let _ = tokio::time::timeout(Duration::from_secs(1), stream.shutdown()).await;
+            Err(error)
+        }
+    }
 }
 
 /// How long a server-side handshake may take.
@@ -425,19 +427,7 @@ where
     let stream = stream
         .map_err(|_| ConnectionError::HandshakeTimeout)?
         .map_err(|error| handshake_error(error, captured))?;
-    let (_, conn) = stream.get_ref();
-    match identify(
-        conn.handshake_kind(),
-        conn.peer_certificates(),
-        verifier,
-        now(),
-    ) {
-        Ok(peer) => Ok(SecureStream::new(TlsStream::Server(stream), peer)),
-        Err(error) => {
-            refuse(TlsStream::Server(stream), &error).await;
-            Err(error)
-        }
-    }
+    identified(TlsStream::Server(stream), verifier, now()).await
 }
 
 /// Client side: runs the handshake on `io` and returns the verified stream.
@@ -502,19 +492,7 @@ where
             });
         }
     }
-    let (_, conn) = stream.get_ref();
-    match identify(
-        conn.handshake_kind(),
-        conn.peer_certificates(),
-        verifier,
-        now(),
-    ) {
-        Ok(peer) => Ok(SecureStream::new(TlsStream::Client(stream), peer)),
-        Err(error) => {
-            refuse(TlsStream::Client(stream), &error).await;
-            Err(error)
-        }
-    }
+    identified(TlsStream::Client(stream), verifier, now()).await
 }
 
 #[cfg(test)]
