@@ -699,6 +699,30 @@ mod tests {
         );
     }
 
+    /// The layer is ready only when the inner service is (back-pressure passes through), and
+    /// the Debug forms name the type and the policy source.
+    #[tokio::test]
+    async fn readiness_is_the_inner_services_and_debug_forms() {
+        use crate::layer::test_support::{NeverReady, is_ready};
+
+        let layer = AuthorizeLayer::new(policy());
+        let mut never = layer.layer(NeverReady);
+        assert!(!is_ready::<_, Request<String>>(&mut never).await);
+        assert!(is_ready(&mut layer.layer(service_fn(echo))).await);
+
+        assert!(
+            format!("{layer:?}").starts_with("AuthorizeLayer { policy: PolicySource {"),
+            "{layer:?}"
+        );
+        assert!(
+            format!("{never:?}")
+                .starts_with("Authorize { inner: NeverReady, policy: PolicySource {"),
+            "{never:?}"
+        );
+        let future = never.call(request(None, Method::GET, "/orders/1"));
+        assert_eq!(format!("{future:?}"), "ResponseFuture { .. }");
+    }
+
     #[derive(Clone)]
     struct Teapot;
 

@@ -287,6 +287,43 @@ mod tests {
         assert!(BearerToken::new("a\nb").is_err());
     }
 
+    /// The layer is ready only when the inner service is (back-pressure passes through), and
+    /// the Debug forms say where the token comes from without showing it.
+    #[tokio::test]
+    async fn readiness_is_the_inner_services_and_debug_forms_hide_the_token() {
+        use crate::layer::test_support::{NeverReady, is_ready};
+
+        let layer = ClientTokenLayer::new(BearerToken::new("abc.def.ghi").unwrap());
+        let mut never = layer.layer(NeverReady);
+        assert!(!is_ready::<_, Request<()>>(&mut never).await);
+        assert!(is_ready(&mut layer.layer(echo_auth())).await);
+
+        assert_eq!(
+            format!("{layer:?}"),
+            r#"ClientTokenLayer { source: "static" }"#
+        );
+        assert_eq!(
+            format!("{never:?}"),
+            "ClientToken { inner: NeverReady, .. }"
+        );
+        let future = never.call(Request::new(()));
+        assert_eq!(
+            format!("{future:?}"),
+            r#"ResponseFuture { state: "calling" }"#
+        );
+
+        let provided = ClientTokenLayer::provider(Failing);
+        assert_eq!(
+            format!("{provided:?}"),
+            r#"ClientTokenLayer { source: "provider" }"#
+        );
+        let future = provided.layer(NeverReady).call(Request::new(()));
+        assert_eq!(
+            format!("{future:?}"),
+            r#"ResponseFuture { state: "fetching token" }"#
+        );
+    }
+
     struct Counting {
         calls: Arc<AtomicUsize>,
         lifetime: u64,

@@ -724,6 +724,85 @@ mod tests {
         }
     }
 
+    /// The header may be longer than the token limit by "Bearer" and spaces, 16 bytes in all:
+    /// a header of exactly the limit plus 16 reaches the validator, one byte more is refused as
+    /// too large whatever it holds.
+    #[tokio::test]
+    async fn header_size_boundary_is_exact() {
+        let issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+        let c = caller();
+        let token = issuer
+            .token()
+            .audience(AUDIENCE)
+            .subject("alice")
+            .claim("pad", json!("p".repeat(300)))
+            .sign()
+            .unwrap();
+        let layer = JwtLayer::new(
+            validator(&issuer)
+                .max_token_size(token.len())
+                .build()
+                .unwrap(),
+        );
+        let with_header = |value: String| {
+            let mut r = request(None, Some(&c.peer));
+            r.headers_mut()
+                .insert(header::AUTHORIZATION, value.parse().unwrap());
+            r
+        };
+        let at_limit = format!("Bearer {token}{}", " ".repeat(9));
+        assert_eq!(at_limit.len(), token.len() + 16);
+        let response = send(&layer, with_header(at_limit)).await;
+        assert_eq!(response.body(), "hello alice");
+        let over = format!("Bearer {token}{}", " ".repeat(10));
+        assert_invalid(
+            &send(&layer, with_header(over)).await,
+            "token too large",
+            &token,
+        );
+    }
+
+    /// The layer is ready only when the inner service is (back-pressure passes through), and
+    /// the Debug forms show the validator and the required scopes.
+    #[tokio::test]
+    async fn readiness_is_the_inner_services_and_debug_forms() {
+        use crate::layer::test_support::{NeverReady, is_ready};
+
+        let issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+        let c = caller();
+        let layer = JwtLayer::new(validator(&issuer).build().unwrap()).require_scope("read");
+        let mut never = layer.layer(NeverReady);
+        assert!(!is_ready::<_, Request<()>>(&mut never).await);
+        assert!(is_ready(&mut layer.layer(tower::service_fn(handler))).await);
+
+        let debug = format!("{layer:?}");
+        assert!(
+            debug.starts_with("JwtLayer { validator: JwtValidator {"),
+            "{debug}"
+        );
+        assert!(debug.ends_with(r#"scopes: ["read"], .. }"#), "{debug}");
+        assert_eq!(
+            format!("{never:?}"),
+            r#"Jwt { inner: NeverReady, scopes: ["read"], .. }"#
+        );
+        let future = never.call(request(None, Some(&c.peer)));
+        assert_eq!(
+            format!("{future:?}"),
+            r#"ResponseFuture { state: "rejected" }"#
+        );
+        let token = issuer
+            .token()
+            .audience(AUDIENCE)
+            .scope("read")
+            .sign()
+            .unwrap();
+        let future = never.call(request(Some(&token), Some(&c.peer)));
+        assert_eq!(
+            format!("{future:?}"),
+            r#"ResponseFuture { state: "called" }"#
+        );
+    }
+
     #[tokio::test]
     async fn missing_peer_identity_is_401_and_never_reaches_the_handler() {
         let issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();

@@ -25,3 +25,37 @@ pub use jwt::{Jwt, JwtLayer, ResponseFuture as JwtResponseFuture};
 pub use rejection::{
     DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
 };
+
+/// Helpers for the layers' tests.
+#[cfg(test)]
+mod test_support {
+    use std::convert::Infallible;
+    use std::future::{Ready, poll_fn};
+    use std::task::{Context, Poll};
+
+    use http::{Request, Response};
+    use tower_service::Service;
+
+    /// An inner service that is never ready (a concurrency limit that is full, say).
+    #[derive(Clone, Debug)]
+    pub(super) struct NeverReady;
+
+    impl<B> Service<Request<B>> for NeverReady {
+        type Response = Response<String>;
+        type Error = Infallible;
+        type Future = Ready<Result<Response<String>, Infallible>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+            Poll::Pending
+        }
+
+        fn call(&mut self, _: Request<B>) -> Self::Future {
+            std::future::ready(Ok(Response::new("called".to_owned())))
+        }
+    }
+
+    /// Whether `service` says it is ready when polled once.
+    pub(super) async fn is_ready<S: Service<R>, R>(service: &mut S) -> bool {
+        poll_fn(|cx| Poll::Ready(service.poll_ready(cx).is_ready())).await
+    }
+}

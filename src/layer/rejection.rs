@@ -236,6 +236,42 @@ mod tests {
         assert!(response.headers().get(header::WWW_AUTHENTICATE).is_none());
     }
 
+    /// Every body type a layer can answer with carries the JSON of the rejection, and the
+    /// `Display` form names the kind and the description.
+    #[tokio::test]
+    async fn every_body_type_carries_the_rejection() {
+        use http_body_util::BodyExt;
+
+        async fn text<B>(response: Response<B>) -> String
+        where
+            B: http_body::Body,
+            B::Error: fmt::Debug,
+        {
+            let bytes = response.into_body().collect().await.unwrap().to_bytes();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        }
+
+        let r = Rejection::new(RejectionKind::Forbidden, "denied");
+        assert_eq!(r.to_string(), "Forbidden: denied");
+        let expected = r#"{"error":"forbidden","error_description":"denied"}"#;
+        let full: Response<http_body_util::Full<Bytes>> = DefaultResponder.respond(&r, false);
+        assert_eq!(text(full).await, expected);
+        let boxed: Response<
+            http_body_util::combinators::UnsyncBoxBody<Bytes, std::convert::Infallible>,
+        > = DefaultResponder.respond(&r, false);
+        assert_eq!(text(boxed).await, expected);
+        #[cfg(feature = "axum")]
+        {
+            let axum: Response<axum::body::Body> = DefaultResponder.respond(&r, false);
+            assert_eq!(text(axum).await, expected);
+        }
+        #[cfg(feature = "tonic")]
+        {
+            let tonic: Response<tonic::body::Body> = DefaultResponder.respond(&r, false);
+            assert_eq!(text(tonic).await, expected);
+        }
+    }
+
     #[test]
     fn grpc_mapping() {
         for (kind, code) in [
