@@ -198,12 +198,40 @@ async fn server_identity_mismatch_names_both_and_per_authority_override_applies(
             .await
             .is_err()
     );
-    assert!(
-        channel
-            .connector()
-            .expect_server_at("no-port", SERVER_ID)
-            .is_err()
-    );
+    for bad in ["no-port", "a b:1"] {
+        match channel.connector().expect_server_at(bad, SERVER_ID) {
+            Err(secure_channel::ConfigError::InvalidAuthority { authority, .. }) => {
+                assert_eq!(authority, bad);
+            }
+            other => panic!("{bad}: expected InvalidAuthority, got {:?}", other.err()),
+        }
+    }
+}
+
+/// A URI the connectors cannot call is a typed error of kind `InvalidTarget`, naming the URI,
+/// before any connection is attempted.
+#[tokio::test]
+async fn uris_that_cannot_be_called_are_refused_by_kind() {
+    use secure_channel::ConnectionErrorKind;
+
+    let mut pki = Pki::new();
+    let connector = pki.client(CLIENT_ID).connector();
+    let error = within(connector.connect(http::Uri::from_static("/no-host")))
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind(), ConnectionErrorKind::InvalidTarget, "{error}");
+    assert!(error.to_string().contains("/no-host"), "{error}");
+
+    let roots =
+        secure_channel::transport::WebPkiConnector::with_roots(rustls::RootCertStore::empty());
+    let webpki = roots.unwrap();
+    for uri in ["http://example.org/plain", "/no-host"] {
+        let error = within(webpki.connect(http::Uri::from_static(uri)))
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind(), ConnectionErrorKind::InvalidTarget, "{error}");
+        assert!(error.to_string().contains(uri), "{error}");
+    }
 }
 
 #[tokio::test]
