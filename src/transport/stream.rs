@@ -395,39 +395,29 @@ pub(crate) async fn accept<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = accept_inner(config, verifier, now, io, deadlines).await;
+    let result = async move {
+        let start = tokio::time::Instant::now();
+        let deadline = start + deadlines.total;
+        let hello_deadline = deadlines
+            .client_hello
+            .map_or(deadline, |hello| (start + hello).min(deadline));
+        // The ClientHello first, under its own (shorter) deadline: a silent client holds a
+        // handshake slot only that long.
+        let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
+        let hello = tokio::time::timeout_at(hello_deadline, hello)
+            .await
+            .map_err(|_| ConnectionError::HandshakeTimeout)?
+            .map_err(|error| handshake_error(error, None))?;
+        let (stream, captured) =
+            crate::tls::capture(tokio::time::timeout_at(deadline, hello.into_stream(config))).await;
+        let stream = stream
+            .map_err(|_| ConnectionError::HandshakeTimeout)?
+            .map_err(|error| handshake_error(error, captured))?;
+        identified(TlsStream::Server(stream), verifier, now()).await
+    }
+    .await;
     record("server", &result);
     result
-}
-
-async fn accept_inner<IO>(
-    config: Arc<ServerConfig>,
-    verifier: &SvidVerifier,
-    now: impl FnOnce() -> rustls_pki_types::UnixTime,
-    io: IO,
-    deadlines: HandshakeDeadlines,
-) -> Result<SecureStream<IO>, ConnectionError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let start = tokio::time::Instant::now();
-    let deadline = start + deadlines.total;
-    let hello_deadline = deadlines
-        .client_hello
-        .map_or(deadline, |hello| (start + hello).min(deadline));
-    // The ClientHello first, under its own (shorter) deadline: a silent client holds a
-    // handshake slot only that long.
-    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), io);
-    let hello = tokio::time::timeout_at(hello_deadline, hello)
-        .await
-        .map_err(|_| ConnectionError::HandshakeTimeout)?
-        .map_err(|error| handshake_error(error, None))?;
-    let (stream, captured) =
-        crate::tls::capture(tokio::time::timeout_at(deadline, hello.into_stream(config))).await;
-    let stream = stream
-        .map_err(|_| ConnectionError::HandshakeTimeout)?
-        .map_err(|error| handshake_error(error, captured))?;
-    identified(TlsStream::Server(stream), verifier, now()).await
 }
 
 /// Client side: runs the handshake on `io` and returns the verified stream.
@@ -445,54 +435,45 @@ pub(crate) async fn connect<IO>(
 where
     IO: AsyncRead + AsyncWrite + Unpin,
 {
-    let result = connect_inner(config, verifier, now, server_name, io, timeout, own_id).await;
+    let result = async move {
+        let connector = tokio_rustls::TlsConnector::from(config);
+        let started = tokio::time::Instant::now();
+        let (stream, captured) = crate::tls::capture(tokio::time::timeout(
+            timeout,
+            connector.connect(server_name, io),
+        ))
+        .await;
+        let mut stream = stream
+            .map_err(|_| ConnectionError::HandshakeTimeout)?
+            .map_err(|error| client_handshake_error(error, captured, own_id))?;
+        let (_, conn) = stream.get_ref();
+        // A resumed session carries no certificate for the server to judge in the handshake.
+        if conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
+            && conn.handshake_kind() != Some(HandshakeKind::Resumed)
+        {
+            let wait = (started.elapsed() * 2).clamp(VERDICT_WAIT_MIN, VERDICT_WAIT_MAX);
+            if let Err(error) = await_server_verdict(&mut stream, wait).await {
+                return Err(match error {
+                    rustls::Error::AlertReceived(alert)
+                        if crate::tls::refuses_certificate(alert) =>
+                    {
+                        ConnectionError::RefusedByServer {
+                            own_id: own_id.clone(),
+                            alert,
+                        }
+                    }
+                    other => ConnectionError::Handshake(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        other,
+                    )),
+                });
+            }
+        }
+        identified(TlsStream::Client(stream), verifier, now()).await
+    }
+    .await;
     record("client", &result);
     result
-}
-
-async fn connect_inner<IO>(
-    config: Arc<ClientConfig>,
-    verifier: &SvidVerifier,
-    now: impl FnOnce() -> rustls_pki_types::UnixTime,
-    server_name: ServerName<'static>,
-    io: IO,
-    timeout: Duration,
-    own_id: &spiffe::SpiffeId,
-) -> Result<SecureStream<IO>, ConnectionError>
-where
-    IO: AsyncRead + AsyncWrite + Unpin,
-{
-    let connector = tokio_rustls::TlsConnector::from(config);
-    let started = tokio::time::Instant::now();
-    let (stream, captured) = crate::tls::capture(tokio::time::timeout(
-        timeout,
-        connector.connect(server_name, io),
-    ))
-    .await;
-    let mut stream = stream
-        .map_err(|_| ConnectionError::HandshakeTimeout)?
-        .map_err(|error| client_handshake_error(error, captured, own_id))?;
-    let (_, conn) = stream.get_ref();
-    // A resumed session carries no certificate for the server to judge in the handshake.
-    if conn.protocol_version() == Some(ProtocolVersion::TLSv1_3)
-        && conn.handshake_kind() != Some(HandshakeKind::Resumed)
-    {
-        let wait = (started.elapsed() * 2).clamp(VERDICT_WAIT_MIN, VERDICT_WAIT_MAX);
-        if let Err(error) = await_server_verdict(&mut stream, wait).await {
-            return Err(match error {
-                rustls::Error::AlertReceived(alert) if crate::tls::refuses_certificate(alert) => {
-                    ConnectionError::RefusedByServer {
-                        own_id: own_id.clone(),
-                        alert,
-                    }
-                }
-                other => {
-                    ConnectionError::Handshake(io::Error::new(io::ErrorKind::InvalidData, other))
-                }
-            });
-        }
-    }
-    identified(TlsStream::Client(stream), verifier, now()).await
 }
 
 #[cfg(test)]
