@@ -250,6 +250,13 @@ pub enum JwtConfigError {
         #[source]
         source: std::io::Error,
     },
+    /// A JWKS file kept changing while being read at start: it is being written. Write the new
+    /// file beside the old one and rename it over it.
+    #[error("file {}: kept changing while being read (is it being written?)", path.display())]
+    Unstable {
+        /// The file.
+        path: PathBuf,
+    },
     /// The initial fetch of a JWKS URL failed.
     #[error("JWKS fetch failed: {reason}")]
     Fetch {

@@ -75,8 +75,8 @@ impl WorkloadApiSourceBuilder {
                 return Err(error);
             }
         };
-        let (source, publisher, stop) = CredentialSource::new("workload-api", credentials);
-        tokio::spawn(follow(x509, publisher, stop));
+        let (source, publisher) = CredentialSource::new("workload-api", credentials);
+        tokio::spawn(follow(x509, publisher));
         Ok(source)
     }
 }
@@ -133,11 +133,7 @@ fn api_error(e: spiffe::X509SourceError) -> Error {
     Error::WorkloadApi(e.to_string())
 }
 
-async fn follow(
-    x509: X509Source,
-    publisher: Publisher,
-    mut stop: tokio::sync::watch::Receiver<()>,
-) {
+async fn follow(x509: X509Source, publisher: Publisher) {
     let mut updates = x509.updated();
     loop {
         tokio::select! {
@@ -159,7 +155,7 @@ async fn follow(
                     Err(error) => publisher.reject(&error),
                 }
             }
-            _ = stop.changed() => break,
+            () = publisher.closed() => break,
         }
     }
     x509.shutdown().await;
