@@ -1,4 +1,4 @@
-//! Selection of the rustls crypto provider.
+//! Selection of the crypto providers: rustls's, and jsonwebtoken's to match.
 
 use std::sync::Arc;
 
@@ -22,5 +22,23 @@ pub(crate) fn default_provider() -> Result<Arc<CryptoProvider>, ConfigError> {
         CryptoProvider::get_default()
             .cloned()
             .ok_or(ConfigError::NoCryptoProvider)
+    }
+}
+
+/// The jsonwebtoken provider matching [`default_provider`]: aws-lc-rs when its feature is on,
+/// else RustCrypto (the `ring` feature's choice for jsonwebtoken), else none (the caller must be
+/// given one).
+pub(crate) fn default_jwt_provider() -> Option<&'static jsonwebtoken::crypto::CryptoProvider> {
+    #[cfg(feature = "aws-lc-rs")]
+    {
+        Some(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER)
+    }
+    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
+    {
+        Some(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER)
+    }
+    #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
+    {
+        None
     }
 }

@@ -48,6 +48,13 @@ pub enum ConfigError {
     /// A credential file could not be read (missing, unreadable).
     #[error(transparent)]
     Read(#[from] ReadError),
+    /// A credential file kept changing while being read at start: it is being written. Write
+    /// the new file beside the old one and rename it over it.
+    #[error("{location}: kept changing while being read (is it being written?)")]
+    Unstable {
+        /// The file.
+        location: Location,
+    },
     /// The input holds no PEM block of the expected kind, or a PEM block is malformed.
     #[error("{location}: not PEM: {problem}")]
     NotPem {

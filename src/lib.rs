@@ -104,6 +104,7 @@ pub mod identity;
 pub mod integration;
 pub mod jwt;
 pub mod layer;
+mod reload;
 pub mod source;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

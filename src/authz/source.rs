@@ -1,14 +1,15 @@
 //! A live policy: swapped atomically, optionally reloaded from a file.
 
+use std::fmt::Display;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwap;
 use spiffe::SpiffeId;
 use tokio::sync::watch;
 
 use crate::authz::{Policy, PolicyError, PolicyStats};
+use crate::reload::{FileError, FileWatch, Live, Publish, Writer};
 
 /// A live, watchable handle on the current [`Policy`]; what [`AuthorizeLayer`] reads per
 /// request (one atomic load, no lock).
@@ -19,15 +20,14 @@ use crate::authz::{Policy, PolicyError, PolicyStats};
 /// [`AuthorizeLayer`]: crate::layer::AuthorizeLayer
 #[derive(Clone)]
 pub struct PolicySource {
-    shared: Arc<Shared>,
-}
-
-struct Shared {
-    current: ArcSwap<Policy>,
-    revisions: watch::Sender<u64>,
-    failed_reloads: watch::Sender<u64>,
+    live: Live<Policy>,
+    writer: PolicyWriter,
     file: Option<PathBuf>,
 }
+
+/// The writing side of a [`PolicySource`]: carries rule counters over and logs each policy.
+#[derive(Clone)]
+struct PolicyWriter(Writer<Policy>);
 
 impl PolicySource {
     /// A source holding `policy` until [`replace`](Self::replace)d.
@@ -36,15 +36,11 @@ impl PolicySource {
     }
 
     fn with_file(policy: Policy, file: Option<PathBuf>) -> Self {
-        let (revisions, _) = watch::channel(1);
-        let (failed_reloads, _) = watch::channel(0);
+        let (live, writer) = Live::new("policy", "policy", policy);
         Self {
-            shared: Arc::new(Shared {
-                current: ArcSwap::from_pointee(policy),
-                revisions,
-                failed_reloads,
-                file,
-            }),
+            live,
+            writer: PolicyWriter(writer),
+            file,
         }
     }
 
@@ -60,49 +56,49 @@ impl PolicySource {
 
     /// The current policy.
     pub fn current(&self) -> Arc<Policy> {
-        self.shared.current.load_full()
+        self.live.current()
     }
 
     /// The current policy without touching its reference count (for the request path).
     pub(crate) fn load(&self) -> arc_swap::Guard<Arc<Policy>> {
-        self.shared.current.load()
+        self.live.load()
     }
 
     /// Replaces the policy; rules keeping their names keep their counters.
     pub fn replace(&self, policy: Policy) {
-        replace(&self.shared, policy);
+        self.writer.publish(policy);
     }
 
     /// The revision of the current policy: 1 for the first, one more per change.
     pub fn revision(&self) -> u64 {
-        *self.shared.revisions.borrow()
+        self.live.notices().revision()
     }
 
     /// A receiver that sees each new revision; `changed().await` waits for a reload.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.shared.revisions.subscribe()
+        self.live.notices().subscribe()
     }
 
     /// How many reloads of the policy file were refused (unreadable or invalid), keeping the
     /// last good policy.
     pub fn failed_reloads(&self) -> u64 {
-        *self.shared.failed_reloads.borrow()
+        self.live.notices().failed_reloads()
     }
 
     /// A receiver that sees the count of refused reloads change.
     pub fn subscribe_failed_reloads(&self) -> watch::Receiver<u64> {
-        self.shared.failed_reloads.subscribe()
+        self.live.notices().subscribe_failed_reloads()
     }
 
     /// Whether the current policy could ever allow `caller` (see
     /// [`Policy::could_ever_allow`]).
     pub fn could_ever_allow(&self, caller: &SpiffeId) -> bool {
-        self.shared.current.load().could_ever_allow(caller)
+        self.live.load().could_ever_allow(caller)
     }
 
     /// The decision counts of the current policy.
     pub fn stats(&self) -> PolicyStats {
-        self.shared.current.load().stats()
+        self.live.load().stats()
     }
 }
 
@@ -117,19 +113,34 @@ impl crate::identity::PeerAdmission for PolicySource {
     }
 }
 
-fn replace(shared: &Shared, mut policy: Policy) {
-    policy.carry_counters_from(&shared.current.load());
-    let rules = policy.len();
-    let mode = policy.mode();
-    shared.current.store(Arc::new(policy));
-    shared.revisions.send_modify(|r| *r += 1);
-    tracing::info!(
-        target: crate::authz::AUDIT_TARGET,
-        revision = *shared.revisions.borrow(),
-        rules,
-        mode = mode.as_str(),
-        "authorization policy loaded"
-    );
+impl Publish<Policy> for PolicyWriter {
+    /// Replaces the policy; rules keeping their names keep their counters.
+    fn publish(&self, mut policy: Policy) -> bool {
+        let rules = policy.len();
+        let mode = policy.mode();
+        let Some(revision) = self.0.update(|current, _| {
+            policy.carry_counters_from(current);
+            Some(policy)
+        }) else {
+            return false;
+        };
+        tracing::info!(
+            target: crate::authz::AUDIT_TARGET,
+            revision,
+            rules,
+            mode = mode.as_str(),
+            "authorization policy loaded"
+        );
+        true
+    }
+
+    fn refuse(&self, error: &dyn Display) {
+        self.0.refuse(error);
+    }
+
+    fn is_alive(&self) -> bool {
+        self.0.is_alive()
+    }
 }
 
 impl From<Policy> for PolicySource {
@@ -141,9 +152,9 @@ impl From<Policy> for PolicySource {
 impl std::fmt::Debug for PolicySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicySource")
-            .field("file", &self.shared.file)
+            .field("file", &self.file)
             .field("revision", &self.revision())
-            .field("policy", &*self.shared.current.load())
+            .field("policy", &*self.live.load())
             .finish()
     }
 }
@@ -198,46 +209,28 @@ impl PolicyFileBuilder {
         self
     }
 
-    /// The wait between the two reads of a stability check.
-    fn settle(&self) -> Duration {
-        self.poll_interval.min(MAX_SETTLE)
-    }
-
-    /// Whether the file still holds `first` (what was just read from it) after
-    /// [`settle`](Self::settle): `false` while it is being written.
-    fn is_stable(&self, first: &[u8]) -> Result<bool, PolicyError> {
-        std::thread::sleep(self.settle());
-        #[cfg(test)]
-        if let Some(hook) = &self.between_reads {
-            hook(first);
-        }
-        Ok(read(&self.path)? == first)
-    }
-
     /// Loads the file now (any problem is an error naming the file, line and field) and starts
     /// following it.
     pub fn start(self) -> Result<PolicySource, PolicyError> {
-        let mut stable = None;
-        for _ in 0..START_ATTEMPTS {
-            let contents = read(&self.path)?;
-            if self.is_stable(&contents)? {
-                stable = Some(contents);
-                break;
-            }
-        }
-        let Some(contents) = stable else {
-            return Err(PolicyError::Unstable {
-                path: self.path.clone(),
-            });
+        let watch = FileWatch::new(vec![self.path.clone()], self.poll_interval);
+        #[cfg(test)]
+        let watch = match self.between_reads {
+            Some(hook) => watch.between_reads(move |contents| hook(&contents[0])),
+            None => watch,
         };
-        let policy = parse(&self.path, &contents)?;
-        let source = PolicySource::with_file(policy, Some(self.path.clone()));
-        let weak = Arc::downgrade(&source.shared);
-        std::thread::Builder::new()
-            .name("secure-channel-policy".into())
-            .spawn(move || poll(self, weak, contents))
-            .map_err(|source| PolicyError::Watcher { source })?;
-        Ok(source)
+        let path = self.path;
+        watch.start(
+            "secure-channel-policy",
+            {
+                let path = path.clone();
+                move |contents| parse(&path, &contents[0])
+            },
+            |policy| {
+                let source = PolicySource::with_file(policy, Some(path));
+                let writer = source.writer.clone();
+                (source, writer)
+            },
+        )
     }
 }
 
@@ -245,13 +238,16 @@ impl PolicyFileBuilder {
 #[cfg(test)]
 type BetweenReads = Arc<dyn Fn(&[u8]) + Send + Sync>;
 
-/// The longest wait between the two reads of a stability check.
-const MAX_SETTLE: Duration = Duration::from_millis(100);
-/// How many stability checks `start` makes before refusing a file that keeps changing.
-const START_ATTEMPTS: usize = 10;
+impl FileError for PolicyError {
+    fn unstable(path: &Path) -> Self {
+        PolicyError::Unstable {
+            path: path.to_owned(),
+        }
+    }
 
-fn read(path: &Path) -> Result<Vec<u8>, PolicyError> {
-    Ok(crate::error::read_file(path)?)
+    fn no_thread(source: std::io::Error) -> Self {
+        PolicyError::Watcher { source }
+    }
 }
 
 fn parse(path: &Path, contents: &[u8]) -> Result<Policy, PolicyError> {
@@ -264,68 +260,4 @@ fn parse(path: &Path, contents: &[u8]) -> Result<Policy, PolicyError> {
         e.set_file(path);
         e
     })
-}
-
-fn reject(shared: &Shared, error: &PolicyError) {
-    tracing::warn!(
-        target: crate::authz::AUDIT_TARGET,
-        error = %error,
-        "policy reload refused; keeping the last good policy"
-    );
-    shared.failed_reloads.send_modify(|n| *n += 1);
-}
-
-fn poll(config: PolicyFileBuilder, shared: Weak<Shared>, mut loaded: Vec<u8>) {
-    // The last refused content (or read error), so that each distinct problem is reported once.
-    let mut last_refused: Option<Result<Vec<u8>, String>> = None;
-    loop {
-        std::thread::sleep(config.poll_interval);
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let contents = match read(&config.path) {
-            Ok(contents) => contents,
-            Err(error) => {
-                let seen = Err(error.to_string());
-                if last_refused.as_ref() != Some(&seen) {
-                    reject(&shared, &error);
-                    last_refused = Some(seen);
-                }
-                continue;
-            }
-        };
-        if contents == loaded
-            || last_refused
-                .as_ref()
-                .is_some_and(|r| r.as_ref() == Ok(&contents))
-        {
-            continue;
-        }
-        // Changed: applied only once it reads the same twice. Still being written, it is
-        // looked at again at the next poll; the last good policy stays in force meanwhile.
-        match config.is_stable(&contents) {
-            Ok(true) => {}
-            Ok(false) => {
-                tracing::debug!(
-                    target: crate::authz::AUDIT_TARGET,
-                    path = %config.path.display(),
-                    "policy file changed while being read; waiting for it to settle"
-                );
-                continue;
-            }
-            // Gone or unreadable between the two reads: the next poll reports it.
-            Err(_) => continue,
-        }
-        match parse(&config.path, &contents) {
-            Ok(policy) => {
-                replace(&shared, policy);
-                loaded = contents;
-                last_refused = None;
-            }
-            Err(error) => {
-                reject(&shared, &error);
-                last_refused = Some(Ok(contents));
-            }
-        }
-    }
 }

@@ -3,13 +3,13 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use arc_swap::ArcSwap;
 use spiffe::TrustDomain;
 
 use crate::Location;
 use crate::jwt::JwtConfigError;
 use crate::jwt::keys::{KeySet, VerifyingKey};
-use crate::jwt::source::{BoxFuture, KeyLookup, Keys, Published};
+use crate::jwt::source::{BoxFuture, KeyLookup, Keys};
+use crate::reload::{Live, Notices, Writer};
 
 /// The JWT bundles (JWK sets of JWT-SVID signing keys) of one or more trust domains; a live,
 /// cheaply cloned handle.
@@ -38,9 +38,12 @@ pub struct JwtBundles {
     inner: Arc<BundleKeys>,
 }
 
+/// The key set of each trust domain.
+type Bundles = HashMap<TrustDomain, Arc<KeySet>>;
+
 struct BundleKeys {
-    current: ArcSwap<HashMap<TrustDomain, Arc<KeySet>>>,
-    published: Published,
+    live: Live<Bundles>,
+    writer: Writer<Bundles>,
 }
 
 impl Default for JwtBundles {
@@ -52,11 +55,9 @@ impl Default for JwtBundles {
 impl JwtBundles {
     /// No bundles yet (every JWT-SVID is refused until one is set).
     pub fn new() -> Self {
+        let (live, writer) = Live::new("jwt-bundles", "JWT bundle", HashMap::new());
         Self {
-            inner: Arc::new(BundleKeys {
-                current: ArcSwap::from_pointee(HashMap::new()),
-                published: Published::new("jwt-bundles"),
-            }),
+            inner: Arc::new(BundleKeys { live, writer }),
         }
     }
 
@@ -72,38 +73,34 @@ impl JwtBundles {
         let set = match KeySet::from_jwks_json(jwks.as_ref(), &location) {
             Ok(set) => set,
             Err(error) => {
-                self.inner.published.reject(&error);
+                self.inner.writer.refuse(&error);
                 return Err(error);
             }
         };
-        let set = Arc::new(set);
-        self.inner.current.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            next.insert(trust_domain.clone(), Arc::clone(&set));
-            next
+        let keys = set.len();
+        self.inner.writer.update(|current, _| {
+            let mut next = current.clone();
+            next.insert(trust_domain.clone(), Arc::new(set));
+            Some(next)
         });
-        tracing::info!(%trust_domain, keys = set.len(), "JWT bundle updated");
-        self.inner.published.bump();
+        tracing::info!(%trust_domain, keys, "JWT bundle updated");
         Ok(())
     }
 
     /// Removes the bundle of `trust_domain`; returns whether there was one.
     pub fn remove(&self, trust_domain: &TrustDomain) -> bool {
-        let mut removed = false;
-        self.inner.current.rcu(|current| {
-            let mut next = HashMap::clone(current);
-            removed = next.remove(trust_domain).is_some();
-            next
-        });
-        if removed {
-            self.inner.published.bump();
-        }
-        removed
+        self.inner
+            .writer
+            .update(|current, _| {
+                let mut next = current.clone();
+                next.remove(trust_domain).is_some().then_some(next)
+            })
+            .is_some()
     }
 
     /// The trust domains that have a bundle.
     pub fn trust_domains(&self) -> Vec<TrustDomain> {
-        self.inner.current.load().keys().cloned().collect()
+        self.inner.live.load().keys().cloned().collect()
     }
 
     pub(crate) fn keys(&self) -> Arc<dyn Keys> {
@@ -129,22 +126,14 @@ impl std::fmt::Debug for JwtBundles {
 impl Keys for BundleKeys {
     fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
         let trust_domain = lookup.trust_domain?;
-        self.current
-            .load()
-            .get(trust_domain)?
-            .get(lookup.kid)
-            .cloned()
-    }
-
-    fn revision(&self) -> u64 {
-        self.published.revision()
+        self.live.load().get(trust_domain)?.get(lookup.kid).cloned()
     }
 
     fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>> {
         None
     }
 
-    fn published(&self) -> &Published {
-        &self.published
+    fn notices(&self) -> &Notices {
+        self.live.notices()
     }
 }

@@ -3,6 +3,7 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::path::PathBuf;
 
 use crate::Location;
 
@@ -243,6 +244,13 @@ pub enum JwtConfigError {
     /// A JWKS file could not be read.
     #[error(transparent)]
     Read(#[from] crate::ReadError),
+    /// A JWKS file kept changing while being read at start: it is being written. Write the new
+    /// file beside the old one and rename it over it.
+    #[error("file {}: kept changing while being read (is it being written?)", path.display())]
+    Unstable {
+        /// The file.
+        path: PathBuf,
+    },
     /// The initial fetch of a JWKS URL failed.
     #[error("JWKS fetch failed: {reason}")]
     Fetch {

@@ -12,7 +12,8 @@ use tokio::time::Instant;
 use crate::Location;
 use crate::jwt::JwtConfigError;
 use crate::jwt::keys::{KeySet, MAX_JWKS_BYTES, VerifyingKey};
-use crate::jwt::source::{BoxFuture, KeyLookup, KeySource, Keys, Published, SwappedKeys};
+use crate::jwt::source::{BoxFuture, KeyLookup, KeySource, Keys, KeysWriter, SwappedKeys};
+use crate::reload::{Notices, Publish};
 
 /// Errors a [`JwksFetcher`] reports (kept in logs, never sent to callers).
 pub type FetchError = Box<dyn std::error::Error + Send + Sync>;
@@ -162,8 +163,10 @@ impl JwksUrlBuilder {
         )
         .await
         .map_err(|reason| JwtConfigError::Fetch { reason })?;
+        let (keys, writer) = SwappedKeys::new("jwks-url", set);
         let keys = Arc::new(UrlKeys {
-            keys: SwappedKeys::new("jwks-url", set),
+            keys,
+            writer,
             policy: self.lifetime_policy(),
             fetcher: self.fetcher,
             fetch_timeout: self.fetch_timeout,
@@ -251,6 +254,7 @@ struct RefreshState {
 
 struct UrlKeys {
     keys: SwappedKeys,
+    writer: KeysWriter,
     policy: LifetimePolicy,
     fetcher: Arc<dyn JwksFetcher>,
     fetch_timeout: Duration,
@@ -275,12 +279,12 @@ impl UrlKeys {
         let fetched = fetch_once(self.fetcher.as_ref(), self.fetch_timeout, &self.policy).await;
         let ok = match fetched {
             Ok((set, lifetime)) => {
-                self.keys.store(set);
+                self.writer.publish(set);
                 self.state().next_refresh = started + lifetime;
                 true
             }
             Err(reason) => {
-                self.keys.published.reject(&reason);
+                self.writer.refuse(&reason);
                 false
             }
         };
@@ -310,11 +314,7 @@ impl UrlKeys {
 
 impl Keys for UrlKeys {
     fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
-        self.keys.find(lookup.kid)
-    }
-
-    fn revision(&self) -> u64 {
-        self.keys.published.revision()
+        self.keys.find(lookup)
     }
 
     fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>> {
@@ -331,8 +331,8 @@ impl Keys for UrlKeys {
         }))
     }
 
-    fn published(&self) -> &Published {
-        &self.keys.published
+    fn notices(&self) -> &Notices {
+        self.keys.notices()
     }
 }
 

@@ -5,9 +5,7 @@ use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 
-use arc_swap::ArcSwap;
 use spiffe::TrustDomain;
 use tokio::sync::watch;
 
@@ -17,6 +15,7 @@ use crate::jwt::bundles::JwtBundles;
 use crate::jwt::jwks_file::JwksFileBuilder;
 use crate::jwt::jwks_url::{JwksFetcher, JwksUrlBuilder};
 use crate::jwt::keys::{KeySet, VerifyingKey};
+use crate::reload::{Live, Notices, Publish, Writer};
 
 pub(crate) type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
 
@@ -31,47 +30,12 @@ pub(crate) struct KeyLookup<'a> {
 /// The behavior every key source provides.
 pub(crate) trait Keys: Send + Sync + 'static {
     fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>>;
-    /// A number that changes whenever the keys change (cached validations carry it).
-    fn revision(&self) -> u64;
     /// Fetches the keys again because a token named an unknown `kid`; `None` when this source
     /// cannot refresh on demand. The future completes when the refresh is done or refused.
     fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>>;
-    fn published(&self) -> &Published;
-}
-
-/// A key set (or set of sets) with its revision counter and failure counter.
-pub(crate) struct Published {
-    revision: AtomicU64,
-    revisions: watch::Sender<u64>,
-    failed: watch::Sender<u64>,
-    kind: &'static str,
-}
-
-impl Published {
-    pub(crate) fn new(kind: &'static str) -> Self {
-        Self {
-            revision: AtomicU64::new(1),
-            revisions: watch::channel(1).0,
-            failed: watch::channel(0).0,
-            kind,
-        }
-    }
-
-    pub(crate) fn revision(&self) -> u64 {
-        self.revision.load(Ordering::Acquire)
-    }
-
-    /// Call after storing new keys.
-    pub(crate) fn bump(&self) {
-        let revision = self.revision.fetch_add(1, Ordering::AcqRel) + 1;
-        self.revisions.send_replace(revision);
-    }
-
-    /// Counts a refused reload (the last good keys stay).
-    pub(crate) fn reject(&self, error: &dyn std::fmt::Display) {
-        tracing::warn!(source = self.kind, %error, "key reload refused; keeping the last good keys");
-        self.failed.send_modify(|n| *n += 1);
-    }
+    /// The revision (it changes whenever the keys change; cached validations carry it) and
+    /// the refused reloads.
+    fn notices(&self) -> &Notices;
 }
 
 /// A live handle on verification keys, cheap to clone.
@@ -99,10 +63,8 @@ impl KeySource {
     /// key) are skipped with a warning; a set with no usable key is an error.
     pub fn from_jwks(jwks: impl AsRef<[u8]>) -> Result<Self, JwtConfigError> {
         let set = KeySet::from_jwks_json(jwks.as_ref(), &Location::Field("jwks"))?;
-        Ok(Self::from_keys(Arc::new(StaticKeys {
-            set,
-            published: Published::new("static"),
-        })))
+        let (keys, _fixed) = SwappedKeys::new("static", set);
+        Ok(Self::from_keys(Arc::new(keys)))
     }
 
     /// A JWKS file, polled and reloaded when its content changes; see [`JwksFileBuilder`].
@@ -124,22 +86,22 @@ impl KeySource {
 
     /// A number that changes whenever the keys change (1 for the first set).
     pub fn revision(&self) -> u64 {
-        self.inner.revision()
+        self.inner.notices().revision()
     }
 
     /// A receiver that sees each new revision; `changed().await` waits for a reload.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.published().revisions.subscribe()
+        self.inner.notices().subscribe()
     }
 
     /// How many reloads or fetches failed and were discarded, keeping the last good keys.
     pub fn failed_reloads(&self) -> u64 {
-        *self.inner.published().failed.borrow()
+        self.inner.notices().failed_reloads()
     }
 
     /// A receiver that sees the count of failed reloads change.
     pub fn subscribe_failed_reloads(&self) -> watch::Receiver<u64> {
-        self.inner.published().failed.subscribe()
+        self.inner.notices().subscribe_failed_reloads()
     }
 
     pub(crate) fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
@@ -153,63 +115,73 @@ impl KeySource {
 
 impl std::fmt::Debug for KeySource {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let published = self.inner.published();
+        let notices = self.inner.notices();
         f.debug_struct("KeySource")
-            .field("kind", &published.kind)
-            .field("revision", &published.revision())
+            .field("kind", &notices.kind())
+            .field("revision", &notices.revision())
             .finish_non_exhaustive()
     }
 }
 
-struct StaticKeys {
-    set: KeySet,
-    published: Published,
-}
-
-impl Keys for StaticKeys {
-    fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
-        self.set.get(lookup.kid).cloned()
-    }
-
-    fn revision(&self) -> u64 {
-        self.published.revision()
-    }
-
-    fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>> {
-        None
-    }
-
-    fn published(&self) -> &Published {
-        &self.published
-    }
-}
-
-/// A key set that is replaced as a whole (file and URL sources).
+/// A key set that is replaced as a whole (static, file and URL sources).
 pub(crate) struct SwappedKeys {
-    pub(crate) current: ArcSwap<KeySet>,
-    pub(crate) published: Published,
+    live: Live<KeySet>,
+}
+
+/// The writing side of [`SwappedKeys`].
+pub(crate) struct KeysWriter {
+    writer: Writer<KeySet>,
+    kind: &'static str,
 }
 
 impl SwappedKeys {
-    pub(crate) fn new(kind: &'static str, initial: KeySet) -> Self {
-        Self {
-            current: ArcSwap::from_pointee(initial),
-            published: Published::new(kind),
-        }
+    pub(crate) fn new(kind: &'static str, initial: KeySet) -> (Self, KeysWriter) {
+        let (live, writer) = Live::new(kind, "key", initial);
+        (Self { live }, KeysWriter { writer, kind })
+    }
+}
+
+impl Keys for SwappedKeys {
+    fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
+        self.live.load().get(lookup.kid).cloned()
     }
 
-    pub(crate) fn find(&self, kid: &str) -> Option<Arc<VerifyingKey>> {
-        self.current.load().get(kid).cloned()
+    fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>> {
+        // A static set never changes; a file's poller picks changes up within one interval,
+        // and reading the file per unknown kid would let a flood of tokens turn into a flood
+        // of reads.
+        None
     }
 
-    pub(crate) fn store(&self, set: KeySet) {
+    fn notices(&self) -> &Notices {
+        self.live.notices()
+    }
+}
+
+impl Publish<KeySet> for KeysWriter {
+    fn publish(&self, set: KeySet) -> bool {
+        let (keys, kids) = (
+            set.len(),
+            set.key_ids().map(str::to_owned).collect::<Vec<_>>(),
+        );
+        let Some(revision) = self.writer.publish(set) else {
+            return false;
+        };
         tracing::info!(
-            source = self.published.kind,
-            keys = set.len(),
-            kids = ?set.key_ids().collect::<Vec<_>>(),
+            source = self.kind,
+            revision,
+            keys,
+            ?kids,
             "verification keys updated"
         );
-        self.current.store(Arc::new(set));
-        self.published.bump();
+        true
+    }
+
+    fn refuse(&self, error: &dyn std::fmt::Display) {
+        self.writer.refuse(error);
+    }
+
+    fn is_alive(&self) -> bool {
+        self.writer.is_alive()
     }
 }

@@ -844,10 +844,7 @@ mod counting {
     pub(super) static VERIFICATIONS: AtomicUsize = AtomicUsize::new(0);
 
     fn real() -> &'static CryptoProvider {
-        #[cfg(feature = "aws-lc-rs")]
-        return &jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER;
-        #[cfg(not(feature = "aws-lc-rs"))]
-        return &jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER;
+        crate::crypto::default_jwt_provider().expect("tests run with a crypto provider feature")
     }
 
     fn signer(

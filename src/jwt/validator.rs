@@ -256,7 +256,9 @@ impl JwtValidatorBuilder {
         }
         let provider = match self.provider {
             Some(provider) => provider,
-            None => default_provider().ok_or(JwtConfigError::NoCryptoProvider)?,
+            None => {
+                crate::crypto::default_jwt_provider().ok_or(JwtConfigError::NoCryptoProvider)?
+            }
         };
         Ok(JwtValidator {
             inner: Arc::new(Inner {
@@ -277,21 +279,6 @@ impl JwtValidatorBuilder {
                 provider,
             }),
         })
-    }
-}
-
-fn default_provider() -> Option<&'static CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    {
-        Some(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER)
-    }
-    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-    {
-        Some(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER)
-    }
-    #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
-    {
-        None
     }
 }
 

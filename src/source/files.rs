@@ -6,8 +6,9 @@ use std::time::Duration;
 use spiffe::TrustDomain;
 
 use crate::error::{ConfigError, Location};
+use crate::reload::{Contents, FileError, FileWatch};
 use crate::source::{
-    CredentialSource, Credentials, Publisher, Svid, TrustBundle, TrustBundles, check_own_chain,
+    CredentialSource, Credentials, Svid, TrustBundle, TrustBundles, check_own_chain,
     parse_certificates, parse_private_key,
 };
 
@@ -22,6 +23,11 @@ use crate::source::{
 /// the last good credentials stay in use, a warning says why, and
 /// [`CredentialSource::failed_reloads`] counts it. A half-written rotation (new certificate, old
 /// key) is therefore skipped until the second file lands.
+///
+/// A file being written in place is not read half written: changed content is used only once
+/// two reads a short wait apart (the poll interval, at most 100 ms) agree; at start, files that
+/// keep changing are refused with [`ConfigError::Unstable`]. The next recovery after refused reloads
+/// is logged.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct FileSourceBuilder {
@@ -76,35 +82,29 @@ impl FileSourceBuilder {
 
     /// Loads the files now (any problem is an error naming the file) and starts following them.
     pub fn start(self) -> Result<CredentialSource, ConfigError> {
-        let (contents, credentials) = load(&self.cert, &self.key, &self.bundles)?;
-        let (source, publisher, _stop) = CredentialSource::new("files", credentials);
-        std::thread::Builder::new()
-            .name("secure-channel-files".into())
-            .spawn(move || poll(self, publisher, contents))
-            .map_err(|error| ConfigError::Background {
-                what: "file watcher thread",
-                error,
-            })?;
-        Ok(source)
+        let mut paths = vec![self.cert.clone(), self.key.clone()];
+        paths.extend(self.bundles.iter().map(|(_, path)| path.clone()));
+        FileWatch::new(paths, self.poll_interval).start(
+            "secure-channel-files",
+            move |contents| parse(contents, &self.cert, &self.key, &self.bundles),
+            |credentials| CredentialSource::new("files", credentials),
+        )
     }
 }
 
-type Contents = Vec<Vec<u8>>;
-
-fn read(path: &Path) -> Result<Vec<u8>, ConfigError> {
-    Ok(crate::error::read_file(path)?)
-}
-
-fn read_all(
-    cert: &Path,
-    key: &Path,
-    bundles: &[(BundleFor, PathBuf)],
-) -> Result<Contents, ConfigError> {
-    let mut contents = vec![read(cert)?, read(key)?];
-    for (_, path) in bundles {
-        contents.push(read(path)?);
+impl FileError for ConfigError {
+    fn unstable(path: &Path) -> Self {
+        ConfigError::Unstable {
+            location: Location::File(path.to_owned()),
+        }
     }
-    Ok(contents)
+
+    fn no_thread(error: std::io::Error) -> Self {
+        ConfigError::Background {
+            what: "file watcher thread",
+            error,
+        }
+    }
 }
 
 fn parse(
@@ -137,52 +137,4 @@ fn parse(
     // A set that can never complete a handshake is refused now, not at the first connection.
     check_own_chain(&svid, &set, &cert_location)?;
     Ok(Credentials::new(svid, set))
-}
-
-fn load(
-    cert: &Path,
-    key: &Path,
-    bundles: &[(BundleFor, PathBuf)],
-) -> Result<(Contents, Credentials), ConfigError> {
-    let contents = read_all(cert, key, bundles)?;
-    let credentials = parse(&contents, cert, key, bundles)?;
-    Ok((contents, credentials))
-}
-
-fn poll(config: FileSourceBuilder, publisher: Publisher, mut loaded: Contents) {
-    let mut last_refused: Option<Result<Contents, String>> = None;
-    loop {
-        std::thread::sleep(config.poll_interval);
-        if !publisher.is_alive() {
-            return;
-        }
-        let contents = match read_all(&config.cert, &config.key, &config.bundles) {
-            Ok(contents) => contents,
-            Err(error) => {
-                // Mid-swap a file can be briefly missing: report each distinct problem once.
-                let seen = Err(error.to_string());
-                if last_refused.as_ref() != Some(&seen) {
-                    publisher.reject(&error);
-                    last_refused = Some(seen);
-                }
-                continue;
-            }
-        };
-        if contents == loaded || last_refused.as_ref() == Some(&Ok(contents.clone())) {
-            continue;
-        }
-        match parse(&contents, &config.cert, &config.key, &config.bundles) {
-            Ok(credentials) => {
-                if !publisher.publish(credentials) {
-                    return;
-                }
-                loaded = contents;
-                last_refused = None;
-            }
-            Err(error) => {
-                publisher.reject(&error);
-                last_refused = Some(Ok(contents));
-            }
-        }
-    }
 }

@@ -11,7 +11,7 @@ pub struct MemorySource {
 impl MemorySource {
     /// A source whose first snapshot is `credentials`.
     pub fn new(credentials: Credentials) -> Self {
-        let (source, publisher, _stop) = CredentialSource::new("memory", credentials);
+        let (source, publisher) = CredentialSource::new("memory", credentials);
         Self { source, publisher }
     }
 

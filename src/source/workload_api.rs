@@ -79,8 +79,8 @@ impl WorkloadApiSourceBuilder {
                 return Err(error);
             }
         };
-        let (source, publisher, stop) = CredentialSource::new("workload-api", credentials);
-        tokio::spawn(follow(x509, publisher, stop, endpoint));
+        let (source, publisher) = CredentialSource::new("workload-api", credentials);
+        tokio::spawn(follow(x509, publisher, endpoint));
         Ok(source)
     }
 }
@@ -148,12 +148,7 @@ fn client_problem(error: &spiffe::X509SourceError) -> WorkloadApiProblem {
     }
 }
 
-async fn follow(
-    x509: X509Source,
-    publisher: Publisher,
-    mut stop: tokio::sync::watch::Receiver<()>,
-    endpoint: String,
-) {
+async fn follow(x509: X509Source, publisher: Publisher, endpoint: String) {
     let mut updates = x509.updated();
     loop {
         tokio::select! {
@@ -175,7 +170,7 @@ async fn follow(
                     Err(error) => publisher.reject(&error),
                 }
             }
-            _ = stop.changed() => break,
+            () = publisher.closed() => break,
         }
     }
     x509.shutdown().await;

@@ -74,21 +74,6 @@ impl std::fmt::Debug for TokenIssuer {
     }
 }
 
-fn default_provider() -> Option<&'static CryptoProvider> {
-    #[cfg(feature = "aws-lc-rs")]
-    {
-        Some(&jsonwebtoken::crypto::aws_lc::DEFAULT_PROVIDER)
-    }
-    #[cfg(all(feature = "ring", not(feature = "aws-lc-rs")))]
-    {
-        Some(&jsonwebtoken::crypto::rust_crypto::DEFAULT_PROVIDER)
-    }
-    #[cfg(not(any(feature = "aws-lc-rs", feature = "ring")))]
-    {
-        None
-    }
-}
-
 fn b64(bytes: &[u8]) -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
@@ -227,7 +212,7 @@ impl TokenIssuer {
         let mut this = Self {
             issuer: issuer.into(),
             keys: Vec::new(),
-            provider: default_provider(),
+            provider: crate::crypto::default_jwt_provider(),
         };
         this.add_key(kid, alg)?;
         Ok(this)
