@@ -16,7 +16,7 @@ use crate::authz::{Policy, PolicyError, PolicyStats};
 /// Cheap to clone. A policy file is followed by a background thread that stops when the last
 /// handle (and every layer built from it) is dropped.
 ///
-/// [`AuthorizeLayer`]: crate::layer::AuthorizeLayer
+/// [`AuthorizeLayer`]: crate::layer::authorize::AuthorizeLayer
 #[derive(Clone)]
 pub struct PolicySource {
     shared: Arc<Shared>,
