@@ -131,7 +131,7 @@ fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
     let (decision, normalized) = policy.decide(&authz);
     policy.record(&authz, &decision);
     if !decision.passes() {
-        return Outcome::Reject(Rejection::new(RejectionKind::Forbidden, FORBIDDEN));
+        return Outcome::Reject(Rejection::denied(decision.deny_reason(), FORBIDDEN));
     }
     let rewrite = match normalized {
         Ok(Cow::Owned(path)) => Some(encode_normalized(&path)),

@@ -364,3 +364,58 @@ async fn the_responder_can_be_replaced() {
     let _ = Authorize::<()>::layer(policy());
     let _ = DenyReason::NoMatchingRule;
 }
+
+#[tokio::test]
+async fn denials_carry_the_deny_reason() {
+    let policy = Policy::builder()
+        .rule(
+            Rule::allow("web-reads")
+                .principal("spiffe://example.org/web")
+                .route(Method::GET, "/orders/*"),
+        )
+        .rule(
+            Rule::deny("no-drafts")
+                .principal("spiffe://example.org/web")
+                .route(Method::GET, "/orders/drafts"),
+        )
+        .build()
+        .unwrap();
+    let layer = AuthorizeLayer::new(policy);
+    for (caller, uri, expected) in [
+        (
+            Some("spiffe://example.org/other"),
+            "/orders/1",
+            Some(DenyReason::NoMatchingRule),
+        ),
+        (
+            Some("spiffe://example.org/web"),
+            "/orders/drafts",
+            Some(DenyReason::DenyRule),
+        ),
+        (
+            Some("spiffe://example.org/web"),
+            "/orders/a%2Fb",
+            Some(DenyReason::InvalidPath(
+                crate::authz::PathError::EncodedSeparator,
+            )),
+        ),
+        (None, "/orders/1", None),
+    ] {
+        let response = call(&layer, request(caller, Method::GET, uri)).await;
+        let rejection = response.extensions().get::<Rejection>().unwrap();
+        assert_eq!(rejection.deny_reason(), expected, "{uri}");
+        assert_eq!(
+            (rejection.token_error(), rejection.missing_scope()),
+            (None, None),
+            "{uri}"
+        );
+        assert_eq!(
+            rejection.kind(),
+            if caller.is_some() {
+                RejectionKind::Forbidden
+            } else {
+                RejectionKind::MissingPeerIdentity
+            }
+        );
+    }
+}

@@ -92,7 +92,7 @@ fn trim_spaces(bytes: &[u8]) -> &[u8] {
 pub(super) fn token_rejection(error: &TokenError) -> Rejection {
     tracing::debug!(reason = error.kind().as_str(), "bearer token refused");
     crate::telemetry::jwt_rejection(error.kind().as_str());
-    Rejection::new(RejectionKind::InvalidToken, error.description().to_owned())
+    Rejection::invalid_token(error)
 }
 
 /// After validation: the scopes, then the claims into the request.
@@ -104,10 +104,7 @@ pub(super) fn admit<B>(
     if let Some(missing) = config.scopes.iter().find(|s| !claims.has_scope(s)) {
         tracing::debug!(scope = %missing, "bearer token lacks a required scope");
         crate::telemetry::jwt_rejection("insufficient_scope");
-        return Err(Rejection::new(
-            RejectionKind::InsufficientScope,
-            format!("scope {missing} required"),
-        ));
+        return Err(Rejection::insufficient_scope(missing));
     }
     crate::telemetry::jwt_accepted();
     request.extensions_mut().insert(claims);

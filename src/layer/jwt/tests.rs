@@ -12,7 +12,7 @@ use super::JwtLayer;
 use crate::PeerIdentity;
 use crate::jwt::test_support::*;
 use crate::jwt::{Algorithm, JwtValidatorBuilder, KeySource};
-use crate::jwt::{JwtValidator, VerifiedClaims};
+use crate::jwt::{JwtValidator, TokenErrorKind, VerifiedClaims};
 use crate::layer::{Rejection, RejectionKind};
 use crate::testkit::TokenIssuer;
 
@@ -437,4 +437,62 @@ async fn rotation_through_the_layer_waits_for_the_refresh() {
     let k3 = issuer.token().key("k3").audience(AUDIENCE).sign().unwrap();
     let response = send(&layer, request(Some(&k3), Some(&c.peer))).await;
     assert_eq!(response.status(), StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn rejections_carry_the_typed_cause() {
+    let issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+    let c = caller();
+    let layer = JwtLayer::new(validator(&issuer).build().unwrap()).require_scope("orders:write");
+    let t = || issuer.token().audience(AUDIENCE).subject("alice");
+    let cause = |response: &Response<String>| {
+        let rejection = response.extensions().get::<Rejection>().unwrap();
+        (
+            rejection.kind(),
+            rejection.token_error(),
+            rejection.missing_scope().map(str::to_owned),
+            rejection.deny_reason(),
+        )
+    };
+
+    let response = send(&layer, request(None, Some(&c.peer))).await;
+    assert_eq!(
+        cause(&response),
+        (
+            RejectionKind::InvalidToken,
+            Some(TokenErrorKind::Missing),
+            None,
+            None
+        )
+    );
+    let expired = t()
+        .expires_at(SystemTime::now() - Duration::from_secs(60))
+        .sign()
+        .unwrap();
+    let response = send(&layer, request(Some(&expired), Some(&c.peer))).await;
+    assert_eq!(
+        cause(&response),
+        (
+            RejectionKind::InvalidToken,
+            Some(TokenErrorKind::Expired),
+            None,
+            None
+        )
+    );
+    let unscoped = t().scope("orders:read").sign().unwrap();
+    let response = send(&layer, request(Some(&unscoped), Some(&c.peer))).await;
+    assert_eq!(
+        cause(&response),
+        (
+            RejectionKind::InsufficientScope,
+            None,
+            Some("orders:write".to_owned()),
+            None
+        )
+    );
+    let response = send(&layer, request(Some(&unscoped), None)).await;
+    assert_eq!(
+        cause(&response),
+        (RejectionKind::MissingPeerIdentity, None, None, None)
+    );
 }
