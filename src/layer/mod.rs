@@ -11,6 +11,10 @@
 //! rejection is stored in the response's extensions so that logging layers further out can see
 //! why a request was refused.
 //!
+//! Every layer's `ResponseFuture` panics, naming itself, when it is polled again after it
+//! returned its output (a bug in the caller, as with most futures), whatever the inner
+//! service's future would have done.
+//!
 //! The tokens [`ClientTokenLayer`](client_token::ClientTokenLayer) attaches
 //! ([`BearerToken`](crate::jwt::BearerToken), [`TokenProvider`](crate::jwt::TokenProvider),
 //! [`CachedTokenProvider`](crate::jwt::CachedTokenProvider)) live in [`jwt`](crate::jwt).
@@ -28,3 +32,39 @@ pub use peer::peer_identity;
 pub use rejection::{
     DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
 };
+
+/// What every response future of this room does when polled again after it returned its
+/// output: panic, naming the future.
+#[cold]
+#[track_caller]
+fn polled_after_completion(future: &'static str) -> ! {
+    panic!("`{future}` polled after completion")
+}
+
+#[cfg(test)]
+mod test_support {
+    use std::future::Future;
+    use std::panic::{AssertUnwindSafe, catch_unwind};
+    use std::task::{Context, Waker};
+
+    /// Drives `future` to completion, polls it once more and returns the message of the panic
+    /// that poll must raise.
+    pub(super) async fn second_poll_panic<F: Future>(future: F) -> String {
+        let mut future = Box::pin(future);
+        let _ = (&mut future).await;
+        let payload = catch_unwind(AssertUnwindSafe(|| {
+            let _ = future
+                .as_mut()
+                .poll(&mut Context::from_waker(Waker::noop()));
+        }))
+        .err()
+        .unwrap_or_else(|| panic!("polling after completion did not panic"));
+        match payload.downcast::<String>() {
+            Ok(message) => *message,
+            Err(payload) => payload
+                .downcast_ref::<&str>()
+                .map(|s| (*s).to_owned())
+                .unwrap_or_default(),
+        }
+    }
+}

@@ -1,12 +1,20 @@
 use std::future::Future;
 use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::{Context, Poll, ready};
 
 use http::Response;
 use pin_project_lite::pin_project;
 
+use crate::layer::polled_after_completion;
+
+/// The name a panic gives when this future is polled after completion.
+const NAME: &str = "layer::authorize::ResponseFuture";
+
 pin_project! {
     /// The response future of [`Authorize`](super::Authorize).
+    ///
+    /// Like every response future of this crate's layers, it panics when polled again after it
+    /// returned its output.
     pub struct ResponseFuture<F, B> {
         #[pin]
         kind: Kind<F, B>,
@@ -36,6 +44,8 @@ pin_project! {
     enum Kind<F, B> {
         Inner { #[pin] future: F },
         Rejected { response: Option<Response<B>> },
+        /// The output was returned.
+        Done,
     }
 }
 
@@ -45,15 +55,18 @@ where
 {
     type Output = Result<Response<B>, E>;
 
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project().kind.project() {
-            KindProj::Inner { future } => future.poll(cx),
-            // Polling again after completion never resolves (rather than panicking).
+    /// Panics when polled again after it returned its output.
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let output = match self.as_mut().project().kind.project() {
+            KindProj::Inner { future } => ready!(future.poll(cx)),
             KindProj::Rejected { response } => match response.take() {
-                Some(response) => Poll::Ready(Ok(response)),
-                None => Poll::Pending,
+                Some(response) => Ok(response),
+                None => polled_after_completion(NAME),
             },
-        }
+            KindProj::Done => polled_after_completion(NAME),
+        };
+        self.project().kind.set(Kind::Done);
+        Poll::Ready(output)
     }
 }
 

@@ -12,6 +12,7 @@ use super::{Authorize, AuthorizeLayer};
 use crate::authz::{Decision, PolicySource};
 use crate::authz::{DenyReason, Policy, Rule};
 use crate::jwt::VerifiedClaims;
+use crate::layer::test_support::second_poll_panic;
 use crate::layer::{Rejection, RejectionBody, RejectionKind, RejectionResponder};
 
 fn policy() -> Policy {
@@ -416,6 +417,22 @@ async fn denials_carry_the_deny_reason() {
             } else {
                 RejectionKind::MissingPeerIdentity
             }
+        );
+    }
+}
+
+/// Polled again after it returned, the future panics naming itself, after a denial and after
+/// the inner service answered (whatever the inner future would have done).
+#[tokio::test]
+async fn a_response_future_polled_after_completion_panics() {
+    let layer = AuthorizeLayer::new(policy());
+    for caller in ["spiffe://example.org/other", "spiffe://example.org/web"] {
+        let mut service = layer.layer(service_fn(echo));
+        let future = service.call(request(Some(caller), Method::GET, "/orders/1"));
+        assert_eq!(
+            second_poll_panic(future).await,
+            "`layer::authorize::ResponseFuture` polled after completion",
+            "{caller}"
         );
     }
 }

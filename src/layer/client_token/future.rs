@@ -9,6 +9,10 @@ use tower_service::Service;
 
 use super::service::attach;
 use crate::jwt::{BearerToken, TokenProviderError};
+use crate::layer::polled_after_completion;
+
+/// The name a panic gives when this future is polled after completion.
+const NAME: &str = "layer::client_token::ResponseFuture";
 
 /// The token a request waits for.
 pub(super) type TokenFuture =
@@ -16,6 +20,9 @@ pub(super) type TokenFuture =
 
 pin_project! {
     /// The response future of [`ClientToken`](super::ClientToken).
+    ///
+    /// Like every response future of this crate's layers, it panics when polled again after it
+    /// returned its output.
     pub struct ResponseFuture<S, B>
     where
         S: Service<Request<B>>,
@@ -61,6 +68,8 @@ pin_project! {
             #[pin]
             future: S::Future,
         },
+        /// The output was returned.
+        Done,
     }
 }
 
@@ -72,6 +81,7 @@ where
         let state = match &self.state {
             State::Fetching { .. } => "fetching token",
             State::Calling { .. } => "calling",
+            State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -86,7 +96,23 @@ where
 {
     type Output = Result<S::Response, TokenProviderError>;
 
+    /// Panics when polled again after it returned its output.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let output = ready!(self.as_mut().poll_state(cx));
+        self.project().state.set(State::Done);
+        Poll::Ready(output)
+    }
+}
+
+impl<S, B> ResponseFuture<S, B>
+where
+    S: Service<Request<B>>,
+    S::Error: Into<TokenProviderError>,
+{
+    fn poll_state(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<S::Response, TokenProviderError>> {
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Calling { future } => {
@@ -95,13 +121,14 @@ where
                 StateProj::Fetching { token, pending } => {
                     let token = ready!(token.as_mut().poll(cx))?;
                     let Some((mut service, mut request)) = pending.take() else {
-                        return Poll::Ready(Err("response future polled after completion".into()));
+                        polled_after_completion(NAME)
                     };
                     attach(&mut request, &token);
                     State::Calling {
                         future: service.call(request),
                     }
                 }
+                StateProj::Done => polled_after_completion(NAME),
             };
             self.as_mut().project().state.set(next);
         }

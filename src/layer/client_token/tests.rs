@@ -12,6 +12,7 @@ use tower_service::Service;
 
 use super::ClientTokenLayer;
 use crate::jwt::{BearerToken, CachedTokenProvider, TokenProvider, TokenProviderError};
+use crate::layer::test_support::second_poll_panic;
 
 type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
 
@@ -130,4 +131,32 @@ async fn provider_failure_is_an_error_not_a_tokenless_request() {
         .await
         .unwrap();
     assert!(result.is_err());
+}
+
+/// Polled again after it returned, the future panics naming itself: with a static token, with
+/// a provider's token, and after the provider failed.
+#[tokio::test]
+async fn a_response_future_polled_after_completion_panics() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let layers = [
+        ClientTokenLayer::new(BearerToken::new("abc.def.ghi").unwrap()),
+        ClientTokenLayer::provider(Counting {
+            calls: calls.clone(),
+            lifetime: 3600,
+            fail: false,
+        }),
+        ClientTokenLayer::provider(Failing),
+    ];
+    for layer in layers {
+        let mut service = layer.layer(echo_auth());
+        let future = service.call(Request::new(()));
+        let message = tokio::time::timeout(STEP, second_poll_panic(future))
+            .await
+            .unwrap();
+        assert_eq!(
+            message, "`layer::client_token::ResponseFuture` polled after completion",
+            "{layer:?}"
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
 }

@@ -11,7 +11,10 @@ use tower_service::Service;
 use super::layer::Config;
 use super::service::{admit, token_rejection};
 use crate::PeerIdentity;
-use crate::layer::{DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder};
+use crate::layer::{RejectionBody, RejectionResponder, polled_after_completion};
+
+/// The name a panic gives when this future is polled after completion.
+const NAME: &str = "layer::jwt::ResponseFuture";
 
 /// The key refresh a request waits for.
 pub(super) type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send + 'static>>;
@@ -29,6 +32,9 @@ pub(super) struct Pending<S, B, R> {
 
 pin_project! {
     /// The response future of [`Jwt`](super::Jwt).
+    ///
+    /// Like every response future of this crate's layers, it panics when polled again after it
+    /// returned its output.
     pub struct ResponseFuture<S, ReqBody, R>
     where
         S: Service<Request<ReqBody>>,
@@ -86,6 +92,8 @@ pin_project! {
             refresh: BoxFuture,
             pending: Option<Pending<S, ReqBody, R>>,
         },
+        /// The output was returned.
+        Done,
     }
 }
 
@@ -98,6 +106,7 @@ where
             State::Called { .. } => "called",
             State::Rejected { .. } => "rejected",
             State::Refreshing { .. } => "refreshing keys",
+            State::Done => "done",
         };
         f.debug_struct("ResponseFuture")
             .field("state", &state)
@@ -113,33 +122,35 @@ where
 {
     type Output = Result<Response<ResBody>, S::Error>;
 
+    /// Panics when polled again after it returned its output.
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let output = ready!(self.as_mut().poll_state(cx));
+        self.project().state.set(State::Done);
+        Poll::Ready(output)
+    }
+}
+
+impl<S, ReqBody, ResBody, R> ResponseFuture<S, ReqBody, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RejectionResponder,
+    ResBody: RejectionBody,
+{
+    fn poll_state(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Result<Response<ResBody>, S::Error>> {
         loop {
             let next = match self.as_mut().project().state.project() {
                 StateProj::Called { future } => return future.poll(cx),
-                StateProj::Rejected { response } => {
-                    return match response.take() {
-                        Some(response) => Poll::Ready(Ok(response)),
-                        // Polled after completion: answer again rather than panic.
-                        None => Poll::Ready(Ok(DefaultResponder.respond(
-                            &Rejection::new(
-                                RejectionKind::InvalidToken,
-                                "request already answered",
-                            ),
-                            false,
-                        ))),
-                    };
-                }
+                StateProj::Rejected { response } => match response.take() {
+                    Some(response) => return Poll::Ready(Ok(response)),
+                    None => polled_after_completion(NAME),
+                },
                 StateProj::Refreshing { refresh, pending } => {
                     ready!(refresh.as_mut().poll(cx));
                     let Some(pending) = pending.take() else {
-                        return Poll::Ready(Ok(DefaultResponder.respond(
-                            &Rejection::new(
-                                RejectionKind::InvalidToken,
-                                "request already answered",
-                            ),
-                            false,
-                        )));
+                        polled_after_completion(NAME)
                     };
                     let Pending {
                         mut service,
@@ -164,6 +175,7 @@ where
                         },
                     }
                 }
+                StateProj::Done => polled_after_completion(NAME),
             };
             self.as_mut().project().state.set(next);
         }

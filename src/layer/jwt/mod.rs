@@ -27,7 +27,8 @@
 //! - Every failure is a [`Rejection`](crate::layer::Rejection) answered by the
 //!   [`RejectionResponder`](crate::layer::RejectionResponder) (401
 //!   `invalid_token`, 403 `insufficient_scope`, or their gRPC statuses); the inner service is
-//!   not called. Nothing here answers 500 or panics on any input.
+//!   not called. Nothing here answers 500 or panics on any input (a [`ResponseFuture`] polled
+//!   again after it completed panics, as most futures do: that is the caller's bug, not input).
 
 mod future;
 mod layer;

@@ -4,6 +4,7 @@ use std::time::{Duration, SystemTime};
 use http::StatusCode;
 use serde_json::json;
 use tower::ServiceExt;
+use tower_service::Service;
 
 use http::{Request, Response, header};
 use tower_layer::Layer;
@@ -13,6 +14,7 @@ use crate::PeerIdentity;
 use crate::jwt::test_support::*;
 use crate::jwt::{Algorithm, JwtValidatorBuilder, KeySource};
 use crate::jwt::{JwtValidator, TokenErrorKind, VerifiedClaims};
+use crate::layer::test_support::second_poll_panic;
 use crate::layer::{Rejection, RejectionKind};
 use crate::testkit::TokenIssuer;
 
@@ -389,10 +391,8 @@ async fn good_paths_es256_eddsa_rs256_and_aud_list() {
     }
 }
 
-#[tokio::test]
-async fn rotation_through_the_layer_waits_for_the_refresh() {
-    let mut issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
-    let fetcher = TestFetcher::new(issuer.jwks());
+/// A layer whose keys come from `fetcher`, refreshed for every unknown key id.
+async fn refreshing_layer(fetcher: &TestFetcher) -> JwtLayer {
     let keys = within(
         KeySource::jwks_url(fetcher.clone())
             .unknown_kid_interval(Duration::ZERO)
@@ -400,15 +400,21 @@ async fn rotation_through_the_layer_waits_for_the_refresh() {
     )
     .await
     .unwrap();
-    let c = caller();
-    let layer = JwtLayer::new(
+    JwtLayer::new(
         JwtValidator::access_tokens(AUDIENCE)
             .issuer(ISSUER)
             .key_source(keys)
             .build()
             .unwrap(),
     )
-    .require_scope("read");
+}
+
+#[tokio::test]
+async fn rotation_through_the_layer_waits_for_the_refresh() {
+    let mut issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+    let fetcher = TestFetcher::new(issuer.jwks());
+    let c = caller();
+    let layer = refreshing_layer(&fetcher).await.require_scope("read");
 
     issuer.add_key("k2", Algorithm::EdDSA).unwrap();
     let rotated = issuer
@@ -495,4 +501,46 @@ async fn rejections_carry_the_typed_cause() {
         cause(&response),
         (RejectionKind::MissingPeerIdentity, None, None, None)
     );
+}
+
+/// Polled again after it returned, the future panics naming itself: after a rejection, after
+/// the inner service answered, and after waiting for a key refresh.
+#[tokio::test]
+async fn a_response_future_polled_after_completion_panics() {
+    const MESSAGE: &str = "`layer::jwt::ResponseFuture` polled after completion";
+    let mut issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256).unwrap();
+    let c = caller();
+    let layer = JwtLayer::new(validator(&issuer).build().unwrap());
+    let good = issuer
+        .token()
+        .audience(AUDIENCE)
+        .subject("alice")
+        .sign()
+        .unwrap();
+    for request in [
+        request(None, Some(&c.peer)),
+        request(Some(&good), Some(&c.peer)),
+    ] {
+        let mut service = layer.layer(tower::service_fn(handler));
+        within(service.ready()).await.unwrap();
+        let message = within(second_poll_panic(service.call(request))).await;
+        assert_eq!(message, MESSAGE);
+    }
+
+    let fetcher = TestFetcher::new(issuer.jwks());
+    let refreshing = refreshing_layer(&fetcher).await;
+    issuer.add_key("k2", Algorithm::ES256).unwrap();
+    let rotated = issuer.token().key("k2").audience(AUDIENCE).sign().unwrap();
+    for publish in [false, true] {
+        if publish {
+            fetcher.serve(Ok(issuer.jwks()));
+        }
+        let mut service = refreshing.layer(tower::service_fn(handler));
+        within(service.ready()).await.unwrap();
+        let future = service.call(request(Some(&rotated), Some(&c.peer)));
+        assert!(format!("{future:?}").contains("refreshing keys"));
+        let message = within(second_poll_panic(future)).await;
+        assert_eq!(message, MESSAGE);
+    }
+    assert_eq!(fetcher.fetches(), 3);
 }
