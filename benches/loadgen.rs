@@ -68,7 +68,8 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use secure_channel::authz::PolicySource;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
-use secure_channel::layer::{AuthorizeLayer, JwtLayer};
+use secure_channel::layer::authorize::AuthorizeLayer;
+use secure_channel::layer::jwt::JwtLayer;
 use secure_channel::testkit::{DevCa, TokenIssuer};
 use secure_channel::{
     Credentials, MemorySource, SecureChannel, Svid, TrustBundle, TrustBundles, TrustDomain,

@@ -27,7 +27,8 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use secure_channel::layer::{BearerToken, ClientTokenLayer};
+use secure_channel::jwt::BearerToken;
+use secure_channel::layer::client_token::ClientTokenLayer;
 use secure_channel::{CredentialSource, SecureChannel, TrustDomain};
 use tower::{ServiceBuilder, ServiceExt};
 

@@ -37,8 +37,8 @@ use axum::routing::get;
 use secure_channel::authz::PolicySource;
 use secure_channel::integration::axum::{LayeredRouter, layer_before_routing};
 use secure_channel::jwt::{JwtValidator, KeySource, VerifiedClaims};
-use secure_channel::layer::Jwt;
-use secure_channel::layer::{AuthorizeLayer, JwtLayer};
+use secure_channel::layer::authorize::AuthorizeLayer;
+use secure_channel::layer::jwt::{Jwt, JwtLayer};
 use secure_channel::{
     AllowList, CredentialSource, IdMatcher, PeerIdentity, SecureChannel, TrustDomain,
 };

@@ -17,7 +17,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use metrics_exporter_prometheus::PrometheusBuilder;
 use secure_channel::authz::{Policy, PolicySource};
-use secure_channel::layer::AuthorizeLayer;
+use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::testkit::DevCa;
 use secure_channel::{MemorySource, PeerIdentity, SecureChannel};
 

@@ -252,7 +252,7 @@ impl SecureChannelBuilder {
     /// Also allows, at the handshake, every client that some allow rule of `policy` could ever
     /// admit (following the policy as it reloads); a client that no rule names is refused before
     /// it can send a request. The per-request decision stays with
-    /// [`AuthorizeLayer`](crate::layer::AuthorizeLayer) on the same policy.
+    /// [`AuthorizeLayer`](crate::layer::authorize::AuthorizeLayer) on the same policy.
     pub fn allow_clients_by_policy(mut self, policy: &crate::authz::PolicySource) -> Self {
         self.admission = Some(Arc::new(policy.clone()));
         self

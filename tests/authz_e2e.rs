@@ -15,7 +15,7 @@ use hyper_util::rt::TokioExecutor;
 use secure_channel::authz::{Policy, PolicySource};
 use secure_channel::identity::PeerRejection;
 use secure_channel::integration::axum::layer_before_routing;
-use secure_channel::layer::AuthorizeLayer;
+use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::testkit::DevCa;
 use secure_channel::testkit::whoami::{WhoAmIService, whoami};
 use secure_channel::{ConnectionError, MemorySource, PeerIdentity, SecureChannel};

@@ -13,12 +13,20 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
+use secure_channel::authz::{Policy, Rule};
 use secure_channel::integration::jwks::HttpsJwksFetcher;
-use secure_channel::jwt::{Algorithm, JwtValidator, KeySource, VerifiedClaims};
-use secure_channel::layer::{BearerToken, ClientTokenLayer, JwtLayer};
+use secure_channel::jwt::{
+    Algorithm, BearerToken, JwtValidator, KeySource, TokenErrorKind, VerifiedClaims,
+};
+use secure_channel::layer::authorize::AuthorizeLayer;
+use secure_channel::layer::client_token::ClientTokenLayer;
+use secure_channel::layer::jwt::JwtLayer;
+use secure_channel::layer::{DefaultResponder, Rejection, RejectionResponder};
 use secure_channel::testkit::{DevCa, IssuedSvid, TokenIssuer};
 use secure_channel::transport::WebPkiConnector;
-use secure_channel::{Credentials, MemorySource, PeerIdentity, SecureChannel, TrustBundles};
+use secure_channel::{
+    Credentials, MemorySource, PeerIdentity, SecureChannel, SecureListener, TrustBundles,
+};
 use support::*;
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -37,6 +45,18 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
+    setup_with(|listener, routes, validator| {
+        tokio::spawn(async move {
+            secure_channel::integration::axum::serve(listener, routes)
+                .jwt(JwtLayer::new(validator).require_scope("orders.read"))
+                .await
+        });
+    })
+    .await
+}
+
+/// The server of [`setup`], served by `serve` from its listener, routes and token validator.
+async fn setup_with(serve: impl FnOnce(SecureListener, Router, JwtValidator)) -> Setup {
     init_tracing();
     let ca = DevCa::new("example.org").unwrap();
     let issuer = TokenIssuer::new(ISSUER, "key-1", Algorithm::ES256).unwrap();
@@ -66,11 +86,7 @@ async fn setup() -> Setup {
         .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
         .unwrap();
     let addr = listener.local_addr();
-    tokio::spawn(async move {
-        secure_channel::integration::axum::serve(listener, routes)
-            .jwt(JwtLayer::new(validator).require_scope("orders.read"))
-            .await
-    });
+    serve(listener, routes, validator);
     Setup {
         ca,
         issuer,
@@ -394,4 +410,91 @@ async fn oversized_tokens_are_refused_while_good_ones_pass() {
         .sign()
         .unwrap();
     assert_eq!(call(&s, &web, Some(&good)).await.0, 200);
+}
+
+/// A closure answers the rejections of both layers over a real connection, from the typed
+/// cause each layer put in the rejection: the token error, the missing scope, the policy's
+/// reason.
+#[tokio::test]
+async fn a_closure_responder_answers_from_the_typed_cause() {
+    fn responder(rejection: &Rejection, grpc: bool) -> http::Response<Bytes> {
+        let text = match (
+            rejection.token_error(),
+            rejection.missing_scope(),
+            rejection.deny_reason(),
+        ) {
+            (Some(TokenErrorKind::Expired), _, _) => "renew your token".to_owned(),
+            (Some(other), _, _) => format!("token refused: {}", other.as_str()),
+            (_, Some(scope), _) => format!("ask for {scope}"),
+            (_, _, Some(reason)) => format!("denied: {}", reason.as_str()),
+            _ => return DefaultResponder.respond(rejection, grpc),
+        };
+        let mut response = http::Response::new(Bytes::from(text));
+        *response.status_mut() = rejection.status();
+        response.headers_mut().insert(
+            http::header::CONTENT_TYPE,
+            http::HeaderValue::from_static("text/plain"),
+        );
+        response
+    }
+    let policy = Policy::builder()
+        .rule(
+            Rule::allow("web-orders")
+                .principal(CLIENT_ID)
+                .route(http::Method::GET, "/orders"),
+        )
+        .build()
+        .unwrap();
+    let s = setup_with(move |listener, routes, validator| {
+        tokio::spawn(async move {
+            secure_channel::integration::axum::serve(listener, routes)
+                .jwt(
+                    JwtLayer::new(validator)
+                        .require_scope("orders.read")
+                        .responder(|rejection: &Rejection, grpc: bool| responder(rejection, grpc)),
+                )
+                .authorize(AuthorizeLayer::new(policy).responder(responder))
+                .await
+        });
+    })
+    .await;
+    let token = |w: &Workload| {
+        s.issuer
+            .token()
+            .audience(AUDIENCE)
+            .subject("alice")
+            .bound_to_svid(&w.svid)
+    };
+    let web = workload(&s, CLIENT_ID);
+    let other = workload(&s, OTHER_ID);
+
+    let expired = token(&web)
+        .scope("orders.read")
+        .expires_at(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+        .sign()
+        .unwrap();
+    assert_eq!(
+        call(&s, &web, Some(&expired)).await,
+        (401, None, "renew your token".to_owned())
+    );
+    let stolen = token(&other).scope("orders.read").sign().unwrap();
+    assert_eq!(
+        call(&s, &web, Some(&stolen)).await,
+        (401, None, "token refused: binding_mismatch".to_owned())
+    );
+    let unscoped = token(&web).sign().unwrap();
+    assert_eq!(
+        call(&s, &web, Some(&unscoped)).await,
+        (403, None, "ask for orders.read".to_owned())
+    );
+    let good = token(&other).scope("orders.read").sign().unwrap();
+    assert_eq!(
+        call(&s, &other, Some(&good)).await,
+        (403, None, "denied: no-matching-rule".to_owned())
+    );
+    let good = token(&web).scope("orders.read").sign().unwrap();
+    assert_eq!(
+        call(&s, &web, Some(&good)).await,
+        (200, None, format!("alice via {CLIENT_ID}"))
+    );
 }

@@ -16,11 +16,11 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secure_channel::jwt::{
-    Algorithm, JwtSvidSource, JwtSvidSourceError, JwtValidator, VerifiedClaims,
+    Algorithm, BearerToken, CachedTokenProvider, JwtSvidSource, JwtSvidSourceError, JwtValidator,
+    TokenProvider, VerifiedClaims,
 };
-use secure_channel::layer::{
-    BearerToken, CachedTokenProvider, ClientTokenLayer, JwtLayer, TokenProvider,
-};
+use secure_channel::layer::client_token::ClientTokenLayer;
+use secure_channel::layer::jwt::JwtLayer;
 use secure_channel::testkit::{DevCa, TokenIssuer, WorkloadApiServer};
 use secure_channel::{
     ConfigError, MemorySource, PeerIdentity, SecureChannel, SecureConnector, WorkloadApi,

@@ -26,7 +26,7 @@ use rustls::time_provider::TimeProvider;
 use rustls_pki_types::UnixTime;
 use secure_channel::identity::PeerRejection;
 use secure_channel::jwt::{JwtSvidSource, JwtValidator, TokenErrorKind};
-use secure_channel::layer::ClientTokenLayer;
+use secure_channel::layer::client_token::ClientTokenLayer;
 use secure_channel::{
     ConnectionError, CredentialSource, CredentialStatus, PeerIdentity, SecureChannel, SecureStream,
     TrustDomain,

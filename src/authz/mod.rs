@@ -83,7 +83,7 @@
 //! - The policy never reaches the caller: a denial answers 403 `forbidden` (gRPC
 //!   PERMISSION_DENIED) without saying which rule denied.
 //!
-//! [`AuthorizeLayer`]: crate::layer::AuthorizeLayer
+//! [`AuthorizeLayer`]: crate::layer::authorize::AuthorizeLayer
 
 mod audit;
 mod compile;

@@ -17,7 +17,7 @@ use crate::reload::{FileError, FileWatch, Live, Publish, Writer};
 /// Cheap to clone. A policy file is followed by a background thread that stops when the last
 /// handle (and every layer built from it) is dropped.
 ///
-/// [`AuthorizeLayer`]: crate::layer::AuthorizeLayer
+/// [`AuthorizeLayer`]: crate::layer::authorize::AuthorizeLayer
 #[derive(Clone)]
 pub struct PolicySource {
     live: Live<Policy>,

@@ -40,10 +40,9 @@ use tower_layer::{Identity, Layer};
 
 use crate::identity::PeerIdentity;
 use crate::integration::hyper::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_SIZE};
-use crate::layer::{
-    AuthorizeLayer, DefaultResponder, JwtLayer, Rejection, RejectionBody, RejectionKind,
-    RejectionResponder,
-};
+use crate::layer::authorize::AuthorizeLayer;
+use crate::layer::jwt::JwtLayer;
+use crate::layer::{DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder};
 use crate::transport::SecureListener;
 
 /// Serves `router` on every connection of `listener`, with the caller's [`PeerIdentity`] in
@@ -57,7 +56,7 @@ use crate::transport::SecureListener;
 /// #     tokens: secure_channel::jwt::JwtValidator,
 /// # ) -> std::io::Result<()> {
 /// use axum::{Router, routing::get};
-/// use secure_channel::layer::{AuthorizeLayer, JwtLayer};
+/// use secure_channel::layer::{authorize::AuthorizeLayer, jwt::JwtLayer};
 ///
 /// let app = Router::new().route("/orders", get(|| async { "[]" }));
 /// secure_channel::integration::axum::serve(listener, app)
@@ -216,12 +215,12 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 
 /// Applies `layer` to the whole `router`, routing included: the layer sees each request before
 /// axum matches its path, and the path it passes on (normalized, for
-/// [`AuthorizeLayer`](crate::layer::AuthorizeLayer)) is the one that gets routed.
+/// [`AuthorizeLayer`]) is the one that gets routed.
 ///
 /// Use it for this crate's layers. `Router::layer` runs middleware after routing, on the raw
 /// path: a request such as `/admin/../public/x` could then be authorized as `/public/x` but
 /// routed by the raw path to an `/admin/{*rest}` route. So an
-/// [`AuthorizeLayer`](crate::layer::AuthorizeLayer) that finds the request already routed
+/// [`AuthorizeLayer`] that finds the request already routed
 /// (axum's `MatchedPath` in its extensions, after `Router::layer` or `Router::route_layer`)
 /// refuses it with 403 whatever the policy says, and logs an error naming
 /// `layer_before_routing` (fail closed).
@@ -238,7 +237,7 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 /// # ) -> std::io::Result<()> {
 /// use axum::{Router, routing::get};
 /// use secure_channel::integration::axum::layer_before_routing;
-/// use secure_channel::layer::AuthorizeLayer;
+/// use secure_channel::layer::authorize::AuthorizeLayer;
 ///
 /// let routes = Router::new().route("/public/hello", get(|| async { "hello" }));
 /// let app = layer_before_routing(routes, AuthorizeLayer::new(policy));
@@ -288,7 +287,7 @@ where
     }
 }
 
-/// The claims of the request's validated token, set by [`JwtLayer`](crate::layer::JwtLayer);
+/// The claims of the request's validated token, set by [`JwtLayer`];
 /// without one (no JWT layer in front of the handler), the request is refused with 401.
 impl<S: Send + Sync> FromRequestParts<S> for crate::jwt::VerifiedClaims {
     type Rejection = Response;

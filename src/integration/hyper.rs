@@ -1,7 +1,7 @@
 //! Plain hyper: serve a tower service over a [`SecureListener`] with hyper-util's automatic
 //! HTTP/1.1 + HTTP/2 builder, the caller's [`PeerIdentity`] in every request's extensions.
 //!
-//! Works for any tower service; for an axum `Router`, [`integration::axum::serve`] assembles
+//! Works for any tower service; for an axum `Router`, [`integration::axum::serve`](crate::integration::axum::serve) assembles
 //! this crate's layers in front of it and serves it here. With the `axum` feature every request
 //! also carries axum's `ConnectInfo<SocketAddr>` (the client's address).
 //!

@@ -6,7 +6,7 @@
 //! [`KeySource`]: a static JWK set, a JWKS file (hot reloaded), a JWKS URL through a
 //! [`JwksFetcher`] (cached per Cache-Control, refreshed in the background and on unknown `kid`s),
 //! or SPIFFE [`JwtBundles`] by trust domain for JWT-SVIDs. The HTTP side is
-//! [`JwtLayer`](crate::layer::JwtLayer).
+//! [`JwtLayer`](crate::layer::jwt::JwtLayer).
 //!
 //! ```
 //! use secure_channel::jwt::{JwtValidator, KeySource};

@@ -9,8 +9,8 @@
 //! ```no_run
 //! use std::time::Duration;
 //!
-//! use secure_channel::jwt::{JwtSvidSource, JwtValidator};
-//! use secure_channel::layer::{CachedTokenProvider, ClientTokenLayer};
+//! use secure_channel::jwt::{CachedTokenProvider, JwtSvidSource, JwtValidator};
+//! use secure_channel::layer::client_token::ClientTokenLayer;
 //!
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! // SPIFFE_ENDPOINT_SOCKET unless `.endpoint(..)` names the agent's socket.
@@ -254,7 +254,7 @@ impl JwtSvidSource {
     }
 
     /// A [`TokenProvider`] of this workload's JWT-SVIDs for `audience` (one fetch per call:
-    /// wrap it in [`CachedTokenProvider`](crate::layer::CachedTokenProvider)).
+    /// wrap it in [`CachedTokenProvider`](crate::jwt::CachedTokenProvider)).
     pub fn token_provider(&self, audience: impl Into<String>) -> JwtSvidProvider {
         JwtSvidProvider {
             shared: Arc::clone(&self.shared),
@@ -278,7 +278,7 @@ impl fmt::Debug for JwtSvidSource {
 /// [`JwtSvidSource::token_provider`].
 ///
 /// Its tokens carry their expiry (the SVID's `exp`), so
-/// [`CachedTokenProvider`](crate::layer::CachedTokenProvider) reuses one until shortly before
+/// [`CachedTokenProvider`](crate::jwt::CachedTokenProvider) reuses one until shortly before
 /// it expires.
 #[derive(Clone)]
 pub struct JwtSvidProvider {

@@ -6,6 +6,9 @@ use std::fmt;
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
+use crate::authz::DenyReason;
+use crate::jwt::{TokenError, TokenErrorKind};
+
 /// What kind of rejection a layer made; decides the status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[non_exhaustive]
@@ -24,14 +27,30 @@ pub enum RejectionKind {
     Forbidden,
 }
 
+/// The typed cause a layer knows, beyond the kind.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Cause {
+    /// Nothing more than the kind (a rejection made with [`Rejection::new`]).
+    Unspecified,
+    /// The JWT layer refused the token.
+    Token(TokenErrorKind),
+    /// The JWT layer found the token without this scope.
+    MissingScope(String),
+    /// The authorization policy denied the request.
+    Denied(DenyReason),
+}
+
 /// A request refused by a layer.
 ///
 /// The description is meant for the caller: it never contains token or key material, nor the
-/// policy's internals.
+/// policy's internals. The typed cause ([`token_error`](Self::token_error),
+/// [`missing_scope`](Self::missing_scope), [`deny_reason`](Self::deny_reason)) is meant for a
+/// custom [`RejectionResponder`] and for logging; the [`DefaultResponder`] does not send it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
     kind: RejectionKind,
     description: Cow<'static, str>,
+    cause: Cause,
 }
 
 impl Rejection {
@@ -40,6 +59,37 @@ impl Rejection {
         Self {
             kind,
             description: description.into(),
+            cause: Cause::Unspecified,
+        }
+    }
+
+    /// The JWT layer's refusal of a token: [`RejectionKind::InvalidToken`] with the error's
+    /// kind and description.
+    pub(crate) fn invalid_token(error: &TokenError) -> Self {
+        Self {
+            cause: Cause::Token(error.kind()),
+            ..Self::new(RejectionKind::InvalidToken, error.description().to_owned())
+        }
+    }
+
+    /// The JWT layer's refusal of a valid token without `scope`:
+    /// [`RejectionKind::InsufficientScope`].
+    pub(crate) fn insufficient_scope(scope: &str) -> Self {
+        Self {
+            cause: Cause::MissingScope(scope.to_owned()),
+            ..Self::new(
+                RejectionKind::InsufficientScope,
+                format!("scope {scope} required"),
+            )
+        }
+    }
+
+    /// The policy's denial: [`RejectionKind::Forbidden`] with `reason` (every denial has one)
+    /// and a `description` that says nothing of the policy.
+    pub(crate) fn denied(reason: Option<DenyReason>, description: &'static str) -> Self {
+        Self {
+            cause: reason.map_or(Cause::Unspecified, Cause::Denied),
+            ..Self::new(RejectionKind::Forbidden, description)
         }
     }
 
@@ -51,6 +101,34 @@ impl Rejection {
     /// The description sent to the caller.
     pub fn description(&self) -> &str {
         &self.description
+    }
+
+    /// Why the JWT layer refused the bearer token (for [`RejectionKind::InvalidToken`]); `None`
+    /// for other rejections.
+    pub fn token_error(&self) -> Option<TokenErrorKind> {
+        match self.cause {
+            Cause::Token(kind) => Some(kind),
+            _ => None,
+        }
+    }
+
+    /// The required scope the token lacks (for [`RejectionKind::InsufficientScope`], the
+    /// first one the JWT layer found missing); `None` for other rejections.
+    pub fn missing_scope(&self) -> Option<&str> {
+        match &self.cause {
+            Cause::MissingScope(scope) => Some(scope),
+            _ => None,
+        }
+    }
+
+    /// Why the authorization policy denied the request (for [`RejectionKind::Forbidden`]);
+    /// `None` for other rejections, and for a request the authorization layer refused without
+    /// asking the policy (a layer applied after axum routing).
+    pub fn deny_reason(&self) -> Option<DenyReason> {
+        match self.cause {
+            Cause::Denied(reason) => Some(reason),
+            _ => None,
+        }
     }
 
     /// The HTTP status this rejection maps to.
@@ -101,6 +179,12 @@ impl RejectionBody for http_body_util::Full<Bytes> {
     }
 }
 
+impl RejectionBody for Bytes {
+    fn from_bytes(bytes: Bytes) -> Self {
+        bytes
+    }
+}
+
 impl RejectionBody for String {
     fn from_bytes(bytes: Bytes) -> Self {
         String::from_utf8_lossy(&bytes).into_owned()
@@ -118,9 +202,55 @@ impl<E> RejectionBody for http_body_util::combinators::UnsyncBoxBody<Bytes, E> {
 
 /// Turns rejections into responses. Replace the [`DefaultResponder`] to change bodies or
 /// headers; keep the status codes unless the callers' protocol needs others.
+///
+/// A closure `Fn(&Rejection, bool) -> Response<Bytes>` is a responder: it is given the
+/// rejection and whether the request was a gRPC call, and its response's body is turned into
+/// the service's body type with [`RejectionBody::from_bytes`]; the [`Rejection`] is then put in
+/// the response's extensions. Give the closure's argument types (`|rejection: &Rejection,
+/// grpc: bool|`), as nothing else tells the compiler what they are. The closure can start from
+/// the default response, `DefaultResponder.respond::<Bytes>(rejection, grpc)`, and change it.
+///
+/// ```
+/// use bytes::Bytes;
+/// use http::{Response, StatusCode};
+/// use secure_channel::jwt::{JwtValidator, KeySource, TokenErrorKind};
+/// use secure_channel::layer::jwt::JwtLayer;
+/// use secure_channel::layer::{DefaultResponder, Rejection, RejectionResponder};
+///
+/// # let jwks = r#"{"keys":[{"kty":"EC","crv":"P-256","kid":"k1","alg":"ES256",
+/// #     "x":"f83OJ3D2xF1Bg8vub9tLe1gHMzV76e8Tus9uPHvRVEU",
+/// #     "y":"x_FEzRu9m36HLN_tue659LNpXW6pCyStikYjKIWI5a0"}]}"#;
+/// # let validator = JwtValidator::access_tokens("https://api.example.org")
+/// #     .issuer("https://issuer.example.org")
+/// #     .key_source(KeySource::from_jwks(jwks)?)
+/// #     .build()?;
+/// // Tell HTTP callers with an expired token to fetch a new one; answer the rest as usual.
+/// let layer = JwtLayer::new(validator).responder(|rejection: &Rejection, grpc: bool| {
+///     if !grpc && rejection.token_error() == Some(TokenErrorKind::Expired) {
+///         let mut response = Response::new(Bytes::from_static(b"token expired: renew it"));
+///         *response.status_mut() = StatusCode::UNAUTHORIZED;
+///         response
+///     } else {
+///         DefaultResponder.respond(rejection, grpc)
+///     }
+/// });
+/// # let _ = layer;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 pub trait RejectionResponder: Clone + Send + Sync + 'static {
     /// The response for `rejection`; `grpc` says whether the request was a gRPC call.
     fn respond<B: RejectionBody>(&self, rejection: &Rejection, grpc: bool) -> Response<B>;
+}
+
+impl<F> RejectionResponder for F
+where
+    F: Fn(&Rejection, bool) -> Response<Bytes> + Clone + Send + Sync + 'static,
+{
+    fn respond<B: RejectionBody>(&self, rejection: &Rejection, grpc: bool) -> Response<B> {
+        let mut response = self(rejection, grpc).map(B::from_bytes);
+        response.extensions_mut().insert(rejection.clone());
+        response
+    }
 }
 
 /// The default mapping: a small JSON body for HTTP (with an RFC 6750 `WWW-Authenticate` header for
@@ -286,5 +416,69 @@ mod tests {
             assert_eq!(response.headers()["grpc-status"], code);
             assert_eq!(response.headers()["grpc-message"], "n%C3%B6");
         }
+    }
+
+    /// What the three accessors of the typed cause say.
+    fn causes(r: &Rejection) -> (Option<TokenErrorKind>, Option<&str>, Option<DenyReason>) {
+        (r.token_error(), r.missing_scope(), r.deny_reason())
+    }
+
+    #[test]
+    fn the_typed_cause_is_kept_and_only_its_own_accessor_answers() {
+        let plain = Rejection::new(RejectionKind::InvalidToken, "no validated token");
+        assert_eq!(causes(&plain), (None, None, None));
+
+        let token = Rejection::invalid_token(&TokenError::new(TokenErrorKind::Expired));
+        assert_eq!(token.kind(), RejectionKind::InvalidToken);
+        assert_eq!(token.description(), "token expired");
+        assert_eq!(causes(&token), (Some(TokenErrorKind::Expired), None, None));
+
+        let scope = Rejection::insufficient_scope("orders:write");
+        assert_eq!(scope.kind(), RejectionKind::InsufficientScope);
+        assert_eq!(scope.description(), "scope orders:write required");
+        assert_eq!(causes(&scope), (None, Some("orders:write"), None));
+
+        let denied = Rejection::denied(Some(DenyReason::DenyRule), "denied");
+        assert_eq!(denied.kind(), RejectionKind::Forbidden);
+        assert_eq!(denied.description(), "denied");
+        assert_eq!(causes(&denied), (None, None, Some(DenyReason::DenyRule)));
+        let unexplained = Rejection::denied(None, "denied");
+        assert_eq!(unexplained.deny_reason(), None);
+        assert_eq!(
+            unexplained,
+            Rejection::new(RejectionKind::Forbidden, "denied")
+        );
+        // The cause is part of the rejection's identity.
+        assert_ne!(denied, unexplained);
+    }
+
+    #[test]
+    fn a_closure_is_a_responder() {
+        let responder = |rejection: &Rejection, grpc: bool| {
+            let mut response =
+                Response::new(Bytes::from(format!("{:?} {grpc}", rejection.token_error())));
+            *response.status_mut() = StatusCode::IM_A_TEAPOT;
+            response
+                .headers_mut()
+                .insert("x-reason", HeaderValue::from_static("closure"));
+            response
+        };
+        let rejection = Rejection::invalid_token(&TokenError::new(TokenErrorKind::Missing));
+        for grpc in [false, true] {
+            let response: Response<String> = responder.respond(&rejection, grpc);
+            assert_eq!(response.status(), StatusCode::IM_A_TEAPOT);
+            assert_eq!(response.headers()["x-reason"], "closure");
+            assert_eq!(response.body(), &format!("Some(Missing) {grpc}"));
+            assert_eq!(response.extensions().get::<Rejection>(), Some(&rejection));
+        }
+
+        // Starting from the default response keeps its status, headers and body.
+        let default = |rejection: &Rejection, grpc: bool| DefaultResponder.respond(rejection, grpc);
+        let by_closure: Response<String> = default.respond(&rejection, false);
+        let direct: Response<String> = DefaultResponder.respond(&rejection, false);
+        assert_eq!(by_closure.status(), direct.status());
+        assert_eq!(by_closure.headers(), direct.headers());
+        assert_eq!(by_closure.body(), direct.body());
+        assert_eq!(by_closure.extensions().get::<Rejection>(), Some(&rejection));
     }
 }

@@ -1,0 +1,197 @@
+use std::borrow::Cow;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::uri::PathAndQuery;
+use http::{Request, Response, Uri};
+use tower_layer::Layer;
+use tower_service::Service;
+
+use super::layer::Config;
+use super::{AuthorizeLayer, ResponseFuture};
+use crate::authz::{AUDIT_TARGET, AuthzRequest, Decision, PolicySource, encode_normalized};
+use crate::jwt::VerifiedClaims;
+use crate::layer::{
+    DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
+};
+
+/// What a denied caller is told: nothing about the policy.
+pub(super) const FORBIDDEN: &str = "the caller is not allowed to call this route";
+const NO_IDENTITY: &str = "no verified peer identity";
+
+/// The service of [`AuthorizeLayer`].
+pub struct Authorize<S, R = DefaultResponder> {
+    pub(super) inner: S,
+    pub(super) config: Arc<Config<R>>,
+}
+
+impl<S> Authorize<S> {
+    /// Wraps `inner` with `policy`.
+    pub fn new(inner: S, policy: impl Into<PolicySource>) -> Self {
+        AuthorizeLayer::new(policy).layer(inner)
+    }
+
+    /// A layer for `policy`; same as [`AuthorizeLayer::new`].
+    pub fn layer(policy: impl Into<PolicySource>) -> AuthorizeLayer {
+        AuthorizeLayer::new(policy)
+    }
+}
+
+impl<S, R> Authorize<S, R> {
+    define_inner_service_accessors!();
+}
+
+impl<S: Clone, R> Clone for Authorize<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            config: Arc::clone(&self.config),
+        }
+    }
+}
+
+impl<S: std::fmt::Debug, R> std::fmt::Debug for Authorize<S, R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authorize")
+            .field("inner", &self.inner)
+            .field("policy", &self.config.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the layer does with one request.
+enum Outcome {
+    Pass {
+        decision: Decision,
+        rewrite: Option<String>,
+    },
+    Reject(Rejection),
+}
+
+/// The route axum matched, when the request was already routed: the layer then runs after
+/// routing (`Router::layer`, `Router::route_layer`), on a path that may not be the routed one.
+#[cfg(feature = "axum")]
+fn routed_by_axum<B>(request: &Request<B>) -> Option<&str> {
+    request
+        .extensions()
+        .get::<axum::extract::MatchedPath>()
+        .map(axum::extract::MatchedPath::as_str)
+}
+
+/// Refuses a request that axum routed before this layer saw it (fail closed), logging the
+/// misuse at ERROR once per layer (then at DEBUG, so that the log is not flooded).
+#[cfg(feature = "axum")]
+fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Option<Rejection> {
+    let route = routed_by_axum(request)?;
+    let first = !config
+        .after_routing_reported
+        .swap(true, std::sync::atomic::Ordering::Relaxed);
+    if first {
+        tracing::error!(
+            target: AUDIT_TARGET,
+            method = %request.method(),
+            path = ?request.uri().path(),
+            route,
+            reason = "layer_before_routing",
+            "AuthorizeLayer runs after axum routing (Router::layer or route_layer), so the routed \
+             path may not be the authorized one: every request is refused with 403. Apply it with \
+             secure_channel::integration::axum::layer_before_routing(router, layer)"
+        );
+    } else {
+        tracing::debug!(
+            target: AUDIT_TARGET,
+            method = %request.method(),
+            path = ?request.uri().path(),
+            route,
+            reason = "layer_before_routing",
+            "request refused: AuthorizeLayer runs after axum routing"
+        );
+    }
+    Some(Rejection::new(RejectionKind::Forbidden, FORBIDDEN))
+}
+
+fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
+    let Some(peer) = crate::layer::peer_identity(request.extensions()) else {
+        tracing::info!(
+            target: AUDIT_TARGET,
+            method = %request.method(),
+            path = ?request.uri().path(),
+            decision = "deny",
+            reason = "missing-peer-identity",
+            "request refused: no verified peer identity"
+        );
+        return Outcome::Reject(Rejection::new(
+            RejectionKind::MissingPeerIdentity,
+            NO_IDENTITY,
+        ));
+    };
+    let policy = policy.load();
+    let authz = AuthzRequest::new(peer.spiffe_id(), request.method(), request.uri().path())
+        .with_claims(request.extensions().get::<VerifiedClaims>());
+    let (decision, normalized) = policy.decide(&authz);
+    policy.record(&authz, &decision);
+    if !decision.passes() {
+        return Outcome::Reject(Rejection::denied(decision.deny_reason(), FORBIDDEN));
+    }
+    let rewrite = match normalized {
+        Ok(Cow::Owned(path)) => Some(encode_normalized(&path)),
+        Ok(Cow::Borrowed(_)) | Err(_) => None,
+    };
+    Outcome::Pass { decision, rewrite }
+}
+
+fn rewrite_path(uri: &Uri, path: &str) -> Option<Uri> {
+    let path_and_query = match uri.query() {
+        Some(query) => PathAndQuery::try_from(format!("{path}?{query}")).ok()?,
+        None => PathAndQuery::try_from(path).ok()?,
+    };
+    let mut parts = uri.clone().into_parts();
+    parts.path_and_query = Some(path_and_query);
+    Uri::from_parts(parts).ok()
+}
+
+impl<S, R, ReqBody, ResBody> Service<Request<ReqBody>> for Authorize<S, R>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>>,
+    R: RejectionResponder,
+    ResBody: RejectionBody,
+{
+    type Response = Response<ResBody>;
+    type Error = S::Error;
+    type Future = ResponseFuture<S::Future, ResBody>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // Whether the caller speaks gRPC matters only for a rejection's form.
+        let rejected = |rejection: Rejection, request: &Request<ReqBody>| {
+            ResponseFuture::rejected(self.config.responder.respond(&rejection, is_grpc(request)))
+        };
+        #[cfg(feature = "axum")]
+        if let Some(rejection) = refuse_after_routing(&self.config, &request) {
+            return rejected(rejection, &request);
+        }
+        match decide(&self.config.policy, &request) {
+            Outcome::Reject(rejection) => rejected(rejection, &request),
+            Outcome::Pass { decision, rewrite } => {
+                if let Some(path) = rewrite {
+                    match rewrite_path(request.uri(), &path) {
+                        Some(uri) => *request.uri_mut() = uri,
+                        // Cannot happen with an encoded path; fail closed all the same.
+                        None if decision.is_allowed() => {
+                            return rejected(
+                                Rejection::new(RejectionKind::Forbidden, FORBIDDEN),
+                                &request,
+                            );
+                        }
+                        None => {}
+                    }
+                }
+                request.extensions_mut().insert(decision);
+                ResponseFuture::called(self.inner.call(request))
+            }
+        }
+    }
+}
