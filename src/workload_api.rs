@@ -4,7 +4,8 @@
 
 use std::time::Duration;
 
-use crate::jwt::{JwtSvidSource, JwtSvidSourceError};
+use crate::jwt::{JwtSvidSource, JwtSvidSourceBuilder, JwtSvidSourceError};
+use crate::source::WorkloadApiSourceBuilder;
 use crate::{ConfigError, CredentialSource};
 
 /// Both sources of the SPIFFE Workload API, connected with one builder: the X.509 credential
@@ -33,13 +34,12 @@ pub struct WorkloadApi {
     jwt: JwtSvidSource,
 }
 
-/// Builds a [`WorkloadApi`]; see [`WorkloadApi::builder`].
+/// Builds a [`WorkloadApi`]; see [`WorkloadApi::builder`]. Each setting goes to both halves.
 #[derive(Debug, Clone)]
 #[must_use]
 pub struct WorkloadApiBuilder {
-    endpoint: Option<String>,
-    initial_timeout: Duration,
-    jwt_fetch_timeout: Duration,
+    x509: WorkloadApiSourceBuilder,
+    jwt: JwtSvidSourceBuilder,
 }
 
 /// Why [`WorkloadApiBuilder::connect`] failed: which half, and why.
@@ -60,9 +60,8 @@ impl WorkloadApi {
     /// first update.
     pub fn builder() -> WorkloadApiBuilder {
         WorkloadApiBuilder {
-            endpoint: None,
-            initial_timeout: Duration::from_secs(30),
-            jwt_fetch_timeout: Duration::from_secs(10),
+            x509: CredentialSource::from_workload_api(),
+            jwt: JwtSvidSource::builder(),
         }
     }
 
@@ -84,35 +83,34 @@ impl WorkloadApi {
 
 impl WorkloadApiBuilder {
     /// The Workload API endpoint, such as `unix:/run/spire/agent.sock`.
-    pub fn endpoint(mut self, endpoint: impl Into<String>) -> Self {
-        self.endpoint = Some(endpoint.into());
-        self
+    pub fn endpoint(self, endpoint: impl Into<String>) -> Self {
+        let endpoint = endpoint.into();
+        Self {
+            x509: self.x509.endpoint(endpoint.clone()),
+            jwt: self.jwt.endpoint(endpoint),
+        }
     }
 
     /// How long [`connect`](Self::connect) waits for each half's first update (default 30 s).
-    pub fn initial_timeout(mut self, timeout: Duration) -> Self {
-        self.initial_timeout = timeout;
-        self
+    pub fn initial_timeout(self, timeout: Duration) -> Self {
+        Self {
+            x509: self.x509.initial_timeout(timeout),
+            jwt: self.jwt.initial_timeout(timeout),
+        }
     }
 
     /// Bounds each JWT-SVID fetch of the JWT half (default 10 s).
-    pub fn jwt_fetch_timeout(mut self, timeout: Duration) -> Self {
-        self.jwt_fetch_timeout = timeout;
-        self
+    pub fn jwt_fetch_timeout(self, timeout: Duration) -> Self {
+        Self {
+            jwt: self.jwt.fetch_timeout(timeout),
+            ..self
+        }
     }
 
     /// Connects both halves at once and waits for their first updates; fails if either fails.
     pub async fn connect(self) -> Result<WorkloadApi, WorkloadApiError> {
-        let mut x509 = CredentialSource::from_workload_api().initial_timeout(self.initial_timeout);
-        let mut jwt = JwtSvidSource::builder()
-            .initial_timeout(self.initial_timeout)
-            .fetch_timeout(self.jwt_fetch_timeout);
-        if let Some(endpoint) = &self.endpoint {
-            x509 = x509.endpoint(endpoint.clone());
-            jwt = jwt.endpoint(endpoint.clone());
-        }
         // The half that succeeds is dropped (and stops following) when the other fails.
-        let (x509, jwt) = tokio::join!(x509.connect(), jwt.connect());
+        let (x509, jwt) = tokio::join!(self.x509.connect(), self.jwt.connect());
         Ok(WorkloadApi {
             x509: x509?,
             jwt: jwt?,
