@@ -244,6 +244,7 @@ pub(crate) fn workload_api_endpoint(configured: Option<&str>) -> String {
 /// whether the file holds credentials, a JWK set or a policy.
 #[derive(Debug, thiserror::Error)]
 #[error("file {}: cannot be read: {error}", path.display())]
+#[non_exhaustive]
 pub struct ReadError {
     /// The file.
     pub path: PathBuf,
