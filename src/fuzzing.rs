@@ -13,10 +13,11 @@ use rustls_pki_types::{CertificateDer, UnixTime};
 use serde_json::{Map, Value};
 use spiffe::SpiffeId;
 
+use crate::identity::PeerRejection;
 use crate::identity::{AllowList, PeerIdentity};
 use crate::jwt::VerifiedClaims;
 use crate::source::CredentialSource;
-use crate::tls::{PeerRejection, TlsConfigs, TlsPolicy};
+use crate::tls::{TlsConfigs, TlsPolicy};
 
 /// The X.509-SVID verifiers of a channel (clients side and servers side), as a `SecureChannel`
 /// built from the same source and allow-lists would hold them.
