@@ -234,3 +234,37 @@ fn client_config(
     client.resumption = Resumption::store(sessions.clone());
     Ok(Arc::new(client))
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    fn tls12_suites(policy: TlsPolicy) -> Vec<CipherSuite> {
+        let base = crate::crypto::default_provider().unwrap();
+        let provider = policy.provider(&base).unwrap();
+        provider
+            .cipher_suites
+            .iter()
+            .filter(|suite| matches!(suite, rustls::SupportedCipherSuite::Tls12(_)))
+            .map(|suite| suite.suite())
+            .collect()
+    }
+
+    /// Without `allow_tls12` no TLS 1.2 suite is configured (so none is listed in a ClientHello,
+    /// which rustls fills from the provider's suites); with it, only the ECDHE AEAD ones.
+    #[test]
+    fn tls12_suites_only_when_opted_in_and_only_ecdhe_aead() {
+        assert_eq!(tls12_suites(TlsPolicy::default()), []);
+        let suites = tls12_suites(TlsPolicy {
+            allow_tls12: true,
+            ..TlsPolicy::default()
+        });
+        assert!(!suites.is_empty());
+        assert!(
+            suites.iter().all(|suite| TLS12_SUITES.contains(suite)),
+            "{suites:?}"
+        );
+    }
+}

@@ -144,3 +144,44 @@ pub(crate) fn refuses_certificate(alert: rustls::AlertDescription) -> bool {
             | A::CertificateRequired
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use rustls::AlertDescription as A;
+
+    use super::*;
+
+    /// The certificate alerts a client reads as the server refusing its SVID, each with its TLS
+    /// name; `access_denied` and `unknown_ca` have their own advice, the others say to check the
+    /// SVID and the bundle. Other alerts are not refusals of the certificate.
+    #[test]
+    fn certificate_alerts_are_refusals_with_their_names_and_advice() {
+        for (alert, name) in [
+            (A::AccessDenied, "access_denied"),
+            (A::UnknownCA, "unknown_ca"),
+            (A::BadCertificate, "bad_certificate"),
+            (A::CertificateUnknown, "certificate_unknown"),
+            (A::CertificateExpired, "certificate_expired"),
+            (A::CertificateRevoked, "certificate_revoked"),
+            (A::UnsupportedCertificate, "unsupported_certificate"),
+            (A::CertificateRequired, "certificate_required"),
+        ] {
+            assert!(refuses_certificate(alert), "{alert:?}");
+            let (shown, advice) = refusal_advice(alert);
+            assert_eq!(shown, name);
+            let expected = match alert {
+                A::AccessDenied => "allow-list",
+                A::UnknownCA => "trust bundle of this ID's trust domain",
+                _ => CHECK_TRUST,
+            };
+            assert!(advice.contains(expected), "{alert:?}: {advice}");
+        }
+        for alert in [A::HandshakeFailure, A::DecodeError, A::ProtocolVersion] {
+            assert!(!refuses_certificate(alert), "{alert:?}");
+            assert_eq!(
+                refusal_advice(alert),
+                ("about its certificate", CHECK_TRUST)
+            );
+        }
+    }
+}

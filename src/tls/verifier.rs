@@ -659,6 +659,40 @@ mod tests {
         );
     }
 
+    /// Entries of different leaves are kept side by side, each in its own slot, and an entry
+    /// counts its leaf and path bytes plus the fixed overhead.
+    #[test]
+    fn entries_of_different_leaves_are_kept_side_by_side_and_counted_exactly() {
+        let cache = VerifiedChains::default();
+        let (a, b, ca) = (cert(b"leaf a"), cert(b"leaf b"), cert(b"intermediate"));
+        cache.insert(cache.key(&a), 7, entry(&a, std::slice::from_ref(&ca)));
+        cache.insert(cache.key(&b), 7, entry(&b, &[]));
+        assert!(
+            cache
+                .get(cache.key(&a), &a, std::slice::from_ref(&ca), 7, at(150))
+                .is_some()
+        );
+        assert!(cache.get(cache.key(&b), &b, &[], 7, at(150)).is_some());
+        assert_eq!(cache.usage(), (2, 2 * ENTRY_OVERHEAD + 6 + 12 + 6));
+    }
+
+    /// Entries adding up to exactly the byte bound are all kept; the next one starts over.
+    #[test]
+    fn the_byte_bound_is_exact() {
+        let cache = VerifiedChains::default();
+        let quarter = VERIFIED_CHAINS_MAX_BYTES / 4 - ENTRY_OVERHEAD;
+        for i in 0u8..4 {
+            let mut bytes = vec![0u8; quarter];
+            bytes[0] = i;
+            let leaf = cert(&bytes);
+            cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+        }
+        assert_eq!(cache.usage(), (4, VERIFIED_CHAINS_MAX_BYTES));
+        let one_more = cert(b"one more");
+        cache.insert(cache.key(&one_more), 1, entry(&one_more, &[]));
+        assert_eq!(cache.usage(), (1, ENTRY_OVERHEAD + 8));
+    }
+
     /// The verifier with real certificates: the rustls entry points and `identify`.
     #[cfg(feature = "testkit")]
     mod with_certificates {
@@ -741,6 +775,39 @@ mod tests {
                 .verify_server_cert(untrusted.leaf(), &[], &name, &[], now)
                 .unwrap_err();
             assert_eq!(rejection(error), rustls::CertificateError::UnknownIssuer);
+        }
+
+        /// Exactly [`MAX_INTERMEDIATES`] presented intermediates are examined (those the path
+        /// does not need are ignored by webpki); one more is refused before path building.
+        #[test]
+        fn the_intermediate_limit_is_exact() {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            let verifier = verifier(&source, Side::Clients);
+            let svid = ca.svid(ALLOWED).issue().unwrap();
+            // Certificates the path does not use: other SVIDs of the same CA.
+            let unused: Vec<_> = (0..=MAX_INTERMEDIATES)
+                .map(|i| {
+                    let id = format!("spiffe://example.org/unused/{i}");
+                    ca.svid(&id).issue().unwrap().leaf().clone()
+                })
+                .collect();
+            let now = unix(SystemTime::now());
+            // Refused first: an admitted chain is cached, and the cache is asked first.
+            match verifier.verify(svid.leaf(), &unused, now) {
+                Err(PeerRejection::InvalidChain {
+                    reason: ChainError::TooManyIntermediates { presented, limit },
+                    ..
+                }) => assert_eq!(
+                    (presented, limit),
+                    (MAX_INTERMEDIATES + 1, MAX_INTERMEDIATES)
+                ),
+                other => panic!("expected TooManyIntermediates, got {other:?}"),
+            }
+            let identity = verifier
+                .verify(svid.leaf(), &unused[..MAX_INTERMEDIATES], now)
+                .unwrap();
+            assert_eq!(identity.spiffe_id().to_string(), ALLOWED);
         }
 
         #[test]
