@@ -607,6 +607,12 @@ fn builder_refuses_unsafe_or_invalid_rules() {
                 .route_any_method("/a"),
             "name",
         ),
+        (
+            Rule::allow("n".repeat(65))
+                .principal("spiffe://example.org/a")
+                .route_any_method("/a"),
+            "name",
+        ),
     ];
     for (rule, field) in cases {
         let debug = format!("{rule:?}");
@@ -638,6 +644,18 @@ fn builder_refuses_unsafe_or_invalid_rules() {
         matches!(err, PolicyError::DuplicateRuleName { ref name, .. } if name == "r"),
         "{err}"
     );
+    assert_eq!(err.field(), Some("name"));
+    // The boundaries of what is valid: a 64-character name, any integer claim value.
+    let rule = |name: String| {
+        Rule::allow(name)
+            .principal("spiffe://example.org/a")
+            .route_any_method("/a")
+    };
+    assert!(Policy::builder().rule(rule("n".repeat(64))).build().is_ok());
+    for value in [json!(-1), json!(u64::MAX)] {
+        let rule = rule("r".into()).require_claim("level", value.clone());
+        assert!(Policy::builder().rule(rule).build().is_ok(), "{value}");
+    }
 }
 
 const EXAMPLE: &str = r#"
