@@ -4,10 +4,13 @@
 mod support;
 
 use std::path::{Path, PathBuf};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, SystemTime};
 
 use rustls::HandshakeKind;
+use rustls_pki_types::ServerName;
 use secure_channel::identity::{ChainError, PeerRejection};
 use secure_channel::testkit::{DevCa, IssuedSvid};
 use secure_channel::{
@@ -15,6 +18,7 @@ use secure_channel::{
     TrustBundle, TrustBundles,
 };
 use support::*;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::watch;
 
 const SERVER_ID: &str = "spiffe://example.org/api";
@@ -38,6 +42,17 @@ fn client(ca: &DevCa) -> SecureChannel {
         .expect_server(SERVER_ID)
         .build()
         .unwrap()
+}
+
+/// A server with fixed credentials of `ca` that allows [`CLIENT_ID`].
+async fn static_server(ca: &DevCa) -> TestServer {
+    TestServer::start(
+        SecureChannel::builder(&MemorySource::new(ca.credentials(SERVER_ID).unwrap()))
+            .allow_client(CLIENT_ID)
+            .build()
+            .unwrap(),
+    )
+    .await
 }
 
 fn file_channel(source: CredentialSource) -> SecureChannel {
@@ -504,13 +519,7 @@ async fn resumed_session_is_refused_once_the_peer_leaf_expired() {
 #[tokio::test]
 async fn client_rotation_starts_a_full_handshake() {
     let ca = DevCa::new("example.org").unwrap();
-    let mut server = TestServer::start(
-        SecureChannel::builder(&MemorySource::new(ca.credentials(SERVER_ID).unwrap()))
-            .allow_client(CLIENT_ID)
-            .build()
-            .unwrap(),
-    )
-    .await;
+    let mut server = static_server(&ca).await;
     let client_creds = MemorySource::new(ca.credentials(CLIENT_ID).unwrap());
     let client = SecureChannel::builder(&client_creds)
         .expect_server(SERVER_ID)
@@ -531,6 +540,143 @@ async fn client_rotation_starts_a_full_handshake() {
         "a rotated client must present its new SVID, not resume the old session"
     );
     for _ in 0..3 {
+        assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    }
+}
+
+/// A client's transport that runs a hook when the client starts its last handshake flight (its
+/// first encrypted record: its certificate and Finished), before passing it on. By then both
+/// sides have chosen the SVIDs they present; the session tickets come after.
+struct OnLastFlight<IO> {
+    io: IO,
+    hook: Option<Box<dyn FnOnce() + Send>>,
+}
+
+/// The TLS record type of encrypted TLS 1.3 records (RFC 8446 5.2).
+const APPLICATION_DATA: u8 = 0x17;
+
+impl<IO: AsyncRead + Unpin> AsyncRead for OnLastFlight<IO> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_read(cx, buf)
+    }
+}
+
+impl<IO: AsyncWrite + Unpin> AsyncWrite for OnLastFlight<IO> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        if buf.first() == Some(&APPLICATION_DATA)
+            && let Some(hook) = self.hook.take()
+        {
+            hook();
+        }
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+}
+
+/// Connects `client` to `server` through [`OnLastFlight`] with `hook`, and reads the greeting.
+async fn connect_rotating_midway(
+    client: &SecureChannel,
+    server: &TestServer,
+    hook: impl FnOnce() + Send + 'static,
+) -> secure_channel::SecureStream<OnLastFlight<tokio::net::TcpStream>> {
+    let tcp = within(tokio::net::TcpStream::connect(server.addr))
+        .await
+        .unwrap();
+    let io = OnLastFlight {
+        io: tcp,
+        hook: Some(Box::new(hook)),
+    };
+    let name = ServerName::IpAddress(server.addr.ip().into());
+    let mut stream = within(client.connect(name, io)).await.unwrap();
+    assert_eq!(stream.handshake_kind(), Some(HandshakeKind::Full));
+    assert_eq!(read_line(&mut stream).await.unwrap(), CLIENT_ID);
+    stream
+}
+
+/// The client reads its session tickets after its last handshake flight: if it rotated in
+/// between, that session was made with its old SVID and must not be resumed under the new one
+/// (the server would go on seeing the old SVID).
+#[tokio::test]
+async fn a_session_straddling_a_client_rotation_is_not_resumed() {
+    let ca = DevCa::new("example.org").unwrap();
+    let mut server = static_server(&ca).await;
+    let client_creds = Arc::new(MemorySource::new(ca.credentials(CLIENT_ID).unwrap()));
+    let client = SecureChannel::builder(client_creds.as_ref())
+        .expect_server(SERVER_ID)
+        .build()
+        .unwrap();
+    let rotate = {
+        let (client_creds, credentials) =
+            (client_creds.clone(), ca.credentials(CLIENT_ID).unwrap());
+        move || client_creds.update(credentials)
+    };
+    let _straddling = connect_rotating_midway(&client, &server, rotate).await;
+    assert_eq!(
+        handshake_kind(&client, &server).await,
+        Some(HandshakeKind::Full),
+        "a session made with the old SVID was resumed after the rotation"
+    );
+    // Sessions made after the rotation are resumed as usual.
+    assert_eq!(
+        handshake_kind(&client, &server).await,
+        Some(HandshakeKind::Resumed)
+    );
+    for _ in 0..3 {
+        assert_eq!(server.next().await.unwrap(), CLIENT_ID);
+    }
+}
+
+/// The server issues its tickets on the client's last flight, a round trip after it chose its
+/// SVID: a session made before a rotation in between must not be resumed after it (the client
+/// would go on seeing the old SVID).
+#[tokio::test]
+async fn a_session_straddling_a_server_rotation_is_not_resumed() {
+    let ca = DevCa::new("example.org").unwrap();
+    let server_creds = Arc::new(MemorySource::new(ca.credentials(SERVER_ID).unwrap()));
+    let mut server = TestServer::start(
+        SecureChannel::builder(server_creds.as_ref())
+            .allow_client(CLIENT_ID)
+            .build()
+            .unwrap(),
+    )
+    .await;
+    let client = client(&ca);
+    let rotated = ca.svid(SERVER_ID).issue().unwrap();
+    let rotate = {
+        let (server_creds, svid) = (server_creds.clone(), rotated.to_svid().unwrap());
+        let bundles = TrustBundles::new().with(ca.bundle().unwrap());
+        move || server_creds.update(Credentials::new(svid, bundles))
+    };
+    let straddling = connect_rotating_midway(&client, &server, rotate).await;
+    assert_ne!(
+        straddling.peer_identity().leaf_certificate().as_ref(),
+        rotated.leaf().as_ref(),
+        "the rotation came after the server chose its SVID"
+    );
+
+    let (stream, leaf) = connect_and_greet(&client, &server).await;
+    assert_eq!(
+        stream.handshake_kind(),
+        Some(HandshakeKind::Full),
+        "a session made with the server's old SVID was resumed after the rotation"
+    );
+    assert_eq!(leaf, rotated.leaf().as_ref());
+    for _ in 0..2 {
         assert_eq!(server.next().await.unwrap(), CLIENT_ID);
     }
 }

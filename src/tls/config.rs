@@ -141,6 +141,9 @@ pub(crate) struct TlsConfigs {
     provider: Arc<CryptoProvider>,
     time: Arc<dyn TimeProvider>,
     source: CredentialSource,
+    /// The session caches `server` and every client configuration share.
+    server_sessions: RotatingServerSessions,
+    client_sessions: Arc<RotatingSessionStore>,
 }
 
 impl TlsConfigs {
@@ -165,7 +168,8 @@ impl TlsConfigs {
             .with_client_cert_verifier(Arc::new(ClientSvidVerifier(clients_verifier.clone())))
             .with_cert_resolver(resolver);
         server.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-        server.session_storage = Arc::new(RotatingServerSessions::new(source.clone()));
+        let server_sessions = RotatingServerSessions::new(source.clone());
+        server.session_storage = Arc::new(server_sessions.clone());
 
         let client_sessions = Arc::new(RotatingSessionStore::new(source.clone()));
         let servers_verifier = Arc::new(SvidVerifier::new(
@@ -190,7 +194,25 @@ impl TlsConfigs {
             provider,
             time,
             source,
+            server_sessions,
+            client_sessions,
         })
+    }
+
+    /// The server configuration for one connection whose handshake starts now: its sessions
+    /// pinned to the credentials' current revision (see [`sessions`](crate::tls::sessions)).
+    pub(crate) fn server_for_connection(&self) -> Arc<ServerConfig> {
+        let mut config = (*self.server).clone();
+        config.session_storage = Arc::new(self.server_sessions.pinned());
+        Arc::new(config)
+    }
+
+    /// `config` (one of this channel's client configurations) for one connection whose
+    /// handshake starts now: its sessions pinned to the credentials' current revision.
+    pub(crate) fn client_for_connection(&self, config: &ClientConfig) -> Arc<ClientConfig> {
+        let mut config = config.clone();
+        config.resumption = Resumption::store(Arc::new(self.client_sessions.pinned()));
+        Arc::new(config)
     }
 
     /// A client configuration that accepts servers matched by `expected`, sharing this

@@ -6,6 +6,12 @@
 //! new SVID, or a new set of bundles), so the next connection runs a full handshake with the
 //! current material. Resumed sessions within one revision are still re-validated against the
 //! current clock when they are accepted.
+//!
+//! A session is only stored once its handshake is over (the client reads its tickets after
+//! the handshake, the server issues them on the client's last flight), which may be after a
+//! rotation: so each connection's view of the cache is pinned to the revision its handshake
+//! started under, and a session made before a rotation is dropped instead of landing in the
+//! cache of the next revision.
 
 use std::sync::{Arc, Mutex};
 
@@ -21,9 +27,17 @@ use crate::source::CredentialSource;
 /// How many servers' sessions are remembered.
 const CAPACITY: usize = 256;
 
-/// An in-memory cache of `C`, replaced whenever the source's revision changes.
+/// A view of an in-memory cache of `C` that is replaced whenever the source's revision changes:
+/// either following the current revision, or pinned to one (one connection's view).
 #[derive(Debug)]
 pub(crate) struct Rotating<C> {
+    shared: Arc<Shared<C>>,
+    /// The revision this view stores and finds sessions for; `None` follows the current one.
+    pinned: Option<u64>,
+}
+
+#[derive(Debug)]
+struct Shared<C> {
     source: CredentialSource,
     make: fn() -> Arc<C>,
     current: Mutex<(u64, Arc<C>)>,
@@ -46,40 +60,65 @@ impl RotatingServerSessions {
     }
 }
 
+impl<C> Clone for Rotating<C> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            pinned: self.pinned,
+        }
+    }
+}
+
 impl<C> Rotating<C> {
     fn with(source: CredentialSource, make: fn() -> Arc<C>) -> Self {
         let revision = source.revision();
         Self {
-            source,
-            make,
-            current: Mutex::new((revision, make())),
+            shared: Arc::new(Shared {
+                source,
+                make,
+                current: Mutex::new((revision, make())),
+            }),
+            pinned: None,
         }
     }
 
-    fn cache(&self) -> Arc<C> {
-        let revision = self.source.revision();
-        let mut current = match self.current.lock() {
+    /// The view of one connection whose handshake starts now: the same cache, pinned to the
+    /// current revision.
+    pub(crate) fn pinned(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+            pinned: Some(self.shared.source.revision()),
+        }
+    }
+
+    /// The cache of the current revision; none if this view is pinned to an earlier one.
+    fn cache(&self) -> Option<Arc<C>> {
+        let revision = self.shared.source.revision();
+        let mut current = match self.shared.current.lock() {
             Ok(guard) => guard,
             Err(poisoned) => poisoned.into_inner(),
         };
         if current.0 != revision {
-            *current = (revision, (self.make)());
+            *current = (revision, (self.shared.make)());
         }
-        current.1.clone()
+        match self.pinned {
+            Some(pinned) if pinned != revision => None,
+            _ => Some(current.1.clone()),
+        }
     }
 }
 
 impl StoresServerSessions for RotatingServerSessions {
     fn put(&self, key: Vec<u8>, value: Vec<u8>) -> bool {
-        self.cache().put(key, value)
+        self.cache().is_some_and(|cache| cache.put(key, value))
     }
 
     fn get(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.cache().get(key)
+        self.cache()?.get(key)
     }
 
     fn take(&self, key: &[u8]) -> Option<Vec<u8>> {
-        self.cache().take(key)
+        self.cache()?.take(key)
     }
 
     fn can_cache(&self) -> bool {
@@ -89,23 +128,29 @@ impl StoresServerSessions for RotatingServerSessions {
 
 impl ClientSessionStore for RotatingSessionStore {
     fn set_kx_hint(&self, server_name: ServerName<'static>, group: NamedGroup) {
-        self.cache().set_kx_hint(server_name, group);
+        if let Some(cache) = self.cache() {
+            cache.set_kx_hint(server_name, group);
+        }
     }
 
     fn kx_hint(&self, server_name: &ServerName<'_>) -> Option<NamedGroup> {
-        self.cache().kx_hint(server_name)
+        self.cache()?.kx_hint(server_name)
     }
 
     fn set_tls12_session(&self, server_name: ServerName<'static>, value: Tls12ClientSessionValue) {
-        self.cache().set_tls12_session(server_name, value);
+        if let Some(cache) = self.cache() {
+            cache.set_tls12_session(server_name, value);
+        }
     }
 
     fn tls12_session(&self, server_name: &ServerName<'_>) -> Option<Tls12ClientSessionValue> {
-        self.cache().tls12_session(server_name)
+        self.cache()?.tls12_session(server_name)
     }
 
     fn remove_tls12_session(&self, server_name: &ServerName<'static>) {
-        self.cache().remove_tls12_session(server_name);
+        if let Some(cache) = self.cache() {
+            cache.remove_tls12_session(server_name);
+        }
     }
 
     fn insert_tls13_ticket(
@@ -113,13 +158,15 @@ impl ClientSessionStore for RotatingSessionStore {
         server_name: ServerName<'static>,
         value: Tls13ClientSessionValue,
     ) {
-        self.cache().insert_tls13_ticket(server_name, value);
+        if let Some(cache) = self.cache() {
+            cache.insert_tls13_ticket(server_name, value);
+        }
     }
 
     fn take_tls13_ticket(
         &self,
         server_name: &ServerName<'static>,
     ) -> Option<Tls13ClientSessionValue> {
-        self.cache().take_tls13_ticket(server_name)
+        self.cache()?.take_tls13_ticket(server_name)
     }
 }

@@ -87,7 +87,7 @@ impl Handshaker {
     {
         let tls = self.fresh()?;
         stream::accept(
-            tls.server.clone(),
+            tls.server_for_connection(),
             &tls.clients_verifier,
             || tls.now(),
             io,
@@ -123,7 +123,7 @@ impl Handshaker {
         let tls = self.fresh()?;
         let own_id = self.own_id();
         stream::connect(
-            client.config.clone(),
+            tls.client_for_connection(&client.config),
             &client.verifier,
             || tls.now(),
             server_name,
