@@ -143,7 +143,7 @@ pub(crate) struct TlsConfigs {
     source: CredentialSource,
     /// The session caches `server` and every client configuration share.
     server_sessions: RotatingServerSessions,
-    client_sessions: Arc<RotatingSessionStore>,
+    client_sessions: RotatingSessionStore,
 }
 
 impl TlsConfigs {
@@ -171,7 +171,7 @@ impl TlsConfigs {
         let server_sessions = RotatingServerSessions::new(source.clone());
         server.session_storage = Arc::new(server_sessions.clone());
 
-        let client_sessions = Arc::new(RotatingSessionStore::new(source.clone()));
+        let client_sessions = RotatingSessionStore::new(source.clone());
         let servers_verifier = Arc::new(SvidVerifier::new(
             source.clone(),
             expected_servers,
@@ -243,7 +243,7 @@ fn client_config(
     time: &Arc<dyn TimeProvider>,
     policy: TlsPolicy,
     source: &CredentialSource,
-    sessions: &Arc<RotatingSessionStore>,
+    sessions: &RotatingSessionStore,
     verifier: Arc<SvidVerifier>,
 ) -> Result<Arc<ClientConfig>, ConfigError> {
     let mut client = ClientConfig::builder_with_details(provider.clone(), time.clone())
@@ -253,7 +253,7 @@ fn client_config(
         .with_custom_certificate_verifier(Arc::new(ServerSvidVerifier(verifier)))
         .with_client_cert_resolver(Arc::new(SvidResolver::new(source.clone(), time.clone())));
     client.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
-    client.resumption = Resumption::store(sessions.clone());
+    client.resumption = Resumption::store(Arc::new(sessions.clone()));
     Ok(Arc::new(client))
 }
 

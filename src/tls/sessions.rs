@@ -36,6 +36,7 @@ pub(crate) struct Rotating<C> {
     pinned: Option<u64>,
 }
 
+/// The cache every view of one channel shares, and the revision it was made for.
 #[derive(Debug)]
 struct Shared<C> {
     source: CredentialSource,
