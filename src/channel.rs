@@ -15,8 +15,8 @@ use crate::source::CredentialSource;
 use crate::source::status::CredentialStatus;
 use crate::tls::{TlsConfigs, TlsPolicy};
 use crate::transport::{
-    HandshakeDeadlines, Handshaker, SecureConnector, SecureListener, SecureListenerBuilder,
-    SecureStream,
+    CutOffPolicy, HandshakeDeadlines, Handshaker, SecureConnector, SecureListener,
+    SecureListenerBuilder, SecureStream, Trigger,
 };
 use crate::{ConfigError, ConnectionError};
 
@@ -52,6 +52,9 @@ pub struct SecureChannelBuilder {
     handshake_timeout: Duration,
     expiry_warning: Duration,
     time: Arc<dyn TimeProvider>,
+    cut_off: CutOffPolicy,
+    /// Changes after which connections are re-checked, besides the credentials'.
+    triggers: Vec<Trigger>,
     first_error: Option<ConfigError>,
 }
 
@@ -77,6 +80,8 @@ impl SecureChannel {
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             expiry_warning: DEFAULT_EXPIRY_WARNING,
             time: Arc::new(DefaultTimeProvider),
+            cut_off: CutOffPolicy::default(),
+            triggers: Vec::new(),
             first_error: None,
         }
     }
@@ -193,6 +198,12 @@ impl SecureChannel {
         self.handshaker.credential_status()
     }
 
+    /// How many connections made by this channel are open (both sides; each is re-checked
+    /// when trust changes).
+    pub fn open_connections(&self) -> usize {
+        self.handshaker.registry().len()
+    }
+
     /// The credential source this channel presents and trusts.
     pub fn source(&self) -> &CredentialSource {
         self.handshaker.source()
@@ -253,8 +264,12 @@ impl SecureChannelBuilder {
     /// admit (following the policy as it reloads); a client that no rule names is refused before
     /// it can send a request. The per-request decision stays with
     /// [`AuthorizeLayer`](crate::layer::authorize::AuthorizeLayer) on the same policy.
+    ///
+    /// When the policy changes, open connections of clients it no longer admits are cut off
+    /// (see [`cut_off_grace`](Self::cut_off_grace)).
     pub fn allow_clients_by_policy(mut self, policy: &crate::authz::PolicySource) -> Self {
         self.admission = Some(Arc::new(policy.clone()));
+        self.triggers.push(("policy", policy.subscribe()));
         self
     }
 
@@ -291,6 +306,27 @@ impl SecureChannelBuilder {
         self
     }
 
+    /// The time a connection whose peer is no longer trusted is given to wind down (default
+    /// 10 s): when a change (bundles, admission policy, revocation lists, deny-lists) or the
+    /// expiry of the peer's certificate cuts a connection off, servers stop taking requests on
+    /// it at once (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close` after the response in flight),
+    /// pooled client connections are no longer reused, and raw streams' [`CutOffSignal`]
+    /// completes; after `grace`, every read and write of the connection fails. Zero closes at
+    /// once.
+    ///
+    /// [`CutOffSignal`]: crate::transport::CutOffSignal
+    pub fn cut_off_grace(mut self, grace: Duration) -> Self {
+        self.cut_off.grace = grace;
+        self
+    }
+
+    /// Cuts off connections older than `age` (default: no limit), as a trust change would:
+    /// the peer must then reconnect, with a full check of its current credentials.
+    pub fn max_connection_age(mut self, age: Duration) -> Self {
+        self.cut_off.max_age = Some(age);
+        self
+    }
+
     /// The clock certificate validity is checked against (default: the system clock).
     pub fn time_provider(mut self, time: Arc<dyn TimeProvider>) -> Self {
         self.time = time;
@@ -322,6 +358,8 @@ impl SecureChannelBuilder {
                 tls,
                 self.handshake_timeout,
                 self.expiry_warning,
+                self.cut_off,
+                self.triggers,
             ),
         })
     }

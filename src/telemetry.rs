@@ -13,6 +13,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub const HANDSHAKES: &str = "secure_channel_handshakes_total";
 /// Connections open on secure listeners.
 pub const CONNECTIONS_OPEN: &str = "secure_channel_connections_open";
+/// Connections cut off because their peer is no longer trusted, by `side` (`server`, `client`)
+/// and `reason` (`untrusted_chain`, `revoked`, `denied`, `not_allowed`, `expired`, `max_age`).
+pub const CONNECTIONS_CUT_OFF: &str = "secure_channel_connections_cut_off_total";
 /// Authorization decisions, by `outcome` (`allow`, `deny`, `would_deny`) and `rule` (the deciding
 /// rule's name, or the denial reason).
 pub const AUTHZ_DECISIONS: &str = "secure_channel_authz_decisions_total";
@@ -68,6 +71,11 @@ impl Drop for ConnectionGauge {
     fn drop(&mut self) {
         metrics::gauge!(CONNECTIONS_OPEN).decrement(1.0);
     }
+}
+
+/// Records a connection cut off.
+pub(crate) fn connection_cut_off(side: &'static str, reason: &'static str) {
+    metrics::counter!(CONNECTIONS_CUT_OFF, "side" => side, "reason" => reason).increment(1);
 }
 
 /// The key of [`AUTHZ_DECISIONS`] for one outcome and rule (or denial reason): built once per

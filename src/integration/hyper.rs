@@ -40,13 +40,13 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
+use tokio::sync::watch;
 
 use tracing::Instrument;
 
 use crate::identity::PeerIdentity;
-use crate::transport::SecureListener;
+use crate::transport::{CutOffSignal, SecureListener};
 
 /// Serves `service` on every connection of `listener`; see the [module docs](self).
 pub fn serve<S, B>(listener: SecureListener, service: S) -> Serve<S>
@@ -124,7 +124,9 @@ where
             max_header_size,
             header_read_timeout,
         } = self;
-        let graceful = GracefulShutdown::new();
+        // Each connection holds a receiver: a send asks them to wind down, and the sender's
+        // `closed` completes once they all have.
+        let (shutdown, _) = watch::channel(());
         let mut builder = Builder::new(TokioExecutor::new());
         // Without a timer hyper silently ignores its header read timeout.
         builder
@@ -149,18 +151,20 @@ where
                         peer = %peer.spiffe_id(),
                         %peer_addr,
                     );
+                    let cut_off = stream.cut_off_signal();
                     let service = TowerToHyperService::new(AddPeerIdentity {
                         inner: service.clone(),
                         peer,
+                        cut_off: cut_off.clone(),
                         remote_addr: peer_addr,
                         span: span.clone(),
                     });
                     let builder = builder.clone();
-                    let watcher = graceful.watcher();
+                    let stop = shutdown.subscribe();
                     tokio::spawn(
                         async move {
                             let connection = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                            if let Err(error) = watcher.watch(connection).await {
+                            if let Err(error) = serve_connection(connection, stop, cut_off).await {
                                 tracing::debug!(target: "secure_channel::transport", %error, "connection ended with an error");
                             }
                         }
@@ -171,8 +175,62 @@ where
             }
         }
         drop(listener);
-        graceful.shutdown().await;
+        let _ = shutdown.send(());
+        shutdown.closed().await;
         Ok(())
+    }
+}
+
+/// Drives one connection; winds it down (HTTP/2 GOAWAY, HTTP/1.1 `Connection: close` on the
+/// response in flight, an idle connection closed) when the server shuts down or the connection
+/// is cut off. A cut-off connection still busy when the grace period ends is closed by its
+/// stream.
+async fn serve_connection<C, E>(
+    connection: C,
+    mut stop: watch::Receiver<()>,
+    cut_off: CutOffSignal,
+) -> Result<(), E>
+where
+    C: Future<Output = Result<(), E>> + WindDown,
+{
+    tokio::pin!(connection);
+    let mut winding_down = false;
+    loop {
+        // Biased: a cut-off is applied before the connection makes progress, so a response
+        // completed after it says `Connection: close`.
+        tokio::select! {
+            biased;
+            _ = stop.changed(), if !winding_down => {
+                winding_down = true;
+                connection.as_mut().wind_down();
+            }
+            cut = cut_off.cut_off(), if !winding_down => {
+                winding_down = true;
+                tracing::debug!(target: "secure_channel::transport", %cut, "winding the connection down");
+                connection.as_mut().wind_down();
+            }
+            result = connection.as_mut() => return result,
+        }
+    }
+}
+
+/// A connection that can stop taking requests and close once those in flight are answered.
+trait WindDown {
+    fn wind_down(self: Pin<&mut Self>);
+}
+
+impl<I, S, E, B> WindDown for hyper_util::server::conn::auto::UpgradeableConnection<'_, I, S, E>
+where
+    S: hyper::service::HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    S::Future: 'static,
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+{
+    fn wind_down(self: Pin<&mut Self>) {
+        self.graceful_shutdown();
     }
 }
 
@@ -195,12 +253,13 @@ where
     }
 }
 
-/// Inserts the connection's peer identity into each request (and, with the `axum` feature,
-/// axum's `ConnectInfo<SocketAddr>` with the client's address).
+/// Inserts the connection's peer identity and cut-off signal into each request (and, with the
+/// `axum` feature, axum's `ConnectInfo<SocketAddr>` with the client's address).
 #[derive(Clone)]
 struct AddPeerIdentity<S> {
     inner: S,
     peer: PeerIdentity,
+    cut_off: CutOffSignal,
     #[cfg_attr(not(feature = "axum"), allow(dead_code))]
     remote_addr: std::net::SocketAddr,
     /// The connection's span: the parent of every request span.
@@ -231,11 +290,142 @@ where
             path = %request.uri().path(),
         );
         request.extensions_mut().insert(self.peer.clone());
+        request.extensions_mut().insert(self.cut_off.clone());
         #[cfg(feature = "axum")]
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.remote_addr));
         let _entered = span.enter();
         self.inner.call(request).instrument(span.clone())
+    }
+}
+
+/// Keeps hyper-util's client from reusing a pooled connection once its server is cut off (no
+/// longer trusted): wraps a `hyper_util::client::legacy::Client` built on a
+/// [`SecureConnector`](crate::SecureConnector).
+///
+/// Without it, a cut-off connection stays in the pool until the channel's grace period closes
+/// it, and new requests may be sent on it meanwhile. With it, each connection's pool entry is
+/// poisoned (`Connected::poison`) at the cut-off: requests in flight finish, no new one is sent.
+/// It costs each request one small allocation (hyper-util's `capture_connection`).
+///
+/// ```no_run
+/// # async fn run(channel: secure_channel::SecureChannel) -> Result<(), Box<dyn std::error::Error>> {
+/// use http_body_util::Empty;
+/// use hyper_util::client::legacy::Client;
+/// use hyper_util::rt::TokioExecutor;
+/// use secure_channel::integration::hyper::EvictCutOffLayer;
+/// use tower::{Layer, ServiceExt};
+///
+/// let client = Client::builder(TokioExecutor::new())
+///     .build::<_, Empty<bytes::Bytes>>(channel.connector());
+/// let client = EvictCutOffLayer::new().layer(client);
+/// let request = http::Request::get("https://127.0.0.1:8443/").body(Empty::new())?;
+/// let response = client.oneshot(request).await?;
+/// # drop(response);
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Debug, Clone, Copy, Default)]
+pub struct EvictCutOffLayer {
+    _private: (),
+}
+
+impl EvictCutOffLayer {
+    /// The layer.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl<S> tower_layer::Layer<S> for EvictCutOffLayer {
+    type Service = EvictCutOff<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        EvictCutOff { inner }
+    }
+}
+
+/// The service of [`EvictCutOffLayer`].
+#[derive(Debug, Clone)]
+pub struct EvictCutOff<S> {
+    inner: S,
+}
+
+impl<S> EvictCutOff<S> {
+    /// The wrapped client.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// Unwraps the client.
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S, B, R> tower_service::Service<Request<B>> for EvictCutOff<S>
+where
+    S: tower_service::Service<Request<B>, Response = Response<R>>,
+{
+    type Response = Response<R>;
+    type Error = S::Error;
+    type Future = EvictCutOffFuture<S::Future>;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> Self::Future {
+        let capture = hyper_util::client::legacy::connect::capture_connection(&mut request);
+        EvictCutOffFuture {
+            inner: self.inner.call(request),
+            capture: Some(capture),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// The response future of [`EvictCutOff`].
+    pub struct EvictCutOffFuture<F> {
+        #[pin]
+        inner: F,
+        capture: Option<hyper_util::client::legacy::connect::CaptureConnection>,
+    }
+}
+
+impl<F> std::fmt::Debug for EvictCutOffFuture<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EvictCutOffFuture").finish_non_exhaustive()
+    }
+}
+
+impl<F, R, E> Future for EvictCutOffFuture<F>
+where
+    F: Future<Output = Result<Response<R>, E>>,
+{
+    type Output = Result<Response<R>, E>;
+
+    fn poll(
+        self: Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Self::Output> {
+        let this = self.project();
+        let output = std::task::ready!(this.inner.poll(cx));
+        if let (Ok(response), Some(capture)) = (&output, this.capture.take())
+            && let Some(signal) = response.extensions().get::<CutOffSignal>()
+        {
+            // The capture shares the pooled connection's poison pill: poisoning it at the
+            // cut-off keeps the pool from handing the connection out again.
+            signal.on_cut_off(move || {
+                if let Some(connected) = capture.connection_metadata().as_ref() {
+                    connected.poison();
+                }
+            });
+        }
+        std::task::Poll::Ready(output)
     }
 }

@@ -134,6 +134,9 @@ pub struct TrustBundle {
     trust_domain: TrustDomain,
     certs: Vec<CertificateDer<'static>>,
     anchors: Arc<[TrustAnchor<'static>]>,
+    /// SHA-256 over the certificates (each length-prefixed): two bundles with the same digest
+    /// hold the same CAs, so a chain that validated against one validates against the other.
+    digest: [u8; 32],
 }
 
 impl TrustBundle {
@@ -189,10 +192,12 @@ impl TrustBundle {
             })?;
             anchors.push(anchor.to_owned());
         }
+        let digest = bundle_digest(&certs);
         Ok(Self {
             trust_domain,
             certs,
             anchors: anchors.into(),
+            digest,
         })
     }
 
@@ -209,6 +214,21 @@ impl TrustBundle {
     pub(crate) fn anchors(&self) -> &[TrustAnchor<'static>] {
         &self.anchors
     }
+
+    /// A digest of the CAs (see the field), to tell whether a bundle changed.
+    pub(crate) fn digest(&self) -> &[u8; 32] {
+        &self.digest
+    }
+}
+
+fn bundle_digest(certs: &[CertificateDer<'_>]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut hasher = Sha256::new();
+    for cert in certs {
+        hasher.update((cert.as_ref().len() as u64).to_be_bytes());
+        hasher.update(cert.as_ref());
+    }
+    hasher.finalize().into()
 }
 
 impl fmt::Debug for TrustBundle {

@@ -232,6 +232,11 @@ impl TlsConfigs {
         (Arc::new(client), verifier)
     }
 
+    /// The channel's time provider.
+    pub(crate) fn time(&self) -> Arc<dyn TimeProvider> {
+        self.time.clone()
+    }
+
     /// The current time, from the channel's time provider.
     pub(crate) fn now(&self) -> UnixTime {
         self.time.current_time().unwrap_or_else(UnixTime::now)

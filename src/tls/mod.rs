@@ -31,4 +31,4 @@ pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use verifier::BenchVerifier;
-pub(crate) use verifier::SvidVerifier;
+pub(crate) use verifier::{Admitted, SvidVerifier, TrustMark};

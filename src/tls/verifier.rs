@@ -9,6 +9,7 @@ use rustls::crypto::WebPkiSupportedAlgorithms;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
+use spiffe::TrustDomain;
 
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
 use crate::identity::{ChainError, PeerRejection};
@@ -32,6 +33,27 @@ pub(crate) struct SvidVerifier {
     side: Side,
     algorithms: WebPkiSupportedAlgorithms,
     verified: VerifiedChains,
+}
+
+/// A peer admitted by a handshake, with what its connection's re-checks need.
+#[derive(Debug, Clone)]
+pub(crate) struct Admitted {
+    pub(crate) identity: PeerIdentity,
+    /// The intermediates of the validated path, the leaf's issuer first.
+    pub(crate) path: Arc<[CertificateDer<'static>]>,
+    /// The last second (Unix time) in which every certificate of the path is valid.
+    pub(crate) valid_until: i64,
+    /// What the chain was validated against.
+    pub(crate) validated_under: TrustMark,
+}
+
+/// What a chain's validation depends on besides the chain and the clock: the bundle of its
+/// trust domain (by digest) and the revocation lists (by revision). A chain that validated
+/// under a mark still validates under an equal one, until it expires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct TrustMark {
+    bundle: [u8; 32],
+    revocation_lists: u64,
 }
 
 /// The most intermediate certificates a peer may present (the leaf not counted). rustls-webpki
@@ -97,8 +119,9 @@ struct VerifiedChain {
     valid_from: i64,
     valid_until: i64,
     /// The intermediates of the validated path, the leaf's issuer first (the leaf is the
-    /// identity's own certificate); never a certificate the path did not use.
-    path: Box<[CertificateDer<'static>]>,
+    /// identity's own certificate); never a certificate the path did not use. Shared with the
+    /// connections admitted by this chain, for their re-checks.
+    path: Arc<[CertificateDer<'static>]>,
     identity: PeerIdentity,
 }
 
@@ -142,7 +165,7 @@ impl VerifiedChains {
         intermediates: &[CertificateDer<'_>],
         revision: u64,
         now: UnixTime,
-    ) -> Option<PeerIdentity> {
+    ) -> Option<VerifiedChain> {
         let entries = self.lock();
         if entries.revision != revision {
             return None;
@@ -152,7 +175,7 @@ impl VerifiedChains {
         (entry.valid_from <= now
             && now <= entry.valid_until
             && entry.is_presented_by(end_entity.as_ref(), intermediates))
-        .then(|| entry.identity.clone())
+        .then(|| entry.clone())
     }
 
     /// Remembers `entry`, verified under credential `revision`: a newer revision empties the
@@ -216,10 +239,10 @@ impl SvidVerifier {
     }
 
     /// Whether the (authenticated) `id` may connect: the allow-list, or the admission.
-    fn admit(&self, identity: PeerIdentity) -> Result<PeerIdentity, PeerRejection> {
+    fn admit(&self, identity: &PeerIdentity) -> Result<(), PeerRejection> {
         let id = identity.spiffe_id();
         if self.allowed.allows(id) || self.admission.as_ref().is_some_and(|a| a.admits(id)) {
-            return Ok(identity);
+            return Ok(());
         }
         let mut expected = self.allowed.clone();
         if let Some(admitted) = self.admission.as_ref().and_then(|a| a.admitted()) {
@@ -244,18 +267,75 @@ impl SvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
+        self.verify_admitted(end_entity, intermediates, now)
+            .map(|admitted| admitted.identity)
+    }
+
+    /// [`verify`](Self::verify), with what the connection's later re-checks need.
+    fn verify_admitted(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<Admitted, PeerRejection> {
         let snapshot = self.source.snapshot();
         let key = self.verified.key(end_entity);
-        if let Some(identity) =
-            self.verified
+        let verified =
+            match self
+                .verified
                 .get(key, end_entity, intermediates, snapshot.revision, now)
-        {
-            return self.admit(identity);
-        }
-        let verified = self.validate(&snapshot, end_entity, intermediates, now)?;
-        let identity = self.admit(verified.identity.clone())?;
-        self.verified.insert(key, snapshot.revision, verified);
-        Ok(identity)
+            {
+                Some(verified) => {
+                    self.admit(&verified.identity)?;
+                    verified
+                }
+                None => {
+                    let verified = self.validate(&snapshot, end_entity, intermediates, now)?;
+                    self.admit(&verified.identity)?;
+                    self.verified
+                        .insert(key, snapshot.revision, verified.clone());
+                    verified
+                }
+            };
+        let validated_under = self
+            .mark(&snapshot, verified.identity.trust_domain())
+            .ok_or_else(|| PeerRejection::UnknownTrustDomain {
+                presented: verified.identity.spiffe_id().clone(),
+            })?;
+        Ok(Admitted {
+            identity: verified.identity,
+            path: verified.path,
+            valid_until: verified.valid_until,
+            validated_under,
+        })
+    }
+
+    /// What a chain of `trust_domain` is validated against in `snapshot`; `None` without a
+    /// bundle for it.
+    fn mark(&self, snapshot: &Snapshot, trust_domain: &TrustDomain) -> Option<TrustMark> {
+        let bundle = snapshot.credentials.bundles().get(trust_domain)?;
+        Some(TrustMark {
+            bundle: *bundle.digest(),
+            // MERGE: the revocation lists' revision.
+            revocation_lists: 0,
+        })
+    }
+
+    /// What a chain of `trust_domain` would be validated against now.
+    pub(crate) fn trust_mark(&self, trust_domain: &TrustDomain) -> Option<TrustMark> {
+        self.mark(&self.source.snapshot(), trust_domain)
+    }
+
+    /// Whether a peer whose chain still validates may still connect: what is decided after
+    /// chain validation (deny-lists, allow-list, admission), without validating again.
+    pub(crate) fn readmit(&self, identity: &PeerIdentity) -> Result<(), PeerRejection> {
+        self.admit(identity)
+    }
+
+    /// The changes after which the peers this verifier admitted must be re-checked: the
+    /// credentials (bundles), and the revocation lists and deny-lists it consults.
+    pub(crate) fn trust_changes(&self) -> Vec<(&'static str, tokio::sync::watch::Receiver<u64>)> {
+        vec![("credentials", self.source.subscribe())]
     }
 
     /// Validates a chain against `snapshot`'s bundles, without the cache or the allow-list:
@@ -325,9 +405,9 @@ impl SvidVerifier {
         chain: &[CertificateDer<'static>],
         resumed: bool,
         now: UnixTime,
-    ) -> Result<PeerIdentity, PeerRejection> {
+    ) -> Result<Admitted, PeerRejection> {
         let result = match chain {
-            [leaf, intermediates @ ..] => self.verify(leaf, intermediates, now),
+            [leaf, intermediates @ ..] => self.verify_admitted(leaf, intermediates, now),
             [] => Err(PeerRejection::NoCertificate),
         };
         match result {
@@ -377,7 +457,7 @@ impl SvidVerifier {
 }
 
 /// The span (Unix seconds) in which a validated path is valid, and its intermediates.
-type SigningPath = ((i64, i64), Box<[CertificateDer<'static>]>);
+type SigningPath = ((i64, i64), Arc<[CertificateDer<'static>]>);
 
 /// Checks that every intermediate of a path rustls-webpki validated may sign certificates
 /// (keyUsage keyCertSign: webpki does not check it), and returns the span in which the whole
@@ -543,7 +623,8 @@ impl BenchVerifier {
         };
         let snapshot = self.0.source.snapshot();
         let verified = self.0.validate(&snapshot, leaf, intermediates, now)?;
-        self.0.admit(verified.identity)
+        self.0.admit(&verified.identity)?;
+        Ok(verified.identity)
     }
 }
 
@@ -821,7 +902,7 @@ mod tests {
 
             // Still valid: the resumed session keeps its identity.
             let identity = verifier.identify(&chain, true, now).unwrap();
-            assert_eq!(identity.spiffe_id().to_string(), ALLOWED);
+            assert_eq!(identity.identity.spiffe_id().to_string(), ALLOWED);
 
             // The leaf expired: refused, marked as a resumed session only when it is one; the
             // error carries the time of the check.

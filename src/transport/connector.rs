@@ -33,6 +33,11 @@ use crate::transport::{ClientTls, Handshaker, SecureStream};
 /// server's [`PeerIdentity`] is in the extensions of every response hyper's client returns, and
 /// on the [`SecureConnection`].
 ///
+/// When the server stops being trusted (see [`CutOffSignal`](crate::transport::CutOffSignal)),
+/// its connections are closed after the channel's grace period. To have hyper-util's pool stop
+/// reusing them at once, wrap the client in
+/// [`EvictCutOffLayer`](crate::integration::hyper::EvictCutOffLayer).
+///
 /// [`expect_server`]: crate::SecureChannelBuilder::expect_server
 #[derive(Clone)]
 pub struct SecureConnector {
@@ -271,7 +276,9 @@ impl SecureConnection {
 impl Connection for SecureConnection {
     fn connected(&self) -> Connected {
         let stream = self.inner.inner();
-        let connected = Connected::new().extra(stream.peer_identity().clone());
+        let connected = Connected::new()
+            .extra(stream.peer_identity().clone())
+            .extra(stream.cut_off_signal());
         if stream.alpn_protocol() == Some(b"h2") {
             connected.negotiated_h2()
         } else {

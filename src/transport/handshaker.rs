@@ -14,7 +14,8 @@ use crate::source::CredentialSource;
 use crate::source::status::CredentialStatus;
 use crate::tls::{SvidVerifier, TlsConfigs};
 use crate::transport::error::ConnectionError;
-use crate::transport::stream::{self, HandshakeDeadlines, SecureStream};
+use crate::transport::registry::{CutOffPolicy, Registry, Trigger};
+use crate::transport::stream::{self, HandshakeDeadlines, PeerCheck, SecureStream};
 
 /// The transport's handle on a channel's TLS. Cheap to clone.
 #[derive(Clone, Debug)]
@@ -30,6 +31,8 @@ struct Inner {
     expiry_warning: Duration,
     /// When an expiry warning or error was last logged, to log at most once a minute.
     last_expiry_log: Mutex<Option<Instant>>,
+    /// The live connections, re-checked when trust changes.
+    registry: Arc<Registry>,
 }
 
 /// A client configuration and the verifier that re-validates its resumed sessions.
@@ -40,12 +43,19 @@ pub(crate) struct ClientTls {
 }
 
 impl Handshaker {
+    /// `triggers` are the changes besides the verifiers' own (the admission policy's) after
+    /// which connections are re-checked.
     pub(crate) fn new(
         source: CredentialSource,
         tls: TlsConfigs,
         handshake_timeout: Duration,
         expiry_warning: Duration,
+        cut_off: CutOffPolicy,
+        triggers: Vec<Trigger>,
     ) -> Self {
+        let mut all = tls.clients_verifier.trust_changes();
+        all.extend(triggers);
+        let registry = Arc::new(Registry::new(cut_off, tls.time(), all));
         Self {
             inner: Arc::new(Inner {
                 source,
@@ -53,8 +63,14 @@ impl Handshaker {
                 handshake_timeout,
                 expiry_warning,
                 last_expiry_log: Mutex::new(None),
+                registry,
             }),
         }
+    }
+
+    /// The live connections' registry.
+    pub(crate) fn registry(&self) -> &Arc<Registry> {
+        &self.inner.registry
     }
 
     pub(crate) fn source(&self) -> &CredentialSource {
@@ -86,9 +102,13 @@ impl Handshaker {
         IO: AsyncRead + AsyncWrite + Unpin,
     {
         let tls = self.fresh()?;
+        let check = PeerCheck {
+            verifier: &tls.clients_verifier,
+            registry: &self.inner.registry,
+        };
         stream::accept(
             tls.server_for_connection(),
-            &tls.clients_verifier,
+            check,
             || tls.now(),
             io,
             deadlines,
@@ -122,9 +142,13 @@ impl Handshaker {
     {
         let tls = self.fresh()?;
         let own_id = self.own_id();
+        let check = PeerCheck {
+            verifier: &client.verifier,
+            registry: &self.inner.registry,
+        };
         stream::connect(
             tls.client_for_connection(&client.config),
-            &client.verifier,
+            check,
             || tls.now(),
             server_name,
             io,

@@ -14,11 +14,20 @@ use tokio_rustls::TlsStream;
 
 use crate::identity::{PeerIdentity, PeerRejection};
 use crate::tls::SvidVerifier;
+use crate::transport::cutoff::{CutOffSignal, CutState};
 use crate::transport::error::ConnectionError;
+use crate::transport::registry::{Registration, Registry};
 
 /// A mutually authenticated TLS stream and the identity its peer proved.
 ///
 /// Reads and writes application data like the underlying `tokio-rustls` stream.
+///
+/// The stream stays registered with its channel while it lives: when trust changes so that its
+/// peer would be refused now (a bundle, the admission policy, a revocation list or a deny-list
+/// changed, or the peer's certificate expired), it is cut off. Its
+/// [`cut_off_signal`](Self::cut_off_signal) completes at once; after the channel's grace period
+/// (see [`cut_off_grace`](crate::SecureChannelBuilder::cut_off_grace)) every read and write
+/// fails with `ConnectionAborted`.
 #[derive(Debug)]
 pub struct SecureStream<IO> {
     inner: TlsStream<IO>,
@@ -26,6 +35,10 @@ pub struct SecureStream<IO> {
     idle: Option<IdleTimer>,
     /// The listener's connection slot and the open-connections gauge, released on drop.
     _slot: Option<ConnectionSlot>,
+    /// The cut-off state shared with the registry (`None`: not registered).
+    cut: Option<Arc<CutState>>,
+    /// The registry entry, removed on drop.
+    _registration: Option<Registration>,
 }
 
 /// Closes a connection on which no byte moved, in either direction, for a while.
@@ -125,6 +138,27 @@ fn account<T>(
     }
 }
 
+/// The error for an operation on a connection that was closed after being cut off.
+fn closed(cut: Option<&CutState>) -> Option<io::Error> {
+    cut.filter(|cut| cut.is_closed())
+        .map(CutState::closed_error)
+}
+
+/// A pending operation is woken by the hard close of a cut-off connection, and then fails.
+fn watch_cut_off<T>(
+    cut: Option<&CutState>,
+    cx: &mut Context<'_>,
+    write: bool,
+    poll: Poll<io::Result<T>>,
+) -> Poll<io::Result<T>> {
+    match (poll, cut) {
+        (Poll::Pending, Some(cut)) if cut.register(cx, write) => {
+            Poll::Ready(Err(cut.closed_error()))
+        }
+        (poll, _) => poll,
+    }
+}
+
 fn idle_error() -> io::Error {
     io::Error::new(
         io::ErrorKind::TimedOut,
@@ -139,7 +173,21 @@ impl<IO> SecureStream<IO> {
             peer,
             idle: None,
             _slot: None,
+            cut: None,
+            _registration: None,
         }
+    }
+
+    fn registered(mut self, registration: Registration, cut: Arc<CutState>) -> Self {
+        self._registration = Some(registration);
+        self.cut = Some(cut);
+        self
+    }
+
+    /// The connection's cut-off signal: completes when the peer is no longer trusted; see
+    /// [`CutOffSignal`].
+    pub fn cut_off_signal(&self) -> CutOffSignal {
+        CutOffSignal::new(self.cut.clone().unwrap_or_default())
     }
 
     /// Closes the stream (reads and writes fail with `TimedOut`) once no byte has moved for
@@ -195,6 +243,10 @@ impl<IO> SecureStream<IO> {
     }
 
     /// Splits into the tokio-rustls stream and the peer identity.
+    ///
+    /// The tokio-rustls stream is no longer cut off when its peer stops being trusted: it
+    /// leaves the channel's registry. Keep the [`cut_off_signal`](Self::cut_off_signal) taken
+    /// before, and close the stream yourself when it completes.
     pub fn into_parts(self) -> (TlsStream<IO>, PeerIdentity) {
         (self.inner, self.peer)
     }
@@ -207,7 +259,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncRead for SecureStream<IO> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if let Some(closed) = closed(this.cut.as_deref()) {
+            return Poll::Ready(Err(closed));
+        }
         let poll = Pin::new(&mut this.inner).poll_read(cx, buf);
+        let poll = watch_cut_off(this.cut.as_deref(), cx, false, poll);
         account(&mut this.idle, cx, poll)
     }
 }
@@ -219,16 +275,30 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<IO> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if let Some(closed) = closed(this.cut.as_deref()) {
+            return Poll::Ready(Err(closed));
+        }
         let poll = Pin::new(&mut this.inner).poll_write(cx, buf);
+        let poll = watch_cut_off(this.cut.as_deref(), cx, true, poll);
         account(&mut this.idle, cx, poll)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_flush(cx)
+        let this = &mut *self;
+        if let Some(closed) = closed(this.cut.as_deref()) {
+            return Poll::Ready(Err(closed));
+        }
+        let poll = Pin::new(&mut this.inner).poll_flush(cx);
+        watch_cut_off(this.cut.as_deref(), cx, true, poll)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        let this = &mut *self;
+        if let Some(closed) = closed(this.cut.as_deref()) {
+            return Poll::Ready(Err(closed));
+        }
+        let poll = Pin::new(&mut this.inner).poll_shutdown(cx);
+        watch_cut_off(this.cut.as_deref(), cx, true, poll)
     }
 
     fn poll_write_vectored(
@@ -237,7 +307,11 @@ impl<IO: AsyncRead + AsyncWrite + Unpin> AsyncWrite for SecureStream<IO> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
+        if let Some(closed) = closed(this.cut.as_deref()) {
+            return Poll::Ready(Err(closed));
+        }
         let poll = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        let poll = watch_cut_off(this.cut.as_deref(), cx, true, poll);
         account(&mut this.idle, cx, poll)
     }
 
@@ -334,18 +408,34 @@ where
     tokio::time::timeout(wait, verdict).await.unwrap_or(Ok(()))
 }
 
-/// The finished handshake's peer, verified (a resumed session re-validated at `now`); a refused
-/// peer's connection is closed.
+/// What the transport checks a finished handshake's peer with, and registers its connection in.
+#[derive(Clone, Copy)]
+pub(crate) struct PeerCheck<'a> {
+    pub(crate) verifier: &'a Arc<SvidVerifier>,
+    pub(crate) registry: &'a Arc<Registry>,
+}
+
+/// The finished handshake's peer, verified (a resumed session re-validated at `now`) and its
+/// connection registered; a refused peer's connection is closed.
 async fn identified<IO: AsyncRead + AsyncWrite + Unpin>(
     mut stream: TlsStream<IO>,
-    verifier: &SvidVerifier,
+    check: PeerCheck<'_>,
+    side: &'static str,
     now: rustls_pki_types::UnixTime,
 ) -> Result<SecureStream<IO>, ConnectionError> {
+    let sweeps = check.registry.sweeps();
     let (_, conn) = stream.get_ref();
     let resumed = conn.handshake_kind() == Some(HandshakeKind::Resumed);
     let chain = conn.peer_certificates().unwrap_or_default();
-    match verifier.identify(chain, resumed, now) {
-        Ok(peer) => Ok(SecureStream::new(stream, peer)),
+    match check.verifier.identify(chain, resumed, now) {
+        Ok(admitted) => {
+            let peer = admitted.identity.clone();
+            let (registration, cut) =
+                check
+                    .registry
+                    .register(side, admitted, check.verifier.clone(), sweeps);
+            Ok(SecureStream::new(stream, peer).registered(registration, cut))
+        }
         Err(rejection) => {
             let error = ConnectionError::from(rejection);
             use tokio::io::AsyncWriteExt;
@@ -387,7 +477,7 @@ fn record<IO>(side: &'static str, result: &Result<SecureStream<IO>, ConnectionEr
 /// it is accepted, not at the time the handshake started.
 pub(crate) async fn accept<IO>(
     config: Arc<ServerConfig>,
-    verifier: &SvidVerifier,
+    check: PeerCheck<'_>,
     now: impl FnOnce() -> rustls_pki_types::UnixTime,
     io: IO,
     deadlines: HandshakeDeadlines,
@@ -413,7 +503,7 @@ where
         let stream = stream
             .map_err(|_| ConnectionError::HandshakeTimeout)?
             .map_err(|error| handshake_error(error, captured))?;
-        identified(TlsStream::Server(stream), verifier, now()).await
+        identified(TlsStream::Server(stream), check, "server", now()).await
     }
     .await;
     record("server", &result);
@@ -425,7 +515,7 @@ where
 /// `now` is read once the handshake is done (see [`accept`]).
 pub(crate) async fn connect<IO>(
     config: Arc<ClientConfig>,
-    verifier: &SvidVerifier,
+    check: PeerCheck<'_>,
     now: impl FnOnce() -> rustls_pki_types::UnixTime,
     server_name: ServerName<'static>,
     io: IO,
@@ -469,7 +559,7 @@ where
                 });
             }
         }
-        identified(TlsStream::Client(stream), verifier, now()).await
+        identified(TlsStream::Client(stream), check, "client", now()).await
     }
     .await;
     record("client", &result);

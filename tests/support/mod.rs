@@ -94,7 +94,8 @@ impl TestServer {
     }
 }
 
-async fn echo(mut stream: SecureStream<TcpStream>, id: &str) {
+/// Greets the peer with `id` and a newline, then echoes until EOF.
+pub async fn echo(mut stream: SecureStream<TcpStream>, id: &str) {
     if stream
         .write_all(format!("{id}\n").as_bytes())
         .await

@@ -1,0 +1,522 @@
+//! The registry of a channel's live connections, and the sweeper that re-checks them when
+//! trust changes and cuts off those no longer trusted.
+//!
+//! Every stream a channel's handshake yields registers here (an insert when it is made, a
+//! removal when it is dropped); the request path does nothing. The sweeper task wakes on a
+//! change (credentials or bundles, the admission policy, revocation lists, deny-lists), re-checks
+//! every registered peer, and cuts off those refused now; and at a connection's deadlines: its
+//! chain's expiry, its maximum age, the hard close after a cut-off's grace period.
+//!
+//! A re-check validates a chain again only when what it was validated against changed (the
+//! bundle of its trust domain, or the revocation lists); otherwise it asks only who may connect
+//! (deny-lists, allow-list, admission policy), which is a few lookups.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
+
+use rustls::time_provider::TimeProvider;
+use rustls_pki_types::UnixTime;
+use spiffe::TrustDomain;
+use tokio::sync::{Notify, mpsc, watch};
+use tokio::time::Instant;
+
+use crate::tls::{Admitted, SvidVerifier, TrustMark};
+use crate::transport::cutoff::{CutOff, CutOffReason, CutState};
+
+/// The `tracing` target of cut-off lines.
+pub(crate) const TARGET: &str = "secure_channel::trust";
+
+/// Default time between a cut-off's signal and the hard close.
+pub(crate) const DEFAULT_CUT_OFF_GRACE: Duration = Duration::from_secs(10);
+
+/// A named source of trust changes and the receiver of its revisions.
+pub(crate) type Trigger = (&'static str, watch::Receiver<u64>);
+
+/// How the registry cuts connections off.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct CutOffPolicy {
+    /// Between the signal and the hard close.
+    pub(crate) grace: Duration,
+    /// Connections older than this are cut off (`None`: no limit).
+    pub(crate) max_age: Option<Duration>,
+}
+
+impl Default for CutOffPolicy {
+    fn default() -> Self {
+        Self {
+            grace: DEFAULT_CUT_OFF_GRACE,
+            max_age: None,
+        }
+    }
+}
+
+/// A channel's live connections.
+pub(crate) struct Registry {
+    state: Mutex<State>,
+    policy: CutOffPolicy,
+    time: Arc<dyn TimeProvider>,
+    /// Woken when a deadline earlier than the sweeper's next one is added.
+    deadline_added: Arc<Notify>,
+    /// Dropped with the registry: the sweeper's cue to stop.
+    _alive: watch::Sender<()>,
+    alive: watch::Receiver<()>,
+    /// The triggers, until the sweeper starts (with the first connection).
+    triggers: Mutex<Option<Vec<Trigger>>>,
+    started: AtomicBool,
+    /// Counts sweeps begun: a registration that raced one re-checks itself.
+    sweeps: AtomicU64,
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Registry")
+            .field("connections", &self.lock().entries.len())
+            .field("policy", &self.policy)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    next_id: u64,
+    entries: HashMap<u64, Tracked>,
+    deadlines: BTreeSet<(Instant, u64, Due)>,
+}
+
+struct Tracked {
+    entry: Arc<Entry>,
+    /// Its deadlines in `State::deadlines`, removed with it.
+    deadlines: Vec<(Instant, Due)>,
+}
+
+/// What happens at a deadline.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Due {
+    /// The peer's chain expires (checked against the channel's clock).
+    Expiry,
+    /// The connection reaches the maximum age.
+    MaxAge,
+    /// The grace period after a cut-off is over.
+    Close,
+}
+
+/// One live connection.
+struct Entry {
+    id: u64,
+    side: &'static str,
+    admitted: Admitted,
+    verifier: Arc<SvidVerifier>,
+    /// What the chain was last validated against.
+    validated_under: Mutex<TrustMark>,
+    state: Arc<CutState>,
+}
+
+/// A change that caused a sweep, for the audit line: `policy revision 4`.
+#[derive(Debug, Clone, Copy)]
+struct Change {
+    what: &'static str,
+    revision: u64,
+}
+
+/// A stream's place in the registry; dropping it removes the connection.
+#[derive(Debug)]
+pub(crate) struct Registration {
+    registry: Arc<Registry>,
+    id: u64,
+}
+
+impl Drop for Registration {
+    fn drop(&mut self) {
+        let mut state = self.registry.lock();
+        if let Some(tracked) = state.entries.remove(&self.id) {
+            for (at, due) in tracked.deadlines {
+                state.deadlines.remove(&(at, self.id, due));
+            }
+        }
+    }
+}
+
+impl Registry {
+    /// A registry that cuts off by `policy`, sweeping on `triggers` once connections exist.
+    pub(crate) fn new(
+        policy: CutOffPolicy,
+        time: Arc<dyn TimeProvider>,
+        triggers: Vec<Trigger>,
+    ) -> Self {
+        let (alive_tx, alive) = watch::channel(());
+        Self {
+            state: Mutex::new(State::default()),
+            policy,
+            time,
+            deadline_added: Arc::new(Notify::new()),
+            _alive: alive_tx,
+            alive,
+            triggers: Mutex::new(Some(triggers)),
+            started: AtomicBool::new(false),
+            sweeps: AtomicU64::new(0),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn now(&self) -> UnixTime {
+        self.time.current_time().unwrap_or_else(UnixTime::now)
+    }
+
+    /// How many sweeps have begun; read before a peer is verified, handed to
+    /// [`register`](Self::register).
+    pub(crate) fn sweeps(&self) -> u64 {
+        self.sweeps.load(Ordering::SeqCst)
+    }
+
+    /// The number of live connections.
+    pub(crate) fn len(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Registers a connection whose peer `admitted` was verified by `verifier` after
+    /// `sweeps_before` sweeps had begun. Starts the sweeper with the first connection (within a
+    /// tokio runtime).
+    pub(crate) fn register(
+        self: &Arc<Self>,
+        side: &'static str,
+        admitted: Admitted,
+        verifier: Arc<SvidVerifier>,
+        sweeps_before: u64,
+    ) -> (Registration, Arc<CutState>) {
+        self.start_sweeper();
+        let state = Arc::new(CutState::default());
+        let mut deadlines = vec![(self.expiry_deadline(&admitted), Due::Expiry)];
+        deadlines.extend(
+            self.policy
+                .max_age
+                .map(|age| (Instant::now() + age, Due::MaxAge)),
+        );
+        let first = deadlines.iter().map(|(at, _)| *at).min();
+        let id = {
+            let mut guard = self.lock();
+            let id = guard.next_id;
+            guard.next_id += 1;
+            let earliest = guard.deadlines.first().map(|(at, ..)| *at);
+            for (at, due) in &deadlines {
+                guard.deadlines.insert((*at, id, *due));
+            }
+            let entry = Arc::new(Entry {
+                id,
+                side,
+                validated_under: Mutex::new(admitted.validated_under),
+                admitted,
+                verifier,
+                state: state.clone(),
+            });
+            guard.entries.insert(id, Tracked { entry, deadlines });
+            if earliest.is_none_or(|earliest| first.is_some_and(|first| first < earliest)) {
+                self.deadline_added.notify_one();
+            }
+            id
+        };
+        let registration = Registration {
+            registry: self.clone(),
+            id,
+        };
+        if self.sweeps() != sweeps_before {
+            // A sweep began while this peer was being verified and may have missed it.
+            if let Some(entry) = self.lock().entries.get(&id).map(|t| t.entry.clone()) {
+                let mut marks = HashMap::new();
+                self.recheck(&entry, self.now(), &mut marks, &[]);
+            }
+        }
+        (registration, state)
+    }
+
+    /// When the peer's chain expires: one second after the last second it is valid in, on the
+    /// tokio clock.
+    fn expiry_deadline(&self, admitted: &Admitted) -> Instant {
+        let now = i64::try_from(self.now().as_secs()).unwrap_or(i64::MAX);
+        let left = admitted.valid_until.saturating_add(1).saturating_sub(now);
+        Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+    }
+
+    fn start_sweeper(self: &Arc<Self>) {
+        if self.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let triggers = self
+            .triggers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .unwrap_or_default();
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            // Registration happens in async handshakes: a runtime is there. Without one, no
+            // sweeper: say so rather than fail the connection.
+            tracing::error!(
+                target: TARGET,
+                "no tokio runtime: connections of this channel are not re-checked on trust changes"
+            );
+            return;
+        };
+        let (tx, changes) = mpsc::unbounded_channel();
+        for (what, receiver) in triggers {
+            runtime.spawn(forward(what, receiver, tx.clone()));
+        }
+        runtime.spawn(sweeper(
+            Arc::downgrade(self),
+            changes,
+            self.deadline_added.clone(),
+            self.alive.clone(),
+        ));
+    }
+
+    /// Every live connection that is not cut off yet.
+    fn live_entries(&self) -> Vec<Arc<Entry>> {
+        self.lock()
+            .entries
+            .values()
+            .filter(|t| t.entry.state.cut_off().is_none())
+            .map(|t| t.entry.clone())
+            .collect()
+    }
+
+    /// Re-checks every live connection after `changes`; returns how many were cut off.
+    fn sweep(&self, changes: &[Change]) -> usize {
+        self.sweeps.fetch_add(1, Ordering::SeqCst);
+        let entries = self.live_entries();
+        let now = self.now();
+        let mut marks = HashMap::new();
+        entries
+            .iter()
+            .filter(|entry| !self.recheck(entry, now, &mut marks, changes))
+            .count()
+    }
+
+    /// Re-checks one connection at `now`; cuts it off (and returns `false`) if its peer is
+    /// refused now. `marks` memoizes the current trust mark of each trust domain.
+    fn recheck(
+        &self,
+        entry: &Entry,
+        now: UnixTime,
+        marks: &mut HashMap<TrustDomain, Option<TrustMark>>,
+        changes: &[Change],
+    ) -> bool {
+        let identity = &entry.admitted.identity;
+        let current = marks
+            .entry(identity.trust_domain().clone())
+            .or_insert_with(|| entry.verifier.trust_mark(identity.trust_domain()));
+        let mut validated_under = entry
+            .validated_under
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let result = if current.as_ref() == Some(&*validated_under) {
+            entry.verifier.readmit(identity)
+        } else {
+            let result =
+                entry
+                    .verifier
+                    .verify(identity.leaf_certificate(), &entry.admitted.path, now);
+            if let (Ok(_), Some(current)) = (&result, current.as_ref()) {
+                *validated_under = *current;
+            }
+            result.map(drop)
+        };
+        drop(validated_under);
+        match result {
+            Ok(()) => true,
+            Err(rejection) => {
+                let reason = CutOffReason::of(&rejection);
+                self.cut_off(entry, reason, format!("{rejection}"), changes);
+                false
+            }
+        }
+    }
+
+    /// Signals the cut-off, counts and logs it, and schedules the hard close.
+    fn cut_off(&self, entry: &Entry, reason: CutOffReason, detail: String, changes: &[Change]) {
+        let grace = self.policy.grace;
+        let change = describe(changes, reason);
+        let detail = format!("{detail} (after {change})");
+        if !entry.state.cut(CutOff::new(reason, detail, grace)) {
+            return;
+        }
+        crate::telemetry::connection_cut_off(entry.side, reason.as_str());
+        let identity = &entry.admitted.identity;
+        tracing::warn!(
+            target: TARGET,
+            side = entry.side,
+            peer = %identity.spiffe_id(),
+            certificate_sha256 = %identity.thumbprint_sha256_hex(),
+            reason = reason.as_str(),
+            change = %change,
+            grace_ms = u64::try_from(grace.as_millis()).unwrap_or(u64::MAX),
+            detail = entry.state.cut_off().map(CutOff::detail),
+            "connection cut off: its peer is no longer trusted"
+        );
+        if grace.is_zero() {
+            entry.state.close();
+            return;
+        }
+        let at = Instant::now() + grace;
+        let mut state = self.lock();
+        let earliest = state.deadlines.first().map(|(at, ..)| *at);
+        if let Some(tracked) = state.entries.get_mut(&entry.id) {
+            tracked.deadlines.push((at, Due::Close));
+            state.deadlines.insert((at, entry.id, Due::Close));
+            if earliest.is_none_or(|earliest| at < earliest) {
+                self.deadline_added.notify_one();
+            }
+        }
+    }
+
+    /// The earliest deadline.
+    fn next_deadline(&self) -> Option<Instant> {
+        self.lock().deadlines.first().map(|(at, ..)| *at)
+    }
+
+    /// Handles the deadlines that are due at `now`.
+    fn run_due(&self, now: Instant) {
+        let due: Vec<(Arc<Entry>, Due, Instant)> = {
+            let mut state = self.lock();
+            let mut due = Vec::new();
+            while let Some(&(at, id, what)) = state.deadlines.first() {
+                if at > now {
+                    break;
+                }
+                state.deadlines.pop_first();
+                if let Some(tracked) = state.entries.get_mut(&id) {
+                    tracked.deadlines.retain(|&(a, w)| (a, w) != (at, what));
+                    due.push((tracked.entry.clone(), what, at));
+                }
+            }
+            due
+        };
+        for (entry, what, _) in due {
+            match what {
+                Due::Close => entry.state.close(),
+                Due::MaxAge => {
+                    let age = self.policy.max_age.unwrap_or_default();
+                    self.cut_off(
+                        &entry,
+                        CutOffReason::MaxAge,
+                        format!("the connection reached its maximum age of {age:?}"),
+                        &[],
+                    );
+                }
+                Due::Expiry => self.expire(&entry),
+            }
+        }
+    }
+
+    /// Cuts the connection off if its peer's chain has expired by the channel's clock; if the
+    /// clock says not yet (the tokio clock ran ahead), looks again later.
+    fn expire(&self, entry: &Arc<Entry>) {
+        let now = i64::try_from(self.now().as_secs()).unwrap_or(i64::MAX);
+        let valid_until = entry.admitted.valid_until;
+        if now > valid_until {
+            self.cut_off(
+                entry,
+                CutOffReason::Expired,
+                format!(
+                    "the certificate chain of {} expired (valid until {valid_until}, Unix time)",
+                    entry.admitted.identity.spiffe_id()
+                ),
+                &[],
+            );
+            return;
+        }
+        let at = self.expiry_deadline(&entry.admitted);
+        let mut state = self.lock();
+        if let Some(tracked) = state.entries.get_mut(&entry.id) {
+            tracked.deadlines.push((at, Due::Expiry));
+            state.deadlines.insert((at, entry.id, Due::Expiry));
+        }
+    }
+}
+
+/// The change named in a cut-off's audit line.
+fn describe(changes: &[Change], reason: CutOffReason) -> String {
+    if changes.is_empty() {
+        return match reason {
+            CutOffReason::Expired => "the certificate's expiry".to_owned(),
+            CutOffReason::MaxAge => "the maximum connection age".to_owned(),
+            _ => "a change while the connection was being established".to_owned(),
+        };
+    }
+    changes
+        .iter()
+        .map(|c| format!("{} revision {}", c.what, c.revision))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Forwards the revisions of one trigger to the sweeper, until either side is gone.
+async fn forward(
+    what: &'static str,
+    mut revisions: watch::Receiver<u64>,
+    sweeper: mpsc::UnboundedSender<Change>,
+) {
+    loop {
+        tokio::select! {
+            changed = revisions.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                let revision = *revisions.borrow_and_update();
+                if sweeper.send(Change { what, revision }).is_err() {
+                    return;
+                }
+            }
+            () = sweeper.closed() => return,
+        }
+    }
+}
+
+/// The sweeper task: sweeps on changes and handles deadlines, until the registry is dropped.
+async fn sweeper(
+    registry: Weak<Registry>,
+    mut changes: mpsc::UnboundedReceiver<Change>,
+    deadline_added: Arc<Notify>,
+    mut alive: watch::Receiver<()>,
+) {
+    let mut triggers_open = true;
+    loop {
+        let next = match registry.upgrade() {
+            Some(registry) => registry.next_deadline(),
+            None => return,
+        };
+        let sleep = async {
+            match next {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            change = changes.recv(), if triggers_open => {
+                let Some(change) = change else {
+                    triggers_open = false;
+                    continue;
+                };
+                let mut batch = vec![change];
+                while let Ok(more) = changes.try_recv() {
+                    batch.push(more);
+                }
+                let Some(registry) = registry.upgrade() else { return };
+                // Chain validations can add up: off the async workers.
+                let sweep = tokio::task::spawn_blocking(move || {
+                    let cut = registry.sweep(&batch);
+                    tracing::debug!(target: TARGET, cut, changes = ?batch, "connections re-checked");
+                });
+                let _ = sweep.await;
+            }
+            () = sleep => {
+                let Some(registry) = registry.upgrade() else { return };
+                registry.run_due(Instant::now());
+            }
+            () = deadline_added.notified() => {}
+            _ = alive.changed() => return,
+        }
+    }
+}
