@@ -220,6 +220,26 @@ impl SecureChannel {
         (clients + servers, client_bytes + server_bytes)
     }
 
+    /// Benchmark hook (hidden, testkit only): registers, as the server side's connection, a
+    /// peer presenting `chain` (leaf first), without a socket; see `benches/live_trust.rs`.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn bench_register(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<crate::transport::BenchConnection, crate::identity::PeerRejection> {
+        let verifier = &self.handshaker.tls().clients_verifier;
+        self.handshaker.registry().bench_register(verifier, chain)
+    }
+
+    /// Benchmark hook (hidden, testkit only): re-checks every open connection now, on this
+    /// thread, as a trust change does; returns how many it cut off.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn bench_sweep(&self) -> usize {
+        self.handshaker.registry().bench_sweep()
+    }
+
     /// The rustls server configuration, for serving with other TLS stacks. Prefer
     /// [`accept`](Self::accept), which also re-validates resumed sessions and returns the
     /// detailed [`ConnectionError::PeerRejected`]: with this configuration alone a refused client fails

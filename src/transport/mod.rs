@@ -19,6 +19,9 @@ pub use listener::{
     SecureListenerBuilder,
 };
 pub(crate) use registry::{CutOffPolicy, Trigger};
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+pub use registry::BenchConnection;
 pub(crate) use stream::HandshakeDeadlines;
 pub use stream::SecureStream;
 pub use webpki::{WebPkiConnection, WebPkiConnector};

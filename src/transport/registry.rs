@@ -520,3 +520,46 @@ async fn sweeper(
         }
     }
 }
+
+/// Benchmark hook (hidden, testkit only): a connection registered without a socket.
+#[cfg(feature = "testkit")]
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct BenchConnection {
+    _registration: Registration,
+    state: Arc<CutState>,
+}
+
+#[cfg(feature = "testkit")]
+impl BenchConnection {
+    /// Whether the connection was cut off.
+    pub fn is_cut_off(&self) -> bool {
+        self.state.cut_off().is_some()
+    }
+}
+
+#[cfg(feature = "testkit")]
+impl Registry {
+    /// Registers a connection of the peer presenting `chain`, verified by `verifier` now.
+    pub(crate) fn bench_register(
+        self: &Arc<Self>,
+        verifier: &Arc<SvidVerifier>,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<BenchConnection, crate::identity::PeerRejection> {
+        let sweeps = self.sweeps();
+        let admitted = verifier.identify(chain, false, self.now())?;
+        let (registration, state) = self.register("server", admitted, verifier.clone(), sweeps);
+        Ok(BenchConnection {
+            _registration: registration,
+            state,
+        })
+    }
+
+    /// Runs one sweep now, on this thread; returns how many connections it cut off.
+    pub(crate) fn bench_sweep(&self) -> usize {
+        self.sweep(&[Change {
+            what: "benchmark",
+            revision: 0,
+        }])
+    }
+}
