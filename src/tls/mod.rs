@@ -31,4 +31,6 @@ pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use verifier::BenchVerifier;
+#[cfg(test)]
+pub(crate) use verifier::Side;
 pub(crate) use verifier::{Admitted, SvidVerifier, TrustMark};

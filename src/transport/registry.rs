@@ -563,3 +563,170 @@ impl Registry {
         }])
     }
 }
+
+#[cfg(all(test, feature = "testkit"))]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use std::time::SystemTime;
+
+    use super::*;
+    use crate::identity::AllowList;
+    use crate::source::MemorySource;
+    use crate::testkit::DevCa;
+    use crate::tls::Side;
+
+    const WEB: &str = "spiffe://example.org/web";
+
+    /// A clock the test sets.
+    #[derive(Debug)]
+    struct Clock(Mutex<SystemTime>);
+
+    impl TimeProvider for Clock {
+        fn current_time(&self) -> Option<UnixTime> {
+            let now = *self.0.lock().unwrap();
+            Some(UnixTime::since_unix_epoch(
+                now.duration_since(SystemTime::UNIX_EPOCH).unwrap(),
+            ))
+        }
+    }
+
+    struct Setup {
+        ca: DevCa,
+        source: MemorySource,
+        clock: Arc<Clock>,
+    }
+
+    impl Setup {
+        fn new() -> Self {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            Self {
+                ca,
+                source,
+                clock: Arc::new(Clock(Mutex::new(SystemTime::now()))),
+            }
+        }
+
+        fn verifier(&self, allowed: &[&str]) -> Arc<SvidVerifier> {
+            let provider = crate::crypto::default_provider().unwrap();
+            Arc::new(SvidVerifier::new(
+                self.source.source(),
+                allowed
+                    .iter()
+                    .map(|id| id.parse().unwrap())
+                    .collect::<AllowList>(),
+                Side::Clients,
+                provider.signature_verification_algorithms,
+            ))
+        }
+
+        fn registry(&self, policy: CutOffPolicy) -> Arc<Registry> {
+            Arc::new(Registry::new(policy, self.clock.clone(), Vec::new()))
+        }
+
+        fn admitted(&self, verifier: &SvidVerifier) -> Admitted {
+            let chain = self.ca.svid(WEB).issue().unwrap().chain().to_vec();
+            verifier
+                .identify(&chain, false, self.clock.current_time().unwrap())
+                .unwrap()
+        }
+    }
+
+    fn deadlines(registry: &Registry) -> usize {
+        registry.lock().deadlines.len()
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_leaves_no_entry_and_no_deadline() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy {
+            max_age: Some(Duration::from_secs(60)),
+            ..CutOffPolicy::default()
+        });
+        let verifier = setup.verifier(&[WEB]);
+        let (first, _) =
+            registry.register("server", setup.admitted(&verifier), verifier.clone(), 0);
+        let (second, _) = registry.register("server", setup.admitted(&verifier), verifier, 0);
+        assert_eq!(
+            (registry.len(), deadlines(&registry)),
+            (2, 4),
+            "expiry and max age each"
+        );
+        drop(first);
+        assert_eq!((registry.len(), deadlines(&registry)), (1, 2));
+        drop(second);
+        assert_eq!((registry.len(), deadlines(&registry)), (0, 0));
+    }
+
+    #[tokio::test]
+    async fn a_registration_that_raced_a_sweep_rechecks_itself() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy::default());
+        let admitting = setup.verifier(&[WEB]);
+        // Admitted by one verifier, registered with one that refuses it now: what a sweep that
+        // ran while the handshake finished would have found.
+        let refusing = setup.verifier(&[]);
+        let before = registry.sweeps();
+        let (_quiet, state) = registry.register(
+            "server",
+            setup.admitted(&admitting),
+            refusing.clone(),
+            before,
+        );
+        assert!(
+            state.cut_off().is_none(),
+            "no sweep in between: no re-check"
+        );
+        registry.bench_sweep();
+        let (_raced, state) =
+            registry.register("server", setup.admitted(&admitting), refusing, before);
+        let cut = state.cut_off().expect("re-checked at registration");
+        assert_eq!(cut.reason(), CutOffReason::NotAllowed);
+    }
+
+    #[tokio::test]
+    async fn an_expiry_deadline_the_clock_has_not_reached_is_moved_not_applied() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy::default());
+        let verifier = setup.verifier(&[WEB]);
+        let admitted = setup.admitted(&verifier);
+        let valid_until = admitted.valid_until;
+        let (_connection, state) = registry.register("server", admitted, verifier, 0);
+        let (at, ..) = *registry.lock().deadlines.first().unwrap();
+        // The tokio clock says the deadline passed; the channel's clock says not yet.
+        registry.run_due(at);
+        assert!(state.cut_off().is_none());
+        assert_eq!(deadlines(&registry), 1, "rescheduled");
+        // Once the channel's clock is past the chain's last valid second, it is cut off.
+        let expired = u64::try_from(valid_until + 1).unwrap();
+        *setup.clock.0.lock().unwrap() = SystemTime::UNIX_EPOCH + Duration::from_secs(expired);
+        let (at, ..) = *registry.lock().deadlines.first().unwrap();
+        registry.run_due(at);
+        assert_eq!(state.cut_off().unwrap().reason(), CutOffReason::Expired);
+        // The hard close follows at the end of the grace period.
+        assert!(!state.is_closed());
+        let (close, ..) = *registry.lock().deadlines.first().unwrap();
+        registry.run_due(close);
+        assert!(state.is_closed());
+    }
+
+    #[tokio::test]
+    async fn a_zero_grace_closes_at_once() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy {
+            grace: Duration::ZERO,
+            max_age: None,
+        });
+        let admitting = setup.verifier(&[WEB]);
+        let (_connection, state) =
+            registry.register("server", setup.admitted(&admitting), setup.verifier(&[]), 0);
+        assert_eq!(registry.bench_sweep(), 1);
+        assert!(state.is_closed());
+        assert_eq!(
+            registry.bench_sweep(),
+            0,
+            "a cut-off connection is not swept again"
+        );
+    }
+}
