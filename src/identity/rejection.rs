@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spiffe::SpiffeId;
 
-use crate::identity::{AllowList, SvidError};
+use crate::identity::{AllowList, DenyEntry, SvidError};
 
 /// Why a peer's certificate was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +30,16 @@ pub enum PeerRejection {
         /// What failed.
         reason: ChainError,
     },
+    /// The peer is authenticated, but a deny-list names its ID or its leaf certificate.
+    /// Deny-lists are consulted before the allow-list, so a denied peer is refused whatever
+    /// the allow-list says.
+    #[error("{presented} is denied by deny-list entry {entry}")]
+    Denied {
+        /// The peer's (authenticated) SPIFFE ID.
+        presented: SpiffeId,
+        /// The entry that denies it.
+        entry: DenyEntry,
+    },
     /// The peer is authenticated, but its ID is not among those expected.
     #[error("{presented} is not allowed; {}", expectation(.expected))]
     NotAllowed {
@@ -51,6 +61,7 @@ impl PeerRejection {
             Self::NotSvid(_) => "not_svid",
             Self::UnknownTrustDomain { .. } => "unknown_trust_domain",
             Self::InvalidChain { .. } => "invalid_chain",
+            Self::Denied { .. } => "denied",
             Self::NotAllowed { .. } => "not_allowed",
             Self::ResumedSessionInvalid(_) => "resumed_session_invalid",
         }
@@ -119,6 +130,28 @@ pub enum ChainError {
         /// The intermediate's position on the path: 1 for the leaf's issuer, then upwards.
         depth: usize,
     },
+    /// A certificate of the chain (the leaf or an intermediate) is on the revocation list
+    /// (CRL) of its issuer.
+    #[error("certificate revoked: its serial number is on its issuer's revocation list")]
+    Revoked,
+    /// The revocation list (CRL) of an issuer on the chain is past its nextUpdate time: whether
+    /// the certificate was revoked since is unknown, so the chain is refused (fail closed) until
+    /// a current list arrives, unless the lists were configured to ignore nextUpdate.
+    #[error(
+        "revocation list expired: its nextUpdate is {} (Unix time), checked at {} ({}s later); load a current CRL",
+        unix(*.next_update), unix(*.now), seconds_between(*.next_update, *.now)
+    )]
+    RevocationListExpired {
+        /// The time of the check.
+        now: SystemTime,
+        /// The nextUpdate time of the list.
+        next_update: SystemTime,
+    },
+    /// The revocation list (CRL) of an issuer on the chain cannot be used: its signature does not
+    /// verify with the issuer's key, the issuer lacks keyUsage cRLSign, or it uses a feature
+    /// rustls-webpki does not support. The chain is refused (fail closed).
+    #[error("revocation list cannot be used: {0}")]
+    RevocationList(String),
     /// The peer presented more intermediate certificates than the verifier examines.
     #[error("{presented} intermediate certificates presented; at most {limit} are accepted")]
     TooManyIntermediates {
