@@ -12,6 +12,7 @@ use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
 use crate::identity::{ChainError, PeerRejection};
+use crate::revocation::RevocationChecks;
 use crate::source::{CredentialSource, Snapshot};
 
 /// Which side of the connection is being verified.
@@ -31,6 +32,7 @@ pub(crate) struct SvidVerifier {
     admission: Option<Arc<dyn PeerAdmission>>,
     side: Side,
     algorithms: WebPkiSupportedAlgorithms,
+    revocation: RevocationChecks,
     verified: VerifiedChains,
 }
 
@@ -53,12 +55,15 @@ const ENTRY_OVERHEAD: usize = 256;
 /// Chains of admitted peers that passed verification, found by a keyed hash of the leaf and
 /// compared byte for byte.
 ///
-/// Chain validation is a pure function of the chain bytes, the bundles and the clock; an entry
-/// holds the span in which every certificate of its path is valid (the clock) and belongs to the
-/// credential revision the cache is at (the bundles); a newer revision empties the cache, so
-/// entries of superseded credentials are dropped rather than left to age out. Who may connect
-/// is decided after the lookup, on every handshake, so a changed allow-list or policy applies at
-/// once. It spares resumed sessions, and the identity lookup after a full handshake, a second
+/// Chain validation is a pure function of the chain bytes, the bundles, the revocation lists
+/// and the clock; an entry holds the span in which every certificate of its path is valid (the
+/// clock) and belongs to the revision the cache is at: the credential revision (the bundles)
+/// and the revocation lists' revision together. A lookup hits only at exactly that revision,
+/// and a newer one empties the cache, so entries of superseded credentials or lists are dropped
+/// rather than left to age out, and a newly revoked certificate is never served from it. The
+/// lists' nextUpdate bounds an entry's span too when it is enforced. Deny-lists and who may
+/// connect are decided after the lookup, on every handshake, so a changed deny-list, allow-list
+/// or policy applies at once. It spares resumed sessions, and the identity lookup after a full handshake, a second
 /// chain validation.
 ///
 /// Only peers that were admitted are cached, and only the path rustls-webpki used (leaf and the
@@ -75,10 +80,14 @@ struct VerifiedChains {
     entries: Mutex<Entries>,
 }
 
-/// The cache's content: entries of one credential revision.
+/// The revision a chain was verified under: the credentials' (bundles) and the revocation
+/// lists' (0 without any).
+type Revision = (u64, u64);
+
+/// The cache's content: entries of one revision.
 #[derive(Debug, Default)]
 struct Entries {
-    revision: u64,
+    revision: Revision,
     bytes: usize,
     map: HashMap<u64, VerifiedChain>,
 }
@@ -140,7 +149,7 @@ impl VerifiedChains {
         key: u64,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        revision: u64,
+        revision: Revision,
         now: UnixTime,
     ) -> Option<PeerIdentity> {
         let entries = self.lock();
@@ -155,14 +164,15 @@ impl VerifiedChains {
         .then(|| entry.identity.clone())
     }
 
-    /// Remembers `entry`, verified under credential `revision`: a newer revision empties the
-    /// cache first, an older one (a handshake that started before a rotation) is not kept.
-    fn insert(&self, key: u64, revision: u64, entry: VerifiedChain) {
+    /// Remembers `entry`, verified under `revision`: a newer revision (neither part older)
+    /// empties the cache first; an older one (a handshake that started before a rotation or a
+    /// new list) is not kept.
+    fn insert(&self, key: u64, revision: Revision, entry: VerifiedChain) {
         let mut entries = self.lock();
-        if revision < entries.revision {
-            return;
-        }
-        if revision > entries.revision {
+        if revision != entries.revision {
+            if revision.0 < entries.revision.0 || revision.1 < entries.revision.1 {
+                return;
+            }
             entries.clear();
             entries.revision = revision;
         }
@@ -199,8 +209,26 @@ impl SvidVerifier {
             admission: None,
             side,
             algorithms,
+            revocation: RevocationChecks::default(),
             verified: VerifiedChains::default(),
         }
+    }
+
+    /// Also checks the revocation lists and deny-lists of `revocation`.
+    pub(crate) fn with_revocation(mut self, revocation: RevocationChecks) -> Self {
+        self.revocation = revocation;
+        self
+    }
+
+    /// Subscriptions to the changes that can withdraw trust from connections this verifier
+    /// admitted, each named: the revocation lists ("revocation lists") and each deny-list
+    /// ("deny-list").
+    #[cfg_attr(
+        not(all(test, feature = "testkit")),
+        expect(dead_code, reason = "read by the live-connection re-check sweeper")
+    )]
+    pub(crate) fn trust_changes(&self) -> Vec<(&'static str, tokio::sync::watch::Receiver<u64>)> {
+        self.revocation.changes()
     }
 
     /// How many chains the verified-chain cache holds, and the bytes they count.
@@ -215,8 +243,15 @@ impl SvidVerifier {
         self
     }
 
-    /// Whether the (authenticated) `id` may connect: the allow-list, or the admission.
+    /// Whether the (authenticated) `id` may connect: not denied by a deny-list, then the
+    /// allow-list, or the admission.
     fn admit(&self, identity: PeerIdentity) -> Result<PeerIdentity, PeerRejection> {
+        if let Some(entry) = self.revocation.denying(&identity) {
+            return Err(PeerRejection::Denied {
+                presented: identity.spiffe_id().clone(),
+                entry,
+            });
+        }
         let id = identity.spiffe_id();
         if self.allowed.allows(id) || self.admission.as_ref().is_some_and(|a| a.admits(id)) {
             return Ok(identity);
@@ -236,8 +271,10 @@ impl SvidVerifier {
     /// Verifies a presented chain, leaf first, at `now`.
     ///
     /// Order matters: the SVID shape is checked, then the chain against the bundle of the trust
-    /// domain named in the leaf (never another), and only an authenticated ID is matched against
-    /// the allow-list. Only an admitted peer's chain is cached.
+    /// domain named in the leaf (never another) and the revocation lists, and only an
+    /// authenticated ID is matched against the deny-lists, then the allow-list. Only an
+    /// admitted peer's chain is cached; the deny-lists and allow-list are consulted after the
+    /// cache, on every call.
     pub(crate) fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -245,25 +282,32 @@ impl SvidVerifier {
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
         let snapshot = self.source.snapshot();
+        let (crl_revision, crls) = self.revocation.crls();
+        let revision = (snapshot.revision, crl_revision);
         let key = self.verified.key(end_entity);
-        if let Some(identity) =
-            self.verified
-                .get(key, end_entity, intermediates, snapshot.revision, now)
+        if let Some(identity) = self
+            .verified
+            .get(key, end_entity, intermediates, revision, now)
         {
             return self.admit(identity);
         }
-        let verified = self.validate(&snapshot, end_entity, intermediates, now)?;
+        let crls = crls
+            .as_ref()
+            .map(|(set, enforce)| (set.lists(), set.next_update(), *enforce));
+        let verified = self.validate(&snapshot, crls.as_ref(), end_entity, intermediates, now)?;
         let identity = self.admit(verified.identity.clone())?;
-        self.verified.insert(key, snapshot.revision, verified);
+        self.verified.insert(key, revision, verified);
         Ok(identity)
     }
 
-    /// Validates a chain against `snapshot`'s bundles, without the cache or the allow-list:
-    /// the authenticated identity, the path rustls-webpki used and the span in which every
-    /// certificate of that path is valid.
+    /// Validates a chain against `snapshot`'s bundles and the revocation lists `crls` (with
+    /// their earliest nextUpdate and whether it is enforced), without the cache or the
+    /// deny- and allow-lists: the authenticated identity, the path rustls-webpki used and the
+    /// span in which every certificate of that path is valid (and the lists current).
     fn validate(
         &self,
         snapshot: &Snapshot,
+        crls: Option<&Crls<'_>>,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
@@ -286,6 +330,23 @@ impl SvidVerifier {
             Side::Clients => webpki::KeyUsage::client_auth(),
             Side::Servers => webpki::KeyUsage::server_auth(),
         };
+        let revocation = crls.and_then(|(lists, _, enforce)| {
+            // Unknown status is allowed: lists are opt-in per CA (SVIDs are short-lived).
+            let expiration = if *enforce {
+                webpki::ExpirationPolicy::Enforce
+            } else {
+                webpki::ExpirationPolicy::Ignore
+            };
+            webpki::RevocationOptionsBuilder::new(lists)
+                .ok()
+                .map(|options| {
+                    options
+                        .with_depth(webpki::RevocationCheckDepth::Chain)
+                        .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                        .with_expiration_policy(expiration)
+                        .build()
+                })
+        });
         let chain_result = webpki::EndEntityCert::try_from(end_entity)
             .map_err(ChainError::from)
             .and_then(|cert| {
@@ -296,16 +357,23 @@ impl SvidVerifier {
                         intermediates,
                         now,
                         usage,
-                        None,
+                        revocation,
                         None,
                     )
                     .map_err(ChainError::from)?;
                 signing_path(&path, leaf.validity)
             });
-        let ((valid_from, valid_until), path) = match chain_result {
+        let ((valid_from, mut valid_until), path) = match chain_result {
             Ok(checked) => checked,
             Err(reason) => return Err(PeerRejection::InvalidChain { presented, reason }),
         };
+        // An enforced nextUpdate ends the cached verdict too (webpki refuses at nextUpdate).
+        if let Some((_, Some(next_update), true)) = crls
+            && let Ok(since_epoch) = next_update.duration_since(std::time::UNIX_EPOCH)
+        {
+            let next_update = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+            valid_until = valid_until.min(next_update.saturating_sub(1));
+        }
         Ok(VerifiedChain {
             valid_from,
             valid_until,
@@ -375,6 +443,14 @@ impl SvidVerifier {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 }
+
+/// The revocation lists of one verification, their earliest nextUpdate, and whether it is
+/// enforced.
+type Crls<'a> = (
+    Vec<&'a webpki::CertRevocationList<'static>>,
+    Option<std::time::SystemTime>,
+    bool,
+);
 
 /// The span (Unix seconds) in which a validated path is valid, and its intermediates.
 type SigningPath = ((i64, i64), Box<[CertificateDer<'static>]>);
@@ -542,7 +618,7 @@ impl BenchVerifier {
             return Err(PeerRejection::NoCertificate);
         };
         let snapshot = self.0.source.snapshot();
-        let verified = self.0.validate(&snapshot, leaf, intermediates, now)?;
+        let verified = self.0.validate(&snapshot, None, leaf, intermediates, now)?;
         self.0.admit(verified.identity)
     }
 }
@@ -580,18 +656,22 @@ mod tests {
         let cache = VerifiedChains::default();
         let (leaf, other_leaf, intermediate) = (cert(b"leaf"), cert(b"other"), cert(b"ca"));
         let key = cache.key(&leaf);
-        cache.insert(key, 7, entry(&leaf, &[]));
+        cache.insert(key, (7, 0), entry(&leaf, &[]));
 
-        assert!(cache.get(key, &leaf, &[], 7, at(150)).is_some());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(150)).is_some());
         // Same slot, other leaf (what a hash collision would present): not this identity.
-        assert!(cache.get(key, &other_leaf, &[], 7, at(150)).is_none());
+        assert!(cache.get(key, &other_leaf, &[], (7, 0), at(150)).is_none());
         // Bundles changed since, or the clock left the chain's window.
-        assert!(cache.get(key, &leaf, &[], 8, at(150)).is_none());
-        assert!(cache.get(key, &leaf, &[], 7, at(99)).is_none());
-        assert!(cache.get(key, &leaf, &[], 7, at(201)).is_none());
+        assert!(cache.get(key, &leaf, &[], (8, 0), at(150)).is_none());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(99)).is_none());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(201)).is_none());
 
         let (junk, other_ca) = (cert(b"junk"), cert(b"other ca"));
-        cache.insert(key, 7, entry(&leaf, std::slice::from_ref(&intermediate)));
+        cache.insert(
+            key,
+            (7, 0),
+            entry(&leaf, std::slice::from_ref(&intermediate)),
+        );
         // The path webpki used must be presented again; anything else presented is irrelevant.
         assert!(
             cache
@@ -599,32 +679,53 @@ mod tests {
                     key,
                     &leaf,
                     &[junk.clone(), intermediate.clone()],
-                    7,
+                    (7, 0),
                     at(150)
                 )
                 .is_some()
         );
         assert!(
             cache
-                .get(key, &leaf, &[other_ca, junk], 7, at(150))
+                .get(key, &leaf, &[other_ca, junk], (7, 0), at(150))
                 .is_none()
         );
-        assert!(cache.get(key, &leaf, &[], 7, at(150)).is_none());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(150)).is_none());
     }
 
     #[test]
     fn a_newer_revision_drops_the_entries_of_the_older_ones() {
         let cache = VerifiedChains::default();
         let (a, b) = (cert(b"a"), cert(b"b"));
-        cache.insert(cache.key(&a), 7, entry(&a, &[]));
+        cache.insert(cache.key(&a), (7, 0), entry(&a, &[]));
         assert_eq!(cache.usage().0, 1);
-        cache.insert(cache.key(&b), 8, entry(&b, &[]));
+        cache.insert(cache.key(&b), (8, 0), entry(&b, &[]));
         assert_eq!(cache.usage().0, 1);
-        assert!(cache.get(cache.key(&b), &b, &[], 8, at(150)).is_some());
+        assert!(cache.get(cache.key(&b), &b, &[], (8, 0), at(150)).is_some());
         // A handshake verified under the superseded revision is not kept.
-        cache.insert(cache.key(&a), 7, entry(&a, &[]));
+        cache.insert(cache.key(&a), (7, 0), entry(&a, &[]));
         assert_eq!(cache.usage().0, 1);
-        assert!(cache.get(cache.key(&a), &a, &[], 7, at(150)).is_none());
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 0), at(150)).is_none());
+    }
+
+    /// The revocation lists' revision is part of the cache's: a chain verified under older
+    /// lists is never served, and a newer list revision empties the cache.
+    #[test]
+    fn a_cached_chain_is_used_only_under_the_lists_it_was_verified_with() {
+        let cache = VerifiedChains::default();
+        let (a, b) = (cert(b"a"), cert(b"b"));
+        cache.insert(cache.key(&a), (7, 1), entry(&a, &[]));
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 1), at(150)).is_some());
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 2), at(150)).is_none());
+        cache.insert(cache.key(&b), (7, 2), entry(&b, &[]));
+        assert_eq!(cache.usage().0, 1);
+        // Verified under the older lists: not kept.
+        cache.insert(cache.key(&a), (7, 1), entry(&a, &[]));
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 1), at(150)).is_none());
+        // Newer credentials but older lists (a handshake that read them across two changes):
+        // not kept either.
+        cache.insert(cache.key(&a), (8, 1), entry(&a, &[]));
+        assert!(cache.get(cache.key(&a), &a, &[], (8, 1), at(150)).is_none());
+        assert!(cache.get(cache.key(&b), &b, &[], (7, 2), at(150)).is_some());
     }
 
     #[test]
@@ -632,7 +733,7 @@ mod tests {
         let cache = VerifiedChains::default();
         for i in 0..VERIFIED_CHAINS_CAPACITY + 10 {
             let leaf = cert(&i.to_be_bytes());
-            cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+            cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
         }
         assert!(cache.usage().0 <= VERIFIED_CHAINS_CAPACITY);
     }
@@ -644,14 +745,14 @@ mod tests {
         let path = [big.clone(), big.clone(), big];
         for i in 0u32..100 {
             let leaf = cert(&i.to_be_bytes());
-            cache.insert(cache.key(&leaf), 1, entry(&leaf, &path));
+            cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &path));
             let (_, bytes) = cache.usage();
             assert!(bytes <= VERIFIED_CHAINS_MAX_BYTES, "{bytes} bytes cached");
         }
         // The byte count is what the entries hold (replacing an entry does not inflate it).
         let leaf = cert(b"again");
-        cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
-        cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+        cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
+        cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
         let entries = cache.lock();
         assert_eq!(
             entries.bytes,
@@ -665,14 +766,20 @@ mod tests {
     fn entries_of_different_leaves_are_kept_side_by_side_and_counted_exactly() {
         let cache = VerifiedChains::default();
         let (a, b, ca) = (cert(b"leaf a"), cert(b"leaf b"), cert(b"intermediate"));
-        cache.insert(cache.key(&a), 7, entry(&a, std::slice::from_ref(&ca)));
-        cache.insert(cache.key(&b), 7, entry(&b, &[]));
+        cache.insert(cache.key(&a), (7, 0), entry(&a, std::slice::from_ref(&ca)));
+        cache.insert(cache.key(&b), (7, 0), entry(&b, &[]));
         assert!(
             cache
-                .get(cache.key(&a), &a, std::slice::from_ref(&ca), 7, at(150))
+                .get(
+                    cache.key(&a),
+                    &a,
+                    std::slice::from_ref(&ca),
+                    (7, 0),
+                    at(150)
+                )
                 .is_some()
         );
-        assert!(cache.get(cache.key(&b), &b, &[], 7, at(150)).is_some());
+        assert!(cache.get(cache.key(&b), &b, &[], (7, 0), at(150)).is_some());
         assert_eq!(cache.usage(), (2, 2 * ENTRY_OVERHEAD + 6 + 12 + 6));
     }
 
@@ -685,11 +792,11 @@ mod tests {
             let mut bytes = vec![0u8; quarter];
             bytes[0] = i;
             let leaf = cert(&bytes);
-            cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+            cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
         }
         assert_eq!(cache.usage(), (4, VERIFIED_CHAINS_MAX_BYTES));
         let one_more = cert(b"one more");
-        cache.insert(cache.key(&one_more), 1, entry(&one_more, &[]));
+        cache.insert(cache.key(&one_more), (1, 0), entry(&one_more, &[]));
         assert_eq!(cache.usage(), (1, ENTRY_OVERHEAD + 8));
     }
 
@@ -779,6 +886,31 @@ mod tests {
 
         /// Exactly [`MAX_INTERMEDIATES`] presented intermediates are examined (those the path
         /// does not need are ignored by webpki); one more is refused before path building.
+        /// The sweeper's subscriptions: the lists and each deny-list, named, each seeing its
+        /// changes.
+        #[test]
+        fn trust_changes_name_the_revocation_lists_and_each_deny_list() {
+            use crate::revocation::{DenyList, RevocationChecks, RevocationLists};
+
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            assert!(verifier(&source, Side::Clients).trust_changes().is_empty());
+            let lists = RevocationLists::new([ca.crl(&[]).der().unwrap()]).unwrap();
+            let (first, second) = (DenyList::new(), DenyList::new());
+            let verifier = verifier(&source, Side::Servers).with_revocation(RevocationChecks::new(
+                Some(lists.clone()),
+                vec![first.clone(), second.clone()],
+            ));
+            let changes = verifier.trust_changes();
+            let names: Vec<_> = changes.iter().map(|(name, _)| *name).collect();
+            assert_eq!(names, ["revocation lists", "deny-list", "deny-list"]);
+            second.deny_id(ALLOWED.parse().unwrap());
+            assert!(!changes[1].1.has_changed().unwrap());
+            assert!(changes[2].1.has_changed().unwrap());
+            lists.replace([ca.crl(&[]).der().unwrap()]).unwrap();
+            assert!(changes[0].1.has_changed().unwrap());
+        }
+
         #[test]
         fn the_intermediate_limit_is_exact() {
             let ca = DevCa::new("example.org").unwrap();
