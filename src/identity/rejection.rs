@@ -177,3 +177,33 @@ fn seconds_between(earlier: SystemTime, later: SystemTime) -> u64 {
         .unwrap_or(Duration::ZERO)
         .as_secs()
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A denied peer has its own bounded metric label, and the message names the entry.
+    #[test]
+    fn a_denied_peer_has_its_own_metric_reason_and_names_the_entry() {
+        let presented = SpiffeId::new("spiffe://example.org/web").unwrap();
+        let denied = PeerRejection::Denied {
+            presented: presented.clone(),
+            entry: DenyEntry::CertificateSha256([0xab; 32]),
+        };
+        assert_eq!(denied.metric_reason(), "denied");
+        assert_eq!(
+            denied.to_string(),
+            format!(
+                "spiffe://example.org/web is denied by deny-list entry sha256:{}",
+                "ab".repeat(32)
+            )
+        );
+        let revoked = PeerRejection::InvalidChain {
+            presented,
+            reason: ChainError::Revoked,
+        };
+        assert_eq!(revoked.metric_reason(), "invalid_chain");
+    }
+}
