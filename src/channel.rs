@@ -48,6 +48,8 @@ pub struct SecureChannelBuilder {
     allowed_clients: AllowList,
     admission: Option<Arc<dyn PeerAdmission>>,
     expected_servers: AllowList,
+    revocation_lists: Option<crate::revocation::RevocationLists>,
+    deny_lists: Vec<crate::revocation::DenyList>,
     policy: TlsPolicy,
     handshake_timeout: Duration,
     expiry_warning: Duration,
@@ -76,6 +78,8 @@ impl SecureChannel {
             allowed_clients: AllowList::deny_all(),
             admission: None,
             expected_servers: AllowList::deny_all(),
+            revocation_lists: None,
+            deny_lists: Vec::new(),
             policy: TlsPolicy::default(),
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             expiry_warning: DEFAULT_EXPIRY_WARNING,
@@ -293,6 +297,27 @@ impl SecureChannelBuilder {
         self
     }
 
+    /// Checks peers' chains, on both sides, against `lists` (following them as they change):
+    /// a certificate of the chain on its issuer's CRL is refused with
+    /// [`ChainError::Revoked`](crate::identity::ChainError::Revoked) (alert
+    /// `certificate_revoked`). See [`RevocationLists`](crate::revocation::RevocationLists) for
+    /// the policy (whole chain, unknown status allowed, expired lists fail closed). A second
+    /// call replaces the first: put every CA's CRL in one set.
+    pub fn revocation_lists(mut self, lists: &crate::revocation::RevocationLists) -> Self {
+        self.revocation_lists = Some(lists.clone());
+        self
+    }
+
+    /// Refuses, on both sides, the peers `list` names by SPIFFE ID or leaf certificate digest
+    /// (following it as it changes), before the allow-list is consulted:
+    /// [`PeerRejection::Denied`](crate::identity::PeerRejection::Denied) (alert
+    /// `access_denied`). May be called several times (a list from code and one from a file):
+    /// an entry of any of them denies.
+    pub fn deny_list(mut self, list: &crate::revocation::DenyList) -> Self {
+        self.deny_lists.push(list.clone());
+        self
+    }
+
     /// Accepts TLS 1.2 besides TLS 1.3 (ECDHE key exchange with AEAD ciphers only). Off by
     /// default: enable it only for peers that cannot speak TLS 1.3.
     pub fn allow_tls12(mut self) -> Self {
@@ -371,6 +396,7 @@ impl SecureChannelBuilder {
             self.expected_servers,
             self.policy,
             self.time,
+            crate::revocation::RevocationChecks::new(self.revocation_lists, self.deny_lists),
         )?;
         Ok(SecureChannel {
             handshaker: Handshaker::new(

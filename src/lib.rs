@@ -91,8 +91,12 @@
 //! - TLS 1.3 only unless [`allow_tls12`](SecureChannelBuilder::allow_tls12) is called.
 //! - Resumed sessions are re-validated against the current bundles and clock, so removing a CA
 //!   from a bundle also ends resumption for the SVIDs it issued.
-//! - Inherited limits: rustls-webpki refuses chains carrying URI name constraints; revocation is
-//!   not checked (SVIDs are short-lived).
+//! - Revocation, for incident response, is opt-in: CRLs ([`revocation::RevocationLists`],
+//!   checked over the whole chain, an expired list failing closed) and deny-lists by SPIFFE ID
+//!   or leaf digest ([`revocation::DenyList`]), both followed as they change and applied to the
+//!   next handshake, resumed sessions included. Without them nothing is revoked (SVIDs are
+//!   short-lived); OCSP is not checked.
+//! - Inherited limits: rustls-webpki refuses chains carrying URI name constraints.
 
 pub mod authz;
 mod channel;
@@ -106,6 +110,7 @@ pub mod integration;
 pub mod jwt;
 pub mod layer;
 mod reload;
+pub mod revocation;
 pub mod source;
 pub mod telemetry;
 #[cfg(feature = "testkit")]

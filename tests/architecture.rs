@@ -13,6 +13,7 @@ const ORDER: &[&str] = &[
     "crypto",
     "reload",
     "source",
+    "revocation",
     "tls",
     "transport",
     "jwt",

@@ -586,3 +586,64 @@ async fn a_pooled_client_connection_is_not_reused_once_its_server_is_untrusted()
     );
     assert_eq!(stats.accepted(), 1, "no request went over a new connection");
 }
+
+#[tokio::test]
+async fn a_deny_list_entry_cuts_off_that_peer_at_once_and_no_other() {
+    let example = ca("example.org");
+    let deny = secure_channel::revocation::DenyList::new();
+    let server_source = MemorySource::new(example.credentials(SERVER_ID).unwrap());
+    let server = server_builder(&server_source)
+        .allow_client(WEB)
+        .allow_client(BILLING)
+        .deny_list(&deny)
+        .build()
+        .unwrap();
+    let mut accepted = Server::start(server).await;
+    let web_source = MemorySource::new(example.credentials(WEB).unwrap());
+    let billing_source = MemorySource::new(example.credentials(BILLING).unwrap());
+    let (_w, mut web) = connect(&web_source, accepted.addr).await;
+    let (_, web_signal) = accepted.next().await;
+    let (_b, mut billing) = connect(&billing_source, accepted.addr).await;
+    let (_, billing_signal) = accepted.next().await;
+
+    assert!(deny.deny_id(BILLING.parse().unwrap()));
+    let cut = within(billing_signal.cut_off()).await;
+    assert_eq!(cut.reason(), CutOffReason::Denied);
+    assert!(cut.detail().contains("deny-list revision 2"), "{cut}");
+    closed_by_peer(&mut billing).await;
+    round_trip(&mut web, "not denied").await.unwrap();
+    assert!(web_signal.get().is_none());
+}
+
+#[tokio::test]
+async fn a_revocation_list_naming_a_peer_cuts_it_off_and_no_other() {
+    let example = ca("example.org");
+    let lists = secure_channel::revocation::RevocationLists::new(Vec::<Vec<u8>>::new()).unwrap();
+    let server_source = MemorySource::new(example.credentials(SERVER_ID).unwrap());
+    let server = server_builder(&server_source)
+        .allow_client(WEB)
+        .allow_client(BILLING)
+        .revocation_lists(&lists)
+        .build()
+        .unwrap();
+    let mut accepted = Server::start(server).await;
+    let web_source = MemorySource::new(example.credentials(WEB).unwrap());
+    let billing_svid = example.svid(BILLING).issue().unwrap();
+    let billing_source = MemorySource::new(Credentials::new(
+        billing_svid.to_svid().unwrap(),
+        TrustBundles::new().with(example.bundle().unwrap()),
+    ));
+    let (_w, mut web) = connect(&web_source, accepted.addr).await;
+    let (_, web_signal) = accepted.next().await;
+    let (_b, mut billing) = connect(&billing_source, accepted.addr).await;
+    let (_, billing_signal) = accepted.next().await;
+
+    let crl = example.crl(&[billing_svid.serial()]).der().unwrap();
+    lists.replace([crl]).unwrap();
+    let cut = within(billing_signal.cut_off()).await;
+    assert_eq!(cut.reason(), CutOffReason::Revoked);
+    assert!(cut.detail().contains("revocation lists revision 2"), "{cut}");
+    closed_by_peer(&mut billing).await;
+    round_trip(&mut web, "not revoked").await.unwrap();
+    assert!(web_signal.get().is_none());
+}

@@ -3,12 +3,14 @@
 //! Pure types: nothing here does I/O, and nothing depends on tokio or rustls.
 
 mod admission;
+mod deny;
 mod matcher;
 mod peer;
 mod rejection;
 mod svid;
 
 pub use admission::PeerAdmission;
+pub use deny::DenyEntry;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
 pub use rejection::{ChainError, PeerRejection};

@@ -4,7 +4,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use spiffe::SpiffeId;
 
-use crate::identity::{AllowList, SvidError};
+use crate::identity::{AllowList, DenyEntry, SvidError};
 
 /// Why a peer's certificate was refused.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -30,6 +30,16 @@ pub enum PeerRejection {
         /// What failed.
         reason: ChainError,
     },
+    /// The peer is authenticated, but a deny-list names its ID or its leaf certificate.
+    /// Deny-lists are consulted before the allow-list, so a denied peer is refused whatever
+    /// the allow-list says.
+    #[error("{presented} is denied by deny-list entry {entry}")]
+    Denied {
+        /// The peer's (authenticated) SPIFFE ID.
+        presented: SpiffeId,
+        /// The entry that denies it.
+        entry: DenyEntry,
+    },
     /// The peer is authenticated, but its ID is not among those expected.
     #[error("{presented} is not allowed; {}", expectation(.expected))]
     NotAllowed {
@@ -51,6 +61,7 @@ impl PeerRejection {
             Self::NotSvid(_) => "not_svid",
             Self::UnknownTrustDomain { .. } => "unknown_trust_domain",
             Self::InvalidChain { .. } => "invalid_chain",
+            Self::Denied { .. } => "denied",
             Self::NotAllowed { .. } => "not_allowed",
             Self::ResumedSessionInvalid(_) => "resumed_session_invalid",
         }
@@ -119,6 +130,28 @@ pub enum ChainError {
         /// The intermediate's position on the path: 1 for the leaf's issuer, then upwards.
         depth: usize,
     },
+    /// A certificate of the chain (the leaf or an intermediate) is on the revocation list
+    /// (CRL) of its issuer.
+    #[error("certificate revoked: its serial number is on its issuer's revocation list")]
+    Revoked,
+    /// The revocation list (CRL) of an issuer on the chain is past its nextUpdate time: whether
+    /// the certificate was revoked since is unknown, so the chain is refused (fail closed) until
+    /// a current list arrives, unless the lists were configured to ignore nextUpdate.
+    #[error(
+        "revocation list expired: its nextUpdate is {} (Unix time), checked at {} ({}s later); load a current CRL",
+        unix(*.next_update), unix(*.now), seconds_between(*.next_update, *.now)
+    )]
+    RevocationListExpired {
+        /// The time of the check.
+        now: SystemTime,
+        /// The nextUpdate time of the list.
+        next_update: SystemTime,
+    },
+    /// The revocation list (CRL) of an issuer on the chain cannot be used: its signature does not
+    /// verify with the issuer's key, the issuer lacks keyUsage cRLSign, or it uses a feature
+    /// rustls-webpki does not support. The chain is refused (fail closed).
+    #[error("revocation list cannot be used: {0}")]
+    RevocationList(String),
     /// The peer presented more intermediate certificates than the verifier examines.
     #[error("{presented} intermediate certificates presented; at most {limit} are accepted")]
     TooManyIntermediates {
@@ -143,4 +176,34 @@ fn seconds_between(earlier: SystemTime, later: SystemTime) -> u64 {
         .duration_since(earlier)
         .unwrap_or(Duration::ZERO)
         .as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+
+    use super::*;
+
+    /// A denied peer has its own bounded metric label, and the message names the entry.
+    #[test]
+    fn a_denied_peer_has_its_own_metric_reason_and_names_the_entry() {
+        let presented = SpiffeId::new("spiffe://example.org/web").unwrap();
+        let denied = PeerRejection::Denied {
+            presented: presented.clone(),
+            entry: DenyEntry::CertificateSha256([0xab; 32]),
+        };
+        assert_eq!(denied.metric_reason(), "denied");
+        assert_eq!(
+            denied.to_string(),
+            format!(
+                "spiffe://example.org/web is denied by deny-list entry sha256:{}",
+                "ab".repeat(32)
+            )
+        );
+        let revoked = PeerRejection::InvalidChain {
+            presented,
+            reason: ChainError::Revoked,
+        };
+        assert_eq!(revoked.metric_reason(), "invalid_chain");
+    }
 }

@@ -427,7 +427,7 @@ pub(crate) fn parse_private_key(
 
 /// A PEM parse error in words: the parser's own message prints the offending line as a list
 /// of byte values.
-fn describe_pem_error(error: &rustls_pki_types::pem::Error) -> String {
+pub(crate) fn describe_pem_error(error: &rustls_pki_types::pem::Error) -> String {
     use rustls_pki_types::pem::Error as E;
     let text = |bytes: &[u8]| {
         let line = String::from_utf8_lossy(bytes);

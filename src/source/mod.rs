@@ -27,7 +27,9 @@ use std::sync::Arc;
 use tokio::sync::watch;
 
 pub use credentials::{Credentials, Svid, TrustBundle, TrustBundles};
-pub(crate) use credentials::{check_own_chain, parse_certificates, parse_private_key};
+pub(crate) use credentials::{
+    check_own_chain, describe_pem_error, parse_certificates, parse_private_key,
+};
 pub use files::FileSourceBuilder;
 pub use memory::MemorySource;
 #[cfg(feature = "workload-api")]

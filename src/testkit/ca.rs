@@ -92,6 +92,8 @@ pub struct DevCa {
     /// Intermediates between this CA and the root, this CA first (empty for a root).
     intermediates: Vec<CertificateDer<'static>>,
     root: CertificateDer<'static>,
+    /// This CA certificate's serial number.
+    serial: Vec<u8>,
 }
 
 impl std::fmt::Debug for DevCa {
@@ -155,6 +157,7 @@ impl DevCa {
             .map(|b| format!("{b:02x}"))
             .collect();
         let mut params = ca_params(&td, &format!("{td} root CA {tag}"))?;
+        let serial_bytes = serial.to_bytes();
         params.serial_number = Some(serial);
         let cert = params.self_signed(&key)?.der().clone();
         Ok(Self {
@@ -163,6 +166,7 @@ impl DevCa {
             root: cert.clone(),
             cert,
             intermediates: Vec::new(),
+            serial: serial_bytes,
         })
     }
 
@@ -200,7 +204,9 @@ impl DevCa {
         if let Some(key_usages) = key_usages {
             params.key_usages = key_usages;
         }
-        params.serial_number = Some(serial_for(&key));
+        let serial = serial_for(&key);
+        let serial_bytes = serial.to_bytes();
+        params.serial_number = Some(serial);
         let cert = params.signed_by(&key, &self.issuer)?.der().clone();
         let mut intermediates = vec![cert.clone()];
         intermediates.extend(self.intermediates.iter().cloned());
@@ -210,6 +216,7 @@ impl DevCa {
             cert,
             intermediates,
             root: self.root.clone(),
+            serial: serial_bytes,
         })
     }
 
@@ -221,6 +228,38 @@ impl DevCa {
     /// This CA's own certificate.
     pub fn certificate(&self) -> &CertificateDer<'static> {
         &self.cert
+    }
+
+    /// This CA certificate's serial number (big-endian bytes): what the CRL of its issuer
+    /// names to revoke an intermediate.
+    pub fn serial(&self) -> &[u8] {
+        &self.serial
+    }
+
+    /// Starts minting a certificate revocation list (CRL) signed by this CA that revokes the
+    /// certificates with `revoked_serials` (such as [`IssuedSvid::serial`], or an
+    /// intermediate's [`DevCa::serial`]); valid from a minute ago for a day unless set.
+    ///
+    /// ```
+    /// use secure_channel::testkit::DevCa;
+    ///
+    /// let ca = DevCa::new("example.org")?;
+    /// let svid = ca.svid("spiffe://example.org/web").issue()?;
+    /// let der = ca.crl(&[svid.serial()]).der()?;
+    /// let pem = ca.crl(&[svid.serial()]).pem()?;
+    /// assert!(pem.starts_with("-----BEGIN X509 CRL-----"));
+    /// # let _ = der;
+    /// # Ok::<(), secure_channel::testkit::TestkitError>(())
+    /// ```
+    pub fn crl(&self, revoked_serials: &[&[u8]]) -> CrlBuilder<'_> {
+        let now = SystemTime::now();
+        CrlBuilder {
+            ca: self,
+            revoked: revoked_serials.iter().map(|s| s.to_vec()).collect(),
+            this_update: now - Duration::from_secs(60),
+            next_update: now + Duration::from_secs(24 * 3600),
+            number: 1,
+        }
     }
 
     /// The root certificate: the content of the trust domain's bundle.
@@ -285,6 +324,70 @@ impl DevCa {
             svid,
             TrustBundles::new().with(self.bundle()?),
         ))
+    }
+}
+
+/// Options of one CRL to mint; [`der`](Self::der) or [`pem`](Self::pem) signs it.
+#[derive(Debug)]
+#[must_use]
+pub struct CrlBuilder<'a> {
+    ca: &'a DevCa,
+    revoked: Vec<Vec<u8>>,
+    this_update: SystemTime,
+    next_update: SystemTime,
+    number: u64,
+}
+
+impl CrlBuilder<'_> {
+    /// When the CRL was issued (default: a minute ago).
+    pub fn this_update(mut self, time: SystemTime) -> Self {
+        self.this_update = time;
+        self
+    }
+
+    /// When the next CRL is due (default: in a day); a time in the past makes an expired CRL.
+    /// Must be after [`this_update`](Self::this_update).
+    pub fn next_update(mut self, time: SystemTime) -> Self {
+        self.next_update = time;
+        self
+    }
+
+    /// The CRL number (default 1).
+    pub fn number(mut self, number: u64) -> Self {
+        self.number = number;
+        self
+    }
+
+    fn sign(&self) -> Result<rcgen::CertificateRevocationList, TestkitError> {
+        let revoked_certs = self
+            .revoked
+            .iter()
+            .map(|serial| rcgen::RevokedCertParams {
+                serial_number: SerialNumber::from_slice(serial),
+                revocation_time: self.this_update.into(),
+                reason_code: Some(rcgen::RevocationReason::KeyCompromise),
+                invalidity_date: None,
+            })
+            .collect();
+        let params = rcgen::CertificateRevocationListParams {
+            this_update: self.this_update.into(),
+            next_update: self.next_update.into(),
+            crl_number: SerialNumber::from(self.number),
+            issuing_distribution_point: None,
+            revoked_certs,
+            key_identifier_method: rcgen::KeyIdMethod::Sha256,
+        };
+        Ok(params.signed_by(&self.ca.issuer)?)
+    }
+
+    /// Signs the CRL: DER.
+    pub fn der(&self) -> Result<Vec<u8>, TestkitError> {
+        Ok(self.sign()?.der().to_vec())
+    }
+
+    /// Signs the CRL: one PEM `X509 CRL` block.
+    pub fn pem(&self) -> Result<String, TestkitError> {
+        Ok(pem_block("X509 CRL", &self.der()?))
     }
 }
 

@@ -9,6 +9,8 @@ mod tokens;
 pub mod whoami;
 pub mod workload_api;
 
-pub use ca::{DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm, SvidBuilder, TestkitError};
+pub use ca::{
+    CrlBuilder, DevCa, ExtendedKeyUsage, IssuedSvid, KeyAlgorithm, SvidBuilder, TestkitError,
+};
 pub use tokens::{TokenBuilder, TokenIssuer, TokenIssuerError, x5t_s256};
 pub use workload_api::{WorkloadApiServer, X509SvidResponse};

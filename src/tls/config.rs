@@ -10,6 +10,7 @@ use rustls_pki_types::UnixTime;
 
 use crate::ConfigError;
 use crate::identity::{AllowList, PeerAdmission};
+use crate::revocation::RevocationChecks;
 use crate::source::CredentialSource;
 use crate::tls::resolver::SvidResolver;
 use crate::tls::sessions::{RotatingServerSessions, RotatingSessionStore};
@@ -141,6 +142,8 @@ pub(crate) struct TlsConfigs {
     provider: Arc<CryptoProvider>,
     time: Arc<dyn TimeProvider>,
     source: CredentialSource,
+    /// The revocation lists and deny-lists every verifier of the channel checks.
+    revocation: RevocationChecks,
     /// The session caches `server` and every client configuration share.
     server_sessions: RotatingServerSessions,
     client_sessions: RotatingSessionStore,
@@ -154,12 +157,14 @@ impl TlsConfigs {
         expected_servers: AllowList,
         policy: TlsPolicy,
         time: Arc<dyn TimeProvider>,
+        revocation: RevocationChecks,
     ) -> Result<Self, ConfigError> {
         let provider = policy.provider(crate::crypto::default_provider()?.as_ref())?;
         let algorithms = provider.signature_verification_algorithms;
         let clients_verifier = Arc::new(
             SvidVerifier::new(source.clone(), allowed_clients, Side::Clients, algorithms)
-                .with_admission(admission),
+                .with_admission(admission)
+                .with_revocation(revocation.clone()),
         );
         let resolver = Arc::new(SvidResolver::new(source.clone(), time.clone()));
         let mut server = ServerConfig::builder_with_details(provider.clone(), time.clone())
@@ -172,12 +177,10 @@ impl TlsConfigs {
         server.session_storage = Arc::new(server_sessions.clone());
 
         let client_sessions = RotatingSessionStore::new(source.clone());
-        let servers_verifier = Arc::new(SvidVerifier::new(
-            source.clone(),
-            expected_servers,
-            Side::Servers,
-            algorithms,
-        ));
+        let servers_verifier = Arc::new(
+            SvidVerifier::new(source.clone(), expected_servers, Side::Servers, algorithms)
+                .with_revocation(revocation.clone()),
+        );
         let client = client_config(
             &provider,
             &time,
@@ -194,6 +197,7 @@ impl TlsConfigs {
             provider,
             time,
             source,
+            revocation,
             server_sessions,
             client_sessions,
         })
@@ -219,12 +223,15 @@ impl TlsConfigs {
     /// channel's session cache, and the verifier to re-validate its resumed sessions with: the
     /// channel's own configuration with another verifier, so it cannot fail.
     pub(crate) fn client_for(&self, expected: AllowList) -> (Arc<ClientConfig>, Arc<SvidVerifier>) {
-        let verifier = Arc::new(SvidVerifier::new(
-            self.source.clone(),
-            expected,
-            Side::Servers,
-            self.provider.signature_verification_algorithms,
-        ));
+        let verifier = Arc::new(
+            SvidVerifier::new(
+                self.source.clone(),
+                expected,
+                Side::Servers,
+                self.provider.signature_verification_algorithms,
+            )
+            .with_revocation(self.revocation.clone()),
+        );
         let mut client = (*self.client).clone();
         client
             .dangerous()

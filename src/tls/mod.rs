@@ -12,8 +12,10 @@
 //! # Security
 //!
 //! Limits inherited from rustls-webpki: chains whose CAs carry URI name constraints are refused
-//! (webpki does not evaluate URI name constraints, so it fails closed); revocation (CRL, OCSP) is
-//! not checked, as is usual for short-lived SVIDs; signatures follow webpki's algorithm set
+//! (webpki does not evaluate URI name constraints, so it fails closed); CRLs are checked by
+//! webpki over the whole chain when [revocation lists](crate::revocation::RevocationLists) are
+//! configured (OCSP is not checked), and [deny-lists](crate::revocation::DenyList) after it;
+//! signatures follow webpki's algorithm set
 //! (no SHA-1, RSA keys of 2048 bits or more). What webpki does not check on intermediates, the
 //! verifier does: every CA on the validated path must assert keyUsage keyCertSign.
 //!

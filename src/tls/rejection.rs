@@ -27,6 +27,27 @@ impl From<webpki::Error> for ChainError {
             | E::UnsupportedSignatureAlgorithmForPublicKeyContext(_) => Self::UnsupportedAlgorithm,
             E::CaUsedAsEndEntity => Self::CaUsedAsEndEntity,
             E::RequiredEkuNotFoundContext(_) => Self::ExtendedKeyUsage,
+            E::CertRevoked => Self::Revoked,
+            E::CrlExpired { time, next_update } => Self::RevocationListExpired {
+                now: system_time(time),
+                next_update: system_time(next_update),
+            },
+            E::InvalidCrlSignatureForPublicKey => {
+                Self::RevocationList("its signature does not verify with the issuer's key".into())
+            }
+            E::IssuerNotCrlSigner => {
+                Self::RevocationList("its issuer lacks keyUsage cRLSign".into())
+            }
+            other @ (E::UnsupportedCrlSignatureAlgorithmContext(_)
+            | E::UnsupportedCrlSignatureAlgorithmForPublicKeyContext(_)
+            | E::UnsupportedCrlIssuingDistributionPoint
+            | E::UnsupportedIndirectCrl
+            | E::UnsupportedDeltaCrl
+            | E::UnsupportedRevocationReasonsPartitioning
+            | E::UnsupportedRevocationReason
+            | E::UnsupportedCrlVersion
+            | E::InvalidCrlNumber
+            | E::UnknownRevocationStatus) => Self::RevocationList(other.to_string()),
             #[allow(deprecated)]
             E::UnsupportedSignatureAlgorithm | E::UnsupportedSignatureAlgorithmForPublicKey => {
                 Self::UnsupportedAlgorithm
@@ -80,13 +101,23 @@ impl PeerRejection {
     }
 
     /// The error a verifier returns to rustls, which chooses the alert the peer receives:
-    /// `access_denied` for an authenticated ID that is not allowed, `unknown_ca` for a chain
-    /// (or trust domain) no bundle vouches for, `bad_certificate` for anything else wrong with
-    /// the certificate. The rejection itself is kept for the handshake's task ([`capture`]).
+    /// `access_denied` for an authenticated ID that is not allowed or is denied, `unknown_ca`
+    /// for a chain (or trust domain) no bundle vouches for, `certificate_revoked` for a
+    /// certificate on a revocation list, `bad_certificate` for anything else wrong with the
+    /// certificate (an expired or unusable revocation list included: the fault is the
+    /// verifier's stale list, not the peer's certificate, so not `unknown_ca`). The rejection
+    /// itself is kept for the handshake's task ([`capture`]).
     pub(crate) fn into_rustls(self) -> rustls::Error {
         use rustls::CertificateError as E;
         let error = match &self {
-            Self::NotAllowed { .. } => E::ApplicationVerificationFailure,
+            // A deny-list entry is an authorization decision on an authenticated peer, like the
+            // allow-list, so the same `access_denied`: it tells the holder of a stolen or
+            // compromised credential no more than a peer that is merely not allowed learns.
+            Self::NotAllowed { .. } | Self::Denied { .. } => E::ApplicationVerificationFailure,
+            Self::InvalidChain {
+                reason: ChainError::Revoked,
+                ..
+            } => E::Revoked,
             Self::UnknownTrustDomain { .. }
             | Self::InvalidChain {
                 reason: ChainError::UnknownIssuer,
@@ -121,6 +152,9 @@ pub(crate) fn refusal_advice(alert: rustls::AlertDescription) -> (&'static str, 
         }
         A::UnknownCA => {
             "the server does not trust its issuer: check that the server has the trust bundle of this ID's trust domain (federation included)"
+        }
+        A::CertificateRevoked => {
+            "the server found this certificate, or a CA certificate of its chain, on a revocation list: obtain a new SVID from a CA that is not revoked"
         }
         _ => CHECK_TRUST,
     };
@@ -172,6 +206,7 @@ mod tests {
             let expected = match alert {
                 A::AccessDenied => "allow-list",
                 A::UnknownCA => "trust bundle of this ID's trust domain",
+                A::CertificateRevoked => "revocation list",
                 _ => CHECK_TRUST,
             };
             assert!(advice.contains(expected), "{alert:?}: {advice}");

@@ -13,6 +13,7 @@ use spiffe::TrustDomain;
 
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
 use crate::identity::{ChainError, PeerRejection};
+use crate::revocation::RevocationChecks;
 use crate::source::{CredentialSource, Snapshot};
 
 /// Which side of the connection is being verified.
@@ -32,6 +33,7 @@ pub(crate) struct SvidVerifier {
     admission: Option<Arc<dyn PeerAdmission>>,
     side: Side,
     algorithms: WebPkiSupportedAlgorithms,
+    revocation: RevocationChecks,
     verified: VerifiedChains,
 }
 
@@ -75,12 +77,15 @@ const ENTRY_OVERHEAD: usize = 256;
 /// Chains of admitted peers that passed verification, found by a keyed hash of the leaf and
 /// compared byte for byte.
 ///
-/// Chain validation is a pure function of the chain bytes, the bundles and the clock; an entry
-/// holds the span in which every certificate of its path is valid (the clock) and belongs to the
-/// credential revision the cache is at (the bundles); a newer revision empties the cache, so
-/// entries of superseded credentials are dropped rather than left to age out. Who may connect
-/// is decided after the lookup, on every handshake, so a changed allow-list or policy applies at
-/// once. It spares resumed sessions, and the identity lookup after a full handshake, a second
+/// Chain validation is a pure function of the chain bytes, the bundles, the revocation lists
+/// and the clock; an entry holds the span in which every certificate of its path is valid (the
+/// clock) and belongs to the revision the cache is at: the credential revision (the bundles)
+/// and the revocation lists' revision together. A lookup hits only at exactly that revision,
+/// and a newer one empties the cache, so entries of superseded credentials or lists are dropped
+/// rather than left to age out, and a newly revoked certificate is never served from it. The
+/// lists' nextUpdate bounds an entry's span too when it is enforced. Deny-lists and who may
+/// connect are decided after the lookup, on every handshake, so a changed deny-list, allow-list
+/// or policy applies at once. It spares resumed sessions, and the identity lookup after a full handshake, a second
 /// chain validation.
 ///
 /// Only peers that were admitted are cached, and only the path rustls-webpki used (leaf and the
@@ -97,10 +102,14 @@ struct VerifiedChains {
     entries: Mutex<Entries>,
 }
 
-/// The cache's content: entries of one credential revision.
+/// The revision a chain was verified under: the credentials' (bundles) and the revocation
+/// lists' (0 without any).
+type Revision = (u64, u64);
+
+/// The cache's content: entries of one revision.
 #[derive(Debug, Default)]
 struct Entries {
-    revision: u64,
+    revision: Revision,
     bytes: usize,
     map: HashMap<u64, VerifiedChain>,
 }
@@ -163,7 +172,7 @@ impl VerifiedChains {
         key: u64,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
-        revision: u64,
+        revision: Revision,
         now: UnixTime,
     ) -> Option<VerifiedChain> {
         let entries = self.lock();
@@ -178,14 +187,15 @@ impl VerifiedChains {
         .then(|| entry.clone())
     }
 
-    /// Remembers `entry`, verified under credential `revision`: a newer revision empties the
-    /// cache first, an older one (a handshake that started before a rotation) is not kept.
-    fn insert(&self, key: u64, revision: u64, entry: VerifiedChain) {
+    /// Remembers `entry`, verified under `revision`: a newer revision (neither part older)
+    /// empties the cache first; an older one (a handshake that started before a rotation or a
+    /// new list) is not kept.
+    fn insert(&self, key: u64, revision: Revision, entry: VerifiedChain) {
         let mut entries = self.lock();
-        if revision < entries.revision {
-            return;
-        }
-        if revision > entries.revision {
+        if revision != entries.revision {
+            if revision.0 < entries.revision.0 || revision.1 < entries.revision.1 {
+                return;
+            }
             entries.clear();
             entries.revision = revision;
         }
@@ -222,8 +232,15 @@ impl SvidVerifier {
             admission: None,
             side,
             algorithms,
+            revocation: RevocationChecks::default(),
             verified: VerifiedChains::default(),
         }
+    }
+
+    /// Also checks the revocation lists and deny-lists of `revocation`.
+    pub(crate) fn with_revocation(mut self, revocation: RevocationChecks) -> Self {
+        self.revocation = revocation;
+        self
     }
 
     /// How many chains the verified-chain cache holds, and the bytes they count.
@@ -238,8 +255,15 @@ impl SvidVerifier {
         self
     }
 
-    /// Whether the (authenticated) `id` may connect: the allow-list, or the admission.
+    /// Whether the (authenticated) `id` may connect: not denied by a deny-list, then the
+    /// allow-list, or the admission.
     fn admit(&self, identity: &PeerIdentity) -> Result<(), PeerRejection> {
+        if let Some(entry) = self.revocation.denying(identity) {
+            return Err(PeerRejection::Denied {
+                presented: identity.spiffe_id().clone(),
+                entry,
+            });
+        }
         let id = identity.spiffe_id();
         if self.allowed.allows(id) || self.admission.as_ref().is_some_and(|a| a.admits(id)) {
             return Ok(());
@@ -259,8 +283,10 @@ impl SvidVerifier {
     /// Verifies a presented chain, leaf first, at `now`.
     ///
     /// Order matters: the SVID shape is checked, then the chain against the bundle of the trust
-    /// domain named in the leaf (never another), and only an authenticated ID is matched against
-    /// the allow-list. Only an admitted peer's chain is cached.
+    /// domain named in the leaf (never another) and the revocation lists, and only an
+    /// authenticated ID is matched against the deny-lists, then the allow-list. Only an
+    /// admitted peer's chain is cached; the deny-lists and allow-list are consulted after the
+    /// cache, on every call.
     pub(crate) fn verify(
         &self,
         end_entity: &CertificateDer<'_>,
@@ -279,26 +305,30 @@ impl SvidVerifier {
         now: UnixTime,
     ) -> Result<Admitted, PeerRejection> {
         let snapshot = self.source.snapshot();
+        let (crl_revision, crls) = self.revocation.crls();
+        let revision = (snapshot.revision, crl_revision);
         let key = self.verified.key(end_entity);
-        let verified =
-            match self
-                .verified
-                .get(key, end_entity, intermediates, snapshot.revision, now)
-            {
-                Some(verified) => {
-                    self.admit(&verified.identity)?;
-                    verified
-                }
-                None => {
-                    let verified = self.validate(&snapshot, end_entity, intermediates, now)?;
-                    self.admit(&verified.identity)?;
-                    self.verified
-                        .insert(key, snapshot.revision, verified.clone());
-                    verified
-                }
-            };
+        let verified = match self
+            .verified
+            .get(key, end_entity, intermediates, revision, now)
+        {
+            Some(verified) => {
+                self.admit(&verified.identity)?;
+                verified
+            }
+            None => {
+                let crls = crls
+                    .as_ref()
+                    .map(|(set, enforce)| (set.lists(), set.next_update(), *enforce));
+                let verified =
+                    self.validate(&snapshot, crls.as_ref(), end_entity, intermediates, now)?;
+                self.admit(&verified.identity)?;
+                self.verified.insert(key, revision, verified.clone());
+                verified
+            }
+        };
         let validated_under = self
-            .mark(&snapshot, verified.identity.trust_domain())
+            .mark(&snapshot, crl_revision, verified.identity.trust_domain())
             .ok_or_else(|| PeerRejection::UnknownTrustDomain {
                 presented: verified.identity.spiffe_id().clone(),
             })?;
@@ -312,18 +342,23 @@ impl SvidVerifier {
 
     /// What a chain of `trust_domain` is validated against in `snapshot`; `None` without a
     /// bundle for it.
-    fn mark(&self, snapshot: &Snapshot, trust_domain: &TrustDomain) -> Option<TrustMark> {
+    fn mark(
+        &self,
+        snapshot: &Snapshot,
+        revocation_lists: u64,
+        trust_domain: &TrustDomain,
+    ) -> Option<TrustMark> {
         let bundle = snapshot.credentials.bundles().get(trust_domain)?;
         Some(TrustMark {
             bundle: *bundle.digest(),
-            // MERGE: the revocation lists' revision.
-            revocation_lists: 0,
+            revocation_lists,
         })
     }
 
     /// What a chain of `trust_domain` would be validated against now.
     pub(crate) fn trust_mark(&self, trust_domain: &TrustDomain) -> Option<TrustMark> {
-        self.mark(&self.source.snapshot(), trust_domain)
+        let (revocation_lists, _) = self.revocation.crls();
+        self.mark(&self.source.snapshot(), revocation_lists, trust_domain)
     }
 
     /// Whether a peer whose chain still validates may still connect: what is decided after
@@ -335,15 +370,19 @@ impl SvidVerifier {
     /// The changes after which the peers this verifier admitted must be re-checked: the
     /// credentials (bundles), and the revocation lists and deny-lists it consults.
     pub(crate) fn trust_changes(&self) -> Vec<(&'static str, tokio::sync::watch::Receiver<u64>)> {
-        vec![("credentials", self.source.subscribe())]
+        let mut changes = vec![("credentials", self.source.subscribe())];
+        changes.extend(self.revocation.changes());
+        changes
     }
 
-    /// Validates a chain against `snapshot`'s bundles, without the cache or the allow-list:
-    /// the authenticated identity, the path rustls-webpki used and the span in which every
-    /// certificate of that path is valid.
+    /// Validates a chain against `snapshot`'s bundles and the revocation lists `crls` (with
+    /// their earliest nextUpdate and whether it is enforced), without the cache or the
+    /// deny- and allow-lists: the authenticated identity, the path rustls-webpki used and the
+    /// span in which every certificate of that path is valid (and the lists current).
     fn validate(
         &self,
         snapshot: &Snapshot,
+        crls: Option<&Crls<'_>>,
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
@@ -366,6 +405,23 @@ impl SvidVerifier {
             Side::Clients => webpki::KeyUsage::client_auth(),
             Side::Servers => webpki::KeyUsage::server_auth(),
         };
+        let revocation = crls.and_then(|(lists, _, enforce)| {
+            // Unknown status is allowed: lists are opt-in per CA (SVIDs are short-lived).
+            let expiration = if *enforce {
+                webpki::ExpirationPolicy::Enforce
+            } else {
+                webpki::ExpirationPolicy::Ignore
+            };
+            webpki::RevocationOptionsBuilder::new(lists)
+                .ok()
+                .map(|options| {
+                    options
+                        .with_depth(webpki::RevocationCheckDepth::Chain)
+                        .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                        .with_expiration_policy(expiration)
+                        .build()
+                })
+        });
         let chain_result = webpki::EndEntityCert::try_from(end_entity)
             .map_err(ChainError::from)
             .and_then(|cert| {
@@ -376,16 +432,23 @@ impl SvidVerifier {
                         intermediates,
                         now,
                         usage,
-                        None,
+                        revocation,
                         None,
                     )
                     .map_err(ChainError::from)?;
                 signing_path(&path, leaf.validity)
             });
-        let ((valid_from, valid_until), path) = match chain_result {
+        let ((valid_from, mut valid_until), path) = match chain_result {
             Ok(checked) => checked,
             Err(reason) => return Err(PeerRejection::InvalidChain { presented, reason }),
         };
+        // An enforced nextUpdate ends the cached verdict too (webpki refuses at nextUpdate).
+        if let Some((_, Some(next_update), true)) = crls
+            && let Ok(since_epoch) = next_update.duration_since(std::time::UNIX_EPOCH)
+        {
+            let next_update = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+            valid_until = valid_until.min(next_update.saturating_sub(1));
+        }
         Ok(VerifiedChain {
             valid_from,
             valid_until,
@@ -455,6 +518,14 @@ impl SvidVerifier {
         rustls::crypto::verify_tls13_signature(message, cert, dss, &self.algorithms)
     }
 }
+
+/// The revocation lists of one verification, their earliest nextUpdate, and whether it is
+/// enforced.
+type Crls<'a> = (
+    Vec<&'a webpki::CertRevocationList<'static>>,
+    Option<std::time::SystemTime>,
+    bool,
+);
 
 /// The span (Unix seconds) in which a validated path is valid, and its intermediates.
 type SigningPath = ((i64, i64), Arc<[CertificateDer<'static>]>);
@@ -622,7 +693,7 @@ impl BenchVerifier {
             return Err(PeerRejection::NoCertificate);
         };
         let snapshot = self.0.source.snapshot();
-        let verified = self.0.validate(&snapshot, leaf, intermediates, now)?;
+        let verified = self.0.validate(&snapshot, None, leaf, intermediates, now)?;
         self.0.admit(&verified.identity)?;
         Ok(verified.identity)
     }
@@ -661,18 +732,22 @@ mod tests {
         let cache = VerifiedChains::default();
         let (leaf, other_leaf, intermediate) = (cert(b"leaf"), cert(b"other"), cert(b"ca"));
         let key = cache.key(&leaf);
-        cache.insert(key, 7, entry(&leaf, &[]));
+        cache.insert(key, (7, 0), entry(&leaf, &[]));
 
-        assert!(cache.get(key, &leaf, &[], 7, at(150)).is_some());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(150)).is_some());
         // Same slot, other leaf (what a hash collision would present): not this identity.
-        assert!(cache.get(key, &other_leaf, &[], 7, at(150)).is_none());
+        assert!(cache.get(key, &other_leaf, &[], (7, 0), at(150)).is_none());
         // Bundles changed since, or the clock left the chain's window.
-        assert!(cache.get(key, &leaf, &[], 8, at(150)).is_none());
-        assert!(cache.get(key, &leaf, &[], 7, at(99)).is_none());
-        assert!(cache.get(key, &leaf, &[], 7, at(201)).is_none());
+        assert!(cache.get(key, &leaf, &[], (8, 0), at(150)).is_none());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(99)).is_none());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(201)).is_none());
 
         let (junk, other_ca) = (cert(b"junk"), cert(b"other ca"));
-        cache.insert(key, 7, entry(&leaf, std::slice::from_ref(&intermediate)));
+        cache.insert(
+            key,
+            (7, 0),
+            entry(&leaf, std::slice::from_ref(&intermediate)),
+        );
         // The path webpki used must be presented again; anything else presented is irrelevant.
         assert!(
             cache
@@ -680,32 +755,53 @@ mod tests {
                     key,
                     &leaf,
                     &[junk.clone(), intermediate.clone()],
-                    7,
+                    (7, 0),
                     at(150)
                 )
                 .is_some()
         );
         assert!(
             cache
-                .get(key, &leaf, &[other_ca, junk], 7, at(150))
+                .get(key, &leaf, &[other_ca, junk], (7, 0), at(150))
                 .is_none()
         );
-        assert!(cache.get(key, &leaf, &[], 7, at(150)).is_none());
+        assert!(cache.get(key, &leaf, &[], (7, 0), at(150)).is_none());
     }
 
     #[test]
     fn a_newer_revision_drops_the_entries_of_the_older_ones() {
         let cache = VerifiedChains::default();
         let (a, b) = (cert(b"a"), cert(b"b"));
-        cache.insert(cache.key(&a), 7, entry(&a, &[]));
+        cache.insert(cache.key(&a), (7, 0), entry(&a, &[]));
         assert_eq!(cache.usage().0, 1);
-        cache.insert(cache.key(&b), 8, entry(&b, &[]));
+        cache.insert(cache.key(&b), (8, 0), entry(&b, &[]));
         assert_eq!(cache.usage().0, 1);
-        assert!(cache.get(cache.key(&b), &b, &[], 8, at(150)).is_some());
+        assert!(cache.get(cache.key(&b), &b, &[], (8, 0), at(150)).is_some());
         // A handshake verified under the superseded revision is not kept.
-        cache.insert(cache.key(&a), 7, entry(&a, &[]));
+        cache.insert(cache.key(&a), (7, 0), entry(&a, &[]));
         assert_eq!(cache.usage().0, 1);
-        assert!(cache.get(cache.key(&a), &a, &[], 7, at(150)).is_none());
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 0), at(150)).is_none());
+    }
+
+    /// The revocation lists' revision is part of the cache's: a chain verified under older
+    /// lists is never served, and a newer list revision empties the cache.
+    #[test]
+    fn a_cached_chain_is_used_only_under_the_lists_it_was_verified_with() {
+        let cache = VerifiedChains::default();
+        let (a, b) = (cert(b"a"), cert(b"b"));
+        cache.insert(cache.key(&a), (7, 1), entry(&a, &[]));
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 1), at(150)).is_some());
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 2), at(150)).is_none());
+        cache.insert(cache.key(&b), (7, 2), entry(&b, &[]));
+        assert_eq!(cache.usage().0, 1);
+        // Verified under the older lists: not kept.
+        cache.insert(cache.key(&a), (7, 1), entry(&a, &[]));
+        assert!(cache.get(cache.key(&a), &a, &[], (7, 1), at(150)).is_none());
+        // Newer credentials but older lists (a handshake that read them across two changes):
+        // not kept either.
+        cache.insert(cache.key(&a), (8, 1), entry(&a, &[]));
+        assert!(cache.get(cache.key(&a), &a, &[], (8, 1), at(150)).is_none());
+        assert!(cache.get(cache.key(&b), &b, &[], (7, 2), at(150)).is_some());
     }
 
     #[test]
@@ -713,7 +809,7 @@ mod tests {
         let cache = VerifiedChains::default();
         for i in 0..VERIFIED_CHAINS_CAPACITY + 10 {
             let leaf = cert(&i.to_be_bytes());
-            cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+            cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
         }
         assert!(cache.usage().0 <= VERIFIED_CHAINS_CAPACITY);
     }
@@ -725,14 +821,14 @@ mod tests {
         let path = [big.clone(), big.clone(), big];
         for i in 0u32..100 {
             let leaf = cert(&i.to_be_bytes());
-            cache.insert(cache.key(&leaf), 1, entry(&leaf, &path));
+            cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &path));
             let (_, bytes) = cache.usage();
             assert!(bytes <= VERIFIED_CHAINS_MAX_BYTES, "{bytes} bytes cached");
         }
         // The byte count is what the entries hold (replacing an entry does not inflate it).
         let leaf = cert(b"again");
-        cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
-        cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+        cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
+        cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
         let entries = cache.lock();
         assert_eq!(
             entries.bytes,
@@ -746,14 +842,20 @@ mod tests {
     fn entries_of_different_leaves_are_kept_side_by_side_and_counted_exactly() {
         let cache = VerifiedChains::default();
         let (a, b, ca) = (cert(b"leaf a"), cert(b"leaf b"), cert(b"intermediate"));
-        cache.insert(cache.key(&a), 7, entry(&a, std::slice::from_ref(&ca)));
-        cache.insert(cache.key(&b), 7, entry(&b, &[]));
+        cache.insert(cache.key(&a), (7, 0), entry(&a, std::slice::from_ref(&ca)));
+        cache.insert(cache.key(&b), (7, 0), entry(&b, &[]));
         assert!(
             cache
-                .get(cache.key(&a), &a, std::slice::from_ref(&ca), 7, at(150))
+                .get(
+                    cache.key(&a),
+                    &a,
+                    std::slice::from_ref(&ca),
+                    (7, 0),
+                    at(150)
+                )
                 .is_some()
         );
-        assert!(cache.get(cache.key(&b), &b, &[], 7, at(150)).is_some());
+        assert!(cache.get(cache.key(&b), &b, &[], (7, 0), at(150)).is_some());
         assert_eq!(cache.usage(), (2, 2 * ENTRY_OVERHEAD + 6 + 12 + 6));
     }
 
@@ -766,11 +868,11 @@ mod tests {
             let mut bytes = vec![0u8; quarter];
             bytes[0] = i;
             let leaf = cert(&bytes);
-            cache.insert(cache.key(&leaf), 1, entry(&leaf, &[]));
+            cache.insert(cache.key(&leaf), (1, 0), entry(&leaf, &[]));
         }
         assert_eq!(cache.usage(), (4, VERIFIED_CHAINS_MAX_BYTES));
         let one_more = cert(b"one more");
-        cache.insert(cache.key(&one_more), 1, entry(&one_more, &[]));
+        cache.insert(cache.key(&one_more), (1, 0), entry(&one_more, &[]));
         assert_eq!(cache.usage(), (1, ENTRY_OVERHEAD + 8));
     }
 
@@ -860,6 +962,31 @@ mod tests {
 
         /// Exactly [`MAX_INTERMEDIATES`] presented intermediates are examined (those the path
         /// does not need are ignored by webpki); one more is refused before path building.
+        /// The sweeper's subscriptions: the lists and each deny-list, named, each seeing its
+        /// changes.
+        #[test]
+        fn trust_changes_name_the_revocation_lists_and_each_deny_list() {
+            use crate::revocation::{DenyList, RevocationChecks, RevocationLists};
+
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            assert!(verifier(&source, Side::Clients).trust_changes().is_empty());
+            let lists = RevocationLists::new([ca.crl(&[]).der().unwrap()]).unwrap();
+            let (first, second) = (DenyList::new(), DenyList::new());
+            let verifier = verifier(&source, Side::Servers).with_revocation(RevocationChecks::new(
+                Some(lists.clone()),
+                vec![first.clone(), second.clone()],
+            ));
+            let changes = verifier.trust_changes();
+            let names: Vec<_> = changes.iter().map(|(name, _)| *name).collect();
+            assert_eq!(names, ["revocation lists", "deny-list", "deny-list"]);
+            second.deny_id(ALLOWED.parse().unwrap());
+            assert!(!changes[1].1.has_changed().unwrap());
+            assert!(changes[2].1.has_changed().unwrap());
+            lists.replace([ca.crl(&[]).der().unwrap()]).unwrap();
+            assert!(changes[0].1.has_changed().unwrap());
+        }
+
         #[test]
         fn the_intermediate_limit_is_exact() {
             let ca = DevCa::new("example.org").unwrap();

@@ -57,7 +57,11 @@ impl CutOffReason {
         use crate::identity::ChainError;
         match rejection {
             PeerRejection::NotAllowed { .. } => Self::NotAllowed,
-            // MERGE: Denied and ChainError::Revoked arms come with the revocation branch.
+            PeerRejection::Denied { .. } => Self::Denied,
+            PeerRejection::InvalidChain {
+                reason: ChainError::Revoked,
+                ..
+            } => Self::Revoked,
             PeerRejection::InvalidChain {
                 reason: ChainError::Expired { .. },
                 ..
