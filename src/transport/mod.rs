@@ -18,10 +18,10 @@ pub use listener::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_HANDSHAKES_PER_SOURCE, ListenerStats, SecureListener,
     SecureListenerBuilder,
 };
-pub(crate) use registry::{CutOffPolicy, Trigger};
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use registry::BenchConnection;
+pub(crate) use registry::{CutOffPolicy, Trigger};
 pub(crate) use stream::HandshakeDeadlines;
 pub use stream::SecureStream;
 pub use webpki::{WebPkiConnection, WebPkiConnector};
