@@ -11,10 +11,13 @@ use std::task::{Context, Poll, Waker};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rustls_pki_types::ServerName;
+use secure_channel::PeerIdentity;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource, TokenError, VerifiedClaims};
 use secure_channel::testkit::{DevCa, TokenIssuer};
-use secure_channel::{MemorySource, PeerIdentity, SecureChannel};
 use tokio::io::duplex;
+
+#[path = "support/channels.rs"]
+mod channels;
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
@@ -25,20 +28,8 @@ const SERVER_ID: &str = "spiffe://example.org/api";
 fn peer_identity() -> (PeerIdentity, secure_channel::testkit::IssuedSvid) {
     let ca = DevCa::new("example.org").unwrap();
     let client_svid = ca.svid(CLIENT_ID).issue().unwrap();
-    let bundles = secure_channel::TrustBundles::new().with(ca.bundle().unwrap());
-    let server_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
-    let client_source = MemorySource::new(secure_channel::Credentials::new(
-        client_svid.to_svid().unwrap(),
-        bundles,
-    ));
-    let server = SecureChannel::builder(&server_source)
-        .allow_client(CLIENT_ID)
-        .build()
-        .unwrap();
-    let client = SecureChannel::builder(&client_source)
-        .expect_server(SERVER_ID)
-        .build()
-        .unwrap();
+    let pair = channels::pair(&ca, SERVER_ID, &client_svid, CLIENT_ID);
+    let (server, client) = (&pair.server, &pair.client);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -28,18 +28,20 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Method, Request, Response};
 use http_body_util::Full;
 use rustls_pki_types::ServerName;
+use secure_channel::PeerIdentity;
 use secure_channel::authz::PolicySource;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
 use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::layer::jwt::JwtLayer;
 use secure_channel::layer::peer_identity;
 use secure_channel::testkit::{DevCa, IssuedSvid, TokenIssuer};
-use secure_channel::{Credentials, MemorySource, PeerIdentity, SecureChannel, TrustBundles};
 use tokio::io::duplex;
 use tower::{Layer, Service, ServiceExt};
 
 #[path = "support/policy.rs"]
 mod bench_policy;
+#[path = "support/channels.rs"]
+mod channels;
 
 use bench_policy::policy;
 
@@ -51,17 +53,8 @@ type Body = Full<Bytes>;
 
 /// The caller's identity as the listener sees it, from one in-memory mTLS handshake.
 fn peer_identity_of(ca: &DevCa, svid: &IssuedSvid, id: &str) -> PeerIdentity {
-    let bundles = TrustBundles::new().with(ca.bundle().unwrap());
-    let server_source = MemorySource::new(ca.credentials(SERVER_ID).unwrap());
-    let client_source = MemorySource::new(Credentials::new(svid.to_svid().unwrap(), bundles));
-    let server = SecureChannel::builder(&server_source)
-        .allow_client(id)
-        .build()
-        .unwrap();
-    let client = SecureChannel::builder(&client_source)
-        .expect_server(SERVER_ID)
-        .build()
-        .unwrap();
+    let pair = channels::pair(ca, SERVER_ID, svid, id);
+    let (server, client) = (&pair.server, &pair.client);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

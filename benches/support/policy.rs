@@ -20,13 +20,17 @@ pub(crate) fn policy(n: usize) -> Policy {
                 .route_methods([Method::GET, Method::HEAD], "/health"),
         );
     for i in 0..n.saturating_sub(2) {
-        builder = builder.rule(
-            Rule::allow(format!("svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
-                .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
-                .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
-                .route_any_method(format!("/svc{i}.v1.Service/*")),
-        );
+        builder = builder.rule(service_rule(i));
     }
     builder.build().expect("benchmark policy is valid")
+}
+
+/// The allow rule of calling service `i`: its own SPIFFE ID and batch jobs, its REST prefix
+/// and gRPC service.
+pub(crate) fn service_rule(i: usize) -> Rule {
+    Rule::allow(format!("svc-{i}"))
+        .principal(format!("spiffe://example.org/ns/prod/svc-{i}"))
+        .principal(format!("spiffe://example.org/ns/batch-{i}/*"))
+        .route_methods([Method::GET, Method::POST], format!("/api/v1/svc-{i}/*"))
+        .route_any_method(format!("/svc{i}.v1.Service/*"))
 }
