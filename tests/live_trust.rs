@@ -642,7 +642,10 @@ async fn a_revocation_list_naming_a_peer_cuts_it_off_and_no_other() {
     lists.replace([crl]).unwrap();
     let cut = within(billing_signal.cut_off()).await;
     assert_eq!(cut.reason(), CutOffReason::Revoked);
-    assert!(cut.detail().contains("revocation lists revision 2"), "{cut}");
+    assert!(
+        cut.detail().contains("revocation lists revision 2"),
+        "{cut}"
+    );
     closed_by_peer(&mut billing).await;
     round_trip(&mut web, "not revoked").await.unwrap();
     assert!(web_signal.get().is_none());

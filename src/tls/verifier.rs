@@ -970,7 +970,10 @@ mod tests {
 
             let ca = DevCa::new("example.org").unwrap();
             let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
-            assert!(verifier(&source, Side::Clients).trust_changes().is_empty());
+            let names = |v: &SvidVerifier| -> Vec<&'static str> {
+                v.trust_changes().iter().map(|(name, _)| *name).collect()
+            };
+            assert_eq!(names(&verifier(&source, Side::Clients)), ["credentials"]);
             let lists = RevocationLists::new([ca.crl(&[]).der().unwrap()]).unwrap();
             let (first, second) = (DenyList::new(), DenyList::new());
             let verifier = verifier(&source, Side::Servers).with_revocation(RevocationChecks::new(
@@ -979,12 +982,15 @@ mod tests {
             ));
             let changes = verifier.trust_changes();
             let names: Vec<_> = changes.iter().map(|(name, _)| *name).collect();
-            assert_eq!(names, ["revocation lists", "deny-list", "deny-list"]);
+            assert_eq!(
+                names,
+                ["credentials", "revocation lists", "deny-list", "deny-list"]
+            );
             second.deny_id(ALLOWED.parse().unwrap());
-            assert!(!changes[1].1.has_changed().unwrap());
-            assert!(changes[2].1.has_changed().unwrap());
+            assert!(!changes[2].1.has_changed().unwrap());
+            assert!(changes[3].1.has_changed().unwrap());
             lists.replace([ca.crl(&[]).der().unwrap()]).unwrap();
-            assert!(changes[0].1.has_changed().unwrap());
+            assert!(changes[1].1.has_changed().unwrap());
         }
 
         #[test]

@@ -225,7 +225,9 @@ impl Registry {
         };
         if self.sweeps() != sweeps_before {
             // A sweep began while this peer was being verified and may have missed it.
-            if let Some(entry) = self.lock().entries.get(&id).map(|t| t.entry.clone()) {
+            // The lock is released before the re-check, which takes it again to cut off.
+            let entry = self.lock().entries.get(&id).map(|t| t.entry.clone());
+            if let Some(entry) = entry {
                 let mut marks = HashMap::new();
                 self.recheck(&entry, self.now(), &mut marks, &[]);
             }
