@@ -43,6 +43,7 @@ impl ChainVerifier {
             expected_servers,
             TlsPolicy::default(),
             Arc::new(DefaultTimeProvider),
+            crate::revocation::RevocationChecks::default(),
         )?;
         Ok(Self { configs })
     }
@@ -85,7 +86,9 @@ fn identify(
         .iter()
         .map(|der| CertificateDer::from(der.clone()))
         .collect();
-    verifier.identify(&chain, resumed, now)
+    verifier
+        .identify(&chain, resumed, now)
+        .map(|admitted| admitted.identity)
 }
 
 /// The SVID leaf inspection alone: the SPIFFE ID and not-after of an acceptable leaf.
