@@ -5,7 +5,8 @@
 //!     --cert svid.pem --key svid.key --bundle bundle.pem \
 //!     --allow spiffe://example.org/client [--allow ...] [--policy policy.toml] \
 //!     [--jwks jwks.json --audience api [--issuer https://issuer] [--require-bound-token]] \
-//!     [--listen 127.0.0.1:8443] [--federated-bundle other.org=other.pem ...] [--tls12]
+//!     [--listen 127.0.0.1:8443] [--federated-bundle other.org=other.pem ...] [--tls12] \
+//!     [--crl ca.crl ...] [--deny-list denied.txt] [--max-connection-age 3600]
 //!
 //! Flags:
 //!   --listen ADDR                     address to listen on (default 127.0.0.1:8443)
@@ -23,9 +24,19 @@
 //!                                     with the JWK set in PATH (watched) for audience AUD
 //!   --issuer ISS                      ...issued by ISS (default: any issuer of that JWK set)
 //!   --require-bound-token             ...bound to the caller's certificate (RFC 8705)
+//!   --crl PATH                        an X.509 CRL (PEM or DER) checked in every handshake
+//!                                     (repeatable, watched; past its nextUpdate it refuses
+//!                                     every chain through its issuer)
+//!   --deny-list PATH                  callers refused even though their chain validates: one
+//!                                     SPIFFE ID or `sha256:<hex of the leaf DER>` per line,
+//!                                     `#` comments (watched)
+//!   --max-connection-age SECS         close every connection this long after its handshake
 //!
-//! The certificate, key and bundle files are watched: replacing them changes what new handshakes
-//! use within seconds, without a restart. When ready, prints `listening on ADDR`.
+//! The certificate, key, bundle, policy, CRL and deny-list files are watched: replacing them
+//! changes what new handshakes use within seconds, without a restart, and open connections whose
+//! caller is no longer trusted (its CA gone from the bundle, revoked, denied, no longer allowed,
+//! or its certificate expired) are answered `Connection: close` (HTTP/1.1) or GOAWAY (HTTP/2) and
+//! closed, hard after 10 seconds. When ready, prints `listening on ADDR`.
 //! `GET /whoami` answers `{"spiffe_id": "<caller>", "token_subject": <the token's sub or null>}`.
 
 use std::net::SocketAddr;
@@ -39,6 +50,7 @@ use secure_channel::integration::axum::{LayeredRouter, layer_before_routing};
 use secure_channel::jwt::{JwtValidator, KeySource, VerifiedClaims};
 use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::layer::jwt::{Jwt, JwtLayer};
+use secure_channel::revocation::{DenyList, RevocationLists};
 use secure_channel::{
     AllowList, CredentialSource, IdMatcher, PeerIdentity, SecureChannel, TrustDomain,
 };
@@ -58,6 +70,9 @@ struct Args {
     audience: Option<String>,
     issuer: Option<String>,
     require_bound_token: bool,
+    crls: Vec<String>,
+    deny_list: Option<String>,
+    max_connection_age: Option<u64>,
 }
 
 fn parse_args() -> Result<Args, String> {
@@ -84,6 +99,21 @@ fn parse_args() -> Result<Args, String> {
             "--audience" => args.audience = Some(value()?),
             "--issuer" => args.issuer = Some(value()?),
             "--require-bound-token" => args.require_bound_token = true,
+            "--crl" => args.crls.push(value()?),
+            "--deny-list" => args.deny_list = Some(value()?),
+            "--max-connection-age" => {
+                let v = value()?;
+                let secs = v
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|secs| *secs > 0)
+                    .ok_or_else(|| {
+                        format!(
+                            "--max-connection-age {v}: expected a whole number of seconds above 0"
+                        )
+                    })?;
+                args.max_connection_age = Some(secs);
+            }
             "-h" | "--help" => {
                 return Err("see the usage at the top of examples/echo_server.rs".into());
             }
@@ -214,6 +244,22 @@ async fn run(args: Args) -> Result<(), String> {
     }
     if args.tls12 {
         builder = builder.allow_tls12();
+    }
+    // The lists' errors name their file already.
+    if !args.crls.is_empty() {
+        let lists = RevocationLists::from_files(&args.crls)
+            .start()
+            .map_err(|e| format!("--crl: {e}"))?;
+        builder = builder.revocation_lists(&lists);
+    }
+    if let Some(path) = &args.deny_list {
+        let denied = DenyList::from_file(path)
+            .start()
+            .map_err(|e| format!("--deny-list: {e}"))?;
+        builder = builder.deny_list(&denied);
+    }
+    if let Some(secs) = args.max_connection_age {
+        builder = builder.max_connection_age(std::time::Duration::from_secs(secs));
     }
     let channel = builder.build().map_err(|e| e.to_string())?;
 

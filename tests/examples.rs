@@ -135,17 +135,7 @@ fn setup() -> Setup {
 }
 
 async fn start(s: &Setup) -> EchoServer {
-    echo_server(&[
-        os("--cert"),
-        os(&s.server_cert),
-        os("--key"),
-        os(&s.server_key),
-        os("--bundle"),
-        os(&s.bundle),
-        os("--allow"),
-        os(CLIENT_ID),
-    ])
-    .await
+    echo_server(&server_args(s, &[os("--allow"), os(CLIENT_ID)])).await
 }
 
 async fn curl(s: &Setup, addr: &str, http: &str) -> std::process::Output {
@@ -650,5 +640,196 @@ async fn quickstart_serves_the_allowed_client_and_tells_the_refused_one_why() {
     );
     for hyper_text in ["client error", "broken pipe", "channel closed", "not ready"] {
         assert!(!refused.contains(hyper_text), "{refused}");
+    }
+}
+
+/// The echo server's credential flags, then `extra`.
+fn server_args<'a>(s: &'a Setup, extra: &[&'a std::ffi::OsStr]) -> Vec<&'a std::ffi::OsStr> {
+    let mut args = vec![
+        os("--cert"),
+        os(&s.server_cert),
+        os("--key"),
+        os(&s.server_key),
+        os("--bundle"),
+        os(&s.bundle),
+    ];
+    args.extend_from_slice(extra);
+    args
+}
+
+/// An HTTP/1.1 connection to the echo server, made in-process with the crate's client, kept
+/// open between requests.
+struct KeptConnection {
+    _channel: secure_channel::SecureChannel,
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    closed: tokio::task::JoinHandle<()>,
+}
+
+impl KeptConnection {
+    async fn open(s: &Setup, svid: &IssuedSvid, addr: &str) -> Self {
+        Self::try_open(s, svid, addr).await.unwrap()
+    }
+
+    async fn try_open(
+        s: &Setup,
+        svid: &IssuedSvid,
+        addr: &str,
+    ) -> Result<Self, secure_channel::ConnectionError> {
+        let credentials = secure_channel::Credentials::new(
+            svid.to_svid().unwrap(),
+            secure_channel::TrustBundles::new().with(s.ca.bundle().unwrap()),
+        );
+        let source = secure_channel::MemorySource::new(credentials);
+        let channel = secure_channel::SecureChannel::builder(&source)
+            .expect_server(SERVER_ID)
+            .build()
+            .unwrap();
+        let stream =
+            within(channel.connect_tcp(addr.parse::<std::net::SocketAddr>().unwrap())).await?;
+        let (send, connection) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        let closed = tokio::spawn(async move {
+            let _ = connection.await;
+        });
+        Ok(Self {
+            _channel: channel,
+            send,
+            closed,
+        })
+    }
+
+    /// `GET /whoami` on this connection: the caller's ID the server saw.
+    async fn whoami(&mut self) -> String {
+        let request = http::Request::get("/whoami")
+            .header(http::header::HOST, "echo")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        let response = within(self.send.send_request(request)).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::OK);
+        let body = within(http_body_util::BodyExt::collect(response.into_body()))
+            .await
+            .unwrap()
+            .to_bytes();
+        let json: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        json["spiffe_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Waits (bounded) until the server closed the connection.
+    async fn closed_by_server(self) {
+        within(self.closed).await.unwrap();
+    }
+}
+
+/// The CRL, deny-list and maximum-age flags: each cuts off the open connection it concerns,
+/// the file ones when the file changes, and leaves the other connection working.
+#[tokio::test]
+async fn echo_server_cuts_off_open_connections_on_crl_deny_list_and_age() {
+    let s = setup();
+    let web = s.ca.svid("spiffe://example.org/web").issue().unwrap();
+    let client = s.ca.svid(CLIENT_ID).issue().unwrap();
+    let (crl, deny) = (s.files.path("ca.crl"), s.files.path("denied.txt"));
+    replace(&crl, &s.ca.crl(&[]).number(1).pem().unwrap());
+    replace(&deny, "# nobody yet\n");
+    let server = echo_server(&server_args(
+        &s,
+        &[
+            os("--allow"),
+            os("spiffe://example.org"),
+            os("--crl"),
+            os(&crl),
+            os("--deny-list"),
+            os(&deny),
+        ],
+    ))
+    .await;
+
+    let mut kept = KeptConnection::open(&s, &client, &server.addr).await;
+    let mut revoked = KeptConnection::open(&s, &web, &server.addr).await;
+    assert_eq!(kept.whoami().await, CLIENT_ID);
+    assert_eq!(revoked.whoami().await, "spiffe://example.org/web");
+
+    // The CRL file now revokes web's certificate: its open connection is closed, the other
+    // stays, and web cannot come back.
+    replace(&crl, &s.ca.crl(&[web.serial()]).number(2).pem().unwrap());
+    revoked.closed_by_server().await;
+    assert_eq!(kept.whoami().await, CLIENT_ID);
+    // (TLS 1.3: the client's handshake ends before the server judged its certificate, so the
+    // refusal shows on the first request.)
+    match KeptConnection::try_open(&s, &web, &server.addr).await {
+        Err(_) => {}
+        Ok(mut again) => {
+            let request = http::Request::get("/whoami")
+                .header(http::header::HOST, "echo")
+                .body(http_body_util::Empty::new())
+                .unwrap();
+            assert!(
+                within(again.send.send_request(request)).await.is_err(),
+                "a revoked certificate is refused"
+            );
+        }
+    }
+
+    // The deny-list file now names the client's certificate by its SHA-256: cut off too.
+    let sha256: String = <sha2::Sha256 as sha2::Digest>::digest(client.leaf())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    replace(&deny, &format!("# leaked\nsha256:{sha256}\n"));
+    kept.closed_by_server().await;
+    drop(server.child);
+
+    // --max-connection-age: a connection is closed that long after its handshake.
+    let server = echo_server(&server_args(
+        &s,
+        &[
+            os("--allow"),
+            os(CLIENT_ID),
+            os("--max-connection-age"),
+            os("1"),
+        ],
+    ))
+    .await;
+    let mut aged = KeptConnection::open(&s, &client, &server.addr).await;
+    assert_eq!(aged.whoami().await, CLIENT_ID);
+    aged.closed_by_server().await;
+    let mut fresh = KeptConnection::open(&s, &client, &server.addr).await;
+    assert_eq!(
+        fresh.whoami().await,
+        CLIENT_ID,
+        "new connections are served"
+    );
+}
+
+#[tokio::test]
+async fn echo_server_refuses_bad_revocation_flags_naming_them() {
+    let s = setup();
+    let base = server_args(&s, &[os("--allow"), os(CLIENT_ID)]);
+    let missing = s.files.path("missing.crl");
+    let mut args = base.clone();
+    args.extend([os("--crl"), os(&missing)]);
+    expect_config_error(&args, &["--crl", &missing.display().to_string()]).await;
+
+    let not_crl = s.files.path("empty.crl");
+    replace(&not_crl, "");
+    let mut args = base.clone();
+    args.extend([os("--crl"), os(&not_crl)]);
+    expect_config_error(
+        &args,
+        &[&not_crl.display().to_string(), "no revocation list"],
+    )
+    .await;
+
+    let deny = s.files.path("denied.txt");
+    replace(&deny, "spiffe://example.org/ok\nnot an entry\n");
+    let mut args = base.clone();
+    args.extend([os("--deny-list"), os(&deny)]);
+    expect_config_error(&args, &[&deny.display().to_string(), "line 2"]).await;
+
+    for bad in ["0", "soon"] {
+        let mut args = base.clone();
+        args.extend([os("--max-connection-age"), os(bad)]);
+        expect_config_error(&args, &[&format!("--max-connection-age {bad}")]).await;
     }
 }

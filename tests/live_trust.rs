@@ -650,3 +650,57 @@ async fn a_revocation_list_naming_a_peer_cuts_it_off_and_no_other() {
     round_trip(&mut web, "not revoked").await.unwrap();
     assert!(web_signal.get().is_none());
 }
+
+/// `Duration::MAX` is a natural way to say "never" for every duration of the builders: it must
+/// not overflow the clock (a panic in the accept or sweep path) and must not weaken the cut-off.
+#[tokio::test]
+async fn durations_meaning_never_neither_panic_nor_stop_the_cut_off() {
+    let example = ca("example.org");
+    let deny = secure_channel::revocation::DenyList::new();
+    let server_source = MemorySource::new(example.credentials(SERVER_ID).unwrap());
+    let server = SecureChannel::builder(&server_source)
+        .allow_client(WEB)
+        .allow_client(BILLING)
+        .deny_list(&deny)
+        .max_connection_age(Duration::MAX)
+        .cut_off_grace(Duration::MAX)
+        .build()
+        .unwrap();
+    let tcp = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut listener = server
+        .listener_builder()
+        .handshake_timeout(Duration::MAX)
+        .idle_timeout(Some(Duration::MAX))
+        .bind(tcp)
+        .unwrap();
+    let addr = listener.local_addr();
+    let (tx, mut signals) = mpsc::unbounded_channel();
+    let accept = tokio::spawn(async move {
+        loop {
+            let (stream, _) = listener.accept().await.unwrap();
+            let id = stream.peer_identity().spiffe_id().to_string();
+            let _ = tx.send(stream.cut_off_signal());
+            tokio::spawn(async move { echo(stream, &id).await });
+        }
+    });
+    let web_source = MemorySource::new(example.credentials(WEB).unwrap());
+    let billing_source = MemorySource::new(example.credentials(BILLING).unwrap());
+    let (_w, mut web) = connect(&web_source, addr).await;
+    let web_signal = within(signals.recv()).await.unwrap();
+    let (_b, mut billing) = connect(&billing_source, addr).await;
+    let billing_signal = within(signals.recv()).await.unwrap();
+    round_trip(&mut web, "served").await.unwrap();
+
+    // Two changes in turn: the sweeper must survive the first cut-off's (endless) grace.
+    assert!(deny.deny_id(WEB.parse().unwrap()));
+    let cut = within(web_signal.cut_off()).await;
+    assert_eq!(cut.reason(), CutOffReason::Denied);
+    assert_eq!(cut.grace(), Duration::MAX);
+    round_trip(&mut billing, "still served").await.unwrap();
+    assert!(deny.deny_id(BILLING.parse().unwrap()));
+    assert_eq!(
+        within(billing_signal.cut_off()).await.reason(),
+        CutOffReason::Denied
+    );
+    accept.abort();
+}

@@ -49,6 +49,9 @@ pub struct Policy {
     rules: Box<[CompiledRule]>,
     index: Index,
     counters: Counters,
+    /// The principals of the enforced allow rules, computed once: every handshake and every
+    /// re-check of an open connection asks it. `None`: anyone authenticated could pass.
+    principals: Option<AllowList>,
 }
 
 impl Policy {
@@ -86,11 +89,13 @@ impl Policy {
     fn compile(mode: Mode, rules: Vec<CompiledRule>) -> Self {
         let index = Index::build(&rules);
         let counters = Counters::new(rules.iter().map(|r| r.name.clone()));
+        let principals = principals_of(mode, &rules);
         Self {
             mode,
             rules: rules.into(),
             index,
             counters,
+            principals,
         }
     }
 
@@ -227,41 +232,19 @@ impl Policy {
         })
     }
 
-    fn admitting_rules(&self) -> impl Iterator<Item = &CompiledRule> {
-        self.rules
-            .iter()
-            .filter(|r| r.effect == Effect::Allow && !r.shadow)
-    }
-
     /// Whether some request of `caller` could be allowed (or pass, in dry-run mode). The
     /// channel uses it to refuse at the handshake a peer that no rule could ever admit.
     pub fn could_ever_allow(&self, caller: &SpiffeId) -> bool {
-        self.mode == Mode::DryRun
-            || self.admitting_rules().any(|r| {
-                r.principals.iter().any(|p| match p {
-                    Principal::AnyAuthenticated => true,
-                    Principal::Id(m) => m.matches(caller),
-                })
-            })
+        self.principals
+            .as_ref()
+            .is_none_or(|principals| principals.allows(caller))
     }
 
     /// The principals of the enforced allow rules, as an allow list for the handshake; `None`
     /// when any authenticated peer could pass (a rule for any authenticated peer, or dry-run
     /// mode). Deny rules and conditions are not taken into account: the list is an upper bound.
     pub fn principals(&self) -> Option<AllowList> {
-        if self.mode == Mode::DryRun {
-            return None;
-        }
-        let mut list = AllowList::deny_all();
-        for rule in self.admitting_rules() {
-            for principal in &rule.principals {
-                match principal {
-                    Principal::AnyAuthenticated => return None,
-                    Principal::Id(m) => list.push(m.clone()),
-                }
-            }
-        }
-        Some(list)
+        self.principals.clone()
     }
 
     /// The decision counts since this policy (or the first policy of its source with the same
@@ -273,6 +256,26 @@ impl Policy {
     pub(crate) fn carry_counters_from(&mut self, previous: &Policy) {
         self.counters.carry_over(&previous.counters);
     }
+}
+
+/// See [`Policy::principals`].
+fn principals_of(mode: Mode, rules: &[CompiledRule]) -> Option<AllowList> {
+    if mode == Mode::DryRun {
+        return None;
+    }
+    let mut list = AllowList::deny_all();
+    let admitting = rules
+        .iter()
+        .filter(|r| r.effect == Effect::Allow && !r.shadow);
+    for rule in admitting {
+        for principal in &rule.principals {
+            match principal {
+                Principal::AnyAuthenticated => return None,
+                Principal::Id(m) => list.push(m.clone()),
+            }
+        }
+    }
+    Some(list)
 }
 
 impl fmt::Debug for Policy {

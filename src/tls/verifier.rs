@@ -256,8 +256,10 @@ impl SvidVerifier {
     }
 
     /// Whether the (authenticated) `id` may connect: not denied by a deny-list, then the
-    /// allow-list, or the admission.
-    fn admit(&self, identity: &PeerIdentity) -> Result<(), PeerRejection> {
+    /// allow-list, or the admission. A refusal lists what was expected only when `explain`:
+    /// the handshake's error tells the peer's operator; a re-check of thousands of open
+    /// connections must not build the list for each.
+    fn admit(&self, identity: &PeerIdentity, explain: bool) -> Result<(), PeerRejection> {
         if let Some(entry) = self.revocation.denying(identity) {
             return Err(PeerRejection::Denied {
                 presented: identity.spiffe_id().clone(),
@@ -267,6 +269,12 @@ impl SvidVerifier {
         let id = identity.spiffe_id();
         if self.allowed.allows(id) || self.admission.as_ref().is_some_and(|a| a.admits(id)) {
             return Ok(());
+        }
+        if !explain {
+            return Err(PeerRejection::NotAllowed {
+                presented: id.clone(),
+                expected: AllowList::deny_all(),
+            });
         }
         let mut expected = self.allowed.clone();
         if let Some(admitted) = self.admission.as_ref().and_then(|a| a.admitted()) {
@@ -293,8 +301,21 @@ impl SvidVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<PeerIdentity, PeerRejection> {
-        self.verify_admitted(end_entity, intermediates, now)
+        self.verify_admitted(end_entity, intermediates, now, true)
             .map(|admitted| admitted.identity)
+    }
+
+    /// [`verify`](Self::verify) for the re-check of an open connection: what the chain was
+    /// validated against and the last second that holds. A refusal for the allow-list does not
+    /// list what was expected (see [`PeerRejection::NotAllowed`]).
+    pub(crate) fn reverify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        now: UnixTime,
+    ) -> Result<(TrustMark, i64), PeerRejection> {
+        self.verify_admitted(end_entity, intermediates, now, false)
+            .map(|admitted| (admitted.validated_under, admitted.valid_until))
     }
 
     /// [`verify`](Self::verify), with what the connection's later re-checks need.
@@ -303,6 +324,7 @@ impl SvidVerifier {
         end_entity: &CertificateDer<'_>,
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
+        explain: bool,
     ) -> Result<Admitted, PeerRejection> {
         let snapshot = self.source.snapshot();
         let (crl_revision, crls) = self.revocation.crls();
@@ -313,7 +335,7 @@ impl SvidVerifier {
             .get(key, end_entity, intermediates, revision, now)
         {
             Some(verified) => {
-                self.admit(&verified.identity)?;
+                self.admit(&verified.identity, explain)?;
                 verified
             }
             None => {
@@ -322,7 +344,7 @@ impl SvidVerifier {
                     .map(|(set, enforce)| (set.lists(), set.next_update(), *enforce));
                 let verified =
                     self.validate(&snapshot, crls.as_ref(), end_entity, intermediates, now)?;
-                self.admit(&verified.identity)?;
+                self.admit(&verified.identity, explain)?;
                 self.verified.insert(key, revision, verified.clone());
                 verified
             }
@@ -362,9 +384,10 @@ impl SvidVerifier {
     }
 
     /// Whether a peer whose chain still validates may still connect: what is decided after
-    /// chain validation (deny-lists, allow-list, admission), without validating again.
+    /// chain validation (deny-lists, allow-list, admission), without validating again. Like
+    /// [`reverify`](Self::reverify), a refusal does not list what was expected.
     pub(crate) fn readmit(&self, identity: &PeerIdentity) -> Result<(), PeerRejection> {
-        self.admit(identity)
+        self.admit(identity, false)
     }
 
     /// The changes after which the peers this verifier admitted must be re-checked: the
@@ -470,7 +493,7 @@ impl SvidVerifier {
         now: UnixTime,
     ) -> Result<Admitted, PeerRejection> {
         let result = match chain {
-            [leaf, intermediates @ ..] => self.verify_admitted(leaf, intermediates, now),
+            [leaf, intermediates @ ..] => self.verify_admitted(leaf, intermediates, now, true),
             [] => Err(PeerRejection::NoCertificate),
         };
         match result {
@@ -694,7 +717,7 @@ impl BenchVerifier {
         };
         let snapshot = self.0.source.snapshot();
         let verified = self.0.validate(&snapshot, None, leaf, intermediates, now)?;
-        self.0.admit(&verified.identity)?;
+        self.0.admit(&verified.identity, true)?;
         Ok(verified.identity)
     }
 }

@@ -22,6 +22,7 @@ use spiffe::TrustDomain;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
+use crate::identity::PeerRejection;
 use crate::tls::{Admitted, SvidVerifier, TrustMark};
 use crate::transport::cutoff::{CutOff, CutOffReason, CutState};
 
@@ -108,17 +109,34 @@ struct Entry {
     side: &'static str,
     admitted: Admitted,
     verifier: Arc<SvidVerifier>,
-    /// What the chain was last validated against.
-    validated_under: Mutex<TrustMark>,
+    /// What the chain was last validated against, and until when that holds.
+    validated: Mutex<Validated>,
     state: Arc<CutState>,
+}
+
+/// The outcome of a connection's last chain validation.
+#[derive(Debug, Clone, Copy)]
+struct Validated {
+    /// The bundle and revocation lists it was validated against.
+    under: TrustMark,
+    /// The last second (Unix time) the validation holds: the chain's notAfter, or an enforced
+    /// revocation list's nextUpdate if that comes first.
+    until: i64,
 }
 
 /// A change that caused a sweep, for the audit line: `policy revision 4`.
 #[derive(Debug, Clone, Copy)]
 struct Change {
     what: &'static str,
-    revision: u64,
+    /// `None` for a moment rather than a new revision.
+    revision: Option<u64>,
 }
+
+/// What an expiry deadline names in the audit line.
+const VALIDITY_END: Change = Change {
+    what: "the end of the chain's validity (a certificate's notAfter or a revocation list's nextUpdate)",
+    revision: None,
+};
 
 /// A stream's place in the registry; dropping it removes the connection.
 #[derive(Debug)]
@@ -190,11 +208,11 @@ impl Registry {
     ) -> (Registration, Arc<CutState>) {
         self.start_sweeper();
         let state = Arc::new(CutState::default());
-        let mut deadlines = vec![(self.expiry_deadline(&admitted), Due::Expiry)];
+        let mut deadlines = vec![(self.expiry_deadline(admitted.valid_until), Due::Expiry)];
         deadlines.extend(
             self.policy
                 .max_age
-                .map(|age| (Instant::now() + age, Due::MaxAge)),
+                .map(|age| (instant_after(age), Due::MaxAge)),
         );
         let first = deadlines.iter().map(|(at, _)| *at).min();
         let id = {
@@ -208,7 +226,10 @@ impl Registry {
             let entry = Arc::new(Entry {
                 id,
                 side,
-                validated_under: Mutex::new(admitted.validated_under),
+                validated: Mutex::new(Validated {
+                    under: admitted.validated_under,
+                    until: admitted.valid_until,
+                }),
                 admitted,
                 verifier,
                 state: state.clone(),
@@ -229,18 +250,18 @@ impl Registry {
             let entry = self.lock().entries.get(&id).map(|t| t.entry.clone());
             if let Some(entry) = entry {
                 let mut marks = HashMap::new();
-                self.recheck(&entry, self.now(), &mut marks, &[]);
+                self.recheck(&entry, self.now(), &mut marks, &[], false);
             }
         }
         (registration, state)
     }
 
-    /// When the peer's chain expires: one second after the last second it is valid in, on the
-    /// tokio clock.
-    fn expiry_deadline(&self, admitted: &Admitted) -> Instant {
+    /// When a validation that holds `until` (the last valid second, Unix time) ends: one second
+    /// after, on the tokio clock.
+    fn expiry_deadline(&self, until: i64) -> Instant {
         let now = i64::try_from(self.now().as_secs()).unwrap_or(i64::MAX);
-        let left = admitted.valid_until.saturating_add(1).saturating_sub(now);
-        Instant::now() + Duration::from_secs(u64::try_from(left).unwrap_or(0))
+        let left = until.saturating_add(1).saturating_sub(now);
+        instant_after(Duration::from_secs(u64::try_from(left).unwrap_or(0)))
     }
 
     fn start_sweeper(self: &Arc<Self>) {
@@ -292,47 +313,94 @@ impl Registry {
         let mut marks = HashMap::new();
         entries
             .iter()
-            .filter(|entry| !self.recheck(entry, now, &mut marks, changes))
+            .filter(|entry| !self.recheck(entry, now, &mut marks, changes, false))
             .count()
     }
 
     /// Re-checks one connection at `now`; cuts it off (and returns `false`) if its peer is
-    /// refused now. `marks` memoizes the current trust mark of each trust domain.
+    /// refused now. The chain is validated again when what it was validated against changed
+    /// (`marks` memoizes the current trust mark of each trust domain) or when `revalidate`;
+    /// otherwise only what is decided after validation is asked again.
     fn recheck(
         &self,
         entry: &Entry,
         now: UnixTime,
         marks: &mut HashMap<TrustDomain, Option<TrustMark>>,
         changes: &[Change],
+        revalidate: bool,
     ) -> bool {
         let identity = &entry.admitted.identity;
-        let current = marks
-            .entry(identity.trust_domain().clone())
-            .or_insert_with(|| entry.verifier.trust_mark(identity.trust_domain()));
-        let mut validated_under = entry
-            .validated_under
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        let result = if current.as_ref() == Some(&*validated_under) {
+        let trust_domain = identity.trust_domain();
+        if !marks.contains_key(trust_domain) {
+            marks.insert(
+                trust_domain.clone(),
+                entry.verifier.trust_mark(trust_domain),
+            );
+        }
+        let current = marks.get(trust_domain).and_then(Option::as_ref);
+        let mut validated = entry.validated.lock().unwrap_or_else(|p| p.into_inner());
+        let mut moved = None;
+        let result = if !revalidate && current == Some(&validated.under) {
             entry.verifier.readmit(identity)
         } else {
-            let result =
-                entry
-                    .verifier
-                    .verify(identity.leaf_certificate(), &entry.admitted.path, now);
-            if let (Ok(_), Some(current)) = (&result, current.as_ref()) {
-                *validated_under = *current;
-            }
-            result.map(drop)
+            entry
+                .verifier
+                .reverify(identity.leaf_certificate(), &entry.admitted.path, now)
+                .map(|(under, until)| {
+                    if until != validated.until {
+                        moved = Some(until);
+                    }
+                    *validated = Validated { under, until };
+                })
         };
-        drop(validated_under);
+        drop(validated);
         match result {
-            Ok(()) => true,
+            Ok(()) => {
+                if let Some(until) = moved {
+                    // New revocation lists (a later nextUpdate) or a new path: the expiry
+                    // deadline follows.
+                    self.reschedule_expiry(entry.id, until);
+                }
+                true
+            }
             Err(rejection) => {
                 let reason = CutOffReason::of(&rejection);
-                self.cut_off(entry, reason, format!("{rejection}"), changes);
+                let detail = match &rejection {
+                    // Re-checks do not list what would be admitted (it can be thousands).
+                    PeerRejection::NotAllowed { presented, .. } => format!(
+                        "{presented} is no longer admitted by the allow-list or the admission policy"
+                    ),
+                    other => other.to_string(),
+                };
+                self.cut_off(entry, reason, detail, changes);
                 false
             }
+        }
+    }
+
+    /// Replaces the expiry deadline of connection `id` by the end of `until`.
+    fn reschedule_expiry(&self, id: u64, until: i64) {
+        let at = self.expiry_deadline(until);
+        let mut state = self.lock();
+        let earliest = state.deadlines.first().map(|(at, ..)| *at);
+        let State {
+            entries, deadlines, ..
+        } = &mut *state;
+        let Some(tracked) = entries.get_mut(&id) else {
+            return;
+        };
+        for (old, _) in tracked
+            .deadlines
+            .iter()
+            .filter(|(_, due)| *due == Due::Expiry)
+        {
+            deadlines.remove(&(*old, id, Due::Expiry));
+        }
+        tracked.deadlines.retain(|(_, due)| *due != Due::Expiry);
+        tracked.deadlines.push((at, Due::Expiry));
+        deadlines.insert((at, id, Due::Expiry));
+        if earliest.is_none_or(|earliest| at < earliest) {
+            self.deadline_added.notify_one();
         }
     }
 
@@ -361,7 +429,7 @@ impl Registry {
             entry.state.close();
             return;
         }
-        let at = Instant::now() + grace;
+        let at = instant_after(grace);
         let mut state = self.lock();
         let earliest = state.deadlines.first().map(|(at, ..)| *at);
         if let Some(tracked) = state.entries.get_mut(&entry.id) {
@@ -412,28 +480,29 @@ impl Registry {
         }
     }
 
-    /// Cuts the connection off if its peer's chain has expired by the channel's clock; if the
-    /// clock says not yet (the tokio clock ran ahead), looks again later.
+    /// At the end of the validity of the connection's last validation (its chain's notAfter, or
+    /// a revocation list's nextUpdate): validates again, which cuts it off with the reason
+    /// (expired; revocation lists past their nextUpdate) unless new lists arrived meanwhile. If
+    /// the channel's clock says not yet (the tokio clock ran ahead), looks again later.
     fn expire(&self, entry: &Arc<Entry>) {
-        let now = i64::try_from(self.now().as_secs()).unwrap_or(i64::MAX);
-        let valid_until = entry.admitted.valid_until;
-        if now > valid_until {
-            self.cut_off(
-                entry,
-                CutOffReason::Expired,
-                format!(
-                    "the certificate chain of {} expired (valid until {valid_until}, Unix time)",
-                    entry.admitted.identity.spiffe_id()
-                ),
-                &[],
-            );
+        let now = self.now();
+        let until = entry
+            .validated
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .until;
+        if i64::try_from(now.as_secs()).unwrap_or(i64::MAX) <= until {
+            self.reschedule_expiry(entry.id, until);
             return;
         }
-        let at = self.expiry_deadline(&entry.admitted);
-        let mut state = self.lock();
-        if let Some(tracked) = state.entries.get_mut(&entry.id) {
-            tracked.deadlines.push((at, Due::Expiry));
-            state.deadlines.insert((at, entry.id, Due::Expiry));
+        let mut marks = HashMap::new();
+        if self.recheck(entry, now, &mut marks, &[VALIDITY_END], true) {
+            let until = entry
+                .validated
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .until;
+            self.reschedule_expiry(entry.id, until);
         }
     }
 }
@@ -442,14 +511,16 @@ impl Registry {
 fn describe(changes: &[Change], reason: CutOffReason) -> String {
     if changes.is_empty() {
         return match reason {
-            CutOffReason::Expired => "the certificate's expiry".to_owned(),
             CutOffReason::MaxAge => "the maximum connection age".to_owned(),
             _ => "a change while the connection was being established".to_owned(),
         };
     }
     changes
         .iter()
-        .map(|c| format!("{} revision {}", c.what, c.revision))
+        .map(|c| match c.revision {
+            Some(revision) => format!("{} revision {revision}", c.what),
+            None => c.what.to_owned(),
+        })
         .collect::<Vec<_>>()
         .join(", ")
 }
@@ -467,7 +538,13 @@ async fn forward(
                     return;
                 }
                 let revision = *revisions.borrow_and_update();
-                if sweeper.send(Change { what, revision }).is_err() {
+                if sweeper
+                    .send(Change {
+                        what,
+                        revision: Some(revision),
+                    })
+                    .is_err()
+                {
                     return;
                 }
             }
@@ -561,10 +638,21 @@ impl Registry {
     pub(crate) fn bench_sweep(&self) -> usize {
         self.sweep(&[Change {
             what: "benchmark",
-            revision: 0,
+            revision: None,
         }])
     }
 }
+
+/// `after` from now on the tokio clock; a duration past what the clock can hold (such as
+/// `Duration::MAX` for "never") is a date decades away rather than a panic.
+pub(crate) fn instant_after(after: Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + Duration::from_secs(FAR_FUTURE_SECS))
+}
+
+/// Thirty years, as tokio takes "far future".
+const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
 
 #[cfg(all(test, feature = "testkit"))]
 mod tests {
@@ -611,8 +699,12 @@ mod tests {
         }
 
         fn verifier(&self, allowed: &[&str]) -> Arc<SvidVerifier> {
+            Arc::new(self.plain_verifier(allowed))
+        }
+
+        fn plain_verifier(&self, allowed: &[&str]) -> SvidVerifier {
             let provider = crate::crypto::default_provider().unwrap();
-            Arc::new(SvidVerifier::new(
+            SvidVerifier::new(
                 self.source.source(),
                 allowed
                     .iter()
@@ -620,7 +712,7 @@ mod tests {
                     .collect::<AllowList>(),
                 Side::Clients,
                 provider.signature_verification_algorithms,
-            ))
+            )
         }
 
         fn registry(&self, policy: CutOffPolicy) -> Arc<Registry> {
@@ -685,6 +777,50 @@ mod tests {
             registry.register("server", setup.admitted(&admitting), refusing, before);
         let cut = state.cut_off().expect("re-checked at registration");
         assert_eq!(cut.reason(), CutOffReason::NotAllowed);
+    }
+
+    /// Seconds from now to the first deadline.
+    fn first_deadline_in(registry: &Registry) -> u64 {
+        let (at, ..) = *registry.lock().deadlines.first().unwrap();
+        at.saturating_duration_since(Instant::now()).as_secs()
+    }
+
+    #[tokio::test]
+    async fn new_revocation_lists_move_the_expiry_and_lists_past_next_update_cut_off() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy::default());
+        let start = *setup.clock.0.lock().unwrap();
+        let crl = |next_update: u64| {
+            setup
+                .ca
+                .crl(&[])
+                .this_update(start - Duration::from_secs(60))
+                .next_update(start + Duration::from_secs(next_update))
+                .der()
+                .unwrap()
+        };
+        let lists = crate::revocation::RevocationLists::new([crl(100)]).unwrap();
+        let verifier = Arc::new(setup.plain_verifier(&[WEB]).with_revocation(
+            crate::revocation::RevocationChecks::new(Some(lists.clone()), Vec::new()),
+        ));
+        let (_connection, state) =
+            registry.register("server", setup.admitted(&verifier), verifier, 0);
+        // The validation holds until the list's nextUpdate, before the SVID's notAfter.
+        assert!((98..=100).contains(&first_deadline_in(&registry)));
+
+        // The CA publishes a new list before that: the deadline follows it.
+        lists.replace([crl(1000)]).unwrap();
+        assert_eq!(registry.bench_sweep(), 0);
+        assert!((998..=1000).contains(&first_deadline_in(&registry)));
+        assert_eq!(deadlines(&registry), 1, "the old deadline is gone");
+
+        // No newer list by then: the connection's chain cannot be checked, so it is cut off.
+        *setup.clock.0.lock().unwrap() = start + Duration::from_secs(1001);
+        let (at, ..) = *registry.lock().deadlines.first().unwrap();
+        registry.run_due(at);
+        let cut = state.cut_off().expect("cut off at the list's nextUpdate");
+        assert_eq!(cut.reason(), CutOffReason::UntrustedChain);
+        assert!(cut.detail().contains("revocation list expired"), "{cut}");
     }
 
     #[tokio::test]
