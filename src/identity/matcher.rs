@@ -1,6 +1,6 @@
 //! ID matchers: which SPIFFE IDs a rule or a channel accepts.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
@@ -204,8 +204,9 @@ impl fmt::Debug for IdMatcher {
 
 /// A set of ID matchers; an ID is allowed when any matcher matches it.
 ///
-/// An empty list matches nothing: default deny. Exact IDs are looked up in a hash set, so a
-/// list of thousands of workloads costs a handshake one lookup, not a scan.
+/// An empty list matches nothing: default deny. Every kind of matcher is looked up in a hash
+/// set (exact IDs by the ID, prefixes by each of the ID's parent paths), so a list of
+/// thousands of workloads costs a handshake a few lookups, not a scan.
 #[derive(Clone, Default)]
 pub struct AllowList {
     /// Every matcher, in the order added (for display and [`matchers`](Self::matchers)).
@@ -219,8 +220,40 @@ pub struct AllowList {
 struct Index {
     /// The exact IDs.
     exact: HashSet<SpiffeId>,
-    /// The trust-domain and prefix matchers.
-    patterns: Vec<IdMatcher>,
+    /// The trust domains matched whole.
+    trust_domains: HashSet<TrustDomain>,
+    /// The path prefixes (without their `/*`; empty for `spiffe://td/*`), by trust domain.
+    prefixes: HashMap<TrustDomain, HashSet<String>>,
+}
+
+impl Index {
+    /// Adds `matcher`; `false` if it was there.
+    fn insert(&mut self, matcher: &IdMatcher) -> bool {
+        match &matcher.kind {
+            MatcherKind::Exact(id) => self.exact.insert(id.clone()),
+            MatcherKind::TrustDomain(td) => self.trust_domains.insert(td.clone()),
+            MatcherKind::PathPrefix { trust_domain, path } => self
+                .prefixes
+                .entry(trust_domain.clone())
+                .or_default()
+                .insert(path.clone()),
+        }
+    }
+
+    fn matches(&self, id: &SpiffeId) -> bool {
+        let td = id.trust_domain();
+        if self.exact.contains(id) || self.trust_domains.contains(td) {
+            return true;
+        }
+        let Some(prefixes) = self.prefixes.get(td) else {
+            return false;
+        };
+        // `spiffe://td/a/*` matches `/a/` and more: the prefixes that can match are the path
+        // up to each of its slashes (a SPIFFE ID's segments are never empty).
+        let path = id.path();
+        path.match_indices('/')
+            .any(|(at, _)| prefixes.contains(&path[..at]))
+    }
 }
 
 /// Two lists are equal when they hold the same matchers in the same order.
@@ -240,23 +273,14 @@ impl AllowList {
 
     /// Adds a matcher.
     pub fn push(&mut self, matcher: IdMatcher) {
-        let index = Arc::make_mut(&mut self.index);
-        let added = match &matcher.kind {
-            MatcherKind::Exact(id) => index.exact.insert(id.clone()),
-            _ if index.patterns.contains(&matcher) => false,
-            _ => {
-                index.patterns.push(matcher.clone());
-                true
-            }
-        };
-        if added {
+        if Arc::make_mut(&mut self.index).insert(&matcher) {
             self.matchers.push(matcher);
         }
     }
 
     /// Whether any matcher matches `id`.
     pub fn allows(&self, id: &SpiffeId) -> bool {
-        self.index.exact.contains(id) || self.index.patterns.iter().any(|m| m.matches(id))
+        self.index.matches(id)
     }
 
     /// Whether the list matches nothing.
@@ -506,5 +530,54 @@ mod tests {
         assert_eq!(many.matchers().len(), 1000);
         assert!(many.allows(&id("spiffe://example.org/ns/prod/svc-500")));
         assert!(!many.allows(&id("spiffe://example.org/ns/prod/svc-1000")));
+    }
+
+    #[test]
+    fn prefixes_match_at_every_depth_and_only_below_themselves() {
+        let list = list(&[
+            "spiffe://example.org/*",
+            "spiffe://partner.org/a/b/*",
+            "spiffe://partner.org/x/*",
+        ]);
+        for (candidate, allowed) in [
+            ("spiffe://example.org/web", true),
+            ("spiffe://example.org/a/b/c/d", true),
+            ("spiffe://partner.org/a/b/c", true),
+            ("spiffe://partner.org/a/b/c/d/e", true),
+            ("spiffe://partner.org/a/b", false),
+            ("spiffe://partner.org/a/bc/d", false),
+            ("spiffe://partner.org/a/c", false),
+            ("spiffe://partner.org/xy/z", false),
+            ("spiffe://partner.org/x/y", true),
+            ("spiffe://other.org/a/b/c", false),
+        ] {
+            assert_eq!(list.allows(&id(candidate)), allowed, "{candidate}");
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+        /// The indexed list allows exactly the IDs one of its matchers matches.
+        #[test]
+        fn the_index_agrees_with_the_matchers(
+            matchers in proptest::collection::vec("(a|b)(/(a|b|ab)){0,3}(/\\*)?|(a|b)", 1..6),
+            candidate in "(a|b)(/(a|b|ab)){1,4}",
+        ) {
+            let spiffe = |text: &str| match text.split_once('/') {
+                Some((td, path)) => format!("spiffe://{td}.org/{path}"),
+                None => format!("spiffe://{text}.org"),
+            };
+            let matchers: Vec<IdMatcher> = matchers
+                .iter()
+                .filter_map(|m| IdMatcher::parse(&spiffe(m)).ok())
+                .collect();
+            let list: AllowList = matchers.iter().cloned().collect();
+            let candidate = id(&spiffe(&candidate));
+            proptest::prop_assert_eq!(
+                list.allows(&candidate),
+                matchers.iter().any(|m| m.matches(&candidate))
+            );
+        }
     }
 }

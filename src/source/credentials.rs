@@ -134,9 +134,8 @@ pub struct TrustBundle {
     trust_domain: TrustDomain,
     certs: Vec<CertificateDer<'static>>,
     anchors: Arc<[TrustAnchor<'static>]>,
-    /// SHA-256 over the certificates (each length-prefixed): two bundles with the same digest
-    /// hold the same CAs, so a chain that validated against one validates against the other.
-    digest: [u8; 32],
+    /// [`anchor_digest`] of each anchor, in the same order.
+    anchor_digests: Arc<[[u8; 32]]>,
 }
 
 impl TrustBundle {
@@ -192,12 +191,12 @@ impl TrustBundle {
             })?;
             anchors.push(anchor.to_owned());
         }
-        let digest = bundle_digest(&certs);
+        let anchor_digests = anchors.iter().map(anchor_digest).collect();
         Ok(Self {
             trust_domain,
             certs,
             anchors: anchors.into(),
-            digest,
+            anchor_digests,
         })
     }
 
@@ -215,19 +214,29 @@ impl TrustBundle {
         &self.anchors
     }
 
-    /// A digest of the CAs (see the field), to tell whether a bundle changed.
-    pub(crate) fn digest(&self) -> &[u8; 32] {
-        &self.digest
+    /// Whether the bundle holds the trust anchor of [`anchor_digest`] `digest`.
+    pub(crate) fn holds_anchor(&self, digest: &[u8; 32]) -> bool {
+        self.anchor_digests.contains(digest)
     }
 }
 
-fn bundle_digest(certs: &[CertificateDer<'_>]) -> [u8; 32] {
+/// SHA-256 over what path validation takes from a trust anchor (its subject, key and name
+/// constraints, each length-prefixed): a path that validated ending at an anchor validates
+/// again with any bundle holding an anchor of the same digest (same lists, same time).
+pub(crate) fn anchor_digest(anchor: &TrustAnchor<'_>) -> [u8; 32] {
     use sha2::{Digest, Sha256};
     let mut hasher = Sha256::new();
-    for cert in certs {
-        hasher.update((cert.as_ref().len() as u64).to_be_bytes());
-        hasher.update(cert.as_ref());
+    let parts: [&[u8]; 3] = [
+        anchor.subject.as_ref(),
+        anchor.subject_public_key_info.as_ref(),
+        anchor.name_constraints.as_deref().unwrap_or_default(),
+    ];
+    for part in parts {
+        hasher.update((part.len() as u64).to_be_bytes());
+        hasher.update(part);
     }
+    // Absent name constraints differ from empty ones.
+    hasher.update([u8::from(anchor.name_constraints.is_some())]);
     hasher.finalize().into()
 }
 

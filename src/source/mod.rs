@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 pub use credentials::{Credentials, Svid, TrustBundle, TrustBundles};
 pub(crate) use credentials::{
-    check_own_chain, describe_pem_error, parse_certificates, parse_private_key,
+    anchor_digest, check_own_chain, describe_pem_error, parse_certificates, parse_private_key,
 };
 pub use files::FileSourceBuilder;
 pub use memory::MemorySource;

@@ -35,4 +35,4 @@ pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
 pub use verifier::BenchVerifier;
 #[cfg(test)]
 pub(crate) use verifier::Side;
-pub(crate) use verifier::{Admitted, SvidVerifier, TrustMark};
+pub(crate) use verifier::{Admitted, CurrentTrust, SvidVerifier, TrustMark};

@@ -14,7 +14,7 @@ use spiffe::TrustDomain;
 use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
 use crate::identity::{ChainError, PeerRejection};
 use crate::revocation::RevocationChecks;
-use crate::source::{CredentialSource, Snapshot};
+use crate::source::{CredentialSource, Snapshot, TrustBundle, anchor_digest};
 
 /// Which side of the connection is being verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,13 +49,29 @@ pub(crate) struct Admitted {
     pub(crate) validated_under: TrustMark,
 }
 
-/// What a chain's validation depends on besides the chain and the clock: the bundle of its
-/// trust domain (by digest) and the revocation lists (by revision). A chain that validated
-/// under a mark still validates under an equal one, until it expires.
+/// What a chain's validation depended on besides the chain and the clock: the trust anchor its
+/// path ended at (by [`anchor_digest`]) and the revocation lists (by revision). While its trust
+/// domain's bundle still holds that anchor and the lists are the same, the chain still
+/// validates, until the end of its validity: adding or removing other CAs changes nothing for
+/// it, so a CA rotation re-validates no chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct TrustMark {
-    bundle: [u8; 32],
+    anchor: [u8; 32],
     revocation_lists: u64,
+}
+
+/// What chains of one trust domain are validated against now.
+#[derive(Debug)]
+pub(crate) struct CurrentTrust {
+    bundle: TrustBundle,
+    revocation_lists: u64,
+}
+
+impl CurrentTrust {
+    /// Whether a chain validated under `mark` still validates now (until its validity ends).
+    pub(crate) fn holds(&self, mark: &TrustMark) -> bool {
+        mark.revocation_lists == self.revocation_lists && self.bundle.holds_anchor(&mark.anchor)
+    }
 }
 
 /// The most intermediate certificates a peer may present (the leaf not counted). rustls-webpki
@@ -131,6 +147,8 @@ struct VerifiedChain {
     /// identity's own certificate); never a certificate the path did not use. Shared with the
     /// connections admitted by this chain, for their re-checks.
     path: Arc<[CertificateDer<'static>]>,
+    /// [`anchor_digest`] of the trust anchor the path ended at.
+    anchor: [u8; 32],
     identity: PeerIdentity,
 }
 
@@ -349,11 +367,10 @@ impl SvidVerifier {
                 verified
             }
         };
-        let validated_under = self
-            .mark(&snapshot, crl_revision, verified.identity.trust_domain())
-            .ok_or_else(|| PeerRejection::UnknownTrustDomain {
-                presented: verified.identity.spiffe_id().clone(),
-            })?;
+        let validated_under = TrustMark {
+            anchor: verified.anchor,
+            revocation_lists: crl_revision,
+        };
         Ok(Admitted {
             identity: verified.identity,
             path: verified.path,
@@ -362,25 +379,21 @@ impl SvidVerifier {
         })
     }
 
-    /// What a chain of `trust_domain` is validated against in `snapshot`; `None` without a
-    /// bundle for it.
-    fn mark(
-        &self,
-        snapshot: &Snapshot,
-        revocation_lists: u64,
-        trust_domain: &TrustDomain,
-    ) -> Option<TrustMark> {
-        let bundle = snapshot.credentials.bundles().get(trust_domain)?;
-        Some(TrustMark {
-            bundle: *bundle.digest(),
+    /// What a chain of `trust_domain` would be validated against now; `None` without a bundle
+    /// for it.
+    pub(crate) fn current_trust(&self, trust_domain: &TrustDomain) -> Option<CurrentTrust> {
+        let (revocation_lists, _) = self.revocation.crls();
+        let bundle = self
+            .source
+            .snapshot()
+            .credentials
+            .bundles()
+            .get(trust_domain)?
+            .clone();
+        Some(CurrentTrust {
+            bundle,
             revocation_lists,
         })
-    }
-
-    /// What a chain of `trust_domain` would be validated against now.
-    pub(crate) fn trust_mark(&self, trust_domain: &TrustDomain) -> Option<TrustMark> {
-        let (revocation_lists, _) = self.revocation.crls();
-        self.mark(&self.source.snapshot(), revocation_lists, trust_domain)
     }
 
     /// Whether a peer whose chain still validates may still connect: what is decided after
@@ -459,9 +472,10 @@ impl SvidVerifier {
                         None,
                     )
                     .map_err(ChainError::from)?;
-                signing_path(&path, leaf.validity)
+                let anchor = anchor_digest(path.anchor());
+                signing_path(&path, leaf.validity).map(|signing| (signing, anchor))
             });
-        let ((valid_from, mut valid_until), path) = match chain_result {
+        let (((valid_from, mut valid_until), path), anchor) = match chain_result {
             Ok(checked) => checked,
             Err(reason) => return Err(PeerRejection::InvalidChain { presented, reason }),
         };
@@ -476,6 +490,7 @@ impl SvidVerifier {
             valid_from,
             valid_until,
             path,
+            anchor,
             identity: PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after),
         })
     }
@@ -742,6 +757,7 @@ mod tests {
             valid_from: 100,
             valid_until: 200,
             path: path.into(),
+            anchor: [0; 32],
             identity: PeerIdentity::new(id, leaf.clone(), UNIX_EPOCH + Duration::from_secs(200)),
         }
     }

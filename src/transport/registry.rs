@@ -17,13 +17,13 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
 use rustls::time_provider::TimeProvider;
-use rustls_pki_types::UnixTime;
+use rustls_pki_types::{CertificateDer, UnixTime};
 use spiffe::TrustDomain;
 use tokio::sync::{Notify, mpsc, watch};
 use tokio::time::Instant;
 
 use crate::identity::PeerRejection;
-use crate::tls::{Admitted, SvidVerifier, TrustMark};
+use crate::tls::{Admitted, CurrentTrust, SvidVerifier, TrustMark};
 use crate::transport::cutoff::{CutOff, CutOffReason, CutState};
 
 /// The `tracing` target of cut-off lines.
@@ -130,6 +130,45 @@ struct Change {
     what: &'static str,
     /// `None` for a moment rather than a new revision.
     revision: Option<u64>,
+}
+
+/// The intermediates a chain was validated with.
+type Path = Arc<[CertificateDer<'static>]>;
+
+/// A chain's re-validation: what it was validated against and until when, or why not.
+type Revalidation = Result<(TrustMark, i64), PeerRejection>;
+
+/// What one sweep learns once and applies to every connection it concerns.
+#[derive(Default)]
+struct SweepMemo {
+    /// What each trust domain's chains are validated against now.
+    trust: HashMap<TrustDomain, Option<CurrentTrust>>,
+    /// The chains validated in this sweep, by verifier and leaf: the connections of one peer
+    /// (often many) share one validation.
+    chains: HashMap<(usize, [u8; 32]), (Path, Revalidation)>,
+}
+
+impl SweepMemo {
+    /// Validates `entry`'s chain again at `now`, once per verifier, leaf and path.
+    fn reverify(&mut self, entry: &Entry, now: UnixTime) -> Revalidation {
+        let identity = &entry.admitted.identity;
+        let key = (
+            Arc::as_ptr(&entry.verifier).addr(),
+            *identity.thumbprint_sha256(),
+        );
+        if let Some((path, result)) = self.chains.get(&key)
+            && **path == *entry.admitted.path
+        {
+            return result.clone();
+        }
+        let result =
+            entry
+                .verifier
+                .reverify(identity.leaf_certificate(), &entry.admitted.path, now);
+        self.chains
+            .insert(key, (entry.admitted.path.clone(), result.clone()));
+        result
+    }
 }
 
 /// What an expiry deadline names in the audit line.
@@ -249,8 +288,7 @@ impl Registry {
             // The lock is released before the re-check, which takes it again to cut off.
             let entry = self.lock().entries.get(&id).map(|t| t.entry.clone());
             if let Some(entry) = entry {
-                let mut marks = HashMap::new();
-                self.recheck(&entry, self.now(), &mut marks, &[], false);
+                self.recheck(&entry, self.now(), &mut SweepMemo::default(), &[], false);
             }
         }
         (registration, state)
@@ -310,48 +348,46 @@ impl Registry {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
         let entries = self.live_entries();
         let now = self.now();
-        let mut marks = HashMap::new();
+        let mut memo = SweepMemo::default();
         entries
             .iter()
-            .filter(|entry| !self.recheck(entry, now, &mut marks, changes, false))
+            .filter(|entry| !self.recheck(entry, now, &mut memo, changes, false))
             .count()
     }
 
     /// Re-checks one connection at `now`; cuts it off (and returns `false`) if its peer is
     /// refused now. The chain is validated again when what it was validated against changed
-    /// (`marks` memoizes the current trust mark of each trust domain) or when `revalidate`;
+    /// or when `revalidate`;
     /// otherwise only what is decided after validation is asked again.
     fn recheck(
         &self,
         entry: &Entry,
         now: UnixTime,
-        marks: &mut HashMap<TrustDomain, Option<TrustMark>>,
+        memo: &mut SweepMemo,
         changes: &[Change],
         revalidate: bool,
     ) -> bool {
         let identity = &entry.admitted.identity;
         let trust_domain = identity.trust_domain();
-        if !marks.contains_key(trust_domain) {
-            marks.insert(
+        if !memo.trust.contains_key(trust_domain) {
+            memo.trust.insert(
                 trust_domain.clone(),
-                entry.verifier.trust_mark(trust_domain),
+                entry.verifier.current_trust(trust_domain),
             );
         }
-        let current = marks.get(trust_domain).and_then(Option::as_ref);
+        let current = memo.trust.get(trust_domain).and_then(Option::as_ref);
         let mut validated = entry.validated.lock().unwrap_or_else(|p| p.into_inner());
         let mut moved = None;
-        let result = if !revalidate && current == Some(&validated.under) {
+        let holds = current.is_some_and(|current| current.holds(&validated.under));
+        let result = if !revalidate && holds {
             entry.verifier.readmit(identity)
         } else {
-            entry
-                .verifier
-                .reverify(identity.leaf_certificate(), &entry.admitted.path, now)
-                .map(|(under, until)| {
-                    if until != validated.until {
-                        moved = Some(until);
-                    }
-                    *validated = Validated { under, until };
-                })
+            memo.reverify(entry, now).map(|(under, until)| {
+                if until != validated.until {
+                    moved = Some(until);
+                }
+                *validated = Validated { under, until };
+            })
         };
         drop(validated);
         match result {
@@ -495,8 +531,7 @@ impl Registry {
             self.reschedule_expiry(entry.id, until);
             return;
         }
-        let mut marks = HashMap::new();
-        if self.recheck(entry, now, &mut marks, &[VALIDITY_END], true) {
+        if self.recheck(entry, now, &mut SweepMemo::default(), &[VALIDITY_END], true) {
             let until = entry
                 .validated
                 .lock()
@@ -777,6 +812,62 @@ mod tests {
             registry.register("server", setup.admitted(&admitting), refusing, before);
         let cut = state.cut_off().expect("re-checked at registration");
         assert_eq!(cut.reason(), CutOffReason::NotAllowed);
+    }
+
+    #[tokio::test]
+    async fn a_chain_is_validated_again_only_when_its_anchor_left_the_bundle() {
+        let setup = Setup::new();
+        let verifier = setup.verifier(&[WEB]);
+        let admitted = setup.admitted(&verifier);
+        let under = admitted.validated_under;
+        let td = admitted.identity.trust_domain().clone();
+        let holds = || verifier.current_trust(&td).unwrap().holds(&under);
+        assert!(holds());
+        let next = DevCa::new("example.org").unwrap();
+        let with = |pem: String| {
+            let svid = setup.ca.svid("spiffe://example.org/api").issue().unwrap();
+            crate::Credentials::new(
+                svid.to_svid().unwrap(),
+                crate::TrustBundles::new()
+                    .with(crate::TrustBundle::from_pem(td.clone(), pem.as_bytes()).unwrap()),
+            )
+        };
+        // A CA added beside the chain's (a rotation beginning): nothing to validate again.
+        setup.source.update(with(format!(
+            "{}{}",
+            next.bundle_pem(),
+            setup.ca.bundle_pem()
+        )));
+        assert!(holds());
+        // The chain's CA gone: validate again (and fail).
+        setup.source.update(with(next.bundle_pem()));
+        assert!(!holds());
+    }
+
+    #[tokio::test]
+    async fn a_sweep_validates_a_peer_once_per_verifier() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy::default());
+        let lists =
+            crate::revocation::RevocationLists::new([setup.ca.crl(&[]).der().unwrap()]).unwrap();
+        let checking = |allowed: &[&str]| {
+            Arc::new(setup.plain_verifier(allowed).with_revocation(
+                crate::revocation::RevocationChecks::new(Some(lists.clone()), Vec::new()),
+            ))
+        };
+        let (admitting, refusing) = (checking(&[WEB]), checking(&[]));
+        let admitted = setup.admitted(&admitting);
+        let (_a, first) = registry.register("server", admitted.clone(), admitting.clone(), 0);
+        let (_b, second) = registry.register("server", admitted.clone(), admitting, 0);
+        // The same chain, registered by a verifier that no longer admits it.
+        let (_c, third) = registry.register("server", admitted, refusing, 0);
+        // New lists: every chain is validated again, each peer once per verifier.
+        lists
+            .replace([setup.ca.crl(&[]).number(2).der().unwrap()])
+            .unwrap();
+        assert_eq!(registry.bench_sweep(), 1);
+        assert!(first.cut_off().is_none() && second.cut_off().is_none());
+        assert_eq!(third.cut_off().unwrap().reason(), CutOffReason::NotAllowed);
     }
 
     /// Seconds from now to the first deadline.
