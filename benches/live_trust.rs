@@ -14,21 +14,21 @@
 //!   - `allow_list`: the channel's allow-list holds the 2,000 principals of a 1,000-rule policy
 //!     (`allow_client`, indexed);
 //!   - `policy_1000_rules`: `allow_clients_by_policy` on a `PolicySource` with those 1,000 rules
-//!     (`Policy::could_ever_allow`: a scan of the allow rules).
+//!     (`Policy::could_ever_allow`, the policy's principals indexed when it is built).
+//!   The allow-list channel also checks a revocation list of the CA (empty).
 //! - `sweep/bundle_changed/allow_list/*`: before each sweep (untimed), the channel's
 //!   `MemorySource` is updated with a bundle whose content differs (the trust domain's CA, then
-//!   the CA and a second CA, alternately), so the bundle digest changed and every chain must be
-//!   validated again; the verified-chain cache is emptied by the new credential revision, so
-//!   with 100 peers the first connection of each peer validates and the other 99 hit the cache.
-//! - `sweep/cut_all/*`: a change that cuts every connection off, 100 peers: each iteration
-//!   registers the 10,000 connections again in the untimed setup (`iter_batched`), then the
-//!   change is made (untimed) and the sweep is timed; deregistration (the drop) is untimed too.
-//!   - `policy_1000_rules/10_peers_1000_connections`: the policy is replaced by 1,000 rules
-//!     naming none of the peers. Only 1,000 connections (10 peers, 100 each): each refusal
-//!     builds the `NotAllowed` rejection's list of the 2,000 principals the policy admits
-//!     (`AllowList::push` checks each pattern against those before it: quadratic) and formats
-//!     it into the cut-off's detail, so a sweep of 10,000 would take minutes (BENCHMARKS.md);
-//!   - `bundle_replaced/allow_list`: the trust domain's bundle is replaced by another CA, so no
+//!   the CA and a second CA, alternately): the anchor of every chain stays, so no chain is
+//!   validated again (a CA rotation).
+//! - `sweep/lists_changed/allow_list/*`: before each sweep (untimed), the revocation list is
+//!   replaced by a new one (next CRL number, still revoking nobody): every chain is validated
+//!   again, once per peer (with 100 peers, 100 validations for 10,000 connections).
+//! - `sweep/cut_all/*`: a change that cuts every connection off: each iteration registers the
+//!   10,000 connections again in the untimed setup (`iter_batched`), then the change is made
+//!   (untimed) and the sweep is timed; deregistration (the drop) is untimed too.
+//!   - `policy_1000_rules/100_peers`: the policy is replaced by 1,000 rules naming none of the
+//!     peers;
+//!   - `bundle_replaced/allow_list/*`: the trust domain's bundle is replaced by another CA, so no
 //!     chain validates.
 //!
 //! Request path (`request/*`): a TLS 1.3 connection between two channels over
@@ -52,6 +52,7 @@ use criterion::{
 };
 use rustls_pki_types::{CertificateDer, ServerName};
 use secure_channel::authz::{Policy, PolicySource, Rule};
+use secure_channel::revocation::RevocationLists;
 use secure_channel::testkit::DevCa;
 use secure_channel::transport::BenchConnection;
 use secure_channel::{
@@ -72,8 +73,6 @@ const RULES: usize = 1_000;
 const CONNECTIONS: usize = 10_000;
 /// Distinct peers in the `100_peers` cases.
 const FEW_PEERS: usize = 100;
-/// Open connections in the sweep that a policy change cuts off (see the module docs).
-const POLICY_CUT_CONNECTIONS: usize = 1_000;
 
 type Chain = Vec<CertificateDer<'static>>;
 
@@ -110,6 +109,9 @@ struct Fixture {
     bundle_replaced: TrustBundles,
     source: MemorySource,
     policy: PolicySource,
+    /// The CA's revocation list, checked by `allow_list`; and its CRL number.
+    lists: RevocationLists,
+    crl_number: std::cell::Cell<u64>,
     /// Peers by the allow-list; by the policy.
     allow_list: SecureChannel,
     by_policy: SecureChannel,
@@ -139,7 +141,8 @@ fn fixture() -> Fixture {
             .allow_client(format!("spiffe://example.org/ns/prod/svc-{i}").as_str())
             .allow_client(format!("spiffe://example.org/ns/batch-{i}/*").as_str());
     }
-    let allow_list = builder.build().unwrap();
+    let lists = RevocationLists::new([ca.crl(&[]).number(1).der().unwrap()]).unwrap();
+    let allow_list = builder.revocation_lists(&lists).build().unwrap();
     let by_policy = SecureChannel::builder(&source)
         .allow_clients_by_policy(&policy)
         .build()
@@ -163,6 +166,8 @@ fn fixture() -> Fixture {
         bundle_replaced,
         source,
         policy,
+        lists,
+        crl_number: std::cell::Cell::new(1),
         allow_list,
         by_policy,
         few,
@@ -175,6 +180,13 @@ impl Fixture {
     fn set_bundles(&self, bundles: &TrustBundles) {
         let svid = self.ca.svid(SERVER_ID).issue().unwrap().to_svid().unwrap();
         self.source.update(Credentials::new(svid, bundles.clone()));
+    }
+
+    /// Publishes the CA's next revocation list (revoking nobody).
+    fn next_crl(&self) {
+        self.crl_number.set(self.crl_number.get() + 1);
+        let crl = self.ca.crl(&[]).number(self.crl_number.get());
+        self.lists.replace([crl.der().unwrap()]).unwrap();
     }
 }
 
@@ -240,39 +252,53 @@ fn sweeps(c: &mut Criterion) {
     f.set_bundles(&f.bundle);
     group.finish();
 
+    let mut group = slow_group(c, "sweep/lists_changed/allow_list");
+    for (peers, chains) in peer_sets {
+        let _connections = register(&f.allow_list, chains, CONNECTIONS);
+        group.bench_function(peers, |b| {
+            b.iter_batched(
+                || f.next_crl(),
+                |()| assert_eq!(f.allow_list.bench_sweep(), 0),
+                BatchSize::PerIteration,
+            );
+        });
+    }
+    group.finish();
+
     let mut group = slow_group(c, "sweep/cut_all");
-    // 1,000 connections, not 10,000: see the module docs.
-    group.bench_function("policy_1000_rules/10_peers_1000_connections", |b| {
+    group.bench_function("policy_1000_rules/100_peers", |b| {
         b.iter_batched(
             || {
                 f.policy.replace(admission_policy(0));
-                let connections = register(&f.by_policy, &f.few[..10], POLICY_CUT_CONNECTIONS);
+                let connections = register(&f.by_policy, &f.few, CONNECTIONS);
                 f.policy.replace(admission_policy(RULES));
                 connections
             },
             |connections| {
-                assert_eq!(f.by_policy.bench_sweep(), POLICY_CUT_CONNECTIONS);
+                assert_eq!(f.by_policy.bench_sweep(), CONNECTIONS);
                 connections
             },
             BatchSize::PerIteration,
         );
     });
     f.policy.replace(admission_policy(0));
-    group.bench_function("bundle_replaced/allow_list/100_peers", |b| {
-        b.iter_batched(
-            || {
-                f.set_bundles(&f.bundle);
-                let connections = register(&f.allow_list, &f.few, CONNECTIONS);
-                f.set_bundles(&f.bundle_replaced);
-                connections
-            },
-            |connections| {
-                assert_eq!(f.allow_list.bench_sweep(), CONNECTIONS);
-                connections
-            },
-            BatchSize::PerIteration,
-        );
-    });
+    for (peers, chains) in peer_sets {
+        group.bench_function(format!("bundle_replaced/allow_list/{peers}"), |b| {
+            b.iter_batched(
+                || {
+                    f.set_bundles(&f.bundle);
+                    let connections = register(&f.allow_list, chains, CONNECTIONS);
+                    f.set_bundles(&f.bundle_replaced);
+                    connections
+                },
+                |connections| {
+                    assert_eq!(f.allow_list.bench_sweep(), CONNECTIONS);
+                    connections
+                },
+                BatchSize::PerIteration,
+            );
+        });
+    }
     f.set_bundles(&f.bundle);
     group.finish();
 }

@@ -357,8 +357,8 @@ impl Registry {
 
     /// Re-checks one connection at `now`; cuts it off (and returns `false`) if its peer is
     /// refused now. The chain is validated again when what it was validated against changed
-    /// or when `revalidate`;
-    /// otherwise only what is decided after validation is asked again.
+    /// (its trust anchor left the bundle, or the revocation lists changed) or when
+    /// `revalidate`; otherwise only what is decided after validation is asked again.
     fn recheck(
         &self,
         entry: &Entry,
