@@ -15,6 +15,7 @@
 //!     (`allow_client`, indexed);
 //!   - `policy_1000_rules`: `allow_clients_by_policy` on a `PolicySource` with those 1,000 rules
 //!     (`Policy::could_ever_allow`, the policy's principals indexed when it is built).
+//!
 //!   The allow-list channel also checks a revocation list of the CA (empty).
 //! - `sweep/bundle_changed/allow_list/*`: before each sweep (untimed), the channel's
 //!   `MemorySource` is updated with a bundle whose content differs (the trust domain's CA, then
