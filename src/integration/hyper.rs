@@ -194,17 +194,22 @@ where
     C: Future<Output = Result<(), E>> + WindDown,
 {
     tokio::pin!(connection);
+    // Made once, not on every wake of the connection's task: each would register (and drop) a
+    // waiter on every poll of a busy connection.
+    let stopped = stop.changed();
+    let cut = cut_off.cut_off();
+    tokio::pin!(stopped, cut);
     let mut winding_down = false;
     loop {
         // Biased: a cut-off is applied before the connection makes progress, so a response
         // completed after it says `Connection: close`.
         tokio::select! {
             biased;
-            _ = stop.changed(), if !winding_down => {
+            _ = &mut stopped, if !winding_down => {
                 winding_down = true;
                 connection.as_mut().wind_down();
             }
-            cut = cut_off.cut_off(), if !winding_down => {
+            cut = &mut cut, if !winding_down => {
                 winding_down = true;
                 tracing::debug!(target: "secure_channel::transport", %cut, "winding the connection down");
                 connection.as_mut().wind_down();
