@@ -151,6 +151,46 @@ fn server_builder(source: &MemorySource) -> SecureChannelBuilder {
     SecureChannel::builder(source).cut_off_grace(GRACE)
 }
 
+/// Two clients of one server, each with its connection and the server side's signal for it:
+/// one change will concern billing only.
+struct WebAndBilling {
+    _clients: (SecureChannel, SecureChannel),
+    web: SecureStream<TcpStream>,
+    web_signal: CutOffSignal,
+    billing: SecureStream<TcpStream>,
+    billing_signal: CutOffSignal,
+}
+
+impl WebAndBilling {
+    /// Connects web (credentials of `example`) and billing (`billing`) to `server`.
+    async fn connect(example: &DevCa, billing: Credentials, server: &mut Server) -> Self {
+        let web_source = MemorySource::new(example.credentials(WEB).unwrap());
+        let billing_source = MemorySource::new(billing);
+        let (web_client, web) = connect(&web_source, server.addr).await;
+        let (_, web_signal) = server.next().await;
+        let (billing_client, billing) = connect(&billing_source, server.addr).await;
+        let (_, billing_signal) = server.next().await;
+        Self {
+            _clients: (web_client, billing_client),
+            web,
+            web_signal,
+            billing,
+            billing_signal,
+        }
+    }
+
+    /// Billing is cut off for `reason` after `change` and its connection closed; web still
+    /// talks and has no cut-off.
+    async fn only_billing_cut_off(mut self, reason: CutOffReason, change: &str) {
+        let cut = within(self.billing_signal.cut_off()).await;
+        assert_eq!(cut.reason(), reason);
+        assert!(cut.detail().contains(change), "{cut}");
+        closed_by_peer(&mut self.billing).await;
+        round_trip(&mut self.web, "still trusted").await.unwrap();
+        assert!(self.web_signal.get().is_none());
+    }
+}
+
 #[tokio::test]
 async fn a_ca_removed_from_the_bundles_cuts_off_its_peers_and_no_others() {
     let example = ca("example.org");
@@ -274,22 +314,15 @@ async fn a_policy_change_cuts_off_the_callers_it_no_longer_admits() {
         .build()
         .unwrap();
     let mut accepted = Server::start(server).await;
-    let web_source = MemorySource::new(example.credentials(WEB).unwrap());
-    let billing_source = MemorySource::new(example.credentials(BILLING).unwrap());
-    let (_w, mut web) = connect(&web_source, accepted.addr).await;
-    let (_, web_signal) = accepted.next().await;
-    let (_b, mut billing) = connect(&billing_source, accepted.addr).await;
-    let (_, billing_signal) = accepted.next().await;
+    let billing = example.credentials(BILLING).unwrap();
+    let peers = WebAndBilling::connect(&example, billing, &mut accepted).await;
 
     // Billing's rule goes.
     let without_billing = POLICY.split("[[rule]]\nname = \"billing\"").next().unwrap();
     policy.replace(Policy::from_toml(without_billing).unwrap());
-    let cut = within(billing_signal.cut_off()).await;
-    assert_eq!(cut.reason(), CutOffReason::NotAllowed);
-    assert!(cut.detail().contains("policy revision 2"), "{cut}");
-    closed_by_peer(&mut billing).await;
-    round_trip(&mut web, "still allowed").await.unwrap();
-    assert!(web_signal.get().is_none());
+    peers
+        .only_billing_cut_off(CutOffReason::NotAllowed, "policy revision 2")
+        .await;
 }
 
 #[tokio::test]
@@ -599,20 +632,13 @@ async fn a_deny_list_entry_cuts_off_that_peer_at_once_and_no_other() {
         .build()
         .unwrap();
     let mut accepted = Server::start(server).await;
-    let web_source = MemorySource::new(example.credentials(WEB).unwrap());
-    let billing_source = MemorySource::new(example.credentials(BILLING).unwrap());
-    let (_w, mut web) = connect(&web_source, accepted.addr).await;
-    let (_, web_signal) = accepted.next().await;
-    let (_b, mut billing) = connect(&billing_source, accepted.addr).await;
-    let (_, billing_signal) = accepted.next().await;
+    let billing = example.credentials(BILLING).unwrap();
+    let peers = WebAndBilling::connect(&example, billing, &mut accepted).await;
 
     assert!(deny.deny_id(BILLING.parse().unwrap()));
-    let cut = within(billing_signal.cut_off()).await;
-    assert_eq!(cut.reason(), CutOffReason::Denied);
-    assert!(cut.detail().contains("deny-list revision 2"), "{cut}");
-    closed_by_peer(&mut billing).await;
-    round_trip(&mut web, "not denied").await.unwrap();
-    assert!(web_signal.get().is_none());
+    peers
+        .only_billing_cut_off(CutOffReason::Denied, "deny-list revision 2")
+        .await;
 }
 
 #[tokio::test]
@@ -627,28 +653,18 @@ async fn a_revocation_list_naming_a_peer_cuts_it_off_and_no_other() {
         .build()
         .unwrap();
     let mut accepted = Server::start(server).await;
-    let web_source = MemorySource::new(example.credentials(WEB).unwrap());
     let billing_svid = example.svid(BILLING).issue().unwrap();
-    let billing_source = MemorySource::new(Credentials::new(
+    let billing = Credentials::new(
         billing_svid.to_svid().unwrap(),
         TrustBundles::new().with(example.bundle().unwrap()),
-    ));
-    let (_w, mut web) = connect(&web_source, accepted.addr).await;
-    let (_, web_signal) = accepted.next().await;
-    let (_b, mut billing) = connect(&billing_source, accepted.addr).await;
-    let (_, billing_signal) = accepted.next().await;
+    );
+    let peers = WebAndBilling::connect(&example, billing, &mut accepted).await;
 
     let crl = example.crl(&[billing_svid.serial()]).der().unwrap();
     lists.replace([crl]).unwrap();
-    let cut = within(billing_signal.cut_off()).await;
-    assert_eq!(cut.reason(), CutOffReason::Revoked);
-    assert!(
-        cut.detail().contains("revocation lists revision 2"),
-        "{cut}"
-    );
-    closed_by_peer(&mut billing).await;
-    round_trip(&mut web, "not revoked").await.unwrap();
-    assert!(web_signal.get().is_none());
+    peers
+        .only_billing_cut_off(CutOffReason::Revoked, "revocation lists revision 2")
+        .await;
 }
 
 /// `Duration::MAX` is a natural way to say "never" for every duration of the builders: it must

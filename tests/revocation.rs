@@ -132,6 +132,24 @@ fn replace(path: &Path, content: &[u8]) {
     std::fs::rename(&beside, path).unwrap();
 }
 
+/// The trust domain's CA and a client SVID it issued.
+fn example_and_client() -> (DevCa, IssuedSvid) {
+    let ca = ca("example.org");
+    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    (ca, svid)
+}
+
+/// The times of a `RevocationListExpired` refusal (any other refusal fails the test).
+fn stale_list_times(rejection: PeerRejection) -> (SystemTime, SystemTime) {
+    match rejection {
+        PeerRejection::InvalidChain {
+            reason: ChainError::RevocationListExpired { now, next_update },
+            ..
+        } => (now, next_update),
+        other => panic!("expected RevocationListExpired, got {other:?}"),
+    }
+}
+
 fn digest_of(svid: &IssuedSvid) -> [u8; 32] {
     use sha2::Digest;
     sha2::Sha256::digest(svid.leaf().as_ref()).into()
@@ -207,8 +225,7 @@ async fn a_revoked_intermediate_refuses_every_leaf_it_issued() {
 
 #[tokio::test]
 async fn a_crl_of_another_ca_changes_nothing() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     // Another CA of the same trust domain, and one of another, list the client's serial.
     let other = DevCa::new("example.org").unwrap();
     let foreign = DevCa::new("other.org").unwrap();
@@ -224,8 +241,7 @@ async fn a_crl_of_another_ca_changes_nothing() {
 
 #[tokio::test]
 async fn an_expired_crl_fails_closed_unless_next_update_is_ignored() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let now = SystemTime::now();
     // A list naming nothing, past its nextUpdate.
     let stale = ca
@@ -238,13 +254,8 @@ async fn an_expired_crl_fails_closed_unless_next_update_is_ignored() {
     let (mut strict, _s) = server(&ca, |b| b.revocation_lists(&lists)).await;
     let (client_channel, _c) = client(&svid, &ca);
     let rejection = refused(&svid, &ca, &mut strict, AlertDescription::BadCertificate).await;
-    match rejection {
-        PeerRejection::InvalidChain {
-            reason: ChainError::RevocationListExpired { now, next_update },
-            ..
-        } => assert!(next_update < now),
-        other => panic!("expected RevocationListExpired, got {other:?}"),
-    }
+    let (now, next_update) = stale_list_times(rejection);
+    assert!(next_update < now);
 
     let lenient = RevocationLists::new([&stale]).unwrap().ignore_next_update();
     let (mut lenient_server, _l) = server(&ca, |b| b.revocation_lists(&lenient)).await;
@@ -253,8 +264,7 @@ async fn an_expired_crl_fails_closed_unless_next_update_is_ignored() {
 
 #[tokio::test]
 async fn deny_by_id_and_by_digest_from_code_until_removed() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let other = ca.svid(CLIENT_ID).issue().unwrap();
     let denied = DenyList::new();
     let (mut server, _s) = server(&ca, |b| b.deny_list(&denied)).await;
@@ -336,8 +346,7 @@ async fn a_client_refuses_a_denied_server_and_several_lists_combine() {
 
 #[tokio::test]
 async fn a_resumed_session_is_checked_against_the_deny_list() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let denied = DenyList::new();
     let (mut server, _s) = server(&ca, |b| b.deny_list(&denied)).await;
     let (c, _c) = client(&svid, &ca);
@@ -371,8 +380,7 @@ async fn a_resumed_session_is_checked_against_the_deny_list() {
 
 #[tokio::test]
 async fn the_verified_chain_cache_does_not_hide_a_newly_revoked_certificate() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let lists = RevocationLists::new([ca.crl(&[]).der().unwrap()]).unwrap();
     let (server_channel, _s) = channel(&ca.svid(SERVER_ID).issue().unwrap(), &ca, |b| {
         b.allow_client(CLIENT_ID).revocation_lists(&lists)
@@ -399,8 +407,7 @@ async fn the_verified_chain_cache_does_not_hide_a_newly_revoked_certificate() {
 
 #[tokio::test]
 async fn a_crl_file_replaced_on_disk_changes_the_next_handshake_and_garbage_is_refused() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("crl.pem");
     std::fs::write(&path, ca.crl(&[]).pem().unwrap()).unwrap();
@@ -465,8 +472,7 @@ async fn a_crl_file_replaced_on_disk_changes_the_next_handshake_and_garbage_is_r
 
 #[tokio::test]
 async fn a_deny_list_file_replaced_on_disk_changes_the_next_handshake_and_garbage_is_refused() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("deny.txt");
     std::fs::write(&path, "# nobody yet\n").unwrap();
@@ -598,8 +604,7 @@ async fn a_list_naming_the_issuer_but_signed_by_another_key_fails_closed() {
 
 #[tokio::test]
 async fn a_cached_chain_is_not_served_past_the_lists_next_update() {
-    let ca = ca("example.org");
-    let svid = ca.svid(CLIENT_ID).issue().unwrap();
+    let (ca, svid) = example_and_client();
     let now = SystemTime::now();
     let lists = RevocationLists::new([ca
         .crl(&[])
@@ -615,11 +620,5 @@ async fn a_cached_chain_is_not_served_past_the_lists_next_update() {
     // Past the list's nextUpdate (the certificates still valid): the chain cached a moment ago
     // is validated again, and refused.
     clock.set(now + Duration::from_secs(600));
-    match refused(&svid, &ca, &mut server, AlertDescription::BadCertificate).await {
-        PeerRejection::InvalidChain {
-            reason: ChainError::RevocationListExpired { .. },
-            ..
-        } => {}
-        other => panic!("expected RevocationListExpired, got {other:?}"),
-    }
+    stale_list_times(refused(&svid, &ca, &mut server, AlertDescription::BadCertificate).await);
 }
