@@ -21,6 +21,23 @@
 //!
 //! In a handler, [`RequestPeerExt::peer_identity`] gives the caller, or UNAUTHENTICATED.
 //!
+//! # Cut-off callers
+//!
+//! tonic's own server drives its connections, so when a caller stops being trusted (see
+//! [`SecureChannelBuilder::cut_off_grace`](crate::SecureChannelBuilder::cut_off_grace)) its
+//! connection is only closed hard, after the grace period. Serve the [`tonic::service::Routes`]
+//! with [`integration::hyper::serve`](crate::integration::hyper::serve) instead and the
+//! connection gets GOAWAY at once, the calls in flight finishing first:
+//!
+//! ```no_run
+//! # async fn run(channel: secure_channel::SecureChannel, routes: tonic::service::Routes)
+//! # -> Result<(), Box<dyn std::error::Error>> {
+//! let tcp = tokio::net::TcpListener::bind("127.0.0.1:50051").await?;
+//! secure_channel::integration::hyper::serve(channel.listener(tcp)?, routes).await?;
+//! # Ok(())
+//! # }
+//! ```
+//!
 //! [`SecureConnector`]: crate::transport::SecureConnector
 
 use std::io;
