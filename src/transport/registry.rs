@@ -348,11 +348,44 @@ impl Registry {
         self.sweeps.fetch_add(1, Ordering::SeqCst);
         let entries = self.live_entries();
         let now = self.now();
-        let mut memo = SweepMemo::default();
-        entries
-            .iter()
-            .filter(|entry| !self.recheck(entry, now, &mut memo, changes, false))
-            .count()
+        let recheck_all = |share: &[&Arc<Entry>]| {
+            let mut memo = SweepMemo::default();
+            share
+                .iter()
+                .filter(|entry| !self.recheck(entry, now, &mut memo, changes, false))
+                .count()
+        };
+        let workers = sweep_workers(entries.len());
+        if workers <= 1 {
+            return recheck_all(&entries.iter().collect::<Vec<_>>());
+        }
+        // Many connections: on several threads (a change that makes every chain be validated
+        // again costs a signature check or two per peer). A peer's connections go to one
+        // thread, so that its chain is still validated once.
+        let mut shares = vec![Vec::new(); workers];
+        for entry in &entries {
+            let byte = entry.admitted.identity.thumbprint_sha256()[0];
+            shares[usize::from(byte) % workers].push(entry);
+        }
+        std::thread::scope(|scope| {
+            let running: Vec<_> = shares
+                .iter()
+                .map(|share| {
+                    std::thread::Builder::new()
+                        .name("secure-channel-sweep".into())
+                        .spawn_scoped(scope, || recheck_all(share))
+                        .map_err(|_| share)
+                })
+                .collect();
+            running
+                .into_iter()
+                .map(|thread| match thread {
+                    Ok(thread) => thread.join().unwrap_or(0),
+                    // No thread to be had: this one does the share.
+                    Err(share) => recheck_all(share),
+                })
+                .sum()
+        })
     }
 
     /// Re-checks one connection at `now`; cuts it off (and returns `false`) if its peer is
@@ -678,6 +711,21 @@ impl Registry {
     }
 }
 
+/// Connections a sweep thread takes at the least: below that, threads cost more than they save.
+const CONNECTIONS_PER_SWEEP_THREAD: usize = 2_048;
+
+/// Most threads a sweep uses.
+const MAX_SWEEP_THREADS: usize = 8;
+
+/// How many threads a sweep of `connections` uses: one per core, each with enough to do.
+fn sweep_workers(connections: usize) -> usize {
+    let cores = std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get);
+    cores
+        .min(MAX_SWEEP_THREADS)
+        .min(connections / CONNECTIONS_PER_SWEEP_THREAD)
+        .max(1)
+}
+
 /// `after` from now on the tokio clock; a duration past what the clock can hold (such as
 /// `Duration::MAX` for "never") is a date decades away rather than a panic.
 pub(crate) fn instant_after(after: Duration) -> Instant {
@@ -868,6 +916,46 @@ mod tests {
         assert_eq!(registry.bench_sweep(), 1);
         assert!(first.cut_off().is_none() && second.cut_off().is_none());
         assert_eq!(third.cut_off().unwrap().reason(), CutOffReason::NotAllowed);
+    }
+
+    #[tokio::test]
+    async fn a_large_sweep_on_several_threads_cuts_off_exactly_the_refused_peers() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy::default());
+        let denied = crate::revocation::DenyList::new();
+        let verifier = Arc::new(setup.plain_verifier(&[WEB]).with_revocation(
+            crate::revocation::RevocationChecks::new(None, vec![denied.clone()]),
+        ));
+        let peers: Vec<Admitted> = (0..8).map(|_| setup.admitted(&verifier)).collect();
+        let connections: Vec<_> = (0..2 * CONNECTIONS_PER_SWEEP_THREAD)
+            .map(|i| {
+                let peer = peers[i % peers.len()].clone();
+                let leaf = *peer.identity.thumbprint_sha256();
+                let (registration, state) = registry.register("server", peer, verifier.clone(), 0);
+                (leaf, registration, state)
+            })
+            .collect();
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(sweep_workers(connections.len()), cores.clamp(1, 2));
+        assert_eq!(sweep_workers(CONNECTIONS_PER_SWEEP_THREAD - 1), 1);
+
+        // Two of the eight peers' certificates are denied: their connections, and only
+        // theirs, are cut off, whichever thread re-checked them.
+        let refused = [
+            peers[2].identity.thumbprint_sha256(),
+            peers[5].identity.thumbprint_sha256(),
+        ];
+        for leaf in refused {
+            denied.deny_certificate_sha256(*leaf);
+        }
+        assert_eq!(registry.bench_sweep(), connections.len() / 4);
+        for (leaf, _, state) in &connections {
+            assert_eq!(
+                state.cut_off().is_some(),
+                refused.contains(&leaf),
+                "{leaf:?}"
+            );
+        }
     }
 
     /// Seconds from now to the first deadline.
