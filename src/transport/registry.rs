@@ -958,6 +958,27 @@ mod tests {
         }
     }
 
+    #[tokio::test]
+    async fn a_handshake_refusal_lists_what_is_expected_and_a_recheck_does_not() {
+        let setup = Setup::new();
+        let refusing = setup.verifier(&["spiffe://example.org/api"]);
+        let chain = setup.ca.svid(WEB).issue().unwrap().chain().to_vec();
+        let now = setup.clock.current_time().unwrap();
+        let expected = |result| match result {
+            Err(PeerRejection::NotAllowed { expected, .. }) => expected,
+            other => panic!("expected NotAllowed, got {other:?}"),
+        };
+        let handshake = refusing.verify(&chain[0], &chain[1..], now).map(drop);
+        assert_eq!(
+            expected(handshake).to_string(),
+            "[spiffe://example.org/api]"
+        );
+        let identity = setup.admitted(&setup.verifier(&[WEB])).identity;
+        assert!(expected(refusing.readmit(&identity)).is_empty());
+        let recheck = refusing.reverify(&chain[0], &chain[1..], now).map(drop);
+        assert!(expected(recheck).is_empty());
+    }
+
     /// Seconds from now to the first deadline.
     fn first_deadline_in(registry: &Registry) -> u64 {
         let (at, ..) = *registry.lock().deadlines.first().unwrap();
