@@ -979,6 +979,34 @@ mod tests {
         assert!(expected(recheck).is_empty());
     }
 
+    #[tokio::test]
+    async fn a_sweep_memo_answers_only_for_the_same_path() {
+        let setup = Setup::new();
+        let verifier = setup.verifier(&[WEB]);
+        let intermediate = setup.ca.intermediate().unwrap();
+        let chain = intermediate.svid(WEB).issue().unwrap().chain().to_vec();
+        let now = setup.clock.current_time().unwrap();
+        let admitted = verifier.identify(&chain, false, now).unwrap();
+        let entry = |path: Path| Entry {
+            id: 0,
+            side: "server",
+            validated: Mutex::new(Validated {
+                under: admitted.validated_under,
+                until: admitted.valid_until,
+            }),
+            admitted: Admitted {
+                path,
+                ..admitted.clone()
+            },
+            verifier: verifier.clone(),
+            state: Arc::default(),
+        };
+        let mut memo = SweepMemo::default();
+        assert!(memo.reverify(&entry(admitted.path.clone()), now).is_ok());
+        // The same leaf without its intermediate does not validate: not the memo's answer.
+        assert!(memo.reverify(&entry(Vec::new().into()), now).is_err());
+    }
+
     /// Seconds from now to the first deadline.
     fn first_deadline_in(registry: &Registry) -> u64 {
         let (at, ..) = *registry.lock().deadlines.first().unwrap();
