@@ -49,6 +49,25 @@ pub(crate) enum Command {
     /// A development CA minting SVIDs as PEM files (NOT FOR PRODUCTION).
     #[command(subcommand, name = "dev-ca")]
     DevCa(DevCaCommand),
+    /// SPIFFE mutual TLS in front of (or out of) a service that cannot link the crate.
+    #[command(subcommand)]
+    Proxy(ProxyCommand),
+}
+
+/// `proxy ...`
+#[derive(Debug, Subcommand)]
+pub(crate) enum ProxyCommand {
+    /// Accept mutual TLS, admit callers exactly as the library does (allow-list, policy,
+    /// tokens, revocation, live cut-off), forward to a plaintext backend on loopback or a unix
+    /// socket with the caller's SPIFFE ID in a header. Prints `listening on ADDR` when ready;
+    /// drains on SIGTERM.
+    #[command(after_help = "\
+Examples:
+  secure-channel proxy inbound --listen 0.0.0.0:8443 --backend 127.0.0.1:8080 \\
+      --cert svid.pem --key svid.key --bundle ca.pem --allow spiffe://example.org/web
+  secure-channel proxy inbound --backend unix:/run/app.sock --workload-api unix:/run/spire/agent.sock \\
+      --policy policy.toml --jwks jwks.json --audience orders --require-bound-token")]
+    Inbound(Box<crate::proxy::InboundArgs>),
 }
 
 /// `svid ...`

@@ -11,6 +11,7 @@ mod cli;
 mod devca;
 mod failure;
 mod policy;
+mod proxy;
 mod svid;
 mod text;
 
@@ -27,6 +28,7 @@ fn main() -> ExitCode {
         Command::Svid(command) => svid::run(command),
         Command::Policy(command) => policy::run(command),
         Command::DevCa(command) => devca::run(command),
+        Command::Proxy(command) => proxy::run(command),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1,0 +1,165 @@
+//! `proxy inbound`: flags, the channel, the listener.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+use secure_channel::authz::PolicySource;
+use secure_channel::jwt::{JwtValidator, KeySource};
+use secure_channel::{AllowList, IdMatcher, SecureChannel};
+
+use crate::failure::{Failure, Outcome};
+use crate::proxy::backend::Backend;
+use crate::proxy::flags::{TrustFlags, parse_listen, parse_matcher};
+use crate::proxy::{http_in, serve_until_terminated, trust};
+
+/// `proxy inbound`
+#[derive(Debug, Args)]
+pub(crate) struct InboundArgs {
+    /// Address to accept mutual TLS on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443", value_parser = parse_listen)]
+    pub(crate) listen: SocketAddr,
+    /// The plaintext service: a loopback IP:PORT, localhost:PORT, or unix:PATH.
+    #[arg(long, value_name = "ADDR|unix:PATH", value_parser = Backend::parse)]
+    pub(crate) backend: Backend,
+    #[command(flatten)]
+    pub(crate) trust: TrustFlags,
+    /// Callers allowed on every route (repeatable): an exact ID spiffe://td/path, a trust
+    /// domain spiffe://td, or a prefix spiffe://td/path/*.
+    #[arg(long, value_name = "MATCHER", value_parser = parse_matcher)]
+    pub(crate) allow: Vec<IdMatcher>,
+    /// An authorization policy (TOML, watched): decides every caller not named by --allow,
+    /// per route.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) policy: Option<PathBuf>,
+    /// Require a valid bearer token on every request, verified with this JWK set (watched).
+    #[arg(long, value_name = "FILE", requires = "audience")]
+    pub(crate) jwks: Option<PathBuf>,
+    /// The audience the tokens must be for.
+    #[arg(long, value_name = "AUD", requires = "jwks")]
+    pub(crate) audience: Option<String>,
+    /// The issuer the tokens must come from (default: any issuer of the JWK set).
+    #[arg(long, value_name = "ISS", requires = "jwks")]
+    pub(crate) issuer: Option<String>,
+    /// Tokens must be bound to the caller's certificate (RFC 8705 cnf.x5t#S256).
+    #[arg(long, requires = "jwks")]
+    pub(crate) require_bound_token: bool,
+    /// The header that carries the caller's SPIFFE ID to the backend; always removed from
+    /// incoming requests first.
+    #[arg(long, value_name = "NAME", default_value = "x-spiffe-id", value_parser = parse_header_name)]
+    pub(crate) identity_header: http::HeaderName,
+    /// The header that carries a validated token's subject to the backend; always removed from
+    /// incoming requests first.
+    #[arg(long, value_name = "NAME", default_value = "x-spiffe-token-subject", value_parser = parse_header_name)]
+    pub(crate) token_subject_header: http::HeaderName,
+    /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    pub(crate) drain_timeout: u64,
+}
+
+fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
+    let name = http::HeaderName::from_bytes(text.as_bytes()).map_err(|e| e.to_string())?;
+    let reserved = [
+        http::header::HOST,
+        http::header::AUTHORIZATION,
+        http::header::CONNECTION,
+        http::header::CONTENT_LENGTH,
+        http::header::TRANSFER_ENCODING,
+    ];
+    if reserved.contains(&name) || name.as_str().starts_with("x-forwarded-") {
+        return Err(format!("{name} is a header the proxy reads or sets itself"));
+    }
+    Ok(name)
+}
+
+/// Runs the inbound proxy until SIGTERM.
+pub(crate) async fn run(args: InboundArgs) -> Outcome {
+    if args.allow.is_empty() && args.policy.is_none() {
+        return Err(Failure::Usage(
+            "at least one --allow or a --policy is required: nobody is allowed by default".into(),
+        ));
+    }
+    if args.identity_header == args.token_subject_header {
+        return Err(Failure::Usage(
+            "--identity-header and --token-subject-header must differ".into(),
+        ));
+    }
+    let (source, _jwt_svids) = trust::credentials(&args.trust).await?;
+    let validator = token_validator(&args)?;
+    let policy = match &args.policy {
+        // The error names the file and the line.
+        Some(path) => Some(
+            PolicySource::from_file(path)
+                .start()
+                .map_err(|e| Failure::Invalid(e.to_string()))?,
+        ),
+        None => None,
+    };
+
+    let mut builder = SecureChannel::builder(source);
+    let mut allow = AllowList::deny_all();
+    for matcher in &args.allow {
+        allow.push(matcher.clone());
+        builder = builder.allow_client(matcher.clone());
+    }
+    if let Some(policy) = &policy {
+        builder = builder.allow_clients_by_policy(policy);
+    }
+    let builder = trust::apply(&args.trust, builder)?;
+    let channel = builder
+        .build()
+        .map_err(|e| Failure::Invalid(e.to_string()))?;
+
+    let tcp = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .map_err(|e| Failure::invalid(format!("--listen {}", args.listen), e))?;
+    let listener = channel
+        .listener(tcp)
+        .map_err(|e| Failure::invalid(format!("--listen {}", args.listen), e))?;
+    let local = listener.local_addr();
+    let service = http_in::service(http_in::Config {
+        backend: args.backend.clone(),
+        identity_header: args.identity_header.clone(),
+        token_subject_header: args.token_subject_header.clone(),
+        allow,
+        policy,
+        validator,
+    });
+    tracing::info!(
+        listen = %local,
+        backend = %args.backend,
+        "inbound proxy ready"
+    );
+    println!("listening on {local}");
+    serve_until_terminated(Duration::from_secs(args.drain_timeout), move |stop| {
+        secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
+            async move {
+                let _ = stop.await;
+            },
+        )
+    })
+    .await
+}
+
+/// The validator of `--jwks`, `--audience`, `--issuer`, `--require-bound-token`.
+fn token_validator(args: &InboundArgs) -> Result<Option<JwtValidator>, Failure> {
+    let (Some(jwks), Some(audience)) = (&args.jwks, &args.audience) else {
+        return Ok(None);
+    };
+    let keys = KeySource::jwks_file(jwks)
+        .start()
+        .map_err(|e| Failure::invalid(format!("--jwks {}", jwks.display()), e))?;
+    let mut builder = JwtValidator::access_tokens(audience.as_str()).key_source(keys);
+    builder = match &args.issuer {
+        Some(issuer) => builder.issuer(issuer.as_str()),
+        None => builder.any_issuer(),
+    };
+    if args.require_bound_token {
+        builder = builder.require_certificate_binding();
+    }
+    builder
+        .build()
+        .map(Some)
+        .map_err(|e| Failure::invalid(format!("--jwks {}", jwks.display()), e))
+}
