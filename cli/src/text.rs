@@ -1,6 +1,15 @@
 //! Small formatting helpers shared by the commands.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// `t` as RFC 3339 in UTC (`2025-01-31T12:00:00Z`).
+pub(crate) fn rfc3339(t: SystemTime) -> String {
+    let secs = match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_secs()).unwrap_or(i64::MAX),
+        Err(e) => -i64::try_from(e.duration().as_secs()).unwrap_or(i64::MAX),
+    };
+    unix_rfc3339(secs)
+}
 
 /// Unix seconds as RFC 3339 in UTC; out-of-range values as the number.
 pub(crate) fn unix_rfc3339(secs: i64) -> String {
@@ -11,6 +20,18 @@ pub(crate) fn unix_rfc3339(secs: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| format!("@{secs}"))
+}
+
+/// An error and its causes, `: `-separated (hyper's errors say little without their sources).
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// A duration as a short human string (`3d 4h`, `12m 5s`).

@@ -21,6 +21,7 @@ use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::layer::jwt::{Jwt, JwtLayer};
 use tower::{Layer, ServiceExt};
 
+use crate::proxy::admin::BACKEND_ERRORS;
 use crate::proxy::backend::{Backend, BackendConnector};
 
 /// What the service is built from (validated already).
@@ -215,7 +216,9 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => {
+            let error = crate::text::error_chain(&error);
             tracing::warn!(peer = %peer.spiffe_id(), %error, "backend unreachable: 502");
+            metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
             (
                 StatusCode::BAD_GATEWAY,
                 [(header::CONTENT_TYPE, "text/plain")],

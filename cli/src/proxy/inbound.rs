@@ -2,6 +2,8 @@
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use clap::Args;
@@ -12,7 +14,7 @@ use secure_channel::{AllowList, IdMatcher, SecureChannel};
 use crate::failure::{Failure, Outcome};
 use crate::proxy::backend::Backend;
 use crate::proxy::flags::{TrustFlags, parse_listen, parse_matcher};
-use crate::proxy::{http_in, serve_until_terminated, trust};
+use crate::proxy::{admin, http_in, serve_until_terminated, trust};
 
 /// `proxy inbound`
 #[derive(Debug, Args)]
@@ -53,6 +55,10 @@ pub(crate) struct InboundArgs {
     /// incoming requests first.
     #[arg(long, value_name = "NAME", default_value = "x-spiffe-token-subject", value_parser = parse_header_name)]
     pub(crate) token_subject_header: http::HeaderName,
+    /// A plaintext admin listener on loopback: /healthz, /ready, /metrics (Prometheus),
+    /// /status (JSON).
+    #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
+    pub(crate) admin: Option<SocketAddr>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
@@ -85,6 +91,7 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
             "--identity-header and --token-subject-header must differ".into(),
         ));
     }
+    let metrics = args.admin.map(|_| admin::install_recorder()).transpose()?;
     let (source, _jwt_svids) = trust::credentials(&args.trust).await?;
     let validator = token_validator(&args)?;
     let policy = match &args.policy {
@@ -118,6 +125,20 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         .listener(tcp)
         .map_err(|e| Failure::invalid(format!("--listen {}", args.listen), e))?;
     let local = listener.local_addr();
+    let draining = Arc::new(AtomicBool::new(false));
+    if let (Some(addr), Some(metrics)) = (args.admin, metrics) {
+        let state = admin::Admin {
+            channel: channel.clone(),
+            policy: policy.clone(),
+            metrics,
+            draining: draining.clone(),
+            role: "inbound http",
+            listen: local,
+            upstream: args.backend.to_string(),
+        };
+        let admin_addr = admin::start(addr, state).await?;
+        println!("admin listening on {admin_addr}");
+    }
     let service = http_in::service(http_in::Config {
         backend: args.backend.clone(),
         identity_header: args.identity_header.clone(),
@@ -132,13 +153,17 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         "inbound proxy ready"
     );
     println!("listening on {local}");
-    serve_until_terminated(Duration::from_secs(args.drain_timeout), move |stop| {
-        secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
-            async move {
-                let _ = stop.await;
-            },
-        )
-    })
+    serve_until_terminated(
+        Duration::from_secs(args.drain_timeout),
+        &draining,
+        move |stop| {
+            secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
+                async move {
+                    let _ = stop.await;
+                },
+            )
+        },
+    )
     .await
 }
 

@@ -1,6 +1,7 @@
 //! `proxy inbound`: SPIFFE mutual TLS in front of a plaintext service that cannot link the
 //! crate, admitting callers exactly as the library does.
 
+mod admin;
 mod backend;
 mod flags;
 mod http_in;
@@ -8,6 +9,7 @@ mod inbound;
 mod trust;
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub(crate) use inbound::InboundArgs;
@@ -50,7 +52,7 @@ async fn terminated() {
 /// Runs `serve` (given a future that completes when it is to stop accepting) until SIGTERM or
 /// SIGINT, then lets it finish the work in flight for up to `grace`. Exits cleanly either way:
 /// what is still in flight after the grace period is dropped, with a warning.
-async fn serve_until_terminated<S, F>(grace: Duration, serve: S) -> Outcome
+async fn serve_until_terminated<S, F>(grace: Duration, draining: &AtomicBool, serve: S) -> Outcome
 where
     S: FnOnce(tokio::sync::oneshot::Receiver<()>) -> F,
     F: Future<Output = std::io::Result<()>> + Send + 'static,
@@ -67,6 +69,7 @@ where
         }
         () = terminated() => {}
     }
+    draining.store(true, Ordering::Relaxed);
     let _ = stop.send(());
     match tokio::time::timeout(grace, &mut server).await {
         Ok(_) => tracing::info!("drained: every request in flight was answered"),

@@ -154,6 +154,8 @@ impl Pki {
 pub struct Running {
     pub child: Child,
     pub addr: SocketAddr,
+    /// The admin listener's address, when `--admin` was given.
+    pub admin: Option<SocketAddr>,
 }
 
 impl Running {
@@ -171,18 +173,36 @@ impl Running {
             .spawn()
             .unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let line = within(lines.next_line())
-            .await
-            .unwrap()
-            .expect("the proxy exited before listening");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("not the ready line: {line}"))
-            .parse()
-            .unwrap();
+        let mut admin = None;
+        let addr = loop {
+            let line = within(lines.next_line())
+                .await
+                .unwrap()
+                .expect("the proxy exited before listening");
+            if let Some(addr) = line.strip_prefix("admin listening on ") {
+                admin = Some(addr.parse().unwrap());
+            } else if let Some(addr) = line.strip_prefix("listening on ") {
+                break addr.parse().unwrap();
+            } else {
+                panic!("not a ready line: {line}");
+            }
+        };
         // Keep reading stdout so the proxy never blocks on a full pipe.
         tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addr }
+        Self { child, addr, admin }
+    }
+
+    /// GET `path` on the admin listener (curl, plaintext): the status code and the body.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        let url = format!("http://{}{path}", self.admin.expect("started with --admin"));
+        let mut command = Command::new("curl");
+        command
+            .args(["-sS", "--max-time", "10", "-w", "\n%{http_code}", &url])
+            .kill_on_drop(true);
+        let (code, out, err) = parts(&within(command.output()).await.unwrap());
+        assert_eq!(code, 0, "{url}: {err}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        (status.parse().unwrap(), body.to_owned())
     }
 
     pub fn url(&self, path: &str) -> String {
