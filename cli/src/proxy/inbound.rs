@@ -14,7 +14,7 @@ use secure_channel::{AllowList, IdMatcher, SecureChannel};
 use crate::failure::{Failure, Outcome};
 use crate::proxy::backend::Backend;
 use crate::proxy::flags::{TrustFlags, parse_listen, parse_matcher};
-use crate::proxy::{admin, http_in, serve_until_terminated, trust};
+use crate::proxy::{admin, http_in, serve_until_terminated, tcp_in, trust};
 
 /// `proxy inbound`
 #[derive(Debug, Args)]
@@ -25,6 +25,14 @@ pub(crate) struct InboundArgs {
     /// The plaintext service: a loopback IP:PORT, localhost:PORT, or unix:PATH.
     #[arg(long, value_name = "ADDR|unix:PATH", value_parser = Backend::parse)]
     pub(crate) backend: Backend,
+    /// http: per-route policy, tokens, identity headers; tcp: bytes both ways, callers
+    /// admitted by --allow only.
+    #[arg(long, value_enum, default_value_t = Mode::Http)]
+    pub(crate) mode: Mode,
+    /// tcp mode: send the backend a PROXY protocol v2 header first, with the caller's address,
+    /// its SPIFFE ID (TLV 0xE0) and its leaf certificate's SHA-256 (TLV 0xE1).
+    #[arg(long)]
+    pub(crate) proxy_protocol: bool,
     #[command(flatten)]
     pub(crate) trust: TrustFlags,
     /// Callers allowed on every route (repeatable): an exact ID spiffe://td/path, a trust
@@ -64,6 +72,40 @@ pub(crate) struct InboundArgs {
     pub(crate) drain_timeout: u64,
 }
 
+/// What the proxy forwards.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub(crate) enum Mode {
+    /// HTTP/1.1 and HTTP/2 requests.
+    Http,
+    /// A byte stream.
+    Tcp,
+}
+
+impl Mode {
+    fn role(self) -> &'static str {
+        match self {
+            Self::Http => "inbound http",
+            Self::Tcp => "inbound tcp",
+        }
+    }
+}
+
+/// Refuses flags that mean nothing in `mode` (rather than ignoring them).
+fn check_mode(args: &InboundArgs) -> Result<(), Failure> {
+    match args.mode {
+        Mode::Http if args.proxy_protocol => {
+            Err(Failure::Usage("--proxy-protocol is for --mode tcp".into()))
+        }
+        Mode::Tcp if args.policy.is_some() || args.jwks.is_some() => Err(Failure::Usage(
+            "--mode tcp admits by --allow only: --policy and --jwks need --mode http".into(),
+        )),
+        Mode::Tcp if args.allow.is_empty() => Err(Failure::Usage(
+            "--mode tcp needs at least one --allow: nobody is allowed by default".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
 fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
     let name = http::HeaderName::from_bytes(text.as_bytes()).map_err(|e| e.to_string())?;
     let reserved = [
@@ -86,6 +128,7 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
             "at least one --allow or a --policy is required: nobody is allowed by default".into(),
         ));
     }
+    check_mode(&args)?;
     if args.identity_header == args.token_subject_header {
         return Err(Failure::Usage(
             "--identity-header and --token-subject-header must differ".into(),
@@ -132,12 +175,27 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
             policy: policy.clone(),
             metrics,
             draining: draining.clone(),
-            role: "inbound http",
+            role: args.mode.role(),
             listen: local,
             upstream: args.backend.to_string(),
         };
         let admin_addr = admin::start(addr, state).await?;
         println!("admin listening on {admin_addr}");
+    }
+    tracing::info!(
+        listen = %local,
+        backend = %args.backend,
+        mode = args.mode.role(),
+        "inbound proxy ready"
+    );
+    println!("listening on {local}");
+    let grace = Duration::from_secs(args.drain_timeout);
+    if args.mode == Mode::Tcp {
+        let (backend, proxy_protocol) = (args.backend.clone(), args.proxy_protocol);
+        return serve_until_terminated(grace, &draining, move |stop| {
+            tcp_in::serve(listener, backend, proxy_protocol, stop)
+        })
+        .await;
     }
     let service = http_in::service(http_in::Config {
         backend: args.backend.clone(),

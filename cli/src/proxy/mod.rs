@@ -6,6 +6,8 @@ mod backend;
 mod flags;
 mod http_in;
 mod inbound;
+mod proxy_protocol;
+mod tcp_in;
 mod trust;
 
 use std::future::Future;
