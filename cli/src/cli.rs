@@ -68,6 +68,18 @@ Examples:
   secure-channel proxy inbound --backend unix:/run/app.sock --workload-api unix:/run/spire/agent.sock \\
       --policy policy.toml --jwks jwks.json --audience orders --require-bound-token")]
     Inbound(Box<crate::proxy::InboundArgs>),
+    /// A plaintext listener on this machine (loopback or a unix socket) for a service that
+    /// cannot speak mutual TLS, forwarding to one target over mutual TLS: the target must prove
+    /// an expected SPIFFE ID; a bearer token is attached from a file or the Workload API.
+    #[command(after_help = "\
+Examples:
+  secure-channel proxy outbound --listen 127.0.0.1:15001 --target orders.internal:8443 \\
+      --expect-server spiffe://example.org/orders \\
+      --cert svid.pem --key svid.key --bundle ca.pem --token-file /run/tokens/orders
+  secure-channel proxy outbound --listen unix:/run/orders.sock --target 10.0.0.7:8443 \\
+      --expect-server spiffe://example.org/orders --workload-api unix:/run/spire/agent.sock \\
+      --token-audience spiffe://example.org/orders")]
+    Outbound(Box<crate::proxy::OutboundArgs>),
 }
 
 /// `svid ...`

@@ -51,7 +51,7 @@ pub(crate) struct Admin {
     pub(crate) draining: Arc<AtomicBool>,
     /// `inbound http`, `inbound tcp`, ...
     pub(crate) role: &'static str,
-    pub(crate) listen: SocketAddr,
+    pub(crate) listen: String,
     pub(crate) upstream: String,
 }
 
@@ -117,7 +117,7 @@ async fn status(State(admin): State<Arc<Admin>>) -> Response {
     trust_domains.sort();
     let body = json!({
         "role": admin.role,
-        "listen": admin.listen.to_string(),
+        "listen": admin.listen,
         "upstream": admin.upstream,
         "spiffe_id": svid.spiffe_id().to_string(),
         "not_after": rfc3339(not_after),

@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Uri, Version};
+use http::{StatusCode, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secure_channel::AllowList;
@@ -22,11 +22,12 @@ use secure_channel::layer::jwt::{Jwt, JwtLayer};
 use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
-use crate::proxy::backend::{Backend, BackendConnector};
+use crate::proxy::local::{BackendConnector, LocalAddr};
+use crate::proxy::retarget;
 
 /// What the service is built from (validated already).
 pub(crate) struct Config {
-    pub(crate) backend: Backend,
+    pub(crate) backend: LocalAddr,
     pub(crate) identity_header: HeaderName,
     pub(crate) token_subject_header: HeaderName,
     /// Callers allowed on every route (`--allow`).
@@ -120,7 +121,7 @@ const FORWARDING: [&str; 5] = [
 ];
 
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
-fn strip_hop_by_hop(headers: &mut HeaderMap) {
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -186,17 +187,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     {
         headers.insert(header::HOST, value);
     }
-    let path = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |pq| pq.as_str())
-        .to_owned();
-    parts.uri = match Uri::builder()
-        .scheme("http")
-        .authority(forwarder.authority.as_str())
-        .path_and_query(path)
-        .build()
-    {
+    parts.uri = match retarget(&parts.uri, "http", &forwarder.authority) {
         Ok(uri) => uri,
         Err(error) => {
             tracing::debug!(%error, "request target cannot be forwarded");

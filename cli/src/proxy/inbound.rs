@@ -12,8 +12,8 @@ use secure_channel::jwt::{JwtValidator, KeySource};
 use secure_channel::{AllowList, IdMatcher, SecureChannel};
 
 use crate::failure::{Failure, Outcome};
-use crate::proxy::backend::Backend;
 use crate::proxy::flags::{TrustFlags, parse_listen, parse_matcher};
+use crate::proxy::local::LocalAddr;
 use crate::proxy::{admin, http_in, serve_until_terminated, tcp_in, trust};
 
 /// `proxy inbound`
@@ -23,8 +23,8 @@ pub(crate) struct InboundArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8443", value_parser = parse_listen)]
     pub(crate) listen: SocketAddr,
     /// The plaintext service: a loopback IP:PORT, localhost:PORT, or unix:PATH.
-    #[arg(long, value_name = "ADDR|unix:PATH", value_parser = Backend::parse)]
-    pub(crate) backend: Backend,
+    #[arg(long, value_name = "ADDR|unix:PATH", value_parser = LocalAddr::parse)]
+    pub(crate) backend: LocalAddr,
     /// http: per-route policy, tokens, identity headers; tcp: bytes both ways, callers
     /// admitted by --allow only.
     #[arg(long, value_enum, default_value_t = Mode::Http)]
@@ -82,7 +82,7 @@ pub(crate) enum Mode {
 }
 
 impl Mode {
-    fn role(self) -> &'static str {
+    pub(crate) fn role(self) -> &'static str {
         match self {
             Self::Http => "inbound http",
             Self::Tcp => "inbound tcp",
@@ -176,7 +176,7 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
             metrics,
             draining: draining.clone(),
             role: args.mode.role(),
-            listen: local,
+            listen: local.to_string(),
             upstream: args.backend.to_string(),
         };
         let admin_addr = admin::start(addr, state).await?;

@@ -2,19 +2,23 @@
 //! crate, admitting callers exactly as the library does.
 
 mod admin;
-mod backend;
 mod flags;
 mod http_in;
 mod inbound;
+mod local;
+mod outbound;
 mod proxy_protocol;
 mod tcp_in;
+mod token_file;
 mod trust;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use http_in::strip_hop_by_hop;
 pub(crate) use inbound::InboundArgs;
+pub(crate) use outbound::OutboundArgs;
 
 use crate::cli::ProxyCommand;
 use crate::failure::{Failure, Outcome};
@@ -28,8 +32,51 @@ pub(crate) fn run(command: ProxyCommand) -> Outcome {
     runtime.block_on(async move {
         match command {
             ProxyCommand::Inbound(args) => inbound::run(*args).await,
+            ProxyCommand::Outbound(args) => outbound::run(*args).await,
         }
     })
+}
+
+/// `uri`'s path and query sent to `scheme://authority` instead (the target of a proxy hop).
+fn retarget(uri: &http::Uri, scheme: &str, authority: &str) -> Result<http::Uri, http::Error> {
+    let path = uri.path_and_query().map_or("/", |pq| pq.as_str());
+    http::Uri::builder()
+        .scheme(scheme)
+        .authority(authority)
+        .path_and_query(path)
+        .build()
+}
+
+/// The connections a server spawned, so that draining can wait for them.
+struct Tracked {
+    open: tokio::sync::mpsc::Sender<()>,
+    all_closed: tokio::sync::mpsc::Receiver<()>,
+}
+
+impl Tracked {
+    fn new() -> Self {
+        let (open, all_closed) = tokio::sync::mpsc::channel(1);
+        Self { open, all_closed }
+    }
+
+    /// Runs `connection` in its own task, tracked.
+    fn spawn(&self, connection: impl Future<Output = ()> + Send + 'static) {
+        let open = self.open.clone();
+        tokio::spawn(async move {
+            connection.await;
+            drop(open);
+        });
+    }
+
+    /// Completes when every tracked connection has ended.
+    async fn drained(self) {
+        let Self {
+            open,
+            mut all_closed,
+        } = self;
+        drop(open);
+        let _ = all_closed.recv().await;
+    }
 }
 
 /// Completes on SIGTERM or SIGINT.

@@ -7,38 +7,34 @@ use secure_channel::SecureListener;
 use secure_channel::SecureStream;
 use tokio::io::{AsyncWriteExt, copy_bidirectional};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use crate::proxy::admin::BACKEND_ERRORS;
-use crate::proxy::backend::Backend;
-use crate::proxy::proxy_protocol;
+use crate::proxy::local::LocalAddr;
+use crate::proxy::{Tracked, proxy_protocol};
 
 /// Accepts until `stop`, then waits for the open connections to end (the caller bounds that
 /// wait with the drain grace).
 pub(crate) async fn serve(
     mut listener: SecureListener,
-    backend: Backend,
+    backend: LocalAddr,
     proxy_protocol: bool,
     stop: oneshot::Receiver<()>,
 ) -> std::io::Result<()> {
-    let (open, mut all_closed) = mpsc::channel::<()>(1);
+    let connections = Tracked::new();
     tokio::pin!(stop);
     loop {
         tokio::select! {
             accepted = listener.accept() => {
                 let (stream, peer) = accepted?;
-                let (backend, open) = (backend.clone(), open.clone());
-                tokio::spawn(async move {
-                    relay(stream, peer, &backend, proxy_protocol).await;
-                    drop(open);
-                });
+                let backend = backend.clone();
+                connections.spawn(async move { relay(stream, peer, &backend, proxy_protocol).await });
             }
             _ = &mut stop => break,
         }
     }
     drop(listener);
-    drop(open);
-    let _ = all_closed.recv().await;
+    connections.drained().await;
     Ok(())
 }
 
@@ -48,7 +44,7 @@ pub(crate) async fn serve(
 async fn relay(
     mut stream: SecureStream<TcpStream>,
     peer: SocketAddr,
-    backend: &Backend,
+    backend: &LocalAddr,
     proxy_protocol: bool,
 ) {
     let id = stream.peer_identity().spiffe_id().clone();

@@ -1,5 +1,6 @@
-//! The plaintext backend: a loopback TCP address or a unix socket, and a hyper-util connector
-//! that always dials it.
+//! Plaintext on this machine only: an inbound proxy's backend and an outbound proxy's listener
+//! are a loopback TCP address or a unix socket; the streams over either; a hyper-util
+//! connector that always dials the backend.
 
 use std::future::Future;
 use std::io;
@@ -17,16 +18,16 @@ use tokio::net::{TcpStream, UnixStream};
 /// How long connecting to the backend may take before the request gets 502.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Where plaintext goes: never off this machine.
+/// Where plaintext is spoken: never off this machine.
 #[derive(Debug, Clone)]
-pub(crate) enum Backend {
+pub(crate) enum LocalAddr {
     /// A loopback address.
     Tcp(SocketAddr),
     /// A unix socket.
     Unix(PathBuf),
 }
 
-impl Backend {
+impl LocalAddr {
     /// `ADDR` (a loopback `IP:PORT`, or `localhost:PORT`) or `unix:PATH`. Anything that would
     /// send plaintext over a network is refused.
     pub(crate) fn parse(text: &str) -> Result<Self, String> {
@@ -71,15 +72,15 @@ impl Backend {
     }
 
     /// Connects, bounded by [`CONNECT_TIMEOUT`].
-    pub(crate) async fn connect(&self) -> io::Result<BackendIo> {
+    pub(crate) async fn connect(&self) -> io::Result<LocalStream> {
         let connect = async {
             match self {
                 Self::Tcp(addr) => {
                     let stream = TcpStream::connect(addr).await?;
                     stream.set_nodelay(true)?;
-                    Ok(BackendIo::Tcp(stream))
+                    Ok(LocalStream::Tcp(stream))
                 }
-                Self::Unix(path) => Ok(BackendIo::Unix(UnixStream::connect(path).await?)),
+                Self::Unix(path) => Ok(LocalStream::Unix(UnixStream::connect(path).await?)),
             }
         };
         tokio::time::timeout(CONNECT_TIMEOUT, connect)
@@ -88,7 +89,62 @@ impl Backend {
     }
 }
 
-impl std::fmt::Display for Backend {
+/// A listener for plaintext on this machine (the outbound proxy's).
+#[derive(Debug)]
+pub(crate) enum LocalListener {
+    /// On a loopback address.
+    Tcp(tokio::net::TcpListener),
+    /// On a unix socket.
+    Unix(tokio::net::UnixListener),
+}
+
+impl LocalListener {
+    /// Binds `addr`. A unix socket left by an earlier run is replaced; any other file there is
+    /// not.
+    pub(crate) async fn bind(addr: &LocalAddr) -> io::Result<Self> {
+        match addr {
+            LocalAddr::Tcp(addr) => Ok(Self::Tcp(tokio::net::TcpListener::bind(addr).await?)),
+            LocalAddr::Unix(path) => {
+                use std::os::unix::fs::FileTypeExt;
+                if let Ok(meta) = std::fs::symlink_metadata(path)
+                    && meta.file_type().is_socket()
+                {
+                    std::fs::remove_file(path)?;
+                }
+                Ok(Self::Unix(tokio::net::UnixListener::bind(path)?))
+            }
+        }
+    }
+
+    /// Where it listens (the port chosen for `:0`).
+    pub(crate) fn local_addr(&self) -> io::Result<LocalAddr> {
+        match self {
+            Self::Tcp(listener) => listener.local_addr().map(LocalAddr::Tcp),
+            Self::Unix(listener) => {
+                let addr = listener.local_addr()?;
+                let path = addr.as_pathname().map(PathBuf::from).unwrap_or_default();
+                Ok(LocalAddr::Unix(path))
+            }
+        }
+    }
+
+    /// The next connection, with the client's address when it has one.
+    pub(crate) async fn accept(&self) -> io::Result<(LocalStream, Option<SocketAddr>)> {
+        match self {
+            Self::Tcp(listener) => {
+                let (stream, peer) = listener.accept().await?;
+                stream.set_nodelay(true)?;
+                Ok((LocalStream::Tcp(stream), Some(peer)))
+            }
+            Self::Unix(listener) => {
+                let (stream, _) = listener.accept().await?;
+                Ok((LocalStream::Unix(stream), None))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for LocalAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             Self::Tcp(addr) => write!(f, "{addr}"),
@@ -97,16 +153,16 @@ impl std::fmt::Display for Backend {
     }
 }
 
-/// A connection to the backend.
+/// A plaintext connection on this machine.
 #[derive(Debug)]
-pub(crate) enum BackendIo {
+pub(crate) enum LocalStream {
     /// Over loopback TCP.
     Tcp(TcpStream),
     /// Over a unix socket.
     Unix(UnixStream),
 }
 
-impl AsyncRead for BackendIo {
+impl AsyncRead for LocalStream {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -119,7 +175,7 @@ impl AsyncRead for BackendIo {
     }
 }
 
-impl AsyncWrite for BackendIo {
+impl AsyncWrite for LocalStream {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -146,7 +202,7 @@ impl AsyncWrite for BackendIo {
     }
 }
 
-impl Connection for BackendIo {
+impl Connection for LocalStream {
     fn connected(&self) -> Connected {
         Connected::new()
     }
@@ -155,11 +211,11 @@ impl Connection for BackendIo {
 /// hyper-util's connector for the backend: whatever the URI, it dials the backend.
 #[derive(Debug, Clone)]
 pub(crate) struct BackendConnector {
-    backend: std::sync::Arc<Backend>,
+    backend: std::sync::Arc<LocalAddr>,
 }
 
 impl BackendConnector {
-    pub(crate) fn new(backend: Backend) -> Self {
+    pub(crate) fn new(backend: LocalAddr) -> Self {
         Self {
             backend: std::sync::Arc::new(backend),
         }
@@ -167,7 +223,7 @@ impl BackendConnector {
 }
 
 impl tower::Service<http::Uri> for BackendConnector {
-    type Response = TokioIo<BackendIo>;
+    type Response = TokioIo<LocalStream>;
     type Error = io::Error;
     type Future = Pin<Box<dyn Future<Output = io::Result<Self::Response>> + Send>>;
 
@@ -188,17 +244,20 @@ mod tests {
     #[test]
     fn only_local_backends() {
         assert!(matches!(
-            Backend::parse("127.0.0.1:8080"),
-            Ok(Backend::Tcp(_))
-        ));
-        assert!(matches!(Backend::parse("[::1]:8080"), Ok(Backend::Tcp(_))));
-        assert!(matches!(
-            Backend::parse("localhost:8080"),
-            Ok(Backend::Tcp(_))
+            LocalAddr::parse("127.0.0.1:8080"),
+            Ok(LocalAddr::Tcp(_))
         ));
         assert!(matches!(
-            Backend::parse("unix:/run/app.sock"),
-            Ok(Backend::Unix(_))
+            LocalAddr::parse("[::1]:8080"),
+            Ok(LocalAddr::Tcp(_))
+        ));
+        assert!(matches!(
+            LocalAddr::parse("localhost:8080"),
+            Ok(LocalAddr::Tcp(_))
+        ));
+        assert!(matches!(
+            LocalAddr::parse("unix:/run/app.sock"),
+            Ok(LocalAddr::Unix(_))
         ));
         for refused in [
             "10.0.0.7:8080",
@@ -208,7 +267,7 @@ mod tests {
             "localhost:x",
             "8080",
         ] {
-            assert!(Backend::parse(refused).is_err(), "{refused}");
+            assert!(LocalAddr::parse(refused).is_err(), "{refused}");
         }
     }
 }
