@@ -544,3 +544,40 @@ async fn bad_configuration_exits_nonzero_naming_the_flag_or_file() {
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
 }
+
+#[tokio::test]
+async fn a_deny_list_change_cuts_off_open_connections() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let denied = pki.dir.write("denied.txt", "# nobody yet\n");
+    let backend = BackendServer::start().await;
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &["--allow", WEB_ID, "--deny-list", denied.to_str().unwrap()],
+    )
+    .await;
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    // An open connection, made before the change.
+    let mut stream = within(channel.connect_tcp(running.addr)).await.unwrap();
+    let client = lib_client(&channel);
+    assert_eq!(get(&client, &running.url("/x"), &[]).await.unwrap().0, 200);
+
+    pki.dir.write("denied.txt", format!("{WEB_ID}\n"));
+    // The proxy closes the open connection (our side sees the end of the stream)...
+    let mut buf = [0u8; 1];
+    let read = within(tokio::io::AsyncReadExt::read(&mut stream, &mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // ...and refuses new ones.
+    within(async {
+        loop {
+            let fresh = lib_client(&channel);
+            if get(&fresh, &running.url("/x"), &[]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}

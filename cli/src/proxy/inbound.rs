@@ -205,23 +205,13 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         policy,
         validator,
     });
-    tracing::info!(
-        listen = %local,
-        backend = %args.backend,
-        "inbound proxy ready"
-    );
-    println!("listening on {local}");
-    serve_until_terminated(
-        Duration::from_secs(args.drain_timeout),
-        &draining,
-        move |stop| {
-            secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
-                async move {
-                    let _ = stop.await;
-                },
-            )
-        },
-    )
+    serve_until_terminated(grace, &draining, move |stop| {
+        secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
+            async move {
+                let _ = stop.await;
+            },
+        )
+    })
     .await
 }
 
