@@ -305,6 +305,9 @@ async fn sigterm_drains_the_request_in_flight_and_exits_0() {
     assert_eq!((status, body.as_str()), (200, "slow done"));
     let exit = within(running.child.wait()).await.unwrap();
     assert_eq!(exit.code(), Some(0));
+    // The ready line was printed once; results and nothing else go to stdout.
+    let later = running.stdout_after_ready().await;
+    assert!(later.is_empty(), "{later:?}");
 }
 
 #[tokio::test]

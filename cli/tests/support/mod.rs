@@ -156,6 +156,8 @@ pub struct Running {
     pub addr: SocketAddr,
     /// The admin listener's address, when `--admin` was given.
     pub admin: Option<SocketAddr>,
+    /// Reads what the proxy prints on stdout after its ready line, until it exits.
+    later_stdout: Option<tokio::task::JoinHandle<Vec<String>>>,
 }
 
 impl Running {
@@ -188,8 +190,19 @@ impl Running {
             }
         };
         // Keep reading stdout so the proxy never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
-        Self { child, addr, admin }
+        let later_stdout = Some(tokio::spawn(async move {
+            let mut later = Vec::new();
+            while let Ok(Some(line)) = lines.next_line().await {
+                later.push(line);
+            }
+            later
+        }));
+        Self {
+            child,
+            addr,
+            admin,
+            later_stdout,
+        }
     }
 
     /// GET `path` on the admin listener (curl, plaintext): the status code and the body.
@@ -203,6 +216,12 @@ impl Running {
         assert_eq!(code, 0, "{url}: {err}");
         let (body, status) = out.rsplit_once('\n').unwrap();
         (status.parse().unwrap(), body.to_owned())
+    }
+
+    /// What the proxy printed on stdout after its ready line (waits for it to exit).
+    pub async fn stdout_after_ready(&mut self) -> Vec<String> {
+        let task = self.later_stdout.take().expect("read once");
+        within(task).await.unwrap()
     }
 
     pub fn url(&self, path: &str) -> String {
