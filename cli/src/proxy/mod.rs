@@ -25,7 +25,15 @@ use crate::failure::{Failure, Outcome};
 
 /// Runs `proxy ...` on a multi-threaded runtime.
 pub(crate) fn run(command: ProxyCommand) -> Outcome {
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let workers = match &command {
+        ProxyCommand::Inbound(args) => args.worker_threads,
+        ProxyCommand::Outbound(args) => args.worker_threads,
+    };
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if let Some(workers) = workers {
+        builder.worker_threads(workers);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .map_err(|e| Failure::Invalid(format!("cannot start the runtime: {e}")))?;

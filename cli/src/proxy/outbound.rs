@@ -65,6 +65,9 @@ pub(crate) struct OutboundArgs {
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
+    /// Threads serving connections (default: one per CPU).
+    #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from))]
+    pub(crate) worker_threads: Option<usize>,
 }
 
 fn parse_target(text: &str) -> Result<String, String> {
