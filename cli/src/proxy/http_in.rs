@@ -120,6 +120,11 @@ const FORWARDING: [&str; 5] = [
     "x-forwarded-port",
 ];
 
+/// Whether `name` is a hop-by-hop header (never forwarded, so never an identity header).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str()) || name == header::UPGRADE
+}
+
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
     let named: Vec<HeaderName> = headers

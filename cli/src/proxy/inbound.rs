@@ -118,7 +118,11 @@ fn parse_header_name(text: &str) -> Result<http::HeaderName, String> {
         http::header::CONTENT_LENGTH,
         http::header::TRANSFER_ENCODING,
     ];
-    if reserved.contains(&name) || name.as_str().starts_with("x-forwarded-") {
+    if reserved.contains(&name)
+        || http_in::is_hop_by_hop(&name)
+        || name == "forwarded"
+        || name.as_str().starts_with("x-forwarded-")
+    {
         return Err(format!("{name} is a header the proxy reads or sets itself"));
     }
     Ok(name)
