@@ -584,3 +584,83 @@ async fn a_deny_list_change_cuts_off_open_connections() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn federated_callers_tls12_and_policy_reloads() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    // A caller of another trust domain, trusted through its bundle.
+    let partner = secure_channel::testkit::DevCa::new("partner.org").unwrap();
+    let partner_svid = partner
+        .svid("spiffe://partner.org/batch")
+        .dns_name("localhost")
+        .issue()
+        .unwrap();
+    pki.write_svid("partner", &partner_svid);
+    let partner_bundle = pki.dir.write("partner-ca.pem", partner.bundle_pem());
+    let policy = pki.dir.write(
+        "policy.toml",
+        "[[rule]]\nname = \"partner-reads\"\neffect = \"allow\"\nprincipals = [\"spiffe://partner.org\"]\nroutes = [{ methods = [\"GET\"], path = \"/reports/*\" }]\n",
+    );
+    let backend = BackendServer::start().await;
+    let federated = format!("partner.org={}", partner_bundle.display());
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &[
+            "--allow",
+            WEB_ID,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--federated-bundle",
+            &federated,
+            "--tls12",
+        ],
+    )
+    .await;
+    // curl presents the partner SVID (its chain validates against partner.org's bundle).
+    let (code, out, err) = curl(&pki, "partner", &running.url("/reports/1"), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{out}");
+    assert_eq!(
+        headers(body)["x-spiffe-id"],
+        serde_json::json!(["spiffe://partner.org/batch"])
+    );
+    // TLS 1.2 is accepted with --tls12.
+    let (code, out, err) = curl(&pki, "web", &running.url("/x"), &["--tls-max", "1.2"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.rsplit_once('\n').unwrap().1, "200");
+
+    // The policy file changes: the partner loses the route (while the proxy keeps serving).
+    pki.dir.write(
+        "policy.toml",
+        "[[rule]]\nname = \"partner-reads\"\neffect = \"allow\"\nprincipals = [\"spiffe://partner.org\"]\nroutes = [{ methods = [\"GET\"], path = \"/other/*\" }]\n",
+    );
+    within(async {
+        loop {
+            let (_, out, _) = curl(&pki, "partner", &running.url("/reports/1"), &[]).await;
+            if out.ends_with("\n403") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let (_, out, _) = curl(&pki, "partner", &running.url("/other/1"), &[]).await;
+    assert!(out.ends_with("\n200"), "{out}");
+}
+
+#[tokio::test]
+async fn tls12_is_refused_without_the_flag() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = BackendServer::start().await;
+    let running = proxy(&pki, &backend.addr.to_string(), &["--allow", WEB_ID]).await;
+    let (code, out, _) = curl(&pki, "web", &running.url("/x"), &["--tls-max", "1.2"]).await;
+    assert_ne!(code, 0, "{out}");
+    let (code, out, _) = curl(&pki, "web", &running.url("/x"), &[]).await;
+    assert_eq!((code, out.rsplit_once('\n').unwrap().1), (0, "200"));
+}
