@@ -1,11 +1,12 @@
 //! Load generator: axum in plaintext, over bare tokio-rustls mTLS, behind `SecureChannel` with
-//! every layer on, and behind an nginx sidecar terminating mTLS, on 127.0.0.1.
+//! every layer on, and behind a sidecar terminating mTLS (nginx, or the `secure-channel proxy
+//! inbound` binary), on 127.0.0.1.
 //!
 //! Usage (a benchmark target without criterion's harness, built in the release profile):
 //!
 //! ```text
 //! cargo bench --bench loadgen -- [--seconds 5] [--warmup 1] [--connections 32]
-//!     [--http1 | --http2] [--scenarios plain,rustls,secure,nginx] [--idle 2000] [--pin]
+//!     [--http1 | --http2] [--scenarios plain,rustls,secure,nginx,proxy] [--idle 2000] [--pin]
 //!     [--rounds 1] [--side-by-side]
 //! ```
 //!
@@ -29,7 +30,11 @@
 //!   1,000-rule policy); `channel` (not run by default: axum over `SecureChannel::listener` with
 //!   `PeerIdentity` in every request and no layers, the transport's share of `secure`); `nginx` (only when `nginx` is on the PATH: nginx with
 //!   `ssl_verify_client on` against the testkit CA, proxying to the plaintext axum with a
-//!   keep-alive upstream; started with its own temporary `nginx.conf` and stopped at the end).
+//!   keep-alive upstream; started with its own temporary `nginx.conf` and stopped at the end);
+//!   `proxy` (only when the CLI is built, `cargo build --release -p secure-channel-cli`, or
+//!   `SECURE_CHANNEL_BIN` names the binary: `secure-channel proxy inbound` with `--allow` the
+//!   client, proxying to the same plaintext axum; `--worker-threads 2`, as nginx has 2 worker
+//!   processes). Its server CPU is the proxy's plus the upstream's, as for nginx.
 //! - `--idle N` (0 to skip): memory per idle connection, `rustls` against `secure`: the server
 //!   child's RSS before and after N idle mTLS HTTP/1.1 connections (each made one request).
 //!
@@ -134,7 +139,7 @@ fn options(args: &[String]) -> Options {
         warmup: 1.0,
         connections: 32,
         protocols: vec![Proto::Http1, Proto::Http2],
-        scenarios: ["plain", "rustls", "secure", "nginx"]
+        scenarios: ["plain", "rustls", "secure", "nginx", "proxy"]
             .map(String::from)
             .to_vec(),
         idle: 2000,
@@ -163,7 +168,7 @@ fn options(args: &[String]) -> Options {
             "-h" | "--help" => {
                 println!(
                     "usage: cargo bench --bench loadgen -- [--seconds N] [--warmup N] [--connections N] \
-                     [--http1|--http2] [--scenarios plain,rustls,secure,nginx] [--idle N] [--rounds N] [--pin] \
+                     [--http1|--http2] [--scenarios plain,rustls,secure,nginx,proxy] [--idle N] [--rounds N] [--pin] \
                      [--side-by-side] [--no-idle-timeout]"
                 );
                 std::process::exit(0);
@@ -619,6 +624,86 @@ impl Drop for Nginx {
     }
 }
 
+/// The `secure-channel proxy inbound` binary in front of a plaintext upstream; killed on drop.
+struct Proxy {
+    child: Child,
+    port: u16,
+}
+
+impl Proxy {
+    /// The CLI binary: `SECURE_CHANNEL_BIN`, or the one `cargo build --release -p
+    /// secure-channel-cli` put beside this harness.
+    fn binary() -> Option<PathBuf> {
+        if let Some(path) = std::env::var_os("SECURE_CHANNEL_BIN") {
+            return Some(PathBuf::from(path));
+        }
+        let exe = std::env::current_exe().ok()?;
+        let path = exe.parent()?.parent()?.join("secure-channel");
+        path.exists().then_some(path)
+    }
+
+    fn start(binary: &Path, dir: &Path, upstream: u16, pin: bool) -> Self {
+        let file = |name: &str| dir.join(name).display().to_string();
+        let mut child = pinned(pin, binary.as_os_str())
+            .args([
+                "proxy",
+                "inbound",
+                "--listen",
+                "127.0.0.1:0",
+                "--worker-threads",
+                "2",
+            ])
+            .args(["--backend", &format!("127.0.0.1:{upstream}")])
+            .args(["--cert", &file("server.pem"), "--key", &file("server.key")])
+            .args(["--bundle", &file("ca.pem"), "--allow", CLIENT_ID])
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on ")
+            .and_then(|addr| addr.parse::<SocketAddr>().ok())
+            .map(|addr| addr.port())
+            .unwrap_or_else(|| panic!("the proxy did not start: {line:?}"));
+        Self { child, port }
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What terminates mTLS in front of the plaintext upstream.
+enum Sidecar {
+    Nginx(Nginx),
+    Proxy(Proxy),
+}
+
+impl Sidecar {
+    fn port(&self) -> u16 {
+        match self {
+            Self::Nginx(nginx) => nginx.port,
+            Self::Proxy(proxy) => proxy.port,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        match self {
+            Self::Nginx(nginx) => nginx.child.id(),
+            Self::Proxy(proxy) => proxy.child.id(),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // The client.
 
@@ -872,9 +957,10 @@ fn main() {
     ))
     .unwrap();
     let nginx = Nginx::available();
+    let proxy = Proxy::binary();
     println!(
         "loadgen: {} connections, {:.1} s warm-up + {:.1} s measured per run, {} CPUs{}; \
-         nginx {}",
+         nginx {}; proxy {}",
         o.connections,
         o.warmup,
         o.seconds,
@@ -888,7 +974,11 @@ fn main() {
             "found"
         } else {
             "not found (sidecar rows skipped)"
-        }
+        },
+        proxy.as_ref().map_or_else(
+            || "not built (cargo build --release -p secure-channel-cli; rows skipped)".to_owned(),
+            |path| path.display().to_string()
+        )
     );
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -904,7 +994,10 @@ fn main() {
                 &o,
                 &material,
                 &authorization,
-                nginx,
+                Sidecars {
+                    nginx,
+                    proxy: proxy.as_deref(),
+                },
                 round,
                 proto,
                 &mut rows,
@@ -918,6 +1011,13 @@ fn main() {
     }
 }
 
+/// Which sidecars can run here.
+#[derive(Clone, Copy)]
+struct Sidecars<'a> {
+    nginx: bool,
+    proxy: Option<&'a Path>,
+}
+
 /// One run of every selected scenario for `proto`, appended to `rows`.
 #[allow(clippy::too_many_arguments)]
 fn run_round(
@@ -925,17 +1025,20 @@ fn run_round(
     o: &Options,
     material: &Material,
     authorization: &HeaderValue,
-    nginx: bool,
+    sidecars: Sidecars<'_>,
     round: usize,
     proto: Proto,
     rows: &mut Vec<Row>,
 ) {
-    let mut scenarios: Vec<&'static str> = ["plain", "rustls", "channel", "secure", "nginx"]
-        .into_iter()
-        .filter(|&scenario| {
-            o.scenarios.iter().any(|s| s == scenario) && (scenario != "nginx" || nginx)
-        })
-        .collect();
+    let mut scenarios: Vec<&'static str> =
+        ["plain", "rustls", "channel", "secure", "nginx", "proxy"]
+            .into_iter()
+            .filter(|&scenario| {
+                o.scenarios.iter().any(|s| s == scenario)
+                    && (scenario != "nginx" || sidecars.nginx)
+                    && (scenario != "proxy" || sidecars.proxy.is_some())
+            })
+            .collect();
     // Every other round runs the scenarios in reverse order, so that a host that slows down
     // (or speeds up) over a round does not always favour the same scenario.
     if round.is_multiple_of(2) {
@@ -950,7 +1053,9 @@ fn run_round(
     for batch in batches {
         let running: Vec<Running> = batch
             .iter()
-            .map(|&scenario| Running::start(scenario, material, authorization, proto, o))
+            .map(|&scenario| {
+                Running::start(scenario, material, authorization, proto, o, sidecars.proxy)
+            })
             .collect();
         // The batch's drives start together and measure the same window.
         let drives: Vec<_> = running
@@ -982,8 +1087,8 @@ fn run_round(
 struct Running {
     target: Target,
     pids: Vec<u32>,
-    // Dropped after the sidecar: nginx goes first, then its upstream.
-    _sidecar: Option<Nginx>,
+    // Dropped after the sidecar: nginx (or the proxy) goes first, then its upstream.
+    _sidecar: Option<Sidecar>,
     _server: ServerProcess,
 }
 
@@ -994,20 +1099,30 @@ impl Running {
         authorization: &HeaderValue,
         proto: Proto,
         o: &Options,
+        proxy: Option<&Path>,
     ) -> Self {
         let dir = material.dir.as_path();
-        let server_mode = if scenario == "nginx" {
+        let server_mode = if matches!(scenario, "nginx" | "proxy") {
             "plain"
         } else {
             scenario
         };
         let server = ServerProcess::start(server_mode, dir, o);
-        let sidecar = (scenario == "nginx").then(|| Nginx::start(dir, server.port, o.pin));
+        let sidecar = match (scenario, proxy) {
+            ("nginx", _) => Some(Sidecar::Nginx(Nginx::start(dir, server.port, o.pin))),
+            ("proxy", Some(binary)) => Some(Sidecar::Proxy(Proxy::start(
+                binary,
+                dir,
+                server.port,
+                o.pin,
+            ))),
+            _ => None,
+        };
         let mut pids = vec![server.child.id()];
         let port = match &sidecar {
-            Some(nginx) => {
-                pids.extend(with_children(nginx.child.id()));
-                nginx.port
+            Some(sidecar) => {
+                pids.extend(with_children(sidecar.pid()));
+                sidecar.port()
             }
             None => server.port,
         };
@@ -1116,6 +1231,22 @@ fn report(o: &Options, rows: &[Row]) {
             println!(
                 "budget {name}: secure/nginx throughput {} (>= 1.5), p99 secure/nginx {} (< 1), \
                  CPU/req {}",
+                summary(rate),
+                summary(p99),
+                summary(cpu)
+            );
+        }
+        let rate = ratios("proxy", "nginx", proto, &|p, n| p.rate() / n.rate());
+        if !rate.is_empty() {
+            let p99 = ratios("proxy", "nginx", proto, &|p, n| {
+                us(p.result.p99) / us(n.result.p99)
+            });
+            let cpu = ratios("proxy", "nginx", proto, &|p, n| {
+                p.cpu_per_request() / n.cpu_per_request()
+            });
+            println!(
+                "goal {name} (issue 17): proxy/nginx throughput {} (>= 1.3), p99 proxy/nginx {} \
+                 (< 1), CPU/req {}",
                 summary(rate),
                 summary(p99),
                 summary(cpu)

@@ -244,6 +244,28 @@ impl SecureChannel {
         self.handshaker.registry().bench_sweep()
     }
 
+    /// Checks a client's certificate chain (leaf first) as this channel's handshakes do, at the
+    /// channel's clock, without a connection: the X.509-SVID rules, the chain against the bundle
+    /// of the trust domain in the leaf's SPIFFE ID (and no other), the revocation lists, the
+    /// deny-lists, then who may connect.
+    ///
+    /// For diagnostics (`secure-channel svid inspect`, a health check of issued SVIDs): the
+    /// refusal says which rule the chain breaks, as [`ConnectionError::PeerRejected`] would.
+    pub fn verify_client_chain(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'_>],
+    ) -> Result<crate::PeerIdentity, crate::identity::PeerRejection> {
+        let tls = self.handshaker.tls();
+        let now = tls
+            .time()
+            .current_time()
+            .unwrap_or_else(rustls_pki_types::UnixTime::now);
+        match chain {
+            [leaf, intermediates @ ..] => tls.clients_verifier.verify(leaf, intermediates, now),
+            [] => Err(crate::identity::PeerRejection::NoCertificate),
+        }
+    }
+
     /// The rustls server configuration, for serving with other TLS stacks. Prefer
     /// [`accept`](Self::accept), which also re-validates resumed sessions and returns the
     /// detailed [`ConnectionError::PeerRejected`]: with this configuration alone a refused client fails

@@ -154,6 +154,22 @@ impl Policy {
         self.evaluate(&AuthzRequest::new(caller, method, path).with_claims(Some(claims)))
     }
 
+    /// [`explain`](Self::explain) as if a token carrying `claims` (a JSON object: `scope`,
+    /// `scp`, any claim a rule's conditions name) had been validated: for testing the rules'
+    /// conditions without minting a token (`secure-channel policy explain --scope`). Pure, like
+    /// [`evaluate`](Self::evaluate); the claims are not checked in any way and stay inside this
+    /// call.
+    pub fn explain_assuming_claims(
+        &self,
+        caller: &SpiffeId,
+        method: &Method,
+        path: &str,
+        claims: serde_json::Map<String, serde_json::Value>,
+    ) -> Decision {
+        let claims = VerifiedClaims::new(claims);
+        self.explain_with_claims(caller, method, path, &claims)
+    }
+
     /// The decision and the normalized path.
     pub(crate) fn decide<'r>(
         &self,

@@ -14,5 +14,5 @@ pub use deny::DenyEntry;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub use peer::PeerIdentity;
 pub use rejection::{ChainError, PeerRejection};
-pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError};
+pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError, check_svid_leaf};
 pub(crate) use svid::{chain_validity, inspect_leaf, inspect_signing_cert};

@@ -131,6 +131,18 @@ pub(crate) fn inspect_leaf(der: &[u8]) -> Result<LeafSvid, SvidError> {
     })
 }
 
+/// Checks that `der` is an acceptable X.509-SVID leaf certificate by the SPIFFE rules and
+/// returns the SPIFFE ID it carries: one URI SAN holding a canonical SPIFFE ID with a path, not a
+/// CA, key usage with digitalSignature and without keyCertSign or cRLSign, extended key usage
+/// (where present) with serverAuth and clientAuth.
+///
+/// Only the certificate itself is looked at: its validity period, signature and chain are
+/// not (see [`SecureChannel::verify_client_chain`](crate::SecureChannel::verify_client_chain)).
+/// The error names the rule the certificate breaks.
+pub fn check_svid_leaf(der: &[u8]) -> Result<SpiffeId, SvidError> {
+    inspect_leaf(der).map(|leaf| leaf.spiffe_id)
+}
+
 /// The leaf's SPIFFE ID: its one URI SAN, at most [`MAX_SPIFFE_ID_LENGTH`] bytes, canonical,
 /// with a path.
 fn leaf_spiffe_id(extensions: &SvidExtensions<'_>) -> Result<SpiffeId, SvidError> {

@@ -30,6 +30,12 @@ pub enum TestkitError {
     /// The minted material was refused by the crate (expected for deliberately invalid SVIDs).
     #[error(transparent)]
     Credentials(#[from] crate::ConfigError),
+    /// A saved CA ([`DevCa::from_pem`]) cannot be loaded.
+    #[error("cannot load the development CA: {reason}")]
+    InvalidCa {
+        /// What is wrong with the certificate or key.
+        reason: String,
+    },
 }
 
 /// Key algorithms the development CA can mint.
@@ -168,6 +174,90 @@ impl DevCa {
             intermediates: Vec::new(),
             serial: serial_bytes,
         })
+    }
+
+    /// Loads a root CA saved from [`certificate_pem`](Self::certificate_pem) and
+    /// [`key_pem`](Self::key_pem) (as `secure-channel dev-ca init` does), to mint more SVIDs
+    /// with it. The trust domain is the certificate's URI SAN; the key must be the
+    /// certificate's.
+    ///
+    /// ```
+    /// use secure_channel::testkit::DevCa;
+    ///
+    /// let ca = DevCa::new("example.org")?;
+    /// let again = DevCa::from_pem(&ca.certificate_pem(), &ca.key_pem())?;
+    /// let svid = again.svid("spiffe://example.org/api").issue()?;
+    /// assert!(svid.to_svid().is_ok());
+    /// assert_eq!(again.bundle_pem(), ca.bundle_pem());
+    /// # Ok::<(), secure_channel::testkit::TestkitError>(())
+    /// ```
+    pub fn from_pem(cert_pem: &str, key_pem: &str) -> Result<Self, TestkitError> {
+        let invalid = |reason: String| TestkitError::InvalidCa { reason };
+        let block =
+            pem::parse(cert_pem).map_err(|e| invalid(format!("certificate: not PEM: {e}")))?;
+        if block.tag() != "CERTIFICATE" {
+            return Err(invalid(format!(
+                "certificate: expected a CERTIFICATE block, found {}",
+                block.tag()
+            )));
+        }
+        let cert = CertificateDer::from(block.into_contents());
+        let key = KeyPair::from_pem(key_pem).map_err(|e| invalid(format!("key: {e}")))?;
+        let (trust_domain, serial) = {
+            use x509_parser::prelude::{FromDer, GeneralName, X509Certificate};
+            let (_, parsed) = X509Certificate::from_der(cert.as_ref())
+                .map_err(|e| invalid(format!("certificate: {e}")))?;
+            if parsed.subject_pki.raw
+                != rcgen::PublicKeyData::subject_public_key_info(&key).as_slice()
+            {
+                return Err(invalid("the key is not the certificate's".into()));
+            }
+            if parsed.subject() != parsed.issuer() || !parsed.is_ca() {
+                return Err(invalid(
+                    "the certificate is not a self-signed root CA".into(),
+                ));
+            }
+            let uri = parsed
+                .subject_alternative_name()
+                .ok()
+                .flatten()
+                .and_then(|san| {
+                    san.value.general_names.iter().find_map(|name| match name {
+                        GeneralName::URI(uri) => Some(*uri),
+                        _ => None,
+                    })
+                })
+                .ok_or_else(|| {
+                    invalid("the certificate has no URI SAN naming its trust domain".into())
+                })?;
+            let id = spiffe::SpiffeId::new(format!("{uri}/ca")).map_err(|e| {
+                TestkitError::InvalidName {
+                    input: uri.to_owned(),
+                    reason: e.to_string(),
+                }
+            })?;
+            (id.trust_domain().clone(), parsed.raw_serial().to_vec())
+        };
+        let issuer = Issuer::from_ca_cert_der(&cert, key)?;
+        Ok(Self {
+            trust_domain,
+            issuer,
+            root: cert.clone(),
+            cert,
+            intermediates: Vec::new(),
+            serial,
+        })
+    }
+
+    /// This CA's certificate as PEM (for a root, the same as [`bundle_pem`](Self::bundle_pem)).
+    pub fn certificate_pem(&self) -> String {
+        pem_certificates(std::slice::from_ref(&self.cert))
+    }
+
+    /// This CA's private key as PKCS#8 PEM: whoever holds it can mint SVIDs of the trust
+    /// domain. For development only.
+    pub fn key_pem(&self) -> String {
+        self.issuer.key().serialize_pem()
     }
 
     /// An intermediate CA signed by this one; SVIDs it issues carry it in their chain.

@@ -1,0 +1,248 @@
+//! The inbound proxy's HTTP service: the crate's token and authorization layers in front of a
+//! handler that forwards every admitted request to the backend, with the caller's identity in
+//! a header the caller cannot forge.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{StatusCode, Version};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use secure_channel::AllowList;
+use secure_channel::authz::PolicySource;
+use secure_channel::integration::axum::{LayeredRouter, layer_before_routing};
+use secure_channel::jwt::{JwtValidator, VerifiedClaims};
+use secure_channel::layer::authorize::AuthorizeLayer;
+use secure_channel::layer::jwt::{Jwt, JwtLayer};
+use tower::{Layer, ServiceExt};
+
+use crate::proxy::admin::BACKEND_ERRORS;
+use crate::proxy::local::{BackendConnector, LocalAddr};
+use crate::proxy::retarget;
+
+/// What the service is built from (validated already).
+pub(crate) struct Config {
+    pub(crate) backend: LocalAddr,
+    pub(crate) identity_header: HeaderName,
+    pub(crate) token_subject_header: HeaderName,
+    /// Callers allowed on every route (`--allow`).
+    pub(crate) allow: AllowList,
+    /// Decides every other caller, per route (`--policy`).
+    pub(crate) policy: Option<PolicySource>,
+    /// Tokens required on every request (`--jwks`).
+    pub(crate) validator: Option<JwtValidator>,
+}
+
+/// The service `integration::hyper::serve` runs: the JWT layer, then `--allow` or the policy
+/// (as echo_server decides), then the forwarding handler. The layers are the crate's own, so a
+/// request is admitted exactly as in-process.
+pub(crate) fn service(config: Config) -> LayeredRouter<tower::util::Either<Jwt<Router>, Router>> {
+    let forwarder = Arc::new(Forwarder {
+        client: Client::builder(TokioExecutor::new())
+            .build(BackendConnector::new(config.backend.clone())),
+        authority: config.backend.authority(),
+        identity_header: config.identity_header,
+        token_subject_header: config.token_subject_header,
+    });
+    let routes = Router::new().fallback(forward).with_state(forwarder);
+    let routes = match config.policy {
+        None => routes,
+        Some(policy) => {
+            let gate = Arc::new(Gate {
+                authorized: AuthorizeLayer::new(policy).layer(routes.clone()),
+                everywhere: routes,
+                allow: config.allow,
+            });
+            Router::new().fallback(decide).with_state(gate)
+        }
+    };
+    layer_before_routing(
+        routes,
+        tower::util::option_layer(config.validator.map(JwtLayer::new)),
+    )
+}
+
+/// `--allow` callers pass on every route; every other caller is judged by the policy.
+struct Gate {
+    everywhere: Router,
+    authorized: secure_channel::layer::authorize::Authorize<Router>,
+    allow: AllowList,
+}
+
+async fn decide(State(gate): State<Arc<Gate>>, request: Request) -> Response {
+    let everywhere = secure_channel::layer::peer_identity(request.extensions())
+        .is_some_and(|peer| gate.allow.allows(peer.spiffe_id()));
+    if everywhere {
+        gate.everywhere
+            .clone()
+            .oneshot(request)
+            .await
+            .into_response()
+    } else {
+        match gate.authorized.clone().oneshot(request).await {
+            Ok(response) => response.into_response(),
+            Err(never) => match never {},
+        }
+    }
+}
+
+struct Forwarder {
+    client: Client<BackendConnector, Body>,
+    /// The authority of the URIs sent to the backend.
+    authority: String,
+    identity_header: HeaderName,
+    token_subject_header: HeaderName,
+}
+
+/// Headers that describe one hop's connection and never travel further (RFC 9110 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+];
+
+/// Headers about the client that only this proxy may say: removed from what callers send.
+const FORWARDING: [&str; 5] = [
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-forwarded-port",
+];
+
+/// Whether `name` is a hop-by-hop header (never forwarded, so never an identity header).
+pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
+    HOP_BY_HOP.contains(&name.as_str()) || name == header::UPGRADE
+}
+
+/// Removes the hop-by-hop headers, and those the `Connection` header names.
+pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|value| value.to_str().ok())
+        .flat_map(|value| value.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+    headers.remove(header::UPGRADE);
+}
+
+async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> Response {
+    let Some(peer) = secure_channel::layer::peer_identity(request.extensions()).cloned() else {
+        // Only the secure server puts an identity in; without one nothing is forwarded.
+        return (StatusCode::UNAUTHORIZED, "no verified peer identity\n").into_response();
+    };
+    let subject = request
+        .extensions()
+        .get::<VerifiedClaims>()
+        .and_then(|claims| claims.subject().map(str::to_owned));
+    let remote = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|info| info.0);
+    let (mut parts, body) = request.into_parts();
+
+    // Anti-spoofing: whatever the caller sent under these names is gone before we set them.
+    let headers = &mut parts.headers;
+    strip_hop_by_hop(headers);
+    headers.remove(&forwarder.identity_header);
+    headers.remove(&forwarder.token_subject_header);
+    for name in FORWARDING {
+        headers.remove(name);
+    }
+    if let Ok(value) = HeaderValue::from_str(&peer.spiffe_id().to_string()) {
+        headers.insert(forwarder.identity_header.clone(), value);
+    }
+    if let Some(subject) = subject {
+        match HeaderValue::from_str(&subject) {
+            Ok(value) => {
+                headers.insert(forwarder.token_subject_header.clone(), value);
+            }
+            Err(_) => {
+                tracing::warn!("the token's subject cannot be a header value; not forwarded");
+            }
+        }
+    }
+    if let Some(remote) = remote
+        && let Ok(value) = HeaderValue::from_str(&remote.ip().to_string())
+    {
+        headers.insert("x-forwarded-for", value);
+    }
+    headers.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+    // HTTP/2 callers name the authority in the URI: HTTP/1.1 backends want it in Host.
+    if !headers.contains_key(header::HOST)
+        && let Some(authority) = parts.uri.authority()
+        && let Ok(value) = HeaderValue::from_str(authority.as_str())
+    {
+        headers.insert(header::HOST, value);
+    }
+    parts.uri = match retarget(&parts.uri, "http", &forwarder.authority) {
+        Ok(uri) => uri,
+        Err(error) => {
+            tracing::debug!(%error, "request target cannot be forwarded");
+            return (StatusCode::BAD_REQUEST, "bad request target\n").into_response();
+        }
+    };
+    parts.version = Version::HTTP_11;
+
+    match forwarder
+        .client
+        .request(http::Request::from_parts(parts, body))
+        .await
+    {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, Body::new(body))
+        }
+        Err(error) => {
+            let error = crate::text::error_chain(&error);
+            tracing::warn!(peer = %peer.spiffe_id(), %error, "backend unreachable: 502");
+            metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
+            (
+                StatusCode::BAD_GATEWAY,
+                [(header::CONTENT_TYPE, "text/plain")],
+                "bad gateway: the backend did not answer\n",
+            )
+                .into_response()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hop_by_hop_headers_and_those_connection_names_are_removed() {
+        let mut headers = HeaderMap::new();
+        headers.insert(
+            header::CONNECTION,
+            HeaderValue::from_static("close, x-secret"),
+        );
+        headers.insert("x-secret", HeaderValue::from_static("1"));
+        headers.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        headers.insert(header::TE, HeaderValue::from_static("trailers"));
+        headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        headers.insert("x-kept", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut headers);
+        assert_eq!(headers.len(), 1, "{headers:?}");
+        assert!(headers.contains_key("x-kept"));
+    }
+}

@@ -1,0 +1,666 @@
+//! `proxy inbound` as a user runs it: the binary in front of a plaintext backend, called by the
+//! library's client, curl and openssl s_client.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+fn headers(body: &str) -> serde_json::Value {
+    let json: serde_json::Value =
+        serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"));
+    json["headers"].clone()
+}
+
+async fn proxy(pki: &Pki, backend: &str, extra: &[&str]) -> Running {
+    let mut args: Vec<String> = vec![
+        "proxy".into(),
+        "inbound".into(),
+        "--listen".into(),
+        "127.0.0.1:0".into(),
+        "--backend".into(),
+        backend.into(),
+    ];
+    args.extend(pki.cred_args("proxy"));
+    args.extend(extra.iter().map(|s| (*s).to_owned()));
+    Running::start(args).await
+}
+
+#[tokio::test]
+async fn forwards_with_the_verified_identity_and_never_a_spoofed_one() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = BackendServer::start().await;
+    let running = proxy(&pki, &backend.addr.to_string(), &["--allow", WEB_ID]).await;
+
+    // The library's client, sending the headers a caller could try to forge.
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    let client = lib_client(&channel);
+    let spoofed = [
+        ("x-spiffe-id", "spiffe://example.org/admin"),
+        ("X-Spiffe-Id", "spiffe://example.org/root"),
+        ("x-spiffe-token-subject", "admin"),
+        ("x-forwarded-for", "10.9.9.9"),
+        ("x-forwarded-proto", "http"),
+        ("forwarded", "for=10.9.9.9"),
+        ("connection", "x-drop-me"),
+        ("x-drop-me", "1"),
+    ];
+    let url = format!("https://127.0.0.1:{}/orders/1?x=1", running.addr.port());
+    let (status, body) = get(&client, &url, &spoofed).await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    let seen = headers(&body);
+    assert_eq!(seen["x-spiffe-id"], serde_json::json!([WEB_ID]), "{body}");
+    assert!(seen.get("x-spiffe-token-subject").is_none(), "{body}");
+    assert_eq!(
+        seen["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"]),
+        "{body}"
+    );
+    assert_eq!(
+        seen["x-forwarded-proto"],
+        serde_json::json!(["https"]),
+        "{body}"
+    );
+    assert!(seen.get("forwarded").is_none(), "{body}");
+    assert!(seen.get("x-drop-me").is_none(), "{body}");
+    let json: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(json["path"], "/orders/1");
+    assert_eq!(json["query"], "x=1");
+
+    // curl, over HTTP/1.1 and HTTP/2, with the same forgeries.
+    for version in ["--http1.1", "--http2"] {
+        let (code, out, err) = curl(
+            &pki,
+            "web",
+            &running.url("/whoami"),
+            &[
+                version,
+                "-H",
+                "x-spiffe-id: spiffe://example.org/admin",
+                "-H",
+                "X-SPIFFE-ID: spiffe://example.org/root",
+                "-H",
+                "x-spiffe-token-subject: admin",
+            ],
+        )
+        .await;
+        assert_eq!(code, 0, "{version}: {err}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        assert_eq!(status, "200", "{version}: {out}");
+        let seen = headers(body);
+        assert_eq!(
+            seen["x-spiffe-id"],
+            serde_json::json!([WEB_ID]),
+            "{version}: {body}"
+        );
+        assert!(
+            seen.get("x-spiffe-token-subject").is_none(),
+            "{version}: {body}"
+        );
+        assert_eq!(
+            seen["host"],
+            serde_json::json!([format!("localhost:{}", running.addr.port())]),
+            "{version}: {body}"
+        );
+    }
+
+    // openssl s_client, writing the request by hand.
+    let mut child = tokio::process::Command::new("openssl")
+        .args(["s_client", "-quiet", "-ign_eof", "-connect"])
+        .arg(running.addr.to_string())
+        .args(["-cert", &pki.path("web.pem"), "-key", &pki.path("web.key")])
+        .args(["-CAfile", &pki.path("ca.pem")])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    stdin
+        .write_all(
+            b"GET /raw HTTP/1.1\r\nHost: localhost\r\nx-spiffe-id: spiffe://example.org/admin\r\nConnection: close\r\n\r\n",
+        )
+        .await
+        .unwrap();
+    drop(stdin);
+    let output = within(child.wait_with_output()).await.unwrap();
+    let out = String::from_utf8_lossy(&output.stdout);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert!(
+        out.contains(&format!("\"x-spiffe-id\":[\"{WEB_ID}\"]")),
+        "{out}"
+    );
+    assert!(!out.contains("spiffe://example.org/admin"), "{out}");
+}
+
+const POLICY: &str = r#"
+[[rule]]
+name = "other-reads-orders"
+effect = "allow"
+principals = ["spiffe://example.org/other"]
+routes = [{ methods = ["GET"], path = "/orders/*" }]
+"#;
+
+#[tokio::test]
+async fn refuses_callers_and_routes_as_the_library_does() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    pki.svid("other", OTHER_ID);
+    pki.svid("stranger", "spiffe://example.org/stranger");
+    let policy = pki.dir.write("policy.toml", POLICY);
+    let backend = BackendServer::start().await;
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &["--allow", WEB_ID, "--policy", policy.to_str().unwrap()],
+    )
+    .await;
+
+    // --allow: every route.
+    let (code, out, _) = curl(&pki, "web", &running.url("/admin"), &[]).await;
+    assert_eq!(
+        (code, out.rsplit_once('\n').unwrap().1),
+        (0, "200"),
+        "{out}"
+    );
+    // The policy: its routes only; 403 elsewhere, and the backend never sees it.
+    let (code, out, _) = curl(&pki, "other", &running.url("/orders/7"), &[]).await;
+    assert_eq!(
+        (code, out.rsplit_once('\n').unwrap().1),
+        (0, "200"),
+        "{out}"
+    );
+    let (code, out, _) = curl(&pki, "other", &running.url("/admin"), &[]).await;
+    assert_eq!(
+        (code, out.rsplit_once('\n').unwrap().1),
+        (0, "403"),
+        "{out}"
+    );
+    let (code, out, _) = curl(
+        &pki,
+        "other",
+        &running.url("/orders/x/../../admin"),
+        &["--path-as-is"],
+    )
+    .await;
+    assert_eq!(
+        (code, out.rsplit_once('\n').unwrap().1),
+        (0, "403"),
+        "{out}"
+    );
+    let (code, out, _) = curl(&pki, "other", &running.url("/orders/7"), &["-X", "DELETE"]).await;
+    assert_eq!(
+        (code, out.rsplit_once('\n').unwrap().1),
+        (0, "403"),
+        "{out}"
+    );
+
+    // A caller neither allowed nor named by the policy is refused at the handshake.
+    let (code, out, err) = curl(&pki, "stranger", &running.url("/orders/7"), &[]).await;
+    assert_ne!(code, 0, "{out}");
+    assert!(!out.contains("200"), "{out}{err}");
+    let (_source, channel) = pki.client("spiffe://example.org/stranger", PROXY_ID);
+    let error = get(&lib_client(&channel), &running.url("/orders/7"), &[])
+        .await
+        .unwrap_err();
+    let refused = std::error::Error::source(&error)
+        .and_then(|e| e.downcast_ref::<secure_channel::ConnectionError>())
+        .map(ToString::to_string)
+        .unwrap_or_else(|| format!("{error:?}"));
+    assert!(refused.contains("access_denied"), "{refused}");
+
+    // The proxy must be the expected server: a client expecting someone else refuses it.
+    let (_source, channel) = pki.client(WEB_ID, "spiffe://example.org/api");
+    assert!(
+        get(&lib_client(&channel), &running.url("/"), &[])
+            .await
+            .is_err()
+    );
+}
+
+#[tokio::test]
+async fn a_backend_that_is_down_gives_502_without_hanging() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    // A port nobody listens on, and a unix socket that does not exist.
+    let closed = {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().to_string()
+    };
+    let missing = format!("unix:{}", pki.path("nobody.sock"));
+    for backend in [closed.as_str(), missing.as_str()] {
+        let running = proxy(&pki, backend, &["--allow", WEB_ID]).await;
+        let (code, out, err) = curl(&pki, "web", &running.url("/x"), &[]).await;
+        assert_eq!(code, 0, "{backend}: {err}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        assert_eq!(status, "502", "{backend}: {out}");
+        assert!(body.contains("bad gateway"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn forwards_to_a_unix_socket() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let socket = pki.dir.path("app.sock");
+    let _backend = BackendServer::start_unix(&socket).await;
+    let running = proxy(
+        &pki,
+        &format!("unix:{}", socket.display()),
+        &["--allow", WEB_ID],
+    )
+    .await;
+    let (code, out, err) = curl(&pki, "web", &running.url("/over-unix"), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{out}");
+    assert_eq!(headers(body)["x-spiffe-id"], serde_json::json!([WEB_ID]));
+}
+
+#[tokio::test]
+async fn sigterm_drains_the_request_in_flight_and_exits_0() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let mut backend = BackendServer::start().await;
+    let mut running = proxy(&pki, &backend.addr.to_string(), &["--allow", WEB_ID]).await;
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    let client = lib_client(&channel);
+
+    let url = running.url("/slow");
+    let in_flight = tokio::spawn({
+        let client = client.clone();
+        async move { get(&client, &url, &[]).await }
+    });
+    within(backend.arrivals.recv()).await.unwrap();
+    running.terminate().await;
+
+    // New connections are refused once the proxy stops accepting.
+    let addr = running.addr;
+    within(async {
+        loop {
+            if tokio::net::TcpStream::connect(addr).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await;
+    // The proxy is still there for the request in flight, which completes.
+    assert!(
+        running.child.try_wait().unwrap().is_none(),
+        "exited before draining"
+    );
+    backend.release.notify_one();
+    let (status, body) = within(in_flight).await.unwrap().unwrap();
+    assert_eq!((status, body.as_str()), (200, "slow done"));
+    let exit = within(running.child.wait()).await.unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // The ready line was printed once; results and nothing else go to stdout.
+    let later = running.stdout_after_ready().await;
+    assert!(later.is_empty(), "{later:?}");
+}
+
+#[tokio::test]
+async fn sigterm_with_a_stuck_request_exits_after_the_grace() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let mut backend = BackendServer::start().await;
+    let mut running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &["--allow", WEB_ID, "--drain-timeout", "1"],
+    )
+    .await;
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    let client = lib_client(&channel);
+    let url = running.url("/slow");
+    let stuck = tokio::spawn(async move { get(&client, &url, &[]).await });
+    within(backend.arrivals.recv()).await.unwrap();
+    running.terminate().await;
+    let exit = within(running.child.wait()).await.unwrap();
+    assert_eq!(exit.code(), Some(0));
+    // The stuck request was not answered with success.
+    assert!(!matches!(within(stuck).await.unwrap(), Ok((200, _))));
+}
+
+#[tokio::test]
+async fn rotated_files_reach_new_connections_while_serving() {
+    let pki = Pki::new();
+    let first = pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = BackendServer::start().await;
+    let running = proxy(&pki, &backend.addr.to_string(), &["--allow", WEB_ID]).await;
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+
+    let serial_seen = || async {
+        let stream = within(channel.connect_tcp(running.addr)).await.unwrap();
+        stream.peer_identity().leaf_certificate().clone()
+    };
+    assert_eq!(&serial_seen().await, first.leaf());
+    // An open connection keeps working across the rotation.
+    let client = lib_client(&channel);
+    let url = running.url("/before");
+    assert_eq!(get(&client, &url, &[]).await.unwrap().0, 200);
+
+    let second = pki.ca.svid(PROXY_ID).dns_name("localhost").issue().unwrap();
+    pki.write_svid("proxy", &second);
+    within(async {
+        loop {
+            if &serial_seen().await == second.leaf() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert_eq!(get(&client, &url, &[]).await.unwrap().0, 200);
+}
+
+#[tokio::test]
+async fn token_subjects_are_forwarded_and_requests_without_tokens_refused() {
+    use secure_channel::testkit::TokenIssuer;
+
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    let web = pki.svid("web", WEB_ID);
+    let issuer = TokenIssuer::new(
+        "https://issuer.test",
+        "k1",
+        secure_channel::jwt::Algorithm::ES256,
+    )
+    .unwrap();
+    let jwks = pki.dir.write("jwks.json", issuer.jwks());
+    let backend = BackendServer::start().await;
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &[
+            "--allow",
+            WEB_ID,
+            "--jwks",
+            jwks.to_str().unwrap(),
+            "--audience",
+            "orders",
+            "--issuer",
+            "https://issuer.test",
+            "--require-bound-token",
+        ],
+    )
+    .await;
+    let bound = issuer
+        .token()
+        .subject("alice")
+        .audience("orders")
+        .bound_to_svid(&web)
+        .sign()
+        .unwrap();
+    let (code, out, err) = curl(
+        &pki,
+        "web",
+        &running.url("/t"),
+        &[
+            "-H",
+            &format!("authorization: Bearer {bound}"),
+            "-H",
+            "x-spiffe-token-subject: mallory",
+        ],
+    )
+    .await;
+    assert_eq!(code, 0, "{err}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{out}");
+    let seen = headers(body);
+    assert_eq!(
+        seen["x-spiffe-token-subject"],
+        serde_json::json!(["alice"]),
+        "{body}"
+    );
+    assert_eq!(seen["x-spiffe-id"], serde_json::json!([WEB_ID]), "{body}");
+
+    let (_, out, _) = curl(&pki, "web", &running.url("/t"), &[]).await;
+    assert_eq!(out.rsplit_once('\n').unwrap().1, "401", "{out}");
+    let unbound = issuer
+        .token()
+        .subject("alice")
+        .audience("orders")
+        .sign()
+        .unwrap();
+    let (_, out, _) = curl(
+        &pki,
+        "web",
+        &running.url("/t"),
+        &["-H", &format!("authorization: Bearer {unbound}")],
+    )
+    .await;
+    assert_eq!(out.rsplit_once('\n').unwrap().1, "401", "{out}");
+}
+
+#[tokio::test]
+async fn bad_configuration_exits_nonzero_naming_the_flag_or_file() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    let base = |extra: &[&str]| {
+        let mut args: Vec<String> = vec![
+            "proxy".into(),
+            "inbound".into(),
+            "--listen".into(),
+            "127.0.0.1:0".into(),
+            "--backend".into(),
+            "127.0.0.1:9".into(),
+        ];
+        args.extend(extra.iter().map(|s| (*s).to_owned()));
+        args
+    };
+    let creds = pki.cred_args("proxy");
+    let creds: Vec<&str> = creds.iter().map(String::as_str).collect();
+    let with = |extra: &[&str]| {
+        let mut all = creds.clone();
+        all.extend_from_slice(extra);
+        base(&all)
+    };
+    let missing = pki.path("missing.pem");
+    let bad_policy = pki.dir.write("bad.toml", "[[rule]]\nname = 1\n");
+    let cases: Vec<(Vec<String>, i32, &str)> = vec![
+        (with(&[]), 2, "--allow"),
+        (base(&["--allow", WEB_ID]), 2, "--cert"),
+        (
+            with(&["--allow", "spiffe://example.org/bill*"]),
+            2,
+            "--allow",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--jwks", "x.json"]),
+            2,
+            "--audience",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--listen", "nonsense"]),
+            2,
+            "--listen",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--identity-header", "bad header"]),
+            2,
+            "--identity-header",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--identity-header", "host"]),
+            2,
+            "--identity-header",
+        ),
+        (
+            base(&[
+                "--allow", WEB_ID, "--cert", &missing, "--key", &missing, "--bundle", &missing,
+            ]),
+            1,
+            "missing.pem",
+        ),
+        (
+            with(&["--policy", bad_policy.to_str().unwrap()]),
+            1,
+            "bad.toml",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--jwks", &missing, "--audience", "a"]),
+            1,
+            "missing.pem",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--crl", &missing]),
+            1,
+            "missing.pem",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--deny-list", &missing]),
+            1,
+            "missing.pem",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--workload-api", "unix:/x"]),
+            2,
+            "--workload-api",
+        ),
+        (
+            base(&["--allow", WEB_ID, "--workload-api", "tcp:1"]),
+            2,
+            "--workload-api",
+        ),
+    ];
+    for (args, expected, named) in cases {
+        let (code, _, stderr) = parts(&run(&args).await);
+        assert_eq!(code, expected, "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(named),
+            "{args:?} should name {named}: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[tokio::test]
+async fn a_deny_list_change_cuts_off_open_connections() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let denied = pki.dir.write("denied.txt", "# nobody yet\n");
+    let backend = BackendServer::start().await;
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &["--allow", WEB_ID, "--deny-list", denied.to_str().unwrap()],
+    )
+    .await;
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    // An open connection, made before the change.
+    let mut stream = within(channel.connect_tcp(running.addr)).await.unwrap();
+    let client = lib_client(&channel);
+    assert_eq!(get(&client, &running.url("/x"), &[]).await.unwrap().0, 200);
+
+    pki.dir.write("denied.txt", format!("{WEB_ID}\n"));
+    // The proxy closes the open connection (our side sees the end of the stream)...
+    let mut buf = [0u8; 1];
+    let read = within(tokio::io::AsyncReadExt::read(&mut stream, &mut buf)).await;
+    assert!(matches!(read, Ok(0) | Err(_)), "{read:?}");
+    // ...and refuses new ones.
+    within(async {
+        loop {
+            let fresh = lib_client(&channel);
+            if get(&fresh, &running.url("/x"), &[]).await.is_err() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn federated_callers_tls12_and_policy_reloads() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    // A caller of another trust domain, trusted through its bundle.
+    let partner = secure_channel::testkit::DevCa::new("partner.org").unwrap();
+    let partner_svid = partner
+        .svid("spiffe://partner.org/batch")
+        .dns_name("localhost")
+        .issue()
+        .unwrap();
+    pki.write_svid("partner", &partner_svid);
+    let partner_bundle = pki.dir.write("partner-ca.pem", partner.bundle_pem());
+    let policy = pki.dir.write(
+        "policy.toml",
+        "[[rule]]\nname = \"partner-reads\"\neffect = \"allow\"\nprincipals = [\"spiffe://partner.org\"]\nroutes = [{ methods = [\"GET\"], path = \"/reports/*\" }]\n",
+    );
+    let backend = BackendServer::start().await;
+    let federated = format!("partner.org={}", partner_bundle.display());
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &[
+            "--allow",
+            WEB_ID,
+            "--policy",
+            policy.to_str().unwrap(),
+            "--federated-bundle",
+            &federated,
+            "--tls12",
+        ],
+    )
+    .await;
+    // curl presents the partner SVID (its chain validates against partner.org's bundle).
+    let (code, out, err) = curl(&pki, "partner", &running.url("/reports/1"), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let (body, status) = out.rsplit_once('\n').unwrap();
+    assert_eq!(status, "200", "{out}");
+    assert_eq!(
+        headers(body)["x-spiffe-id"],
+        serde_json::json!(["spiffe://partner.org/batch"])
+    );
+    // TLS 1.2 is accepted with --tls12.
+    let (code, out, err) = curl(&pki, "web", &running.url("/x"), &["--tls-max", "1.2"]).await;
+    assert_eq!(code, 0, "{err}");
+    assert_eq!(out.rsplit_once('\n').unwrap().1, "200");
+
+    // The policy file changes: the partner loses the route (while the proxy keeps serving).
+    pki.dir.write(
+        "policy.toml",
+        "[[rule]]\nname = \"partner-reads\"\neffect = \"allow\"\nprincipals = [\"spiffe://partner.org\"]\nroutes = [{ methods = [\"GET\"], path = \"/other/*\" }]\n",
+    );
+    within(async {
+        loop {
+            let (_, out, _) = curl(&pki, "partner", &running.url("/reports/1"), &[]).await;
+            if out.ends_with("\n403") {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+    .await;
+    let (_, out, _) = curl(&pki, "partner", &running.url("/other/1"), &[]).await;
+    assert!(out.ends_with("\n200"), "{out}");
+}
+
+#[tokio::test]
+async fn tls12_is_refused_without_the_flag() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = BackendServer::start().await;
+    let running = proxy(&pki, &backend.addr.to_string(), &["--allow", WEB_ID]).await;
+    let (code, out, _) = curl(&pki, "web", &running.url("/x"), &["--tls-max", "1.2"]).await;
+    assert_ne!(code, 0, "{out}");
+    let (code, out, _) = curl(&pki, "web", &running.url("/x"), &[]).await;
+    assert_eq!((code, out.rsplit_once('\n').unwrap().1), (0, "200"));
+}
