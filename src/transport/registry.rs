@@ -1007,6 +1007,73 @@ mod tests {
         assert!(memo.reverify(&entry(Vec::new().into()), now).is_err());
     }
 
+    /// Whether the sweeper was told of an earlier deadline since last asked (takes the permit).
+    async fn sweeper_woken(registry: &Registry) -> bool {
+        tokio::time::timeout(Duration::ZERO, registry.deadline_added.notified())
+            .await
+            .is_ok()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn moving_the_expiry_replaces_only_that_deadline_and_wakes_the_sweeper_when_earlier() {
+        let setup = Setup::new();
+        let registry = setup.registry(CutOffPolicy {
+            max_age: Some(Duration::from_secs(7 * 24 * 3600)),
+            ..CutOffPolicy::default()
+        });
+        let verifier = setup.verifier(&[WEB]);
+        let admitted = setup.admitted(&verifier);
+        let until = admitted.valid_until;
+        let (connection, _state) = registry.register("server", admitted, verifier, 0);
+        assert!(sweeper_woken(&registry).await, "the first deadline");
+        let id = connection.id;
+
+        registry.reschedule_expiry(id, until - 100);
+        assert!(sweeper_woken(&registry).await, "an earlier deadline");
+        registry.reschedule_expiry(id, until - 100);
+        assert!(!sweeper_woken(&registry).await, "the same deadline again");
+        registry.reschedule_expiry(id, until + 100);
+        assert!(!sweeper_woken(&registry).await, "a later deadline");
+        assert_eq!(
+            deadlines(&registry),
+            2,
+            "the expiry moved, the maximum age stayed"
+        );
+        drop(connection);
+        assert_eq!(deadlines(&registry), 0);
+    }
+
+    #[tokio::test]
+    async fn a_sweep_asks_each_trust_domain_once() {
+        let setup = Setup::new();
+        let verifier = setup.verifier(&[WEB]);
+        let admitted = setup.admitted(&verifier);
+        let entry = Entry {
+            id: 0,
+            side: "server",
+            validated: Mutex::new(Validated {
+                under: admitted.validated_under,
+                until: admitted.valid_until,
+            }),
+            admitted: admitted.clone(),
+            verifier: verifier.clone(),
+            state: Arc::default(),
+        };
+        let registry = setup.registry(CutOffPolicy::default());
+        let now = setup.clock.current_time().unwrap();
+        let mut memo = SweepMemo::default();
+        assert!(registry.recheck(&entry, now, &mut memo, &[], false));
+        assert_eq!(memo.trust.len(), 1);
+        // The CA leaves the bundle during the sweep: the sweep goes on with what it read
+        // first (the next sweep, which the change triggers, reads it anew).
+        let other = DevCa::new("example.org").unwrap();
+        setup
+            .source
+            .update(other.credentials("spiffe://example.org/api").unwrap());
+        assert!(registry.recheck(&entry, now, &mut memo, &[], false));
+        assert!(!registry.recheck(&entry, now, &mut SweepMemo::default(), &[], false));
+    }
+
     /// Seconds from now to the first deadline.
     fn first_deadline_in(registry: &Registry) -> u64 {
         let (at, ..) = *registry.lock().deadlines.first().unwrap();
