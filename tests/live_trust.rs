@@ -371,6 +371,11 @@ async fn connections_older_than_the_maximum_age_are_cut_off_and_new_ones_are_not
     let (_, signal) = accepted.next().await;
     let cut = within(signal.cut_off()).await;
     assert_eq!(cut.reason(), CutOffReason::MaxAge);
+    assert!(
+        cut.detail()
+            .ends_with("maximum age of 500ms (after the maximum connection age)"),
+        "{cut}"
+    );
     closed_by_peer(&mut web).await;
     // Reconnecting works: the limit is on age, not on the peer.
     let (_client, mut again) = connect(&web_source, accepted.addr).await;

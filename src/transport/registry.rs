@@ -171,6 +171,12 @@ impl SweepMemo {
     }
 }
 
+/// What a maximum-age deadline names in the audit line.
+const MAX_AGE: Change = Change {
+    what: "the maximum connection age",
+    revision: None,
+};
+
 /// What an expiry deadline names in the audit line.
 const VALIDITY_END: Change = Change {
     what: "the end of the chain's validity (a certificate's notAfter or a revocation list's nextUpdate)",
@@ -476,7 +482,7 @@ impl Registry {
     /// Signals the cut-off, counts and logs it, and schedules the hard close.
     fn cut_off(&self, entry: &Entry, reason: CutOffReason, detail: String, changes: &[Change]) {
         let grace = self.policy.grace;
-        let change = describe(changes, reason);
+        let change = describe(changes);
         let detail = format!("{detail} (after {change})");
         if !entry.state.cut(CutOff::new(reason, detail, grace)) {
             return;
@@ -541,7 +547,7 @@ impl Registry {
                         &entry,
                         CutOffReason::MaxAge,
                         format!("the connection reached its maximum age of {age:?}"),
-                        &[],
+                        &[MAX_AGE],
                     );
                 }
                 Due::Expiry => self.expire(&entry),
@@ -576,12 +582,9 @@ impl Registry {
 }
 
 /// The change named in a cut-off's audit line.
-fn describe(changes: &[Change], reason: CutOffReason) -> String {
+fn describe(changes: &[Change]) -> String {
     if changes.is_empty() {
-        return match reason {
-            CutOffReason::MaxAge => "the maximum connection age".to_owned(),
-            _ => "a change while the connection was being established".to_owned(),
-        };
+        return "a change while the connection was being established".to_owned();
     }
     changes
         .iter()
