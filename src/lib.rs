@@ -109,6 +109,7 @@ pub mod identity;
 pub mod integration;
 pub mod jwt;
 pub mod layer;
+mod limit;
 mod reload;
 pub mod revocation;
 pub mod source;

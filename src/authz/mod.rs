@@ -90,6 +90,7 @@ mod compile;
 mod decision;
 mod error;
 mod file;
+mod limits;
 mod model;
 mod path;
 mod policy;
