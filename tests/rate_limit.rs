@@ -15,7 +15,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::routing::get;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Empty};
+use http_body_util::Empty;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::Connect;
 use hyper_util::rt::TokioExecutor;
@@ -23,7 +23,7 @@ use secure_channel::authz::{Policy, PolicySource};
 use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::layer::rate_limit::{Limit, Rate, RateLimitLayer};
 use secure_channel::testkit::DevCa;
-use secure_channel::testkit::whoami::{WhoAmIService, whoami};
+use secure_channel::testkit::whoami::WhoAmIService;
 use secure_channel::{MemorySource, SecureChannel};
 use support::*;
 use tokio::net::TcpListener;
@@ -100,20 +100,7 @@ where
     C: Connect + Clone + Send + Sync + 'static,
 {
     let response = within(client.get(uri.parse().unwrap())).await.unwrap();
-    let status = response.status().as_u16();
-    let retry_after = response
-        .headers()
-        .get(http::header::RETRY_AFTER)
-        .map(|v| v.to_str().unwrap().to_owned());
-    let body = within(response.into_body().collect())
-        .await
-        .unwrap()
-        .to_bytes();
-    (
-        status,
-        retry_after,
-        String::from_utf8_lossy(&body).into_owned(),
-    )
+    response_parts(response, http::header::RETRY_AFTER).await
 }
 
 fn routes() -> Router {
@@ -347,25 +334,7 @@ rate = "2/h"
             .map_err(std::io::Error::other)
     })
     .await;
-    let addr = server.addr;
-    let call = |caller: &'static str| {
-        let ca = &server.ca;
-        async move {
-            let source = MemorySource::new(ca.credentials(caller).unwrap());
-            let channel = SecureChannel::builder(&source)
-                .expect_server(SERVER_ID)
-                .build()
-                .unwrap();
-            let grpc = within(
-                tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-                    .unwrap()
-                    .connect_with_connector(channel.connector().http2_only()),
-            )
-            .await
-            .unwrap();
-            within(whoami(grpc)).await
-        }
-    };
+    let call = |caller: &'static str| grpc_whoami_as(&server.ca, caller, SERVER_ID, server.addr);
     // The layer's default: one an hour.
     assert_eq!(call(WEB).await.unwrap(), WEB);
     let status = call(WEB).await.unwrap_err();
