@@ -1731,7 +1731,7 @@ fn reload_keeps_the_state_of_unchanged_limits() {
             .rule_limiter(0)
             .unwrap()
             .table
-            .admit(&web, |_| 0)
+            .admit(crate::identity::IdKey::of(&web), || 0)
             .is_ok()
     };
     assert!(admit(&source));

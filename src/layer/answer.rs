@@ -35,6 +35,7 @@ pin_project! {
 impl<F, B> Answer<F, B> {
     /// The inner service was called; `permit` counts the request in flight until the response
     /// (its head: see the rate-limit layer's docs) is ready.
+    #[inline]
     pub(crate) fn called(future: F, permit: Option<Permit>) -> Self {
         Self {
             kind: Kind::Inner { future },
@@ -54,6 +55,7 @@ impl<F, B> Answer<F, B> {
 
     /// Polls the answer; panics naming `future` when polled again after it returned its
     /// output.
+    #[inline]
     pub(crate) fn poll_answer<E>(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,

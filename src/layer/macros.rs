@@ -52,6 +52,7 @@ macro_rules! define_answer_future {
 
         impl<F, B> ResponseFuture<F, B> {
             /// The inner service was called; `permit` counts the request in flight.
+            #[inline]
             pub(super) fn called(future: F, permit: Option<Permit>) -> Self {
                 Self {
                     answer: Answer::called(future, permit),
@@ -73,6 +74,7 @@ macro_rules! define_answer_future {
             type Output = Result<Response<B>, E>;
 
             /// Panics when polled again after it returned its output.
+            #[inline]
             fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
                 self.project().answer.poll_answer(cx, $name)
             }

@@ -10,6 +10,7 @@ use tower_service::Service;
 use super::layer::Config;
 use super::{AuthorizeLayer, ResponseFuture};
 use crate::authz::{AUDIT_TARGET, AuthzRequest, Decision, Policy, PolicySource, encode_normalized};
+use crate::identity::PeerIdentity;
 use crate::jwt::VerifiedClaims;
 use crate::layer::peer::missing_peer_identity;
 use crate::layer::rate_limit::LimitHit;
@@ -18,7 +19,6 @@ use crate::layer::{
     is_grpc,
 };
 use crate::limit::Permit;
-use spiffe::SpiffeId;
 
 /// What a denied caller is told: nothing about the policy.
 pub(super) const FORBIDDEN: &str = "the caller is not allowed to call this route";
@@ -128,7 +128,7 @@ fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
     if !decision.passes() {
         return Outcome::Reject(Rejection::denied(decision.deny_reason(), FORBIDDEN));
     }
-    let permit = match admit_by_rule(&policy, &decision, request, peer.spiffe_id()) {
+    let permit = match admit_by_rule(&policy, &decision, request, peer) {
         Ok(permit) => permit,
         Err(rejection) => return Outcome::Reject(rejection),
     };
@@ -150,7 +150,7 @@ fn admit_by_rule<B>(
     policy: &Policy,
     decision: &Decision,
     request: &Request<B>,
-    caller: &SpiffeId,
+    caller: &PeerIdentity,
 ) -> Result<Option<Permit>, Rejection> {
     let limiter = match decision.rule() {
         Some(rule) if decision.is_allowed() => match policy.rule_limiter(rule.index()) {
@@ -159,7 +159,7 @@ fn admit_by_rule<B>(
         },
         _ => return Ok(None),
     };
-    match limiter.table.admit(caller, |_| 0) {
+    match limiter.table.admit(caller.id_key(), || 0) {
         Ok(permit) => Ok(permit),
         Err(refusal) => {
             let hit = LimitHit {
@@ -170,7 +170,7 @@ fn admit_by_rule<B>(
                 retry_after: refusal.retry_after,
             };
             let dry_run = decision.is_dry_run();
-            let rejection = hit.record(request, caller, limiter.table.now(), dry_run);
+            let rejection = hit.record(request, caller.spiffe_id(), limiter.table.now(), dry_run);
             if dry_run { Ok(None) } else { Err(rejection) }
         }
     }

@@ -10,7 +10,7 @@ use spiffe::SpiffeId;
 use tower_layer::Layer;
 
 use super::RateLimit;
-use crate::identity::{IdMatcher, IdMatcherError};
+use crate::identity::{IdMatcher, IdMatcherError, PeerIdentity};
 use crate::layer::{DefaultResponder, LimitSource, RejectionResponder};
 use crate::limit::{
     CallerTable, DEFAULT_MAX_CALLERS, GroupLimits, LimitClock, LimitReason, LogSampler, Permit,
@@ -386,11 +386,11 @@ impl Limits {
     /// limit refuses it. The caller's own limit is checked before the total, so a caller over
     /// its own limit does not use up the total.
     #[inline]
-    pub(super) fn admit(&self, caller: &SpiffeId) -> Result<Option<Permit>, Refused<'_>> {
+    pub(super) fn admit(&self, caller: &PeerIdentity) -> Result<Option<Permit>, Refused<'_>> {
         let permit = match &self.table {
             None => None,
             Some(table) => table
-                .admit(caller, |id| self.group_of(id))
+                .admit(caller.id_key(), || self.group_of(caller.spiffe_id()))
                 .map_err(|refusal| self.refused(refusal))?,
         };
         if let Some(total) = &self.total

@@ -123,12 +123,13 @@ where
         self.inner.poll_ready(cx)
     }
 
+    #[inline]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let Some(peer) = crate::layer::peer_identity(request.extensions()) else {
             let rejection = missing_peer_identity(&request);
             return ResponseFuture::rejected(self.responder.respond(&rejection, is_grpc(&request)));
         };
-        match self.limits.admit(peer.spiffe_id()) {
+        match self.limits.admit(peer) {
             Ok(permit) => ResponseFuture::called(self.inner.call(request), permit),
             Err(refused) => {
                 let hit = LimitHit {
