@@ -9,7 +9,7 @@ use tower_service::Service;
 
 use super::layer::Config;
 use super::{AuthorizeLayer, ResponseFuture};
-use crate::authz::{AUDIT_TARGET, AuthzRequest, Decision, Policy, PolicySource, encode_normalized};
+use crate::authz::{AuthzRequest, Decision, Policy, PolicySource, encode_normalized};
 use crate::identity::PeerIdentity;
 use crate::jwt::VerifiedClaims;
 use crate::layer::peer::missing_peer_identity;
@@ -94,7 +94,7 @@ fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Optio
         .swap(true, std::sync::atomic::Ordering::Relaxed);
     if first {
         tracing::error!(
-            target: AUDIT_TARGET,
+            target: crate::authz::AUDIT_TARGET,
             method = %request.method(),
             path = ?request.uri().path(),
             route,
@@ -105,7 +105,7 @@ fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Optio
         );
     } else {
         tracing::debug!(
-            target: AUDIT_TARGET,
+            target: crate::authz::AUDIT_TARGET,
             method = %request.method(),
             path = ?request.uri().path(),
             route,
