@@ -602,6 +602,7 @@ mod tests {
         // since the one before, so the table holds the last two or three seconds' callers.
         assert!(peak <= 30_000, "peak {peak}");
         assert!(peak_bytes < 8 << 20, "peak {peak_bytes} bytes");
+        eprintln!("10,000 new callers a second: peak {peak} entries, {peak_bytes} bytes");
 
         // Worst case: everyone within one refill period (no time passes).
         let table = CallerTable::new(
@@ -619,10 +620,11 @@ mod tests {
         assert_eq!(table.len(), DEFAULT_MAX_CALLERS);
         assert_eq!(refused, CALLERS - DEFAULT_MAX_CALLERS);
         let bytes = table.estimated_bytes();
-        // About 90 bytes an entry by this estimate (see BENCHMARKS.md for the resident
-        // memory, allocator included).
+        // The stated bound: 12.5 MiB for 100,000 callers by this estimate (see BENCHMARKS.md
+        // for the resident memory, allocator included).
+        eprintln!("full table: {} entries, {bytes} bytes", table.len());
         assert!(
-            bytes < 24 << 20,
+            bytes < 25 << 19,
             "{bytes} bytes for {} callers",
             table.len()
         );
