@@ -17,15 +17,10 @@
 //! Run with `cargo bench --features testkit,axum --bench layers`.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::convert::Infallible;
-use std::future::{Future, Ready, ready};
-use std::pin::pin;
-use std::task::{Context, Poll, Waker};
-
 use axum::extract::ConnectInfo;
 use bytes::Bytes;
 use criterion::{Criterion, criterion_group, criterion_main};
-use http::{HeaderValue, Method, Request, Response};
+use http::{HeaderValue, Method, Request};
 use http_body_util::Full;
 use rustls_pki_types::ServerName;
 use secure_channel::PeerIdentity;
@@ -33,23 +28,23 @@ use secure_channel::authz::PolicySource;
 use secure_channel::jwt::{Algorithm, JwtValidator, KeySource};
 use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::layer::jwt::JwtLayer;
-use secure_channel::layer::peer_identity;
 use secure_channel::testkit::{DevCa, IssuedSvid, TokenIssuer};
 use tokio::io::duplex;
-use tower::{Layer, Service, ServiceExt};
+use tower::Layer;
 
 #[path = "support/policy.rs"]
 mod bench_policy;
 #[path = "support/channels.rs"]
 mod channels;
+#[path = "support/handler.rs"]
+mod handler;
 
 use bench_policy::policy;
+use handler::{Body, Handler, oneshot};
 
 const ISSUER: &str = "https://issuer.test";
 const AUDIENCE: &str = "https://api.test";
 const SERVER_ID: &str = "spiffe://example.org/api";
-
-type Body = Full<Bytes>;
 
 /// The caller's identity as the listener sees it, from one in-memory mTLS handshake.
 fn peer_identity_of(ca: &DevCa, svid: &IssuedSvid, id: &str) -> PeerIdentity {
@@ -66,37 +61,6 @@ fn peer_identity_of(ca: &DevCa, svid: &IssuedSvid, id: &str) -> PeerIdentity {
         drop(client.unwrap());
         server.unwrap().peer_identity().clone()
     })
-}
-
-/// The handler: answers 200, reading the caller's identity when there is one.
-#[derive(Clone)]
-struct Handler;
-
-impl Service<Request<Body>> for Handler {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = Ready<Result<Response<Body>, Infallible>>;
-
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request<Body>) -> Self::Future {
-        std::hint::black_box(peer_identity(request.extensions()));
-        ready(Ok(Response::new(Full::new(Bytes::from_static(b"ok")))))
-    }
-}
-
-/// Runs a request through a clone of `service` to completion (no layer here waits).
-fn oneshot<S>(service: &S, request: Request<Body>) -> Response<Body>
-where
-    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
-{
-    let mut fut = pin!(service.clone().oneshot(request));
-    match fut.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(result) => result.unwrap(),
-        Poll::Pending => panic!("a layer waited"),
-    }
 }
 
 struct Caller {

@@ -236,6 +236,20 @@ impl SecureChannel {
         self.handshaker.registry().bench_register(verifier, chain)
     }
 
+    /// Benchmark hook (hidden, testkit only): the identity of a client presenting `chain` (leaf
+    /// first), verified by the channel's client verifier at the system clock as a handshake
+    /// would, without one; see `benches/rate_limit.rs`.
+    #[cfg(feature = "testkit")]
+    #[doc(hidden)]
+    pub fn bench_peer_identity(
+        &self,
+        chain: &[rustls_pki_types::CertificateDer<'static>],
+    ) -> Result<crate::PeerIdentity, crate::identity::PeerRejection> {
+        let verifier = &self.handshaker.tls().clients_verifier;
+        let admitted = verifier.identify(chain, false, rustls_pki_types::UnixTime::now())?;
+        Ok(admitted.identity)
+    }
+
     /// Benchmark hook (hidden, testkit only): re-checks every open connection now, on this
     /// thread, as a trust change does; returns how many it cut off.
     #[cfg(feature = "testkit")]

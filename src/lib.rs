@@ -51,9 +51,10 @@
 //! # Serving and calling
 //!
 //! [`SecureChannel::listener`] accepts connections with handshakes off the accept loop;
-//! serve it with axum (feature `axum`: `integration::axum::serve`, which also puts the JWT and
-//! authorization layers in front in the right order), tonic (feature `tonic`:
-//! [`integration::tonic`]) or plain hyper ([`integration::hyper::serve`]); every request then
+//! serve it with axum (feature `axum`: `integration::axum::serve`, which also puts per-identity
+//! rate limits, the JWT and the authorization layers in front in the right order), tonic
+//! (feature `tonic`: [`integration::tonic`]) or plain hyper ([`integration::hyper::serve`]);
+//! every request then
 //! carries the caller's [`PeerIdentity`]. [`SecureChannel::connector`] is the outbound side for
 //! hyper-util's client and tonic channels, checking the server's SPIFFE ID.
 //!
@@ -109,6 +110,7 @@ pub mod identity;
 pub mod integration;
 pub mod jwt;
 pub mod layer;
+mod limit;
 mod reload;
 pub mod revocation;
 pub mod source;

@@ -19,6 +19,11 @@ pub const CONNECTIONS_CUT_OFF: &str = "secure_channel_connections_cut_off_total"
 /// Authorization decisions, by `outcome` (`allow`, `deny`, `would_deny`) and `rule` (the deciding
 /// rule's name, or the denial reason).
 pub const AUTHZ_DECISIONS: &str = "secure_channel_authz_decisions_total";
+/// Requests refused by a rate or concurrency limit, by `source` (`layer`: a `RateLimitLayer`,
+/// `policy`: a policy rule), `limit` (the policy rule's name, or the layer limit's: `default`,
+/// `total` or an override's name) and `reason` (`rate`, `concurrency`, `total`, `capacity`).
+/// Never by caller: limits are per SPIFFE ID, their counters per limit.
+pub const RATE_LIMITED: &str = "secure_channel_rate_limited_total";
 /// Bearer tokens refused, by `reason`.
 pub const JWT_REJECTIONS: &str = "secure_channel_jwt_rejections_total";
 /// Bearer tokens accepted.
@@ -98,6 +103,16 @@ pub(crate) fn authz_decision(key: &metrics::Key) {
     static METADATA: metrics::Metadata<'static> =
         metrics::Metadata::new(module_path!(), metrics::Level::INFO, Some(module_path!()));
     metrics::with_recorder(|recorder| recorder.register_counter(key, &METADATA)).increment(1);
+}
+
+/// Records a request refused by a limit.
+pub(crate) fn rate_limited(
+    source: &'static str,
+    limit: metrics::SharedString,
+    reason: &'static str,
+) {
+    metrics::counter!(RATE_LIMITED, "source" => source, "limit" => limit, "reason" => reason)
+        .increment(1);
 }
 
 /// Records a refused bearer token.

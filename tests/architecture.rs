@@ -12,6 +12,7 @@ const ORDER: &[&str] = &[
     "error",
     "crypto",
     "reload",
+    "limit",
     "source",
     "revocation",
     "tls",

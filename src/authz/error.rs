@@ -34,7 +34,8 @@ pub enum PolicyError {
         line: Option<u32>,
         /// The name of the rule.
         rule: String,
-        /// The field: `name`, `principals`, `routes`, `methods`, `path`, `scopes` or `claims`.
+        /// The field: `name`, `principals`, `routes`, `methods`, `path`, `scopes`, `claims`,
+        /// `rate`, `burst` or `concurrency`.
         field: &'static str,
         /// The value presented.
         value: String,

@@ -31,6 +31,12 @@ struct RuleFile {
     shadow: bool,
     #[serde(default)]
     when: Option<ConditionsFile>,
+    #[serde(default)]
+    rate: Option<Spanned<String>>,
+    #[serde(default)]
+    burst: Option<Spanned<i64>>,
+    #[serde(default)]
+    concurrency: Option<Spanned<i64>>,
 }
 
 #[derive(Deserialize)]
@@ -127,6 +133,9 @@ fn convert(lines: &Lines<'_>, file: RuleFile, rule_line: u32) -> Result<Rule, Po
     if let Some(when) = file.when {
         add_conditions(lines, &mut rule, when, rule_line)?;
     }
+    rule.rate = file.rate.map(|rate| lines.locate(rate));
+    rule.burst = file.burst.map(|burst| lines.locate(burst));
+    rule.concurrency = file.concurrency.map(|max| lines.locate(max));
     Ok(rule)
 }
 

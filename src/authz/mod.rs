@@ -48,12 +48,34 @@
 //! shadow = true               # evaluated and logged as "would allow/deny", does not decide
 //! principals = ["spiffe://partner.example"]
 //! routes = [{ methods = ["POST"], path = "/orders" }]
+//!
+//! [[rule]]
+//! name = "batch-reads"
+//! effect = "allow"
+//! principals = ["spiffe://example.org/batch/*"]
+//! routes = [{ methods = ["GET"], path = "/orders/*" }]
+//! rate = "100/s"              # per caller this rule admits; also "/m", "/h"
+//! burst = 20                  # default: the rate's count
+//! concurrency = 8             # requests in flight per caller
 //! ```
 //!
 //! Unknown fields, empty `principals`, `routes` or `methods` lists, principal wildcards that are
 //! not whole segments (`spiffe://example.org/bill*`), non-canonical route paths (`/a/`, `/a//b`,
 //! `/a/../b`, `%2F`), lower-case or unknown methods and duplicate rule names are refused at load,
 //! with an error naming the line and the field ([`PolicyError`]).
+//!
+//! # Limits
+//!
+//! An allow rule may limit each caller it admits: `rate` (requests per second, minute or hour,
+//! a GCRA with `burst`) and `concurrency` (requests in flight), from code with [`Rule::rate`],
+//! [`Rule::burst`] and [`Rule::concurrency`]. Every caller has its own count, and the
+//! [`AuthorizeLayer`] applies the limits of the rule that allowed the request: over them, 429
+//! (gRPC RESOURCE_EXHAUSTED) with `Retry-After`. A zero rate, burst or concurrency, a burst
+//! without a rate, and limits on a deny or shadow rule (which admit no one) are refused at load.
+//! The limits' state belongs to the policy (every layer reading one [`PolicySource`] shares it);
+//! a reload keeps the state of a rule that keeps its name and its limits, and starts afresh for
+//! a rule whose limits changed. Limits that do not depend on the route are the
+//! [`RateLimitLayer`](crate::layer::rate_limit::RateLimitLayer)'s.
 //!
 //! # Paths
 //!
@@ -90,6 +112,7 @@ mod compile;
 mod decision;
 mod error;
 mod file;
+mod limits;
 mod model;
 mod path;
 mod policy;

@@ -9,9 +9,11 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::authz::PolicyError;
+use crate::authz::limits::{LimitSpec, RuleLimiter};
 use crate::authz::path::{PathPattern, parse_route_path};
 use crate::identity::IdMatcher;
 use crate::jwt::VerifiedClaims;
+use crate::limit::Rate;
 
 /// What a rule does when it matches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Deserialize)]
@@ -102,7 +104,11 @@ pub(crate) struct RouteSpec {
 ///     .principal("spiffe://example.org/batch/*")
 ///     .route(Method::GET, "/orders/*")
 ///     .route_any_method("/orders.v1.Orders/*")
-///     .require_scope("orders.read");
+///     .require_scope("orders.read")
+///     // Each of these callers: 100 requests a second (bursts of 20), 8 in flight.
+///     .rate("100/s")
+///     .burst(20)
+///     .concurrency(8);
 /// # let _ = rule;
 /// ```
 #[derive(Debug, Clone)]
@@ -115,6 +121,9 @@ pub struct Rule {
     pub(crate) scopes: Vec<Located<String>>,
     pub(crate) claims: Vec<Located<(String, Value)>>,
     pub(crate) shadow: bool,
+    pub(crate) rate: Option<Located<String>>,
+    pub(crate) burst: Option<Located<i64>>,
+    pub(crate) concurrency: Option<Located<i64>>,
 }
 
 impl Rule {
@@ -127,6 +136,9 @@ impl Rule {
             scopes: Vec::new(),
             claims: Vec::new(),
             shadow: false,
+            rate: None,
+            burst: None,
+            concurrency: None,
         }
     }
 
@@ -221,6 +233,29 @@ impl Rule {
         self
     }
 
+    /// Limits the request rate of each caller this rule admits: `"100/s"`, `"5/m"`, `"1/h"`
+    /// (see [`Rate`](crate::layer::rate_limit::Rate)). Each caller has its own count; the
+    /// [`AuthorizeLayer`](crate::layer::authorize::AuthorizeLayer) refuses a request over it
+    /// with 429 (gRPC RESOURCE_EXHAUSTED). Allow rules only.
+    pub fn rate(mut self, rate: impl Into<String>) -> Self {
+        self.rate = Some(Located::code(rate.into()));
+        self
+    }
+
+    /// How many requests a caller this rule admits may make at once after being idle (with a
+    /// [`rate`](Self::rate); default: the rate's count).
+    pub fn burst(mut self, burst: u32) -> Self {
+        self.burst = Some(Located::code(i64::from(burst)));
+        self
+    }
+
+    /// Limits the requests in flight of each caller this rule admits to `max`. Allow rules
+    /// only.
+    pub fn concurrency(mut self, max: u32) -> Self {
+        self.concurrency = Some(Located::code(i64::from(max)));
+        self
+    }
+
     pub(crate) fn name(&self) -> &str {
         &self.name.value
     }
@@ -244,13 +279,17 @@ impl Rule {
     }
 
     /// Validates and compiles the rule. Fields are checked in the order they are written
-    /// (name, principals, routes, scopes, claims); the first problem is the error.
+    /// (name, principals, routes, scopes, claims, rate, burst, concurrency); the first problem
+    /// is the error.
     pub(crate) fn compile(&self) -> Result<CompiledRule, PolicyError> {
         let name = self.compile_name()?;
         let principals = self.compile_principals()?;
         let routes = self.compile_routes()?;
         let scopes = self.compile_scopes()?;
         let claims = self.compile_claims()?;
+        let limits = self
+            .compile_limits()?
+            .map(|spec| Arc::new(RuleLimiter::new(name.clone(), spec)));
         Ok(CompiledRule {
             name,
             effect: self.effect,
@@ -261,7 +300,102 @@ impl Rule {
                 scopes: scopes.into(),
                 claims: claims.into(),
             },
+            limits,
         })
+    }
+
+    /// The limits (`rate`, `burst`, `concurrency`): on enforced allow rules only, each at
+    /// least 1.
+    fn compile_limits(&self) -> Result<Option<LimitSpec>, PolicyError> {
+        let first = [
+            self.rate
+                .as_ref()
+                .map(|r| ("rate", r.line, r.value.clone())),
+            self.burst
+                .as_ref()
+                .map(|b| ("burst", b.line, b.value.to_string())),
+            self.concurrency
+                .as_ref()
+                .map(|c| ("concurrency", c.line, c.value.to_string())),
+        ]
+        .into_iter()
+        .flatten()
+        .next();
+        let Some((field, line, value)) = first else {
+            return Ok(None);
+        };
+        if self.effect == Effect::Deny {
+            return Err(self.invalid(
+                line,
+                field,
+                value,
+                "a deny rule admits no one: rate, burst and concurrency go on allow rules",
+            ));
+        }
+        if self.shadow {
+            return Err(self.invalid(
+                line,
+                field,
+                value,
+                "a shadow rule never admits a request, so its limits would never apply",
+            ));
+        }
+        let mut rate =
+            match &self.rate {
+                None => None,
+                Some(text) => Some(text.value.parse::<Rate>().map_err(|e| {
+                    self.invalid(text.line, "rate", text.value.clone(), e.problem())
+                })?),
+            };
+        if let Some(burst) = &self.burst {
+            let Some(with_burst) = rate else {
+                return Err(self.invalid(
+                    burst.line,
+                    "burst",
+                    burst.value.to_string(),
+                    "a burst needs a rate (`rate = \"100/s\"`)",
+                ));
+            };
+            rate = Some(with_burst.burst(self.positive(burst, "burst")?.get()));
+        }
+        let rate = match (rate, &self.rate) {
+            (Some(rate), Some(text)) => Some((
+                rate,
+                rate.quota().map_err(|_| {
+                    self.invalid(
+                        text.line,
+                        "rate",
+                        text.value.clone(),
+                        "0 requests or a burst of 0 refuses every request",
+                    )
+                })?,
+            )),
+            _ => None,
+        };
+        let concurrency = match &self.concurrency {
+            None => None,
+            Some(max) => Some(self.positive(max, "concurrency")?),
+        };
+        Ok(Some(LimitSpec { rate, concurrency }))
+    }
+
+    /// A count from 1 to `u32::MAX`.
+    fn positive(
+        &self,
+        value: &Located<i64>,
+        field: &'static str,
+    ) -> Result<std::num::NonZeroU32, PolicyError> {
+        u32::try_from(value.value)
+            .ok()
+            .and_then(std::num::NonZeroU32::new)
+            .ok_or_else(|| {
+                self.invalid(
+                    value.line,
+                    field,
+                    value.value.to_string(),
+                    "must be a whole number from 1 to 4294967295 (0 would refuse every request)",
+                )
+            })
     }
 
     /// The name: 1 to 64 characters among `A-Z a-z 0-9 . _ : -`.
@@ -575,4 +709,6 @@ pub(crate) struct CompiledRule {
     pub(crate) principals: Vec<Principal>,
     pub(crate) routes: Vec<Route>,
     pub(crate) conditions: Conditions,
+    /// The rule's limits on each caller it admits, with their state.
+    pub(crate) limits: Option<Arc<RuleLimiter>>,
 }

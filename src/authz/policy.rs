@@ -4,6 +4,7 @@ use std::borrow::Cow;
 use std::collections::HashSet;
 use std::fmt;
 use std::path::Path;
+use std::sync::Arc;
 
 use http::Method;
 use spiffe::SpiffeId;
@@ -11,6 +12,7 @@ use spiffe::SpiffeId;
 use crate::authz::audit::{Counters, PolicyStats};
 use crate::authz::compile::{Index, Matches};
 use crate::authz::decision::{AuthzRequest, Decision, RuleRef, ShadowVerdict, Verdict};
+use crate::authz::limits::RuleLimiter;
 use crate::authz::model::{CompiledRule, Mode, Principal, Rule};
 use crate::authz::path::{PathError, normalize_path};
 use crate::authz::{Effect, PolicyError};
@@ -272,6 +274,31 @@ impl Policy {
     pub(crate) fn carry_counters_from(&mut self, previous: &Policy) {
         self.counters.carry_over(&previous.counters);
     }
+
+    /// The limits of the rule at `index` (with their callers' state), if it has any.
+    #[inline]
+    pub(crate) fn rule_limiter(&self, index: usize) -> Option<&RuleLimiter> {
+        self.rules.get(index)?.limits.as_deref()
+    }
+
+    /// Takes over the callers' state of `previous`'s rules that keep their name and their
+    /// limits: a reload that does not touch a rule's limits does not hand its callers a fresh
+    /// burst, nor forget their requests in flight. A rule whose limits changed starts afresh.
+    pub(crate) fn carry_limits_from(&mut self, previous: &Policy) {
+        for rule in self.rules.iter_mut() {
+            let Some(limits) = &rule.limits else {
+                continue;
+            };
+            let kept = previous
+                .rules
+                .iter()
+                .filter(|old| old.name == rule.name)
+                .find_map(|old| old.limits.as_ref().filter(|old| old.spec == limits.spec));
+            if let Some(kept) = kept {
+                rule.limits = Some(Arc::clone(kept));
+            }
+        }
+    }
 }
 
 /// See [`Policy::principals`].
@@ -328,6 +355,9 @@ impl fmt::Display for Policy {
             }
             if !rule.conditions.is_empty() {
                 f.write_str(" (with token conditions)")?;
+            }
+            if let Some(limits) = &rule.limits {
+                write!(f, " [{} per caller]", limits.describe())?;
             }
             writeln!(f)?;
         }

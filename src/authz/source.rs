@@ -64,7 +64,8 @@ impl PolicySource {
         self.live.load()
     }
 
-    /// Replaces the policy; rules keeping their names keep their counters.
+    /// Replaces the policy; rules keeping their names keep their counters, and rules keeping
+    /// their names and limits keep their callers' limit state.
     pub fn replace(&self, policy: Policy) {
         self.writer.publish(policy);
     }
@@ -114,12 +115,14 @@ impl crate::identity::PeerAdmission for PolicySource {
 }
 
 impl Publish<Policy> for PolicyWriter {
-    /// Replaces the policy; rules keeping their names keep their counters.
+    /// Replaces the policy; rules keeping their names keep their counters, and rules keeping
+    /// their names and limits keep their callers' limit state.
     fn publish(&self, mut policy: Policy) -> bool {
         let rules = policy.len();
         let mode = policy.mode();
         let Some(revision) = self.0.update(|current, _| {
             policy.carry_counters_from(current);
+            policy.carry_limits_from(current);
             Some(policy)
         }) else {
             return false;

@@ -1586,3 +1586,163 @@ fn decisions_are_counted_by_outcome_and_rule_with_the_current_recorder() {
         "the first recorder saw nothing new"
     );
 }
+
+/// Issue 18: `rate`, `burst` and `concurrency` on a rule, validated at load with the line and
+/// the field of the problem.
+#[test]
+fn rule_limits_are_validated_with_line_and_field() {
+    let policy = Policy::from_toml(
+        r#"
+[[rule]]
+name = "batch"
+effect = "allow"
+principals = ["spiffe://example.org/batch/*"]
+routes = [{ path = "/*" }]
+rate = "100/s"
+burst = 20
+concurrency = 8
+
+[[rule]]
+name = "web"
+effect = "allow"
+principals = ["spiffe://example.org/web"]
+routes = [{ path = "/*" }]
+concurrency = 2
+"#,
+    )
+    .unwrap();
+    let text = policy.to_string();
+    assert!(
+        text.contains("[rate 100/s burst 20, concurrency 8 per caller]"),
+        "{text}"
+    );
+    assert!(text.contains("[concurrency 2 per caller]"), "{text}");
+    let limiter = policy.rule_limiter(0).unwrap();
+    assert_eq!(&*limiter.name, "batch");
+    assert!(policy.rule_limiter(1).is_some());
+
+    // The body starts on line 6 (the rule table on line 2).
+    let rule = |effect: &str, body: &str| {
+        format!(
+            "# comment\n[[rule]]\nname = \"r\"\neffect = \"{effect}\"\nprincipals = [\"*\"]\nroutes = [{{ path = \"/a\" }}]\n{body}"
+        )
+    };
+    let cases: Vec<(String, u32, &str, &str)> = vec![
+        (rule("allow", "rate = \"0/s\"\n"), 7, "rate", "0 requests"),
+        (
+            rule("allow", "rate = \"100\"\n"),
+            7,
+            "rate",
+            "<requests>/<unit>",
+        ),
+        (rule("allow", "rate = \"5/d\"\n"), 7, "rate", "unit"),
+        (
+            rule("allow", "rate = \"1/s\"\nburst = 0\n"),
+            8,
+            "burst",
+            "from 1",
+        ),
+        (
+            rule("allow", "rate = \"1/s\"\nburst = -3\n"),
+            8,
+            "burst",
+            "from 1",
+        ),
+        (rule("allow", "burst = 5\n"), 7, "burst", "needs a rate"),
+        (
+            rule("allow", "concurrency = 0\n"),
+            7,
+            "concurrency",
+            "from 1",
+        ),
+        (
+            rule("allow", "concurrency = 4294967296\n"),
+            7,
+            "concurrency",
+            "from 1",
+        ),
+        (
+            rule("deny", "concurrency = 3\n"),
+            7,
+            "concurrency",
+            "deny rule",
+        ),
+        (rule("deny", "rate = \"1/s\"\n"), 7, "rate", "deny rule"),
+        (
+            rule("allow", "shadow = true\nrate = \"1/s\"\n"),
+            8,
+            "rate",
+            "shadow rule",
+        ),
+    ];
+    for (text, line, field, problem) in &cases {
+        let err = toml_error(text);
+        assert!(
+            matches!(err, PolicyError::InvalidRule { .. }),
+            "{text}\n=> {err}"
+        );
+        assert_eq!(err.line(), Some(*line), "{text}\n=> {err}");
+        assert_eq!(err.field(), Some(*field), "{text}\n=> {err}");
+        assert!(err.to_string().contains(problem), "{text}\n=> {err}");
+    }
+    // Wrong types are schema errors naming the line.
+    let err = toml_error(&rule("allow", "rate = 100\n"));
+    assert!(matches!(err, PolicyError::Parse { .. }), "{err}");
+    assert_eq!(err.line(), Some(7), "{err}");
+
+    // The same checks in code.
+    let code = |rule: Rule| Policy::builder().rule(rule).build().unwrap_err();
+    let base = || {
+        Rule::allow("r")
+            .any_authenticated_peer()
+            .route_any_method("/a")
+    };
+    assert_eq!(code(base().rate("0/m")).field(), Some("rate"));
+    assert_eq!(code(base().burst(3)).field(), Some("burst"));
+    assert_eq!(code(base().rate("1/h").burst(0)).field(), Some("burst"));
+    assert_eq!(code(base().concurrency(0)).field(), Some("concurrency"));
+    assert_eq!(
+        code(
+            Rule::deny("d")
+                .any_authenticated_peer()
+                .route_any_method("/a")
+                .rate("1/s")
+        )
+        .field(),
+        Some("rate")
+    );
+}
+
+/// A reload keeps the callers' state of a rule that keeps its name and its limits, and starts
+/// afresh for a rule whose limits changed.
+#[test]
+fn reload_keeps_the_state_of_unchanged_limits() {
+    let with = |rate: &str| {
+        Policy::from_toml(&format!(
+            "[[rule]]\nname = \"web\"\neffect = \"allow\"\nprincipals = [\"*\"]\nroutes = [{{ path = \"/*\" }}]\nrate = \"{rate}\"\n\n[[rule]]\nname = \"other\"\neffect = \"allow\"\nprincipals = [\"*\"]\nroutes = [{{ path = \"/other\" }}]\n"
+        ))
+        .unwrap()
+    };
+    let source = PolicySource::new(with("1/h"));
+    let web = id("spiffe://example.org/web");
+    let admit = |source: &PolicySource| {
+        source
+            .current()
+            .rule_limiter(0)
+            .unwrap()
+            .table
+            .admit(crate::identity::IdKey::of(&web), || 0)
+            .is_ok()
+    };
+    assert!(admit(&source));
+    assert!(!admit(&source));
+    // Same limits: the caller is still over them.
+    source.replace(with("1/h"));
+    assert!(!admit(&source));
+    // New limits: a fresh start.
+    source.replace(with("2/h"));
+    assert!(admit(&source));
+    assert!(admit(&source));
+    assert!(!admit(&source));
+    assert!(source.current().rule_limiter(1).is_none());
+}

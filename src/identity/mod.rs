@@ -12,6 +12,7 @@ mod svid;
 pub use admission::PeerAdmission;
 pub use deny::DenyEntry;
 pub use matcher::{AllowList, IdMatcher, IdMatcherError};
+pub(crate) use peer::IdKey;
 pub use peer::PeerIdentity;
 pub use rejection::{ChainError, PeerRejection};
 pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError, check_svid_leaf};

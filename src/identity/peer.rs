@@ -1,6 +1,7 @@
 //! The verified identity of the peer on a connection.
 
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
 use std::time::SystemTime;
 
@@ -27,6 +28,26 @@ struct Inner {
     /// connections never present a token.
     thumbprint: OnceLock<[u8; 32]>,
     not_after: SystemTime,
+    /// Computed on first use, by the first limit that looks the caller up.
+    id_key: OnceLock<IdKey>,
+}
+
+/// A 128-bit keyed hash of a SPIFFE ID: two SipHash-1-3 with independent random keys of the
+/// process. Per-caller state (the rate and concurrency limits) is keyed by it, computed once per
+/// connection (see [`PeerIdentity::id_key`]) rather than hashing the ID's text per request.
+///
+/// Two IDs have the same key only if both hashes collide: about 2^-128 for any two, and no peer
+/// can aim at it without the process's random keys, which never leave it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct IdKey(u64, u64);
+
+impl IdKey {
+    /// The key of `id`.
+    pub(crate) fn of(id: &SpiffeId) -> Self {
+        static KEYS: OnceLock<(RandomState, RandomState)> = OnceLock::new();
+        let (first, second) = KEYS.get_or_init(|| (RandomState::new(), RandomState::new()));
+        Self(first.hash_one(id), second.hash_one(id))
+    }
 }
 
 /// Two identities are equal when they hold the same ID and leaf certificate (the thumbprint
@@ -54,6 +75,7 @@ impl PeerIdentity {
                 leaf,
                 thumbprint: OnceLock::new(),
                 not_after,
+                id_key: OnceLock::new(),
             }),
         }
     }
@@ -114,6 +136,16 @@ impl PeerIdentity {
     /// When the peer's leaf certificate expires.
     pub fn not_after(&self) -> SystemTime {
         self.inner.not_after
+    }
+
+    /// The [`IdKey`] of the peer's SPIFFE ID, computed once per identity (so once per
+    /// connection).
+    #[inline]
+    pub(crate) fn id_key(&self) -> IdKey {
+        *self
+            .inner
+            .id_key
+            .get_or_init(|| IdKey::of(&self.inner.spiffe_id))
     }
 }
 

@@ -17,8 +17,9 @@
 //! ```
 //!
 //! [`serve`] is the one call that assembles a secure server: the identity and the client's
-//! address (axum's `ConnectInfo<SocketAddr>`) in every request, the JWT layer outside the
-//! authorization layer and both before routing ([`Serve::jwt`], [`Serve::authorize`]),
+//! address (axum's `ConnectInfo<SocketAddr>`) in every request, the rate limits outside the JWT
+//! layer, the JWT layer outside the authorization layer, all before routing
+//! ([`Serve::rate_limit`], [`Serve::jwt`], [`Serve::authorize`]),
 //! connection spans, bounded request headers, and graceful shutdown. The pieces it is made of
 //! stay available: [`layer_before_routing`], the layers in [`layer`](crate::layer), and
 //! [`integration::hyper::serve`](crate::integration::hyper::serve).
@@ -42,6 +43,7 @@ use crate::identity::PeerIdentity;
 use crate::integration::hyper::{DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_MAX_HEADER_SIZE};
 use crate::layer::authorize::AuthorizeLayer;
 use crate::layer::jwt::JwtLayer;
+use crate::layer::rate_limit::RateLimitLayer;
 use crate::layer::{DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder};
 use crate::transport::SecureListener;
 
@@ -70,6 +72,7 @@ pub fn serve(listener: SecureListener, router: axum::Router) -> Serve {
     Serve {
         listener,
         router,
+        rate_limit: Identity::new(),
         jwt: Identity::new(),
         authorize: Identity::new(),
         max_header_size: DEFAULT_MAX_HEADER_SIZE,
@@ -78,39 +81,50 @@ pub fn serve(listener: SecureListener, router: axum::Router) -> Serve {
 }
 
 /// A server being assembled by [`serve`]. Whatever order the calls come in, requests pass the
-/// JWT layer first, then the authorization layer, both before axum routes them.
+/// rate limits first, then the JWT layer, then the authorization layer, all before axum routes
+/// them.
 #[derive(Debug)]
 #[must_use = "a server does nothing until awaited"]
-pub struct Serve<J = Identity, A = Identity> {
+pub struct Serve<J = Identity, A = Identity, L = Identity> {
     listener: SecureListener,
     router: axum::Router,
+    rate_limit: L,
     jwt: J,
     authorize: A,
     max_header_size: usize,
     header_read_timeout: Option<Duration>,
 }
 
-impl<J, A> Serve<J, A> {
+impl<J, A, L> Serve<J, A, L> {
+    /// Limits each caller's requests by its SPIFFE ID before anything else: a caller over its
+    /// limit is refused before its token is checked (a flood costs no signature checks).
+    pub fn rate_limit<R>(self, layer: RateLimitLayer<R>) -> Serve<J, A, RateLimitLayer<R>> {
+        self.replace_layers(|_| layer, |jwt| jwt, |authorize| authorize)
+    }
+
     /// Validates bearer tokens (certificate-bound when the validator says so) before
     /// authorization, so rules can require scopes and claims.
-    pub fn jwt<R>(self, layer: JwtLayer<R>) -> Serve<JwtLayer<R>, A> {
-        self.replace_layers(|_| layer, |authorize| authorize)
+    pub fn jwt<R>(self, layer: JwtLayer<R>) -> Serve<JwtLayer<R>, A, L> {
+        self.replace_layers(|limits| limits, |_| layer, |authorize| authorize)
     }
 
     /// Authorizes each request by its caller, method and normalized path before routing (see
-    /// [`layer_before_routing`] for why before).
-    pub fn authorize<R>(self, layer: AuthorizeLayer<R>) -> Serve<J, AuthorizeLayer<R>> {
-        self.replace_layers(|jwt| jwt, |_| layer)
+    /// [`layer_before_routing`] for why before), applying the limits of the rule that admits
+    /// it.
+    pub fn authorize<R>(self, layer: AuthorizeLayer<R>) -> Serve<J, AuthorizeLayer<R>, L> {
+        self.replace_layers(|limits| limits, |jwt| jwt, |_| layer)
     }
 
-    fn replace_layers<J2, A2>(
+    fn replace_layers<J2, A2, L2>(
         self,
+        rate_limit: impl FnOnce(L) -> L2,
         jwt: impl FnOnce(J) -> J2,
         authorize: impl FnOnce(A) -> A2,
-    ) -> Serve<J2, A2> {
+    ) -> Serve<J2, A2, L2> {
         Serve {
             listener: self.listener,
             router: self.router,
+            rate_limit: rate_limit(self.rate_limit),
             jwt: jwt(self.jwt),
             authorize: authorize(self.authorize),
             max_header_size: self.max_header_size,
@@ -133,15 +147,16 @@ impl<J, A> Serve<J, A> {
     }
 }
 
-impl<J, A> Serve<J, A>
+impl<J, A, L> Serve<J, A, L>
 where
     A: Layer<axum::Router>,
     J: Layer<A::Service>,
-    J::Service: tower_service::Service<Request, Response = Response, Error = Infallible>
+    L: Layer<J::Service>,
+    L::Service: tower_service::Service<Request, Response = Response, Error = Infallible>
         + Clone
         + Send
         + 'static,
-    <J::Service as tower_service::Service<Request>>::Future: Send + 'static,
+    <L::Service as tower_service::Service<Request>>::Future: Send + 'static,
 {
     /// Runs until `signal` completes, then stops accepting and waits for the requests in flight
     /// to finish.
@@ -149,7 +164,9 @@ where
     where
         F: Future<Output = ()> + Send + 'static,
     {
-        let service = self.jwt.layer(self.authorize.layer(self.router));
+        let service = self
+            .rate_limit
+            .layer(self.jwt.layer(self.authorize.layer(self.router)));
         crate::integration::hyper::serve(self.listener, service)
             .max_header_size(self.max_header_size)
             .header_read_timeout(self.header_read_timeout)
@@ -160,17 +177,19 @@ where
 
 type Request = http::Request<Incoming>;
 
-impl<J, A> IntoFuture for Serve<J, A>
+impl<J, A, L> IntoFuture for Serve<J, A, L>
 where
     J: Send + 'static,
     A: Send + 'static,
+    L: Send + 'static,
     A: Layer<axum::Router>,
     J: Layer<A::Service>,
-    J::Service: tower_service::Service<Request, Response = Response, Error = Infallible>
+    L: Layer<J::Service>,
+    L::Service: tower_service::Service<Request, Response = Response, Error = Infallible>
         + Clone
         + Send
         + 'static,
-    <J::Service as tower_service::Service<Request>>::Future: Send + 'static,
+    <L::Service as tower_service::Service<Request>>::Future: Send + 'static,
 {
     type Output = io::Result<()>;
     type IntoFuture = Pin<Box<dyn Future<Output = io::Result<()>> + Send>>;
@@ -225,7 +244,8 @@ impl<S: Send + Sync> FromRequestParts<S> for PeerIdentity {
 /// refuses it with 403 whatever the policy says, and logs an error naming
 /// `layer_before_routing` (fail closed).
 ///
-/// [`serve`] does this for the JWT and authorization layers; use this piece for other layers,
+/// [`serve`] does this for the rate-limit, JWT and authorization layers; use this piece for
+/// other layers,
 /// or to serve with [`integration::hyper::serve`](crate::integration::hyper::serve) directly.
 /// The result is the layered router itself, with no second `Router` around it (which would box
 /// every request's future once more).

@@ -3,8 +3,10 @@
 //!
 //! Each layer is a module with its layer, its service and their named `ResponseFuture`:
 //! [`jwt`] ([`JwtLayer`](jwt::JwtLayer), [`Jwt`](jwt::Jwt)), [`authorize`]
-//! ([`AuthorizeLayer`](authorize::AuthorizeLayer), [`Authorize`](authorize::Authorize)) and
-//! [`client_token`] ([`ClientTokenLayer`](client_token::ClientTokenLayer),
+//! ([`AuthorizeLayer`](authorize::AuthorizeLayer), [`Authorize`](authorize::Authorize)),
+//! [`rate_limit`] ([`RateLimitLayer`](rate_limit::RateLimitLayer),
+//! [`RateLimit`](rate_limit::RateLimit)) and [`client_token`]
+//! ([`ClientTokenLayer`](client_token::ClientTokenLayer),
 //! [`ClientToken`](client_token::ClientToken)). Every rejection a layer makes is a
 //! [`Rejection`]; [`RejectionResponder`] turns it into a response (HTTP status and headers, or a
 //! gRPC status for `application/grpc` requests). The default responder can be replaced, and the
@@ -22,15 +24,19 @@
 #[macro_use]
 mod macros;
 
+mod answer;
 pub mod authorize;
 pub mod client_token;
 pub mod jwt;
 mod peer;
+pub mod rate_limit;
 mod rejection;
 
+pub use crate::limit::LimitReason;
 pub use peer::peer_identity;
 pub use rejection::{
-    DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
+    DefaultResponder, LimitExceeded, LimitSource, Rejection, RejectionBody, RejectionKind,
+    RejectionResponder, is_grpc,
 };
 
 /// What every response future of this room does when polled again after it returned its

@@ -1,8 +1,10 @@
 //! Where layers and handlers find the verified peer identity of a request.
 
-use http::Extensions;
+use http::{Extensions, Request};
 
+use crate::authz::AUDIT_TARGET;
 use crate::identity::PeerIdentity;
+use crate::layer::{Rejection, RejectionKind};
 
 /// The verified identity of the peer that sent a request, if the request arrived over a
 /// secure listener.
@@ -13,6 +15,23 @@ use crate::identity::PeerIdentity;
 /// (such as axum's `ConnectInfo`) is not looked at.
 pub fn peer_identity(extensions: &Extensions) -> Option<&PeerIdentity> {
     extensions.get::<PeerIdentity>()
+}
+
+/// The refusal of a request without a verified identity by a layer that needs one (fail
+/// closed), with its audit line.
+pub(crate) fn missing_peer_identity<B>(request: &Request<B>) -> Rejection {
+    tracing::info!(
+        target: AUDIT_TARGET,
+        method = %request.method(),
+        path = ?request.uri().path(),
+        decision = "deny",
+        reason = "missing-peer-identity",
+        "request refused: no verified peer identity"
+    );
+    Rejection::new(
+        RejectionKind::MissingPeerIdentity,
+        "no verified peer identity",
+    )
 }
 
 #[cfg(test)]

@@ -2,12 +2,15 @@
 
 use std::borrow::Cow;
 use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{HeaderValue, Request, Response, StatusCode, header};
 
 use crate::authz::DenyReason;
 use crate::jwt::{TokenError, TokenErrorKind};
+use crate::limit::LimitReason;
 
 /// What kind of rejection a layer made; decides the status code.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -25,6 +28,9 @@ pub enum RejectionKind {
     InsufficientScope,
     /// The authorization policy denies the request: HTTP 403, gRPC PERMISSION_DENIED.
     Forbidden,
+    /// The caller is over a rate or concurrency limit: HTTP 429 with `Retry-After` (whole
+    /// seconds, rounded up), gRPC RESOURCE_EXHAUSTED.
+    TooManyRequests,
 }
 
 /// The typed cause a layer knows, beyond the kind.
@@ -38,13 +44,94 @@ enum Cause {
     MissingScope(String),
     /// The authorization policy denied the request.
     Denied(DenyReason),
+    /// A limit refused the request.
+    Limited(LimitExceeded),
+}
+
+/// Where a limit that refused a request was set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum LimitSource {
+    /// A [`RateLimitLayer`](crate::layer::rate_limit::RateLimitLayer) (limits written in code).
+    Layer,
+    /// A rule of the authorization policy (`rate`, `burst`, `concurrency`), enforced by the
+    /// [`AuthorizeLayer`](crate::layer::authorize::AuthorizeLayer) for the callers the rule
+    /// admits.
+    PolicyRule,
+}
+
+impl LimitSource {
+    /// `layer` or `policy`: the `source` label of the rate-limit metric.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Self::Layer => "layer",
+            Self::PolicyRule => "policy",
+        }
+    }
+}
+
+/// Which limit refused a request ([`RejectionKind::TooManyRequests`]), for custom responders
+/// and logging: [`Rejection::limit_exceeded`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LimitExceeded {
+    source: LimitSource,
+    name: Arc<str>,
+    reason: LimitReason,
+    retry_after: Duration,
+}
+
+impl LimitExceeded {
+    pub(crate) fn new(
+        source: LimitSource,
+        name: Arc<str>,
+        reason: LimitReason,
+        retry_after: Duration,
+    ) -> Self {
+        Self {
+            source,
+            name,
+            reason,
+            retry_after,
+        }
+    }
+
+    /// Whether the limit was set on the layer or on a policy rule.
+    pub fn source(&self) -> LimitSource {
+        self.source
+    }
+
+    /// The limit's name: the policy rule's, or the layer limit's (`default`, `total`, or the
+    /// name given to an override).
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Which part of the limit refused: the caller's rate, its requests in flight, the total
+    /// rate, or the limiter's capacity.
+    pub fn reason(&self) -> LimitReason {
+        self.reason
+    }
+
+    /// How long until a request of the caller could be admitted: exact for rate limits, one
+    /// second (a hint) for in-flight and capacity refusals.
+    pub fn retry_after(&self) -> Duration {
+        self.retry_after
+    }
+
+    /// [`retry_after`](Self::retry_after) in whole seconds, rounded up, at least 1: the
+    /// `Retry-After` header's value.
+    pub fn retry_after_secs(&self) -> u64 {
+        let secs = self.retry_after.as_secs() + u64::from(self.retry_after.subsec_nanos() > 0);
+        secs.max(1)
+    }
 }
 
 /// A request refused by a layer.
 ///
 /// The description is meant for the caller: it never contains token or key material, nor the
 /// policy's internals. The typed cause ([`token_error`](Self::token_error),
-/// [`missing_scope`](Self::missing_scope), [`deny_reason`](Self::deny_reason)) is meant for a
+/// [`missing_scope`](Self::missing_scope), [`deny_reason`](Self::deny_reason),
+/// [`limit_exceeded`](Self::limit_exceeded)) is meant for a
 /// custom [`RejectionResponder`] and for logging; the [`DefaultResponder`] does not send it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -93,6 +180,19 @@ impl Rejection {
         }
     }
 
+    /// A limit's refusal: [`RejectionKind::TooManyRequests`], with a description that names no
+    /// limit.
+    pub(crate) fn too_many_requests(limit: LimitExceeded) -> Self {
+        let description = match limit.reason() {
+            LimitReason::Concurrency => "too many requests in flight: retry later",
+            _ => "too many requests: retry later",
+        };
+        Self {
+            cause: Cause::Limited(limit),
+            ..Self::new(RejectionKind::TooManyRequests, description)
+        }
+    }
+
     /// What kind of rejection this is.
     pub fn kind(&self) -> RejectionKind {
         self.kind
@@ -131,6 +231,15 @@ impl Rejection {
         }
     }
 
+    /// Which limit refused the request (for [`RejectionKind::TooManyRequests`]); `None` for
+    /// other rejections.
+    pub fn limit_exceeded(&self) -> Option<&LimitExceeded> {
+        match &self.cause {
+            Cause::Limited(limit) => Some(limit),
+            _ => None,
+        }
+    }
+
     /// The HTTP status this rejection maps to.
     pub fn status(&self) -> StatusCode {
         match self.kind {
@@ -138,15 +247,23 @@ impl Rejection {
                 StatusCode::UNAUTHORIZED
             }
             RejectionKind::InsufficientScope | RejectionKind::Forbidden => StatusCode::FORBIDDEN,
+            RejectionKind::TooManyRequests => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
-    /// The gRPC status code this rejection maps to (16 UNAUTHENTICATED or 7 PERMISSION_DENIED).
+    /// The gRPC status code this rejection maps to (16 UNAUTHENTICATED, 7 PERMISSION_DENIED or
+    /// 8 RESOURCE_EXHAUSTED).
     pub fn grpc_status(&self) -> u16 {
-        match self.status() {
-            StatusCode::UNAUTHORIZED => 16,
-            _ => 7,
+        match self.kind {
+            RejectionKind::MissingPeerIdentity | RejectionKind::InvalidToken => 16,
+            RejectionKind::InsufficientScope | RejectionKind::Forbidden => 7,
+            RejectionKind::TooManyRequests => 8,
         }
+    }
+
+    /// The `Retry-After` seconds of a limit's refusal.
+    fn retry_after_secs(&self) -> Option<u64> {
+        self.limit_exceeded().map(LimitExceeded::retry_after_secs)
     }
 }
 
@@ -274,6 +391,13 @@ impl RejectionResponder for DefaultResponder {
             {
                 headers.insert("grpc-message", message);
             }
+            // gRFC A6: a client with a retry policy waits this long before retrying.
+            if let Some(secs) = rejection.retry_after_secs() {
+                headers.insert(
+                    "grpc-retry-pushback-ms",
+                    HeaderValue::from(secs.saturating_mul(1000)),
+                );
+            }
             response
         } else {
             let error = match rejection.kind() {
@@ -281,6 +405,7 @@ impl RejectionResponder for DefaultResponder {
                 RejectionKind::InvalidToken => "invalid_token",
                 RejectionKind::InsufficientScope => "insufficient_scope",
                 RejectionKind::Forbidden => "forbidden",
+                RejectionKind::TooManyRequests => "too_many_requests",
             };
             let body =
                 serde_json::json!({ "error": error, "error_description": rejection.description() });
@@ -302,6 +427,9 @@ impl RejectionResponder for DefaultResponder {
                 if let Ok(value) = HeaderValue::from_str(&challenge) {
                     headers.insert(header::WWW_AUTHENTICATE, value);
                 }
+            }
+            if let Some(secs) = rejection.retry_after_secs() {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from(secs));
             }
             response
         };
@@ -450,6 +578,77 @@ mod tests {
         );
         // The cause is part of the rejection's identity.
         assert_ne!(denied, unexplained);
+    }
+
+    fn limited(reason: LimitReason, retry_after: Duration) -> Rejection {
+        Rejection::too_many_requests(LimitExceeded::new(
+            LimitSource::PolicyRule,
+            Arc::from("batch-reads"),
+            reason,
+            retry_after,
+        ))
+    }
+
+    /// 429 with `Retry-After` in whole seconds rounded up, a body that names no limit, and the
+    /// typed cause for custom responders.
+    #[test]
+    fn limits_map_to_429_with_retry_after() {
+        let r = limited(LimitReason::Rate, Duration::from_millis(1_200));
+        assert_eq!(r.kind(), RejectionKind::TooManyRequests);
+        assert_eq!(causes(&r), (None, None, None));
+        let limit = r.limit_exceeded().unwrap();
+        assert_eq!(
+            (limit.source(), limit.name(), limit.reason()),
+            (LimitSource::PolicyRule, "batch-reads", LimitReason::Rate)
+        );
+        assert_eq!(limit.retry_after(), Duration::from_millis(1_200));
+        assert_eq!(limit.retry_after_secs(), 2);
+        let response: Response<String> = DefaultResponder.respond(&r, false);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "2");
+        assert_eq!(
+            response.body(),
+            r#"{"error":"too_many_requests","error_description":"too many requests: retry later"}"#
+        );
+        assert!(!response.body().contains("batch"));
+        assert_eq!(response.extensions().get::<Rejection>(), Some(&r));
+
+        // Never "retry after 0 seconds"; whole seconds stay whole.
+        for (wait, secs) in [(1, 1), (999, 1), (1_000, 1), (1_001, 2), (3_600_000, 3_600)] {
+            let r = limited(LimitReason::Rate, Duration::from_millis(wait));
+            assert_eq!(
+                r.limit_exceeded().unwrap().retry_after_secs(),
+                secs,
+                "{wait}"
+            );
+        }
+        let r = limited(LimitReason::Concurrency, Duration::from_secs(1));
+        assert_eq!(r.description(), "too many requests in flight: retry later");
+        let response: Response<String> = DefaultResponder.respond(&r, false);
+        assert_eq!(response.headers()[header::RETRY_AFTER], "1");
+
+        // Other rejections carry no Retry-After.
+        let response: Response<String> =
+            DefaultResponder.respond(&Rejection::new(RejectionKind::Forbidden, "no"), false);
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+    }
+
+    #[test]
+    fn limits_map_to_resource_exhausted() {
+        let r = limited(LimitReason::Total, Duration::from_millis(2_500));
+        assert_eq!(r.grpc_status(), 8);
+        let response: Response<String> = DefaultResponder.respond(&r, true);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert_eq!(response.headers()["grpc-retry-pushback-ms"], "3000");
+        assert!(response.headers().get(header::RETRY_AFTER).is_none());
+        // A plain rejection of that kind (made by a user) maps the same, without a pushback.
+        let plain = Rejection::new(RejectionKind::TooManyRequests, "slow down");
+        let response: Response<String> = DefaultResponder.respond(&plain, true);
+        assert_eq!(response.headers()["grpc-status"], "8");
+        assert!(response.headers().get("grpc-retry-pushback-ms").is_none());
+        let response: Response<String> = DefaultResponder.respond(&plain, false);
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
     }
 
     #[test]

@@ -339,3 +339,46 @@ pub async fn peer_identity_of(ca: &DevCa, id: &str) -> PeerIdentity {
     let (stream, _client) = tokio::join!(accept, async { client.connect_tcp(addr).await.unwrap() });
     stream.peer_identity().clone()
 }
+
+/// The status, the value of `header` (if any) and the body of a response, read in bounded
+/// steps.
+pub async fn response_parts(
+    response: http::Response<hyper::body::Incoming>,
+    header: http::header::HeaderName,
+) -> (u16, Option<String>, String) {
+    use http_body_util::BodyExt;
+
+    let status = response.status().as_u16();
+    let value = response
+        .headers()
+        .get(header)
+        .map(|v| v.to_str().unwrap().to_owned());
+    let body = within(response.into_body().collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    (status, value, String::from_utf8_lossy(&body).into_owned())
+}
+
+/// Calls `WhoAmI/Get` of the testkit's gRPC service at `addr` as `caller` (an SVID of `ca`),
+/// expecting the server `server_id`.
+pub async fn grpc_whoami_as(
+    ca: &DevCa,
+    caller: &str,
+    server_id: &str,
+    addr: SocketAddr,
+) -> Result<String, tonic::Status> {
+    let source = MemorySource::new(ca.credentials(caller).unwrap());
+    let channel = SecureChannel::builder(&source)
+        .expect_server(server_id)
+        .build()
+        .unwrap();
+    let grpc = within(
+        tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .unwrap()
+            .connect_with_connector(channel.connector().http2_only()),
+    )
+    .await
+    .unwrap();
+    within(secure_channel::testkit::whoami::whoami(grpc)).await
+}

@@ -24,6 +24,15 @@
 //! one, so that the inner service routes exactly the path that was authorized. The [`Decision`](crate::authz::Decision)
 //! is stored in the request extensions for handlers.
 //!
+//! When the rule that allowed the request has limits (`rate`, `burst`, `concurrency`; see
+//! [`authz`](crate::authz)), the caller is held to them: over them the request is refused with
+//! [`RejectionKind::TooManyRequests`](crate::layer::RejectionKind::TooManyRequests) (429 with
+//! `Retry-After`, gRPC RESOURCE_EXHAUSTED), the rule's name in its
+//! [`limit_exceeded`](crate::layer::Rejection::limit_exceeded) cause but not in the response;
+//! the concurrency counts the request until the inner service's response future completes or
+//! is dropped (see [`rate_limit`](crate::layer::rate_limit) for what that means for streamed
+//! bodies).
+//!
 //! That holds only when the layer runs *before* routing. With the `axum` feature, a request
 //! that axum already routed (it carries a `MatchedPath`: the layer was applied with
 //! `Router::layer` or `Router::route_layer`) is refused with 403 whatever the policy says, and

@@ -9,15 +9,19 @@ use tower_service::Service;
 
 use super::layer::Config;
 use super::{AuthorizeLayer, ResponseFuture};
-use crate::authz::{AUDIT_TARGET, AuthzRequest, Decision, PolicySource, encode_normalized};
+use crate::authz::{AuthzRequest, Decision, Policy, PolicySource, encode_normalized};
+use crate::identity::PeerIdentity;
 use crate::jwt::VerifiedClaims;
+use crate::layer::peer::missing_peer_identity;
+use crate::layer::rate_limit::LimitHit;
 use crate::layer::{
-    DefaultResponder, Rejection, RejectionBody, RejectionKind, RejectionResponder, is_grpc,
+    DefaultResponder, LimitSource, Rejection, RejectionBody, RejectionKind, RejectionResponder,
+    is_grpc,
 };
+use crate::limit::Permit;
 
 /// What a denied caller is told: nothing about the policy.
 pub(super) const FORBIDDEN: &str = "the caller is not allowed to call this route";
-const NO_IDENTITY: &str = "no verified peer identity";
 
 /// The service of [`AuthorizeLayer`].
 pub struct Authorize<S, R = DefaultResponder> {
@@ -64,6 +68,8 @@ enum Outcome {
     Pass {
         decision: Decision,
         rewrite: Option<String>,
+        /// Counts the request against the admitting rule's concurrency limit.
+        permit: Option<Permit>,
     },
     Reject(Rejection),
 }
@@ -88,7 +94,7 @@ fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Optio
         .swap(true, std::sync::atomic::Ordering::Relaxed);
     if first {
         tracing::error!(
-            target: AUDIT_TARGET,
+            target: crate::authz::AUDIT_TARGET,
             method = %request.method(),
             path = ?request.uri().path(),
             route,
@@ -99,7 +105,7 @@ fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Optio
         );
     } else {
         tracing::debug!(
-            target: AUDIT_TARGET,
+            target: crate::authz::AUDIT_TARGET,
             method = %request.method(),
             path = ?request.uri().path(),
             route,
@@ -112,18 +118,7 @@ fn refuse_after_routing<R, B>(config: &Config<R>, request: &Request<B>) -> Optio
 
 fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
     let Some(peer) = crate::layer::peer_identity(request.extensions()) else {
-        tracing::info!(
-            target: AUDIT_TARGET,
-            method = %request.method(),
-            path = ?request.uri().path(),
-            decision = "deny",
-            reason = "missing-peer-identity",
-            "request refused: no verified peer identity"
-        );
-        return Outcome::Reject(Rejection::new(
-            RejectionKind::MissingPeerIdentity,
-            NO_IDENTITY,
-        ));
+        return Outcome::Reject(missing_peer_identity(request));
     };
     let policy = policy.load();
     let authz = AuthzRequest::new(peer.spiffe_id(), request.method(), request.uri().path())
@@ -133,11 +128,52 @@ fn decide<B>(policy: &PolicySource, request: &Request<B>) -> Outcome {
     if !decision.passes() {
         return Outcome::Reject(Rejection::denied(decision.deny_reason(), FORBIDDEN));
     }
+    let permit = match admit_by_rule(&policy, &decision, request, peer) {
+        Ok(permit) => permit,
+        Err(rejection) => return Outcome::Reject(rejection),
+    };
     let rewrite = match normalized {
         Ok(Cow::Owned(path)) => Some(encode_normalized(&path)),
         Ok(Cow::Borrowed(_)) | Err(_) => None,
     };
-    Outcome::Pass { decision, rewrite }
+    Outcome::Pass {
+        decision,
+        rewrite,
+        permit,
+    }
+}
+
+/// Applies the limits of the rule that allowed the request to its caller: the request's
+/// in-flight permit, or the rejection of a request over them. In dry-run mode a request over
+/// them is logged ("would-limit") and passes.
+fn admit_by_rule<B>(
+    policy: &Policy,
+    decision: &Decision,
+    request: &Request<B>,
+    caller: &PeerIdentity,
+) -> Result<Option<Permit>, Rejection> {
+    let limiter = match decision.rule() {
+        Some(rule) if decision.is_allowed() => match policy.rule_limiter(rule.index()) {
+            Some(limiter) => limiter,
+            None => return Ok(None),
+        },
+        _ => return Ok(None),
+    };
+    match limiter.table.admit(caller.id_key(), || 0) {
+        Ok(permit) => Ok(permit),
+        Err(refusal) => {
+            let hit = LimitHit {
+                source: LimitSource::PolicyRule,
+                name: &limiter.name,
+                sampler: &limiter.sampler,
+                reason: refusal.reason,
+                retry_after: refusal.retry_after,
+            };
+            let dry_run = decision.is_dry_run();
+            let rejection = hit.record(request, caller.spiffe_id(), limiter.table.now(), dry_run);
+            if dry_run { Ok(None) } else { Err(rejection) }
+        }
+    }
 }
 
 fn rewrite_path(uri: &Uri, path: &str) -> Option<Uri> {
@@ -175,7 +211,11 @@ where
         }
         match decide(&self.config.policy, &request) {
             Outcome::Reject(rejection) => rejected(rejection, &request),
-            Outcome::Pass { decision, rewrite } => {
+            Outcome::Pass {
+                decision,
+                rewrite,
+                permit,
+            } => {
                 if let Some(path) = rewrite {
                     match rewrite_path(request.uri(), &path) {
                         Some(uri) => *request.uri_mut() = uri,
@@ -190,7 +230,7 @@ where
                     }
                 }
                 request.extensions_mut().insert(decision);
-                ResponseFuture::called(self.inner.call(request))
+                ResponseFuture::called(self.inner.call(request), permit)
             }
         }
     }

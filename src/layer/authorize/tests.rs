@@ -459,3 +459,153 @@ async fn readiness_is_the_inner_services_and_debug_forms() {
     let future = never.call(request(None, Method::GET, "/orders/1"));
     assert_eq!(format!("{future:?}"), "ResponseFuture { .. }");
 }
+
+/// Issue 18: a rule's limits apply to each caller the rule admits, through the layer's
+/// responder (429, the rule's name in the typed cause); requests the policy denies, or that
+/// another rule admits, are not counted against them.
+#[tokio::test]
+async fn a_rules_rate_limits_each_caller_it_admits() {
+    use crate::layer::{LimitReason, LimitSource};
+
+    let policy = Policy::builder()
+        .rule(
+            Rule::allow("reads")
+                .principal("spiffe://example.org")
+                .route(Method::GET, "/orders/*")
+                .rate("2/h"),
+        )
+        .rule(
+            Rule::allow("health")
+                .principal("spiffe://example.org")
+                .route(Method::GET, "/health"),
+        )
+        .build()
+        .unwrap();
+    let layer = AuthorizeLayer::new(policy);
+    let web = Some("spiffe://example.org/web");
+    for _ in 0..2 {
+        let response = call(&layer, request(web, Method::GET, "/orders/1")).await;
+        assert_eq!(response.status(), StatusCode::OK);
+    }
+    // Denied requests and other rules' requests do not count.
+    let denied = call(&layer, request(web, Method::POST, "/orders/1")).await;
+    assert_eq!(denied.status(), StatusCode::FORBIDDEN);
+    let health = call(&layer, request(web, Method::GET, "/health")).await;
+    assert_eq!(health.status(), StatusCode::OK);
+
+    let refused = call(&layer, request(web, Method::GET, "/orders/2")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(refused.headers()[header::RETRY_AFTER], "1800");
+    assert!(!refused.body().contains("reads"), "{}", refused.body());
+    let rejection = refused.extensions().get::<Rejection>().unwrap();
+    let limit = rejection.limit_exceeded().unwrap();
+    assert_eq!(
+        (limit.source(), limit.name(), limit.reason()),
+        (LimitSource::PolicyRule, "reads", LimitReason::Rate)
+    );
+    // Another caller the rule admits has its own count.
+    let other = Some("spiffe://example.org/other");
+    let response = call(&layer, request(other, Method::GET, "/orders/1")).await;
+    assert_eq!(response.status(), StatusCode::OK);
+    // gRPC: RESOURCE_EXHAUSTED.
+    let mut grpc = request(web, Method::GET, "/orders/3");
+    grpc.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/grpc"),
+    );
+    assert_eq!(call(&layer, grpc).await.headers()["grpc-status"], "8");
+}
+
+/// A rule's concurrency counts the request until the inner service's response future
+/// completes or is dropped; in dry-run mode a request over a limit passes.
+#[tokio::test]
+async fn a_rules_concurrency_holds_until_the_response_and_dry_run_passes() {
+    let rules = |builder: crate::authz::PolicyBuilder| {
+        builder
+            .rule(
+                Rule::allow("web")
+                    .principal("spiffe://example.org/web")
+                    .route_any_method("/*")
+                    .concurrency(1),
+            )
+            .build()
+            .unwrap()
+    };
+    let web = Some("spiffe://example.org/web");
+    let layer = AuthorizeLayer::new(rules(Policy::builder()));
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    let rx = std::sync::Mutex::new(Some(rx));
+    let mut held = layer.layer(service_fn(move |_: Request<String>| {
+        let rx = rx.lock().unwrap().take();
+        async move {
+            if let Some(rx) = rx {
+                let _ = rx.await;
+            }
+            Ok::<_, Infallible>(Response::new("held".to_owned()))
+        }
+    }));
+    let first = tokio::spawn(held.call(request(web, Method::GET, "/a")));
+    let refused = call(&layer, request(web, Method::GET, "/b")).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    tx.send(()).unwrap();
+    assert_eq!(first.await.unwrap().unwrap().body(), "held");
+    assert_eq!(
+        call(&layer, request(web, Method::GET, "/b")).await.status(),
+        StatusCode::OK
+    );
+    // A dropped response future gives its place back.
+    let dropped = layer
+        .layer(service_fn(echo))
+        .call(request(web, Method::GET, "/c"));
+    assert_eq!(
+        call(&layer, request(web, Method::GET, "/b")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    drop(dropped);
+    assert_eq!(
+        call(&layer, request(web, Method::GET, "/b")).await.status(),
+        StatusCode::OK
+    );
+
+    let dry_run = AuthorizeLayer::new(rules(Policy::builder().dry_run()));
+    let _held = dry_run
+        .layer(service_fn(echo))
+        .call(request(web, Method::GET, "/c"));
+    assert_eq!(
+        call(&dry_run, request(web, Method::GET, "/b"))
+            .await
+            .status(),
+        StatusCode::OK
+    );
+}
+
+/// A reload that changes a rule's rate applies at once to the next request.
+#[tokio::test]
+async fn a_policy_reload_changes_a_rules_limit() {
+    let policy = |rate: &str| {
+        Policy::builder()
+            .rule(
+                Rule::allow("web")
+                    .principal("spiffe://example.org/web")
+                    .route_any_method("/*")
+                    .rate(rate),
+            )
+            .build()
+            .unwrap()
+    };
+    let source = PolicySource::new(policy("1/h"));
+    let layer = AuthorizeLayer::new(source.clone());
+    let web = Some("spiffe://example.org/web");
+    let status = |layer: &AuthorizeLayer| {
+        let request = request(web, Method::GET, "/a");
+        let layer = layer.clone();
+        async move { call(&layer, request).await.status() }
+    };
+    assert_eq!(status(&layer).await, StatusCode::OK);
+    assert_eq!(status(&layer).await, StatusCode::TOO_MANY_REQUESTS);
+    source.replace(policy("3/h"));
+    for _ in 0..3 {
+        assert_eq!(status(&layer).await, StatusCode::OK);
+    }
+    assert_eq!(status(&layer).await, StatusCode::TOO_MANY_REQUESTS);
+}

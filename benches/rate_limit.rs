@@ -1,0 +1,284 @@
+//! Per-request cost of the per-identity limits (issue 18), against the bare service in the same
+//! run, with 10,000 active callers: taken in turn (`N-callers`: every request is another
+//! caller's, so the caller's ID and its entry are mostly out of the CPU caches), and with the
+//! same 10,000 in the table but every request from one of them (`N-callers-one-calling`: the
+//! CPU cost of the lookup and the checks).
+//!
+//! Each request is built per iteration as hyper would hand it over, with the caller's verified
+//! `PeerIdentity` (from the channel's own client verifier, one real SVID per caller). The
+//! stacks:
+//!
+//! - `bare`: the handler alone (it reads the identity);
+//! - `rate`: `RateLimitLayer` with a per-caller rate;
+//! - `rate+concurrency`: and a per-caller concurrency (an in-flight permit per request);
+//! - `rate+concurrency+total`: and a total rate;
+//! - `overrides`: rate and concurrency with 100 prefix overrides (resolved once per caller);
+//! - `authorize` and `authorize+rule-limits`: `AuthorizeLayer` with a rule for every caller,
+//!   without and with `rate` and `concurrency` on that rule.
+//!
+//! No limit is reached: the rates are far above what one core can send. After the criterion
+//! groups, the process's resident memory is read before and after 10,000 new callers, for the
+//! bytes each caller's state costs.
+//!
+//! Run with `cargo bench --features testkit,axum --bench rate_limit`.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::cell::Cell;
+use std::convert::Infallible;
+
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group};
+use http::{Method, Request, Response};
+use http_body_util::Full;
+use secure_channel::PeerIdentity;
+use secure_channel::authz::{Policy, PolicySource, Rule};
+use secure_channel::layer::authorize::AuthorizeLayer;
+use secure_channel::layer::rate_limit::{Limit, Rate, RateLimitLayer};
+use secure_channel::testkit::DevCa;
+use secure_channel::{MemorySource, SecureChannel};
+use tower::{Layer, Service};
+
+#[path = "support/handler.rs"]
+mod handler;
+
+use handler::{Body, Handler, oneshot};
+
+const CALLERS: usize = 10_000;
+
+fn request(peer: &PeerIdentity) -> Request<Body> {
+    let mut request = Request::builder()
+        .method(Method::GET)
+        .uri("/api/v1/orders/42")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    request.extensions_mut().insert(peer.clone());
+    request
+}
+
+/// `count` verified identities of `ca`, from a channel that admits its trust domain.
+fn identities(ca: &DevCa, server: &SecureChannel, prefix: &str, count: usize) -> Vec<PeerIdentity> {
+    (0..count)
+        .map(|i| {
+            let id = format!("spiffe://example.org/ns/{prefix}/sa/svc-{i}");
+            let svid = ca.svid(&id).issue().unwrap();
+            server.bench_peer_identity(svid.chain()).unwrap()
+        })
+        .collect()
+}
+
+/// Benchmarks `service` over the callers in turn, after checking that it answers 200.
+fn bench_stack<S>(c: &mut Criterion, name: &str, service: &S, callers: &[PeerIdentity])
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    for peer in callers {
+        assert_eq!(oneshot(service, request(peer)).status(), 200, "{name}");
+    }
+    let next = Cell::new(0usize);
+    let mut group = c.benchmark_group("rate_limit");
+    group.bench_function(format!("{name}/{}-callers", callers.len()), |b| {
+        b.iter(|| {
+            let i = next.get();
+            next.set(if i + 1 == callers.len() { 0 } else { i + 1 });
+            oneshot(service, request(&callers[i]))
+        })
+    });
+    // The same table of callers, every request from one of them: the CPU cost without the
+    // cache misses of a different caller each time.
+    let one = &callers[callers.len() / 2];
+    group.bench_function(
+        format!("{name}/{}-callers-one-calling", callers.len()),
+        |b| b.iter(|| oneshot(service, request(one))),
+    );
+    group.finish();
+}
+
+/// Never reached here: each caller sends a request every 10,000 iterations.
+fn high_rate() -> Rate {
+    Rate::per_second(1_000_000).burst(1_000)
+}
+
+/// The server channel and the callers' identities.
+fn setup(count: usize) -> (DevCa, MemorySource, SecureChannel, Vec<PeerIdentity>) {
+    let ca = DevCa::new("example.org").unwrap();
+    let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+    let server = SecureChannel::builder(&source)
+        .allow_client("spiffe://example.org")
+        .build()
+        .unwrap();
+    let callers = identities(&ca, &server, "prod", count);
+    (ca, source, server, callers)
+}
+
+fn rate_layer() -> RateLimitLayer {
+    RateLimitLayer::builder().rate(high_rate()).build().unwrap()
+}
+
+fn concurrency_layer() -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .rate(high_rate())
+        .concurrency(64)
+        .build()
+        .unwrap()
+}
+
+fn total_layer() -> RateLimitLayer {
+    RateLimitLayer::builder()
+        .rate(high_rate())
+        .concurrency(64)
+        .total_rate(Rate::per_second(u32::MAX))
+        .build()
+        .unwrap()
+}
+
+fn overrides_layer() -> RateLimitLayer {
+    let mut overrides = RateLimitLayer::builder().rate(high_rate()).concurrency(64);
+    for i in 0..100 {
+        overrides = overrides.limit_for(
+            format!("team-{i}"),
+            format!("spiffe://example.org/ns/team-{i}/*"),
+            Limit::new().rate(high_rate()).concurrency(32),
+        );
+    }
+    overrides.build().unwrap()
+}
+
+fn authorize_layer(limited: bool) -> AuthorizeLayer {
+    let rule = Rule::allow("prod")
+        .principal("spiffe://example.org/ns/prod/*")
+        .route_any_method("/api/*");
+    let rule = if limited {
+        rule.rate("1000000/s").burst(1_000).concurrency(64)
+    } else {
+        rule
+    };
+    AuthorizeLayer::new(PolicySource::new(
+        Policy::builder().rule(rule).build().unwrap(),
+    ))
+}
+
+fn bench(c: &mut Criterion) {
+    let (ca, _source, server, callers) = setup(CALLERS);
+    bench_stack(c, "bare", &Handler, &callers);
+    bench_stack(c, "rate", &rate_layer().layer(Handler), &callers);
+    let stack = concurrency_layer().layer(Handler);
+    bench_stack(c, "rate+concurrency", &stack, &callers);
+    let stack = total_layer().layer(Handler);
+    bench_stack(c, "rate+concurrency+total", &stack, &callers);
+    bench_stack(c, "overrides", &overrides_layer().layer(Handler), &callers);
+    bench_stack(
+        c,
+        "authorize",
+        &authorize_layer(false).layer(Handler),
+        &callers,
+    );
+    let stack = authorize_layer(true).layer(Handler);
+    bench_stack(c, "authorize+rule-limits", &stack, &callers);
+    memory(&ca, &server);
+}
+
+/// Runs `n` requests through `service`: from the callers in turn, or (`ONE`) all from one.
+/// Not inlined, so that callgrind can count its instructions alone (`STACK` tells the stacks'
+/// copies apart).
+#[inline(never)]
+fn count<const STACK: usize, const ONE: bool, S>(service: &S, callers: &[PeerIdentity], n: usize)
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    for i in 0..n {
+        let peer = if ONE {
+            &callers[callers.len() / 2]
+        } else {
+            &callers[i % callers.len()]
+        };
+        std::hint::black_box(oneshot(service, request(peer)));
+    }
+}
+
+/// Each stack in both modes, after one warming pass: what callgrind counts, with
+/// `--collect-atstart=no --toggle-collect='rate_limit::count*'` (see BENCHMARKS.md).
+fn instructions(n: usize) {
+    fn both<const STACK: usize, S>(name: &str, service: &S, callers: &[PeerIdentity], n: usize)
+    where
+        S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+    {
+        for peer in callers {
+            assert_eq!(oneshot(service, request(peer)).status(), 200, "{name}");
+        }
+        println!("stack {STACK}: {name}");
+        count::<STACK, false, S>(service, callers, n);
+        count::<STACK, true, S>(service, callers, n);
+    }
+    let (_ca, _source, _server, callers) = setup(CALLERS);
+    both::<0, _>("bare", &Handler, &callers, n);
+    both::<1, _>("rate", &rate_layer().layer(Handler), &callers, n);
+    both::<2, _>(
+        "rate+concurrency",
+        &concurrency_layer().layer(Handler),
+        &callers,
+        n,
+    );
+    both::<3, _>(
+        "rate+concurrency+total",
+        &total_layer().layer(Handler),
+        &callers,
+        n,
+    );
+    both::<4, _>("overrides", &overrides_layer().layer(Handler), &callers, n);
+    both::<5, _>(
+        "authorize",
+        &authorize_layer(false).layer(Handler),
+        &callers,
+        n,
+    );
+    let limited = authorize_layer(true).layer(Handler);
+    both::<6, _>("authorize+rule-limits", &limited, &callers, n);
+}
+
+/// The process's resident memory, in bytes (Linux; 0 elsewhere).
+fn resident() -> usize {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|statm| statm.split_whitespace().nth(1)?.parse::<usize>().ok())
+        .map_or(0, |pages| pages * 4096)
+}
+
+/// Resident memory before and after 10,000 new callers reach a layer: what a caller's state
+/// costs, allocator included.
+fn memory(ca: &DevCa, server: &SecureChannel) {
+    let callers = identities(ca, server, "memory", CALLERS);
+    let layer = RateLimitLayer::builder()
+        .rate(Rate::per_hour(1))
+        .concurrency(8)
+        .build()
+        .unwrap();
+    let service = layer.clone().layer(Handler);
+    let before = resident();
+    for peer in &callers {
+        assert_eq!(oneshot(&service, request(peer)).status(), 200);
+    }
+    let after = resident();
+    println!(
+        "memory: {} callers tracked (bound {}), resident +{} KiB, {} bytes a caller",
+        layer.tracked_callers(),
+        layer.max_callers(),
+        after.saturating_sub(before) / 1024,
+        after.saturating_sub(before) / CALLERS,
+    );
+}
+
+criterion_group!(benches, bench);
+
+/// criterion's main, or with `RATE_LIMIT_INSTRUCTIONS=N` in the environment, N requests per
+/// stack and mode for callgrind to count.
+fn main() {
+    if let Some(n) = std::env::var("RATE_LIMIT_INSTRUCTIONS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        instructions(n);
+        return;
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}
