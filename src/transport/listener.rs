@@ -242,7 +242,7 @@ async fn accept_loop(
         let sources = sources.clone();
         let failures = failures.clone();
         tokio::spawn(async move {
-            let deadline = crate::transport::registry::instant_after(timeout);
+            let deadline = crate::transport::instant_after(timeout);
             let result = match admit(&sources, &slots, slot, addr.ip(), deadline).await {
                 Some(_permits) => {
                     let deadlines = HandshakeDeadlines {

@@ -25,3 +25,14 @@ pub(crate) use registry::{CutOffPolicy, Trigger};
 pub(crate) use stream::HandshakeDeadlines;
 pub use stream::SecureStream;
 pub use webpki::{WebPkiConnection, WebPkiConnector};
+
+/// `after` from now on the tokio clock; a duration past what the clock can hold (such as
+/// `Duration::MAX` for "never") is a date decades away rather than a panic.
+pub(crate) fn instant_after(after: std::time::Duration) -> tokio::time::Instant {
+    let now = tokio::time::Instant::now();
+    now.checked_add(after)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(FAR_FUTURE_SECS))
+}
+
+/// Thirty years, as tokio takes "far future".
+const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;

@@ -25,6 +25,7 @@ use tokio::time::Instant;
 use crate::identity::PeerRejection;
 use crate::tls::{Admitted, CurrentTrust, SvidVerifier, TrustMark};
 use crate::transport::cutoff::{CutOff, CutOffReason, CutState};
+use crate::transport::instant_after;
 
 /// The `tracing` target of cut-off lines.
 pub(crate) const TARGET: &str = "secure_channel::trust";
@@ -728,17 +729,6 @@ fn sweep_workers(connections: usize) -> usize {
         .min(connections / CONNECTIONS_PER_SWEEP_THREAD)
         .max(1)
 }
-
-/// `after` from now on the tokio clock; a duration past what the clock can hold (such as
-/// `Duration::MAX` for "never") is a date decades away rather than a panic.
-pub(crate) fn instant_after(after: Duration) -> Instant {
-    let now = Instant::now();
-    now.checked_add(after)
-        .unwrap_or_else(|| now + Duration::from_secs(FAR_FUTURE_SECS))
-}
-
-/// Thirty years, as tokio takes "far future".
-const FAR_FUTURE_SECS: u64 = 30 * 365 * 24 * 3600;
 
 #[cfg(all(test, feature = "testkit"))]
 mod tests {

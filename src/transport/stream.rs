@@ -98,7 +98,7 @@ impl IdleTimer {
             }
             self.tick
                 .as_mut()
-                .reset(crate::transport::registry::instant_after(self.half));
+                .reset(crate::transport::instant_after(self.half));
         }
         // The loop ends with a pending poll of the current tick, which registered the waker.
         false
