@@ -664,3 +664,117 @@ async fn tls12_is_refused_without_the_flag() {
     let (code, out, _) = curl(&pki, "web", &running.url("/x"), &[]).await;
     assert_eq!((code, out.rsplit_once('\n').unwrap().1), (0, "200"));
 }
+
+/// GET `url`: the status and the `Retry-After` header.
+async fn status_and_retry_after(client: &LibClient, url: &str) -> (u16, Option<String>) {
+    let request = http::Request::get(url)
+        .body(http_body_util::Full::new(bytes::Bytes::new()))
+        .unwrap();
+    let response = within(client.request(request)).await.unwrap();
+    let retry_after = response
+        .headers()
+        .get(http::header::RETRY_AFTER)
+        .map(|v| v.to_str().unwrap().to_owned());
+    (response.status().as_u16(), retry_after)
+}
+
+const LIMITED_POLICY: &str = r#"
+[[rule]]
+name = "other-reads-orders"
+effect = "allow"
+principals = ["spiffe://example.org/other"]
+routes = [{ methods = ["GET"], path = "/orders/*" }]
+rate = "1/h"
+"#;
+
+#[tokio::test]
+async fn per_caller_limits_from_flags_and_from_policy_rules_answer_429() {
+    const BATCH_ID: &str = "spiffe://example.org/batch/nightly";
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    pki.svid("other", OTHER_ID);
+    pki.svid("batch", BATCH_ID);
+    let policy = pki.dir.write("policy.toml", LIMITED_POLICY);
+    let backend = BackendServer::start().await;
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &[
+            "--allow",
+            WEB_ID,
+            "--allow",
+            "spiffe://example.org/batch/*",
+            "--policy",
+            policy.to_str().unwrap(),
+            "--rate-limit",
+            "2/h",
+            "--limit-for",
+            "spiffe://example.org/batch/*=rate=4/h,name=batch",
+        ],
+    )
+    .await;
+    let url = running.url("/orders/1");
+    let client_of = |id: &str| {
+        let (source, channel) = pki.client(id, PROXY_ID);
+        (source, lib_client(&channel))
+    };
+
+    // The default limit (--rate-limit 2/h): the third request is refused, with the time until
+    // the next one may come.
+    let (_web_source, web) = client_of(WEB_ID);
+    for _ in 0..2 {
+        assert_eq!(status_and_retry_after(&web, &url).await.0, 200);
+    }
+    let (status, retry_after) = status_and_retry_after(&web, &url).await;
+    assert_eq!(status, 429);
+    let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
+    assert!((1..=1800).contains(&secs), "{secs}");
+
+    // The override: another caller, with its own and larger budget, is unaffected by web's.
+    let (_batch_source, batch) = client_of(BATCH_ID);
+    for _ in 0..4 {
+        assert_eq!(status_and_retry_after(&batch, &url).await.0, 200);
+    }
+    assert_eq!(status_and_retry_after(&batch, &url).await.0, 429);
+
+    // A policy rule's own limit (rate = "1/h"), under the flags' default of 2/h.
+    let (_other_source, other) = client_of(OTHER_ID);
+    assert_eq!(status_and_retry_after(&other, &url).await.0, 200);
+    let (status, retry_after) = status_and_retry_after(&other, &url).await;
+    assert_eq!(status, 429);
+    assert!(retry_after.is_some());
+    running.terminate().await;
+
+    // Limits are for requests: tcp mode refuses them; a bad --limit-for names itself.
+    let mut tcp = pki.cred_args("proxy");
+    tcp.extend(["--mode", "tcp", "--allow", WEB_ID, "--rate-limit", "2/h"].map(String::from));
+    let mut args: Vec<String> = ["proxy", "inbound", "--listen", "127.0.0.1:0"]
+        .map(String::from)
+        .to_vec();
+    args.extend(["--backend".into(), backend.addr.to_string()]);
+    let (code, _, err) = parts(&run(args.iter().chain(&tcp)).await);
+    assert_ne!(code, 0);
+    assert!(
+        err.contains("--rate-limit") && err.contains("--mode http"),
+        "{err}"
+    );
+    let mut bad = pki.cred_args("proxy");
+    bad.extend(
+        [
+            "--allow",
+            WEB_ID,
+            "--limit-for",
+            "spiffe://example.org/batch/*=rate=0/s",
+        ]
+        .map(String::from),
+    );
+    let (code, _, err) = parts(&run(args.iter().chain(&bad)).await);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--limit-for"), "{err}");
+    let mut zero = pki.cred_args("proxy");
+    zero.extend(["--allow", WEB_ID, "--concurrency-limit", "0"].map(String::from));
+    let (code, _, err) = parts(&run(args.iter().chain(&zero)).await);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--concurrency-limit"), "{err}");
+}

@@ -19,6 +19,7 @@ use secure_channel::integration::axum::{LayeredRouter, layer_before_routing};
 use secure_channel::jwt::{JwtValidator, VerifiedClaims};
 use secure_channel::layer::authorize::AuthorizeLayer;
 use secure_channel::layer::jwt::{Jwt, JwtLayer};
+use secure_channel::layer::rate_limit::{RateLimit, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
@@ -36,12 +37,19 @@ pub(crate) struct Config {
     pub(crate) policy: Option<PolicySource>,
     /// Tokens required on every request (`--jwks`).
     pub(crate) validator: Option<JwtValidator>,
+    /// Per-caller limits (`--rate-limit`, `--limit-for`, ...).
+    pub(crate) limits: Option<RateLimitLayer>,
 }
 
-/// The service `integration::hyper::serve` runs: the JWT layer, then `--allow` or the policy
-/// (as echo_server decides), then the forwarding handler. The layers are the crate's own, so a
-/// request is admitted exactly as in-process.
-pub(crate) fn service(config: Config) -> LayeredRouter<tower::util::Either<Jwt<Router>, Router>> {
+/// The layers in front of the routes: limits, then tokens.
+type Front = tower::util::Either<RateLimit<Tokens>, Tokens>;
+type Tokens = tower::util::Either<Jwt<Router>, Router>;
+
+/// The service `integration::hyper::serve` runs: the per-caller limits (first: they need only
+/// the verified identity, and spare the token and policy checks a flood), the JWT layer, then
+/// `--allow` or the policy (as echo_server decides), then the forwarding handler. The layers are
+/// the crate's own, so a request is admitted exactly as in-process.
+pub(crate) fn service(config: Config) -> LayeredRouter<Front> {
     let forwarder = Arc::new(Forwarder {
         client: Client::builder(TokioExecutor::new())
             .build(BackendConnector::new(config.backend.clone())),
@@ -63,7 +71,9 @@ pub(crate) fn service(config: Config) -> LayeredRouter<tower::util::Either<Jwt<R
     };
     layer_before_routing(
         routes,
-        tower::util::option_layer(config.validator.map(JwtLayer::new)),
+        tower::ServiceBuilder::new()
+            .option_layer(config.limits)
+            .option_layer(config.validator.map(JwtLayer::new)),
     )
 }
 

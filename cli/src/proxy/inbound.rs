@@ -13,6 +13,7 @@ use secure_channel::{AllowList, IdMatcher, SecureChannel};
 
 use crate::failure::{Failure, Outcome};
 use crate::proxy::flags::{TrustFlags, parse_listen, parse_matcher};
+use crate::proxy::limits::LimitFlags;
 use crate::proxy::local::LocalAddr;
 use crate::proxy::{admin, http_in, serve_until_terminated, tcp_in, trust};
 
@@ -35,6 +36,8 @@ pub(crate) struct InboundArgs {
     pub(crate) proxy_protocol: bool,
     #[command(flatten)]
     pub(crate) trust: TrustFlags,
+    #[command(flatten)]
+    pub(crate) limits: LimitFlags,
     /// Callers allowed on every route (repeatable): an exact ID spiffe://td/path, a trust
     /// domain spiffe://td, or a prefix spiffe://td/path/*.
     #[arg(long, value_name = "MATCHER", value_parser = parse_matcher)]
@@ -102,6 +105,11 @@ fn check_mode(args: &InboundArgs) -> Result<(), Failure> {
         Mode::Tcp if args.policy.is_some() || args.jwks.is_some() => Err(Failure::Usage(
             "--mode tcp admits by --allow only: --policy and --jwks need --mode http".into(),
         )),
+        Mode::Tcp if args.limits.any() => Err(Failure::Usage(
+            "--rate-limit, --concurrency-limit, --total-rate-limit and --limit-for limit \
+             requests: they need --mode http"
+                .into(),
+        )),
         Mode::Tcp if args.allow.is_empty() => Err(Failure::Usage(
             "--mode tcp needs at least one --allow: nobody is allowed by default".into(),
         )),
@@ -144,6 +152,7 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
     let metrics = args.admin.map(|_| admin::install_recorder()).transpose()?;
     let (source, _jwt_svids) = trust::credentials(&args.trust).await?;
     let validator = token_validator(&args)?;
+    let limits = args.limits.layer()?;
     let policy = match &args.policy {
         // The error names the file and the line.
         Some(path) => Some(
@@ -211,6 +220,7 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         allow,
         policy,
         validator,
+        limits,
     });
     serve_until_terminated(grace, &draining, move |stop| {
         secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(

@@ -5,6 +5,7 @@ mod admin;
 mod flags;
 mod http_in;
 mod inbound;
+mod limits;
 mod local;
 mod outbound;
 mod proxy_protocol;
