@@ -120,7 +120,7 @@ log "development PKI in $W"
   openssl x509 -req -in server.csr -CA web-ca.pem -CAkey web-ca.key -CAcreateserial -days 2 \
     -extfile server.ext -out server.pem 2>/dev/null
   "$KC_JAVA_HOME/bin/keytool" -importcert -noprompt -storetype PKCS12 -keystore truststore.p12 \
-    -storepass interop -alias a.test -file spiffe-ca.pem >/dev/null
+    -storepass interop -alias a.test -file spiffe-ca.pem >/dev/null 2>&1
 )
 # As Java names it (RFC 2253), for the clients' x509.casubjectdn.
 ca_subject_dn="CN=a.test interop CA,O=secure-channel interop"

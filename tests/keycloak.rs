@@ -41,8 +41,8 @@ use secure_channel::oauth::{
 use secure_channel::testkit::{DevCa, IssuedSvid};
 use secure_channel::transport::WebPkiConnector;
 use secure_channel::{
-    ConnectionErrorKind, Credentials, MemorySource, PeerIdentity, SecureChannel,
-    SecureChannelBuilder, SecureConnector, TrustBundles,
+    ConnectionErrorKind, MemorySource, PeerIdentity, SecureChannel, SecureChannelBuilder,
+    SecureConnector,
 };
 use tokio::net::TcpListener;
 use tower::ServiceExt;
@@ -102,10 +102,7 @@ fn workload(
         None => builder,
     };
     let svid = builder.issue().unwrap();
-    let source = MemorySource::new(Credentials::new(
-        svid.to_svid().unwrap(),
-        TrustBundles::new().with(ca.bundle().unwrap()),
-    ));
+    let source = support::source_of(ca, &svid);
     let channel = configure(SecureChannel::builder(&source)).build().unwrap();
     Workload {
         svid,
