@@ -117,7 +117,7 @@ impl AuthorizationServer {
             }
         }
         match last {
-            Some(error) => Err(OAuthConfigError::Discovery(error)),
+            Some(error) => Err(OAuthConfigError::Discovery(Box::new(error))),
             None => Err(OAuthConfigError::InvalidMetadata {
                 url: issuer.to_owned(),
                 problem: "no metadata location".into(),

@@ -32,7 +32,7 @@ pub enum OAuthConfigError {
     },
     /// Fetching the authorization server's metadata failed.
     #[error("fetching the authorization server metadata failed: {0}")]
-    Discovery(#[source] TokenRequestError),
+    Discovery(#[source] Box<TokenRequestError>),
     /// The metadata names another issuer than the one asked for (RFC 8414 section 3.3: the
     /// metadata must not be used).
     #[error("the metadata at {url} names issuer {presented:?}, not the expected {expected:?}")]
@@ -214,7 +214,7 @@ pub struct TokenRequestError {
     kind: TokenRequestErrorKind,
     endpoint: String,
     detail: String,
-    response: Option<ErrorResponse>,
+    response: Option<Box<ErrorResponse>>,
     source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
@@ -246,7 +246,7 @@ impl TokenRequestError {
             kind: TokenRequestErrorKind::ErrorResponse,
             endpoint: endpoint_text(endpoint),
             detail: response.to_string(),
-            response: Some(response),
+            response: Some(Box::new(response)),
             source: None,
         }
     }
@@ -263,7 +263,7 @@ impl TokenRequestError {
 
     /// The server's RFC 6749 section 5.2 error, for [`TokenRequestErrorKind::ErrorResponse`].
     pub fn error_response(&self) -> Option<&ErrorResponse> {
-        self.response.as_ref()
+        self.response.as_deref()
     }
 
     /// The connection error, for [`TokenRequestErrorKind::Connect`] when the connector

@@ -244,10 +244,9 @@ fn parse_answer(
         }
         None => return Err(invalid("the answer has no token_type".into())),
     }
+    let issued_token_type = object.get("issued_token_type").and_then(|v| v.as_str());
     if let Expect::Exchanged = expect
-        && !object
-            .get("issued_token_type")
-            .is_some_and(|v| v.as_str().is_some_and(|s| !s.is_empty()))
+        && issued_token_type.is_none_or(str::is_empty)
     {
         return Err(invalid(
             "the answer has no issued_token_type (RFC 8693 section 2.2.1)".into(),
