@@ -13,10 +13,10 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::identity::{AllowList, IdMatcher, PeerAdmission};
 use crate::source::CredentialSource;
 use crate::source::status::CredentialStatus;
-use crate::tls::{TlsConfigs, TlsPolicy};
+use crate::tls::{SvidResolver, TlsConfigs, TlsPolicy};
 use crate::transport::{
     CutOffPolicy, HandshakeDeadlines, Handshaker, SecureConnector, SecureListener,
-    SecureListenerBuilder, SecureStream, Trigger,
+    SecureListenerBuilder, SecureStream, Trigger, WebPkiConnector,
 };
 use crate::{ConfigError, ConnectionError};
 
@@ -185,6 +185,23 @@ impl SecureChannel {
     /// A connector for hyper and tonic clients; see [`SecureConnector`].
     pub fn connector(&self) -> SecureConnector {
         SecureConnector::new(self.handshaker.clone())
+    }
+
+    /// `connector` (WebPKI server authentication) presenting this channel's current SVID as its
+    /// TLS client certificate, read at each handshake as the channel's own handshakes do (never
+    /// an expired one).
+    ///
+    /// For mutual TLS with servers that are not SPIFFE workloads but accept client
+    /// certificates, such as an OAuth 2.0 authorization server doing RFC 8705 client
+    /// authentication; see [`oauth`](crate::oauth). The server is authenticated by the host
+    /// name in the URI against the connector's roots, never by SPIFFE ID: for a server that is
+    /// a SPIFFE workload, use [`connector`](Self::connector) instead.
+    pub fn presenting_svid(&self, connector: WebPkiConnector) -> WebPkiConnector {
+        let tls = self.handshaker.tls();
+        connector.with_client_certificate(Arc::new(SvidResolver::new(
+            self.handshaker.source().clone(),
+            tls.time(),
+        )))
     }
 
     /// The bound on each handshake.

@@ -111,6 +111,7 @@ pub mod integration;
 pub mod jwt;
 pub mod layer;
 mod limit;
+pub mod oauth;
 mod reload;
 pub mod revocation;
 pub mod source;

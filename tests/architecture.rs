@@ -21,6 +21,7 @@ const ORDER: &[&str] = &[
     "authz",
     "layer",
     "integration",
+    "oauth",
     "workload_api",
     "channel",
     "testkit",

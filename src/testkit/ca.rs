@@ -379,6 +379,7 @@ impl DevCa {
             uris: vec![spiffe_id.to_owned()],
             dns_names: Vec::new(),
             ip_addresses: Vec::new(),
+            common_name: None,
             key_algorithm: KeyAlgorithm::default(),
             not_before: now - Duration::from_secs(300),
             not_after: now + Duration::from_secs(3600),
@@ -489,6 +490,7 @@ pub struct SvidBuilder<'a> {
     uris: Vec<String>,
     dns_names: Vec<String>,
     ip_addresses: Vec<std::net::IpAddr>,
+    common_name: Option<String>,
     key_algorithm: KeyAlgorithm,
     not_before: SystemTime,
     not_after: SystemTime,
@@ -523,6 +525,14 @@ impl SvidBuilder<'_> {
     /// Removes every URI SAN (with [`dns_name`](Self::dns_name), a plain TLS certificate).
     pub fn without_uri(mut self) -> Self {
         self.uris.clear();
+        self
+    }
+
+    /// Adds a common name to the subject (default: `O=secure-channel testkit` only), for
+    /// servers that identify clients by subject DN, such as Keycloak's X.509 client
+    /// authenticator: the subject becomes `CN=<name>, O=secure-channel testkit`.
+    pub fn common_name(mut self, name: &str) -> Self {
+        self.common_name = Some(name.to_owned());
         self
     }
 
@@ -582,6 +592,9 @@ impl SvidBuilder<'_> {
         params
             .distinguished_name
             .push(DnType::OrganizationName, "secure-channel testkit");
+        if let Some(name) = &self.common_name {
+            params.distinguished_name.push(DnType::CommonName, name);
+        }
         params.serial_number = Some(serial_for(&key));
         for uri in &self.uris {
             params.subject_alt_names.push(SanType::URI(ia5(uri)?));

@@ -30,6 +30,7 @@ mod verifier;
 pub use config::KeyExchange;
 pub(crate) use config::{TlsConfigs, TlsPolicy};
 pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
+pub(crate) use resolver::SvidResolver;
 #[cfg(feature = "testkit")]
 #[doc(hidden)]
 pub use verifier::BenchVerifier;

@@ -19,7 +19,10 @@ use crate::transport::connector::Connecting;
 use crate::transport::error::ConnectionError;
 
 /// Connects over TLS and authenticates the server by the host name in the URI against WebPKI
-/// roots: the system's, or given CA certificates. No client certificate is sent.
+/// roots: the system's, or given CA certificates. No client certificate is sent, unless the
+/// connector came from [`SecureChannel::presenting_svid`](crate::SecureChannel::presenting_svid),
+/// which presents the channel's current SVID (mutual TLS with a server that is not a SPIFFE
+/// workload, such as an OAuth 2.0 authorization server).
 ///
 /// Only `https` URIs are accepted. TLS 1.3 and 1.2 (rustls defaults), ALPN `http/1.1`.
 #[derive(Clone)]
@@ -84,6 +87,18 @@ impl WebPkiConnector {
             config: Arc::new(config),
             timeout: std::time::Duration::from_secs(10),
         })
+    }
+
+    /// The same connector presenting, as its TLS client certificate, what `resolver` resolves
+    /// at each handshake.
+    pub(crate) fn with_client_certificate(
+        mut self,
+        resolver: Arc<dyn rustls::client::ResolvesClientCert>,
+    ) -> Self {
+        let mut config = (*self.config).clone();
+        config.client_auth_cert_resolver = resolver;
+        self.config = Arc::new(config);
+        self
     }
 
     /// Connects to an `https` URI.

@@ -248,6 +248,14 @@ pub fn ca(trust_domain: &str) -> DevCa {
     DevCa::new(trust_domain).unwrap()
 }
 
+/// A memory source presenting `svid` and trusting `ca`'s bundle.
+pub fn source_of(ca: &DevCa, svid: &IssuedSvid) -> MemorySource {
+    MemorySource::new(secure_channel::Credentials::new(
+        svid.to_svid().unwrap(),
+        secure_channel::TrustBundles::new().with(ca.bundle().unwrap()),
+    ))
+}
+
 /// A clock that tests can move, for the channel's and validators' `time_provider`.
 #[derive(Debug)]
 pub struct TestClock(std::sync::Mutex<std::time::SystemTime>);

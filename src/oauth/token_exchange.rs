@@ -1,0 +1,303 @@
+//! OAuth 2.0 Token Exchange (RFC 8693): a gateway exchanges the end user's token for one meant
+//! for a downstream audience. [`TokenExchange`], [`SubjectToken`], [`ExchangedToken`].
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
+
+use http::{Request, header};
+use hyper_util::client::legacy::connect::Connect;
+use sha2::{Digest, Sha256};
+
+use super::client_credentials::{Common, common_builder_methods};
+use super::discovery::AuthorizationServer;
+use super::error::{OAuthConfigError, TokenRequestError};
+use super::token::{ClientAuth, Expect, Targets, TokenEndpoint};
+use crate::jwt::{BearerToken, TokenProvider, TokenProviderError, VerifiedClaims};
+use crate::source::CredentialSource;
+
+type BoxFuture<'a, T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'a>>;
+
+/// The grant type of RFC 8693.
+pub const TOKEN_EXCHANGE_GRANT: &str = "urn:ietf:params:oauth:grant-type:token-exchange";
+/// The token type of an OAuth 2.0 access token (RFC 8693 section 3).
+pub const ACCESS_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:access_token";
+/// The token type of a JWT (RFC 8693 section 3).
+pub const JWT_TOKEN_TYPE: &str = "urn:ietf:params:oauth:token-type:jwt";
+
+/// The default bound on the exchanged tokens kept (one per subject token).
+pub const DEFAULT_EXCHANGE_CACHE_CAPACITY: usize = 1024;
+
+/// The token to exchange: the end user's, as the gateway received it. Its `Debug` never shows
+/// it.
+#[derive(Clone)]
+pub struct SubjectToken {
+    token: String,
+    token_type: &'static str,
+}
+
+impl fmt::Debug for SubjectToken {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SubjectToken")
+            .field("token", &"<redacted>")
+            .field("token_type", &self.token_type)
+            .finish()
+    }
+}
+
+/// Why no [`SubjectToken`] could be taken from a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SubjectTokenError {
+    /// The request carries no [`VerifiedClaims`]: the JWT layer did not validate its token
+    /// (it is not in front of this code), so the token is not passed on.
+    #[error(
+        "the request's token was not validated (no VerifiedClaims: put the JWT layer in front)"
+    )]
+    NotVerified,
+    /// The request has no `Authorization: Bearer` header.
+    #[error("the request has no bearer token")]
+    NoBearerToken,
+}
+
+impl SubjectToken {
+    /// An access token to exchange (`subject_token_type` access_token).
+    pub fn access_token(token: impl Into<String>) -> Self {
+        Self {
+            token: token.into(),
+            token_type: ACCESS_TOKEN_TYPE,
+        }
+    }
+
+    /// The bearer token of an incoming request that the JWT layer
+    /// ([`JwtLayer`](crate::layer::jwt::JwtLayer)) validated: the request must carry its
+    /// [`VerifiedClaims`], so an unvalidated token is never passed on.
+    pub fn from_verified_request<B>(request: &Request<B>) -> Result<Self, SubjectTokenError> {
+        if request.extensions().get::<VerifiedClaims>().is_none() {
+            return Err(SubjectTokenError::NotVerified);
+        }
+        let value = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .ok_or(SubjectTokenError::NoBearerToken)?;
+        let (scheme, token) = value
+            .trim()
+            .split_once(' ')
+            .ok_or(SubjectTokenError::NoBearerToken)?;
+        let token = token.trim();
+        if !scheme.eq_ignore_ascii_case("bearer") || token.is_empty() {
+            return Err(SubjectTokenError::NoBearerToken);
+        }
+        Ok(Self::access_token(token))
+    }
+
+    fn key(&self) -> [u8; 32] {
+        let mut hash = Sha256::new();
+        hash.update(self.token_type.as_bytes());
+        hash.update([0]);
+        hash.update(self.token.as_bytes());
+        hash.finalize().into()
+    }
+}
+
+/// Exchanges end users' tokens for tokens meant for one downstream audience (RFC 8693), the
+/// gateway authenticated by its certificate (RFC 8705). Cheap to clone.
+///
+/// Exchanged tokens are kept per subject token (at most
+/// [`cache_capacity`](TokenExchangeBuilder::cache_capacity), until shortly before they expire),
+/// so a user's requests in a row cost one exchange. By default the exchanged token must be
+/// bound to this workload's certificate, as for
+/// [`ClientCredentials`](super::ClientCredentials).
+pub struct TokenExchange<C> {
+    inner: Arc<Inner<C>>,
+}
+
+impl<C> Clone for TokenExchange<C> {
+    fn clone(&self) -> Self {
+        Self {
+            inner: Arc::clone(&self.inner),
+        }
+    }
+}
+
+impl<C> fmt::Debug for TokenExchange<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TokenExchange")
+            .field("endpoint", &self.inner.endpoint)
+            .field("targets", &self.inner.targets)
+            .field("capacity", &self.inner.capacity)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner<C> {
+    endpoint: TokenEndpoint<C>,
+    targets: Targets,
+    requested_token_type: Option<&'static str>,
+    refresh_before: Duration,
+    capacity: usize,
+    cache: Mutex<HashMap<[u8; 32], (BearerToken, SystemTime)>>,
+}
+
+impl TokenExchange<()> {
+    /// Starts building a token exchange at `server` as the client `client_id`, authenticating
+    /// with `auth` and presenting the SVID of `source`; see
+    /// [`ClientCredentials::builder`](super::ClientCredentials::builder).
+    pub fn builder(
+        server: &AuthorizationServer,
+        client_id: impl Into<String>,
+        auth: ClientAuth,
+        source: &CredentialSource,
+    ) -> TokenExchangeBuilder {
+        TokenExchangeBuilder {
+            common: Common::new(server, client_id.into(), auth, source),
+            requested_token_type: None,
+            capacity: DEFAULT_EXCHANGE_CACHE_CAPACITY,
+        }
+    }
+}
+
+/// Builds a [`TokenExchange`]; see [`TokenExchange::builder`].
+#[must_use]
+#[derive(Debug)]
+pub struct TokenExchangeBuilder {
+    common: Common,
+    requested_token_type: Option<&'static str>,
+    capacity: usize,
+}
+
+impl TokenExchangeBuilder {
+    common_builder_methods!();
+
+    /// Asks for an access token explicitly (`requested_token_type`; by default the parameter
+    /// is left out and the server issues an access token).
+    pub fn request_access_token(mut self) -> Self {
+        self.requested_token_type = Some(ACCESS_TOKEN_TYPE);
+        self
+    }
+
+    /// How many exchanged tokens are kept (default 1024; 0 keeps none).
+    pub fn cache_capacity(mut self, capacity: usize) -> Self {
+        self.capacity = capacity;
+        self
+    }
+
+    /// Checks the configuration (as
+    /// [`ClientCredentialsBuilder::build`](super::ClientCredentialsBuilder::build) does, for the
+    /// token exchange grant) and builds the exchange, which requests through `connector`.
+    pub fn build<C>(self, connector: C) -> Result<TokenExchange<C>, OAuthConfigError>
+    where
+        C: Connect + Clone + Send + Sync + 'static,
+    {
+        let (endpoint, targets, refresh_before) =
+            self.common.endpoint(TOKEN_EXCHANGE_GRANT, connector)?;
+        Ok(TokenExchange {
+            inner: Arc::new(Inner {
+                endpoint,
+                targets,
+                requested_token_type: self.requested_token_type,
+                refresh_before,
+                capacity: self.capacity,
+                cache: Mutex::new(HashMap::new()),
+            }),
+        })
+    }
+}
+
+impl<C> TokenExchange<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    /// A token for the downstream audience standing for `subject`'s user: the kept one, or a
+    /// new exchange.
+    pub async fn exchange(&self, subject: &SubjectToken) -> Result<BearerToken, TokenRequestError> {
+        let key = subject.key();
+        let now = SystemTime::now();
+        if let Some((token, refresh_at)) = self.cache().get(&key)
+            && now < *refresh_at
+        {
+            return Ok(token.clone());
+        }
+        let inner = &self.inner;
+        let token = inner
+            .endpoint
+            .request(TOKEN_EXCHANGE_GRANT, Expect::Exchanged, |form| {
+                form.append_pair("subject_token", &subject.token);
+                form.append_pair("subject_token_type", subject.token_type);
+                if let Some(requested) = inner.requested_token_type {
+                    form.append_pair("requested_token_type", requested);
+                }
+                inner.targets.append(form);
+            })
+            .await?;
+        self.keep(key, &token, now);
+        Ok(token)
+    }
+
+    /// A [`TokenProvider`] of exchanged tokens for `subject` (for a
+    /// [`ClientTokenLayer`](crate::layer::client_token::ClientTokenLayer) on the client that
+    /// makes this user's downstream calls).
+    pub fn provider(&self, subject: SubjectToken) -> ExchangedToken<C> {
+        ExchangedToken {
+            exchange: self.clone(),
+            subject,
+        }
+    }
+
+    fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (BearerToken, SystemTime)>> {
+        // A poisoned lock only means a panic elsewhere while holding it; the map stays usable.
+        self.inner
+            .cache
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn keep(&self, key: [u8; 32], token: &BearerToken, now: SystemTime) {
+        let Some(expires) = token.expires_at() else {
+            return;
+        };
+        let remaining = expires.duration_since(now).unwrap_or_default();
+        let margin = self.inner.refresh_before.max(remaining / 3);
+        let Some(refresh_at) = expires.checked_sub(margin).filter(|at| *at > now) else {
+            return;
+        };
+        let mut cache = self.cache();
+        if cache.len() >= self.inner.capacity {
+            cache.retain(|_, (_, at)| *at > now);
+        }
+        if cache.len() < self.inner.capacity {
+            cache.insert(key, (token.clone(), refresh_at));
+        }
+    }
+}
+
+/// Exchanged tokens for one subject token: a [`TokenProvider`]; see
+/// [`TokenExchange::provider`].
+pub struct ExchangedToken<C> {
+    exchange: TokenExchange<C>,
+    subject: SubjectToken,
+}
+
+impl<C> fmt::Debug for ExchangedToken<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ExchangedToken")
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<C> TokenProvider for ExchangedToken<C>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    fn token(&self) -> BoxFuture<'_, Result<BearerToken, TokenProviderError>> {
+        Box::pin(async move {
+            self.exchange
+                .exchange(&self.subject)
+                .await
+                .map_err(TokenProviderError::from)
+        })
+    }
+}
