@@ -243,6 +243,106 @@ fn instructions(n: usize) {
     both::<6, _>("authorize+rule-limits", &limited, &callers, n);
 }
 
+/// The thread CPU time per request of `batch` requests through `service`, the callers in turn
+/// from `*next` (or, with `one`, all from one of them).
+fn timed_batch<S>(
+    service: &S,
+    callers: &[PeerIdentity],
+    next: &mut usize,
+    batch: usize,
+    one: bool,
+) -> f64
+where
+    S: Service<Request<Body>, Response = Response<Body>, Error = Infallible> + Clone,
+{
+    let start = cpu_time::now();
+    for _ in 0..batch {
+        std::hint::black_box(oneshot(service, request(&callers[*next])));
+        if !one {
+            *next = (*next + 1) % callers.len();
+        }
+    }
+    cpu_time::now().saturating_sub(start).as_nanos() as f64 / batch as f64
+}
+
+/// For a host other processes keep busy: `rounds` rounds, each timing one batch of every
+/// stack in turn (so that each round's stacks meet the same host), in thread CPU time; then per
+/// stack the minimum and the 10th percentile over the rounds (a batch another process
+/// disturbed only ever takes longer), and their difference to the bare handler's.
+fn min_of_rounds(rounds: usize) {
+    let (_ca, _source, _server, callers) = setup(CALLERS);
+    min_of_rounds_in(&callers, rounds, false);
+    min_of_rounds_in(&callers, rounds, true);
+}
+
+fn min_of_rounds_in(callers: &[PeerIdentity], rounds: usize, one: bool) {
+    const BATCH: usize = 10_000;
+    let rate = rate_layer().layer(Handler);
+    let concurrency = concurrency_layer().layer(Handler);
+    let authorize = authorize_layer(false).layer(Handler);
+    let limited = authorize_layer(true).layer(Handler);
+    // A layer that does nothing but be one: what any layer's framing costs here.
+    let pass = tower::util::MapRequestLayer::new(|r: Request<Body>| r).layer(Handler);
+    let names = [
+        "bare",
+        "rate",
+        "rate+concurrency",
+        "authorize",
+        "authorize+rule-limits",
+        "pass-through layer",
+    ];
+    let mut times: Vec<Vec<f64>> = vec![Vec::with_capacity(rounds); names.len()];
+    let mut next = [if one { CALLERS / 2 } else { 0 }; 6];
+    for round in 0..=rounds {
+        let batch = [
+            timed_batch(&Handler, callers, &mut next[0], BATCH, one),
+            timed_batch(&rate, callers, &mut next[1], BATCH, one),
+            timed_batch(&concurrency, callers, &mut next[2], BATCH, one),
+            timed_batch(&authorize, callers, &mut next[3], BATCH, one),
+            timed_batch(&limited, callers, &mut next[4], BATCH, one),
+            timed_batch(&pass, callers, &mut next[5], BATCH, one),
+        ];
+        // Round 0 warms the caches and the callers' entries.
+        if round > 0 {
+            for (stack, ns) in batch.into_iter().enumerate() {
+                times[stack].push(ns);
+            }
+        }
+    }
+    for stack in [&rate, &concurrency] {
+        assert_eq!(oneshot(stack, request(&callers[0])).status(), 200);
+    }
+    let stats: Vec<(f64, f64)> = times
+        .iter_mut()
+        .map(|t| {
+            t.sort_by(f64::total_cmp);
+            (t[0], t[t.len() / 10])
+        })
+        .collect();
+    let mode = if one {
+        "every request from one of them"
+    } else {
+        "in turn"
+    };
+    println!(
+        "{rounds} rounds of {BATCH} requests per stack, {CALLERS} callers {mode}, thread CPU ns/request:"
+    );
+    for (i, name) in names.iter().enumerate() {
+        let (min, p10) = stats[i];
+        let base = if i == 4 { stats[3] } else { stats[0] };
+        let over = match i {
+            0 | 3 => "",
+            4 => " over authorize",
+            _ => " over bare",
+        };
+        println!(
+            "  {name:<22} min {min:7.1}  p10 {p10:7.1}  ({:+.1} / {:+.1}{over})",
+            min - base.0,
+            p10 - base.1
+        );
+    }
+}
+
 /// The process's resident memory, in bytes (Linux; 0 elsewhere).
 fn resident() -> usize {
     std::fs::read_to_string("/proc/self/statm")
@@ -277,13 +377,21 @@ fn memory(ca: &DevCa, server: &SecureChannel) {
 
 /// criterion's main (wall-clock time; with `RATE_LIMIT_CPU_TIME=1` in the environment, the
 /// thread's CPU time instead, for a host other processes keep busy), or with
-/// `RATE_LIMIT_INSTRUCTIONS=N`, N requests per stack and mode for callgrind to count.
+/// `RATE_LIMIT_INSTRUCTIONS=N`, N requests per stack and mode for callgrind to count, or with
+/// `RATE_LIMIT_MIN_OF=N`, N interleaved rounds of batches (see [`min_of_rounds`]).
 fn main() {
     if let Some(n) = std::env::var("RATE_LIMIT_INSTRUCTIONS")
         .ok()
         .and_then(|n| n.parse().ok())
     {
         instructions(n);
+        return;
+    }
+    if let Some(rounds) = std::env::var("RATE_LIMIT_MIN_OF")
+        .ok()
+        .and_then(|n| n.parse().ok())
+    {
+        min_of_rounds(rounds);
         return;
     }
     if std::env::var_os("RATE_LIMIT_CPU_TIME").is_some() {

@@ -19,7 +19,8 @@ impl ThreadCpuTime {
     }
 }
 
-fn now() -> Duration {
+/// The calling thread's CPU time so far.
+pub(crate) fn now() -> Duration {
     let time = clock_gettime(ClockId::ThreadCPUTime);
     Duration::new(
         u64::try_from(time.tv_sec).unwrap_or(0),
