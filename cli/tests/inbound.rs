@@ -690,11 +690,17 @@ rate = "1/h"
 #[tokio::test]
 async fn per_caller_limits_from_flags_and_from_policy_rules_answer_429() {
     const BATCH_ID: &str = "spiffe://example.org/batch/nightly";
+    const LATE_ID: &str = "spiffe://example.org/batch/late";
     let pki = Pki::new();
     pki.svid("proxy", PROXY_ID);
-    pki.svid("web", WEB_ID);
-    pki.svid("other", OTHER_ID);
-    pki.svid("batch", BATCH_ID);
+    for (name, id) in [
+        ("web", WEB_ID),
+        ("other", OTHER_ID),
+        ("batch", BATCH_ID),
+        ("late", LATE_ID),
+    ] {
+        pki.svid(name, id);
+    }
     let policy = pki.dir.write("policy.toml", LIMITED_POLICY);
     let backend = BackendServer::start().await;
     let running = proxy(
@@ -708,9 +714,13 @@ async fn per_caller_limits_from_flags_and_from_policy_rules_answer_429() {
             "--policy",
             policy.to_str().unwrap(),
             "--rate-limit",
-            "2/h",
+            "1/h",
+            "--rate-burst",
+            "2",
             "--limit-for",
             "spiffe://example.org/batch/*=rate=4/h,name=batch",
+            "--total-rate-limit",
+            "9/h",
         ],
     )
     .await;
@@ -720,8 +730,15 @@ async fn per_caller_limits_from_flags_and_from_policy_rules_answer_429() {
         (source, lib_client(&channel))
     };
 
-    // The default limit (--rate-limit 2/h): the third request is refused, with the time until
-    // the next one may come.
+    // A policy rule's own limit (rate = "1/h"), under the flags' default (a burst of 2).
+    let (_other_source, other) = client_of(OTHER_ID);
+    assert_eq!(status_and_retry_after(&other, &url).await.0, 200);
+    let (status, retry_after) = status_and_retry_after(&other, &url).await;
+    assert_eq!(status, 429);
+    assert!(retry_after.is_some());
+
+    // The default limit (--rate-limit 1/h --rate-burst 2): the third request is refused, with
+    // the time until the next one may come.
     let (_web_source, web) = client_of(WEB_ID);
     for _ in 0..2 {
         assert_eq!(status_and_retry_after(&web, &url).await.0, 200);
@@ -729,7 +746,7 @@ async fn per_caller_limits_from_flags_and_from_policy_rules_answer_429() {
     let (status, retry_after) = status_and_retry_after(&web, &url).await;
     assert_eq!(status, 429);
     let secs: u64 = retry_after.expect("Retry-After").parse().unwrap();
-    assert!((1..=1800).contains(&secs), "{secs}");
+    assert!((1..=3600).contains(&secs), "{secs}");
 
     // The override: another caller, with its own and larger budget, is unaffected by web's.
     let (_batch_source, batch) = client_of(BATCH_ID);
@@ -738,12 +755,42 @@ async fn per_caller_limits_from_flags_and_from_policy_rules_answer_429() {
     }
     assert_eq!(status_and_retry_after(&batch, &url).await.0, 429);
 
-    // A policy rule's own limit (rate = "1/h"), under the flags' default of 2/h.
-    let (_other_source, other) = client_of(OTHER_ID);
-    assert_eq!(status_and_retry_after(&other, &url).await.0, 200);
-    let (status, retry_after) = status_and_retry_after(&other, &url).await;
-    assert_eq!(status, 429);
-    assert!(retry_after.is_some());
+    // The total (9/h): the layer has let 2 + 2 + 4 through, so a new caller with a budget of
+    // its own gets one more, and then the total refuses it.
+    let (_late_source, late) = client_of(LATE_ID);
+    assert_eq!(status_and_retry_after(&late, &url).await.0, 200);
+    assert_eq!(status_and_retry_after(&late, &url).await.0, 429);
+    running.terminate().await;
+
+    // --concurrency-limit: a second request while the first is in flight is refused; once
+    // the first is answered, the next is served.
+    let mut backend = backend;
+    let running = proxy(
+        &pki,
+        &backend.addr.to_string(),
+        &["--allow", WEB_ID, "--concurrency-limit", "1"],
+    )
+    .await;
+    let slow_url = running.url("/slow");
+    let slow = tokio::spawn({
+        let web = web.clone();
+        async move { status_and_retry_after(&web, &slow_url).await.0 }
+    });
+    within(backend.arrivals.recv()).await.unwrap();
+    assert_eq!(
+        status_and_retry_after(&web, &running.url("/orders/1"))
+            .await
+            .0,
+        429
+    );
+    backend.release.notify_one();
+    assert_eq!(within(slow).await.unwrap(), 200);
+    assert_eq!(
+        status_and_retry_after(&web, &running.url("/orders/1"))
+            .await
+            .0,
+        200
+    );
     running.terminate().await;
 
     // Limits are for requests: tcp mode refuses them; a bad --limit-for names itself.
