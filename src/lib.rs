@@ -103,6 +103,7 @@ pub mod authz;
 mod channel;
 mod crypto;
 mod error;
+pub mod federation;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -21,6 +21,7 @@ const ORDER: &[&str] = &[
     "authz",
     "layer",
     "integration",
+    "federation",
     "workload_api",
     "channel",
     "testkit",

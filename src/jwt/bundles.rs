@@ -98,6 +98,20 @@ impl JwtBundles {
             .is_some()
     }
 
+    /// The usable JWT authorities (JWK objects, as they were set) of `trust_domain`'s bundle.
+    pub(crate) fn authorities(&self, trust_domain: &TrustDomain) -> Option<Vec<serde_json::Value>> {
+        self.inner
+            .live
+            .load()
+            .get(trust_domain)
+            .map(|set| set.jwks().to_vec())
+    }
+
+    /// A number that changes whenever a bundle is set or removed.
+    pub fn revision(&self) -> u64 {
+        self.inner.live.notices().revision()
+    }
+
     /// The trust domains that have a bundle.
     pub fn trust_domains(&self) -> Vec<TrustDomain> {
         self.inner.live.load().keys().cloned().collect()

@@ -66,6 +66,7 @@ pub use error::{JwtConfigError, TokenError, TokenErrorKind};
 pub use jsonwebtoken::Algorithm;
 pub use jwks_file::JwksFileBuilder;
 pub use jwks_url::{FetchError, FetchedJwks, JwksFetcher, JwksUrlBuilder};
+pub(crate) use keys::KeySet;
 pub use provider::{BearerToken, CachedTokenProvider, TokenProvider, TokenProviderError};
 pub use source::KeySource;
 pub(crate) use validator::Attempt;

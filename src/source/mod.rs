@@ -15,6 +15,7 @@
 //! last good snapshot, and says why in a `tracing` warning.
 
 mod credentials;
+mod federated;
 mod files;
 mod memory;
 pub(crate) mod status;
@@ -30,6 +31,7 @@ pub use credentials::{Credentials, Svid, TrustBundle, TrustBundles};
 pub(crate) use credentials::{
     anchor_digest, check_own_chain, describe_pem_error, parse_certificates, parse_private_key,
 };
+pub use federated::FederatedBundles;
 pub use files::FileSourceBuilder;
 pub use memory::MemorySource;
 #[cfg(feature = "workload-api")]
@@ -173,7 +175,6 @@ impl Publisher {
     }
 
     /// Completes when every handle of the source is gone.
-    #[cfg(feature = "workload-api")]
     pub(crate) async fn closed(&self) {
         self.writer.closed().await;
     }

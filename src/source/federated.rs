@@ -1,0 +1,167 @@
+//! Federated trust domains' bundles that come from somewhere other than the credential source
+//! (SPIFFE bundle endpoints), and the source that adds them to another source's credentials.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use spiffe::TrustDomain;
+use tokio::sync::watch;
+
+use crate::error::ConfigError;
+use crate::reload::{Live, Writer};
+use crate::source::{CredentialSource, Credentials, TrustBundles};
+
+/// X.509 bundles of federated trust domains by trust domain; a live, cheaply cloned handle.
+///
+/// Fed by [`federation::BundleEndpointClient`](crate::federation::BundleEndpointClient)s (each
+/// setting the bundle of its own remote trust domain), read by the credential sources built
+/// with [`CredentialSource::with_federated_bundles`].
+#[derive(Clone)]
+pub struct FederatedBundles {
+    inner: Arc<Inner>,
+}
+
+type Bundles = HashMap<TrustDomain, crate::source::TrustBundle>;
+
+struct Inner {
+    live: Live<Bundles>,
+    writer: Writer<Bundles>,
+}
+
+impl Default for FederatedBundles {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FederatedBundles {
+    /// No bundles yet.
+    pub fn new() -> Self {
+        let (live, writer) = Live::new("federation", "federated bundle", HashMap::new());
+        Self {
+            inner: Arc::new(Inner { live, writer }),
+        }
+    }
+
+    /// Sets (or replaces) the bundle of its trust domain; the others are left alone.
+    pub fn set(&self, bundle: crate::source::TrustBundle) {
+        self.inner.writer.update(|current, _| {
+            let mut next = current.clone();
+            next.insert(bundle.trust_domain().clone(), bundle);
+            Some(next)
+        });
+    }
+
+    /// Removes the bundle of `trust_domain`; returns whether there was one.
+    pub fn remove(&self, trust_domain: &TrustDomain) -> bool {
+        self.inner
+            .writer
+            .update(|current, _| {
+                let mut next = current.clone();
+                next.remove(trust_domain).is_some().then_some(next)
+            })
+            .is_some()
+    }
+
+    /// The bundle of `trust_domain`, if one is set.
+    pub fn get(&self, trust_domain: &TrustDomain) -> Option<crate::source::TrustBundle> {
+        self.inner.live.load().get(trust_domain).cloned()
+    }
+
+    /// The trust domains that have a bundle.
+    pub fn trust_domains(&self) -> Vec<TrustDomain> {
+        self.inner.live.load().keys().cloned().collect()
+    }
+
+    /// A number that changes whenever a bundle is set or removed (1 for the empty start).
+    pub fn revision(&self) -> u64 {
+        self.inner.live.notices().revision()
+    }
+
+    /// A receiver that sees each new revision.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.inner.live.notices().subscribe()
+    }
+
+    fn snapshot(&self) -> Arc<Bundles> {
+        self.inner.live.current()
+    }
+}
+
+impl std::fmt::Debug for FederatedBundles {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FederatedBundles")
+            .field(
+                "trust_domains",
+                &self
+                    .trust_domains()
+                    .iter()
+                    .map(TrustDomain::as_str)
+                    .collect::<Vec<_>>(),
+            )
+            .field("revision", &self.revision())
+            .finish()
+    }
+}
+
+/// `base` with the bundles of `federated` added: a federated bundle replaces the base's bundle
+/// of the same trust domain, except for the workload's own trust domain, which only the base
+/// decides.
+fn merge(base: &Credentials, federated: &Bundles) -> Credentials {
+    let own = base.svid().spiffe_id().trust_domain();
+    let mut bundles: TrustBundles = base.bundles().clone();
+    for (trust_domain, bundle) in federated {
+        if trust_domain == own {
+            tracing::warn!(
+                %trust_domain,
+                "a federated bundle for the workload's own trust domain is ignored"
+            );
+            continue;
+        }
+        bundles.insert(bundle.clone());
+    }
+    Credentials::new(base.svid().clone(), bundles)
+}
+
+impl CredentialSource {
+    /// This source's credentials with the bundles of `federated` added (typically fed by
+    /// bundle endpoint clients), followed as either changes: a new snapshot is published
+    /// whenever this source rotates or a federated bundle is set or removed.
+    ///
+    /// A federated bundle replaces this source's bundle of the same trust domain; the
+    /// workload's own trust domain is never taken from `federated`, so a federation partner
+    /// cannot change who vouches for our own workloads. Needs a tokio runtime (the following
+    /// runs as a task, until every handle of the returned source is gone).
+    pub fn with_federated_bundles(
+        &self,
+        federated: &FederatedBundles,
+    ) -> Result<CredentialSource, ConfigError> {
+        let runtime =
+            tokio::runtime::Handle::try_current().map_err(|e| ConfigError::Background {
+                what: "federated bundles task",
+                error: std::io::Error::other(e),
+            })?;
+        let base = self.clone();
+        let federated = federated.clone();
+        let mut base_changes = base.subscribe();
+        let mut federated_changes = federated.subscribe();
+        let (source, publisher) =
+            CredentialSource::new("federated", merge(&base.current(), &federated.snapshot()));
+        runtime.spawn(async move {
+            loop {
+                tokio::select! {
+                    changed = base_changes.changed() => if changed.is_err() { return },
+                    changed = federated_changes.changed() => if changed.is_err() { return },
+                    () = publisher.closed() => return,
+                }
+                // Marks both as seen: the merge below reads the current values of both.
+                base_changes.borrow_and_update();
+                federated_changes.borrow_and_update();
+                if !publisher.publish(merge(&base.current(), &federated.snapshot())) {
+                    return;
+                }
+            }
+        });
+        Ok(source)
+    }
+}
