@@ -10,6 +10,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
+use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
@@ -250,14 +251,24 @@ impl BundleEndpointServer {
         self.tls.clone()
     }
 
-    /// Serves `service` on `listener` until `shutdown` completes; open connections are then
-    /// closed.
-    pub async fn serve(
+    /// Serves `service` (a [`BundleEndpointService`], or a router that mounts one) on
+    /// `listener` until `shutdown` completes; open connections are then closed.
+    pub async fn serve<S, B>(
         self,
         listener: TcpListener,
-        service: BundleEndpointService,
+        service: S,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) where
+        S: tower_service::Service<Request<Incoming>, Response = Response<B>>
+            + Clone
+            + Send
+            + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: http_body::Body + Send + 'static,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
         let acceptor = tokio_rustls::TlsAcceptor::from(self.tls);
         let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
         let mut connections = tokio::task::JoinSet::new();
