@@ -293,11 +293,10 @@ async fn https_spiffe_refuses_an_endpoint_with_another_identity() {
         )
         .await
         .unwrap_err();
-        let FederationError::FirstFetch {
-            error: FetchError::EndpointRefused { rejection, .. },
-            ..
-        } = &error
-        else {
+        let FederationError::FirstFetch { error: failed, .. } = &error else {
+            panic!("{expect}: {error:?}");
+        };
+        let FetchError::EndpointRefused { rejection, .. } = &**failed else {
             panic!("{expect}: {error:?}");
         };
         let got = match rejection {
@@ -385,13 +384,7 @@ async fn https_web_fetches_from_a_webpki_server_and_refuses_an_untrusted_one() {
     .await
     .unwrap_err();
     assert!(
-        matches!(
-            error,
-            FederationError::FirstFetch {
-                error: FetchError::Connect { .. },
-                ..
-            }
-        ),
+        matches!(&error, FederationError::FirstFetch { error, .. } if matches!(**error, FetchError::Connect { .. })),
         "{error:?}"
     );
 }
@@ -539,6 +532,9 @@ async fn scripted_client(
     (script, running, client)
 }
 
+/// Whether a fetch failed for the reason a case expects.
+type IsExpected = fn(&FetchError) -> bool;
+
 /// Every way a fetch can fail keeps the last good bundle, is counted, and says why.
 #[tokio::test]
 async fn a_failed_fetch_keeps_the_last_good_bundle_and_says_why() {
@@ -556,7 +552,7 @@ async fn a_failed_fetch_keeps_the_last_good_bundle_and_says_why() {
         doc.into_bytes()
     };
     let lying = document(&ca("c.test"), Some(11));
-    let cases: Vec<(&str, Answer, fn(&FetchError) -> bool)> = vec![
+    let cases: Vec<(&str, Answer, IsExpected)> = vec![
         (
             "status",
             Answer::Status(StatusCode::INTERNAL_SERVER_ERROR),

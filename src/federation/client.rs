@@ -319,7 +319,7 @@ impl BundleEndpointClientBuilder {
                 );
                 return Err(FederationError::FirstFetch {
                     trust_domain: self.trust_domain.clone(),
-                    error,
+                    error: Box::new(error),
                 });
             }
         };

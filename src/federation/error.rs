@@ -171,7 +171,7 @@ pub enum FederationError {
         /// The remote trust domain.
         trust_domain: TrustDomain,
         /// Why it failed.
-        error: FetchError,
+        error: Box<FetchError>,
     },
     /// TLS could not be configured.
     #[error(transparent)]

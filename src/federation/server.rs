@@ -18,8 +18,9 @@ use rustls::ServerConfig;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::net::TcpListener;
 
+use crate::ConfigError;
 use crate::federation::bundle::SpiffeBundle;
-use crate::federation::error::{BundleError, FederationError};
+use crate::federation::error::BundleError;
 use crate::jwt::JwtBundles;
 use crate::source::CredentialSource;
 
@@ -229,7 +230,7 @@ impl std::fmt::Debug for BundleEndpointServer {
 impl BundleEndpointServer {
     /// `https_spiffe`: presents `source`'s current X.509-SVID (its SPIFFE ID is the endpoint
     /// SPIFFE ID clients configure).
-    pub fn https_spiffe(source: &CredentialSource) -> Result<Self, FederationError> {
+    pub fn https_spiffe(source: &CredentialSource) -> Result<Self, ConfigError> {
         Ok(Self {
             tls: crate::tls::svid_server_config(source)?,
         })
@@ -240,7 +241,7 @@ impl BundleEndpointServer {
     pub fn https_web(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
-    ) -> Result<Self, FederationError> {
+    ) -> Result<Self, ConfigError> {
         Ok(Self {
             tls: crate::tls::web_server_config(chain, key)?,
         })
