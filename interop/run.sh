@@ -13,7 +13,8 @@
 # with its own SPIFFE ID, and runs as separate processes (a test spawns sc-peer as its peer).
 # Environment given to the tests: SPIFFE_ENDPOINT_SOCKET (a.test's agent), SC_INTEROP_AGENT_B,
 # SC_INTEROP_BIN (the copies and the Go programs), SC_INTEROP_CTL (ctl.sh, to stop/start the
-# agent, delete an entry, remove federation), SC_INTEROP_WORK.
+# agent, delete an entry, remove federation, federate with our bundle endpoint), SC_INTEROP_WORK,
+# SC_INTEROP_BUNDLE_ENDPOINT_A and _B (SPIRE's bundle endpoints).
 # Set SC_INTEROP_KEEP=1 to keep the temp dir (configs, logs) after a successful run.
 # Every case must run and pass; the run fails otherwise.
 set -euo pipefail
@@ -156,11 +157,6 @@ for td in a b; do
   agent_start "$td"
 done
 
-entry() { # entry TD ENTRY_ID SPIFFE_ID BINARY [more spire-server entry create flags]
-  local td=$1 id=$2 spiffe_id=$3 exe=$4; shift 4
-  srv "$td" entry create -entryID "$id" -parentID "spiffe://$td.test/agent" -spiffeID "$spiffe_id" \
-    -selector "unix:path:$BIN/$exe" -x509SVIDTTL 30 "$@" >/dev/null
-}
 entry a main spiffe://a.test/rust/main sc-main
 entry a peer spiffe://a.test/rust/peer sc-peer
 entry a doomed spiffe://a.test/rust/doomed sc-doomed
@@ -175,6 +171,11 @@ export SPIFFE_ENDPOINT_SOCKET="unix:$W/a/agent.sock"
 export SC_INTEROP_AGENT_B="unix:$W/b/agent.sock"
 export SC_INTEROP_BIN=$BIN
 export SC_INTEROP_CTL=$INTEROP/ctl.sh
+# SPIRE's own bundle endpoints (https_spiffe, endpoint IDs spiffe://TD/spire/server), for our
+# bundle endpoint client; each trust domain's bundle as SPIRE first served it is in
+# $SC_INTEROP_WORK/TD/bundle.spiffe.
+export SC_INTEROP_BUNDLE_ENDPOINT_A="https://127.0.0.1:${fed_port[a]}"
+export SC_INTEROP_BUNDLE_ENDPOINT_B="https://127.0.0.1:${fed_port[b]}"
 export RUST_LOG=${RUST_LOG:-secure_channel=info}
 
 # The cases, in order, each with the binary (hence the SPIFFE ID) it runs as.
@@ -187,6 +188,8 @@ cases=(
   "sc-main jwt_svids"
   "sc-main go_spiffe_peers"
   "sc-fed federation"
+  "sc-main bundle_endpoint_client_against_spire"
+  "sc-main spire_federates_with_our_bundle_endpoint"
 )
 # Every ignored test of tests/spire.rs but the helper must be in the list above.
 listed=$("$BIN/sc-main" --list --ignored 2>/dev/null | sed -n 's/: test$//p' | grep -vx helper | sort)
