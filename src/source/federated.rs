@@ -43,9 +43,16 @@ impl FederatedBundles {
         }
     }
 
-    /// Sets (or replaces) the bundle of its trust domain; the others are left alone.
+    /// Sets (or replaces) the bundle of its trust domain; the others are left alone. The same
+    /// certificates again change nothing (no new revision).
     pub fn set(&self, bundle: crate::source::TrustBundle) {
         self.inner.writer.update(|current, _| {
+            if current
+                .get(bundle.trust_domain())
+                .is_some_and(|held| held.certificates() == bundle.certificates())
+            {
+                return None;
+            }
             let mut next = current.clone();
             next.insert(bundle.trust_domain().clone(), bundle);
             Some(next)
