@@ -886,3 +886,46 @@ fn bundle_documents_are_checked() {
         Err(BundleError::Malformed { .. })
     ));
 }
+
+/// Fetches are counted in `secure_channel_federation_fetches_total` by trust domain, outcome
+/// and reason.
+#[tokio::test]
+async fn fetches_are_counted_by_outcome_and_reason() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let _guard = metrics::set_default_local_recorder(&recorder);
+    let remote_ca = ca("b.test");
+    let federated = FederatedBundles::new();
+    let (script, _running, client) = scripted_client(&remote_ca, &federated).await;
+    assert!(!within(client.refresh_now()).await.unwrap());
+    script.set(Answer::Status(StatusCode::BAD_GATEWAY));
+    within(client.refresh_now()).await.unwrap_err();
+
+    // Taking a snapshot resets the counters: one snapshot, every question asked of it.
+    let recorded = snapshotter.snapshot().into_vec();
+    let counted = |outcome: &str, reason: &str| -> u64 {
+        let labels = [
+            ("trust_domain", "b.test"),
+            ("outcome", outcome),
+            ("reason", reason),
+        ];
+        recorded
+            .iter()
+            .filter(|(key, _, _, _)| {
+                let key = key.key();
+                key.name() == "secure_channel_federation_fetches_total"
+                    && labels
+                        .iter()
+                        .all(|(k, v)| key.labels().any(|l| l.key() == *k && l.value() == *v))
+            })
+            .map(|(_, _, _, value)| match value {
+                DebugValue::Counter(n) => *n,
+                _ => 0,
+            })
+            .sum()
+    };
+    assert_eq!(counted("applied", "none"), 1);
+    assert_eq!(counted("unchanged", "none"), 1);
+    assert_eq!(counted("refused", "status"), 1);
+}
