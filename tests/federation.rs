@@ -25,7 +25,7 @@ use secure_channel::identity::PeerRejection;
 use secure_channel::jwt::JwtBundles;
 use secure_channel::source::FederatedBundles;
 use secure_channel::testkit::DevCa;
-use secure_channel::transport::WebPkiConnector;
+use secure_channel::transport::{CutOffReason, WebPkiConnector};
 use secure_channel::{
     Credentials, MemorySource, SecureChannel, SpiffeId, TrustBundle, TrustBundles, TrustDomain,
 };
@@ -141,7 +141,8 @@ fn der(ca: &DevCa) -> Vec<u8> {
 /// https_spiffe end to end: the first fetch (authenticated with the bootstrap bundle), the
 /// X.509 authorities in a channel's credentials (a b.test peer admitted), the JWT authorities
 /// in the JWT bundles, then a CA rotation carried over two fetches: the new CA announced, then
-/// the endpoint's SVID issued by it and authenticated with the bundle fetched before.
+/// the endpoint's SVID issued by it and authenticated with the bundle fetched before; the
+/// partner's open connection under the retired CA is cut off.
 #[tokio::test]
 async fn https_spiffe_fetches_feeds_and_follows_a_ca_rotation() {
     support::init_tracing();
@@ -184,16 +185,15 @@ async fn https_spiffe_fetches_feeds_and_follows_a_ca_rotation() {
     let addr = listener.local_addr().unwrap();
     let accept = tokio::spawn(async move {
         let (tcp, _) = listener.accept().await.unwrap();
-        server
-            .accept(tcp)
-            .await
-            .map(|s| s.peer_identity().spiffe_id().to_string())
+        server.accept(tcp).await
     });
     let _stream = within(partner.connect_tcp(addr)).await.unwrap();
+    let accepted = within(accept).await.unwrap().unwrap();
     assert_eq!(
-        within(accept).await.unwrap().unwrap(),
+        accepted.peer_identity().spiffe_id().to_string(),
         "spiffe://b.test/billing"
     );
+    let partner_signal = accepted.cut_off_signal();
 
     // The same bundle again: nothing changes.
     assert!(!within(client.refresh_now()).await.unwrap());
@@ -233,6 +233,9 @@ async fn https_spiffe_fetches_feeds_and_follows_a_ca_rotation() {
     assert_eq!(certs_of(&federated, "b.test"), vec![der(&next_ca)]);
     assert_eq!(client.revision(), 3);
     assert_eq!(client.failed_fetches(), 0);
+    // The partner's open connection, whose SVID the retired CA issued, is cut off.
+    let cut = within(partner_signal.cut_off()).await;
+    assert_eq!(cut.reason(), CutOffReason::UntrustedChain, "{cut}");
 
     // Trust follows the bundle: an endpoint whose SVID the retired CA issued is refused now.
     remote
