@@ -8,8 +8,10 @@ use spiffe::TrustDomain;
 use tokio::sync::watch;
 
 use crate::error::ConfigError;
-use crate::reload::{Live, Writer};
-use crate::source::{CredentialSource, Credentials, TrustBundles};
+use crate::reload::LiveMap;
+use crate::source::{CredentialSource, Credentials, TrustBundle, TrustBundles};
+
+type Bundles = HashMap<TrustDomain, TrustBundle>;
 
 /// X.509 bundles of federated trust domains by trust domain; a live, cheaply cloned handle.
 ///
@@ -18,14 +20,7 @@ use crate::source::{CredentialSource, Credentials, TrustBundles};
 /// with [`CredentialSource::with_federated_bundles`].
 #[derive(Clone)]
 pub struct FederatedBundles {
-    inner: Arc<Inner>,
-}
-
-type Bundles = HashMap<TrustDomain, crate::source::TrustBundle>;
-
-struct Inner {
-    live: Live<Bundles>,
-    writer: Writer<Bundles>,
+    map: Arc<LiveMap<TrustDomain, TrustBundle>>,
 }
 
 impl Default for FederatedBundles {
@@ -37,61 +32,47 @@ impl Default for FederatedBundles {
 impl FederatedBundles {
     /// No bundles yet.
     pub fn new() -> Self {
-        let (live, writer) = Live::new("federation", "federated bundle", HashMap::new());
         Self {
-            inner: Arc::new(Inner { live, writer }),
+            map: Arc::new(LiveMap::new("federation", "federated bundle")),
         }
     }
 
     /// Sets (or replaces) the bundle of its trust domain; the others are left alone. The same
     /// certificates again change nothing (no new revision).
-    pub fn set(&self, bundle: crate::source::TrustBundle) {
-        self.inner.writer.update(|current, _| {
-            if current
-                .get(bundle.trust_domain())
-                .is_some_and(|held| held.certificates() == bundle.certificates())
-            {
-                return None;
-            }
-            let mut next = current.clone();
-            next.insert(bundle.trust_domain().clone(), bundle);
-            Some(next)
-        });
+    pub fn set(&self, bundle: TrustBundle) {
+        self.map
+            .set(bundle.trust_domain().clone(), bundle, |held, new| {
+                held.certificates() == new.certificates()
+            });
     }
 
     /// Removes the bundle of `trust_domain`; returns whether there was one.
     pub fn remove(&self, trust_domain: &TrustDomain) -> bool {
-        self.inner
-            .writer
-            .update(|current, _| {
-                let mut next = current.clone();
-                next.remove(trust_domain).is_some().then_some(next)
-            })
-            .is_some()
+        self.map.remove(trust_domain)
     }
 
     /// The bundle of `trust_domain`, if one is set.
-    pub fn get(&self, trust_domain: &TrustDomain) -> Option<crate::source::TrustBundle> {
-        self.inner.live.load().get(trust_domain).cloned()
+    pub fn get(&self, trust_domain: &TrustDomain) -> Option<TrustBundle> {
+        self.map.get(trust_domain)
     }
 
     /// The trust domains that have a bundle.
     pub fn trust_domains(&self) -> Vec<TrustDomain> {
-        self.inner.live.load().keys().cloned().collect()
+        self.map.keys()
     }
 
     /// A number that changes whenever a bundle is set or removed (1 for the empty start).
     pub fn revision(&self) -> u64 {
-        self.inner.live.notices().revision()
+        self.map.notices().revision()
     }
 
     /// A receiver that sees each new revision.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.inner.live.notices().subscribe()
+        self.map.notices().subscribe()
     }
 
     fn snapshot(&self) -> Arc<Bundles> {
-        self.inner.live.current()
+        self.map.current()
     }
 }
 
