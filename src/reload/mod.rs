@@ -9,8 +9,7 @@
 //!   compared by content, applied only once stable, the last good value kept on any problem.
 //!
 //! Every source that follows a file or a remote goes through these: credential files, JWKS
-//! files and URLs, JWT bundles, policy files (and revocation lists and federation bundles
-//! next). The sources keep what is their own: parsing, and their log lines and metrics for a
+//! files and URLs, JWT bundles, policy files, revocation lists, federation bundles. The sources keep what is their own: parsing, and their log lines and metrics for a
 //! value applied.
 //!
 //! This room sits below every other: it uses nothing from the crate.

@@ -8,6 +8,8 @@
 //! - [`MemorySource`]: values handed over in code, replaceable at any time.
 //! - [`FileSourceBuilder`]: PEM files that rotate on disk (Kubernetes secrets, cert-manager, Vault agent).
 //! - [`WorkloadApiSourceBuilder`] (feature `workload-api`): the SPIFFE Workload API of a SPIRE agent.
+//! - [`FederatedBundles`]: federated trust domains' bundles from elsewhere (SPIFFE bundle
+//!   endpoints), added to any source by [`CredentialSource::with_federated_bundles`].
 //!
 //! # Security
 //!
