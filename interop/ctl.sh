@@ -9,7 +9,12 @@
 #                                             trust domain) through its bundle endpoint at URL
 #                                             (https_spiffe, ENDPOINT_ID), bootstrapped with
 #                                             BUNDLE (SPIFFE format) by `bundle set`
+#   ctl.sh federate-with-web TD OTHER_TD URL  TD's server federates with OTHER_TD through its
+#                                             https_web bundle endpoint at URL (no bootstrap)
 #   ctl.sh bundle-show TD OTHER_TD            OTHER_TD's bundle as TD's server holds it (SPIFFE format)
+#   ctl.sh own-bundle TD                      TD's own bundle (SPIFFE format)
+#   ctl.sh mint TD SPIFFE_ID DIR              an X.509-SVID minted by TD's server: DIR/svid.pem,
+#                                             DIR/key.pem, DIR/bundle.pem
 #   ctl.sh entry-create TD ENTRY_ID SPIFFE_ID BINARY [FLAGS...]
 #                                             a workload entry under TD's agent
 set -euo pipefail
@@ -33,7 +38,13 @@ case "${1:-}" in
     srv "$td" federation create -trustDomain "$other" -bundleEndpointURL "$url" \
       -bundleEndpointProfile https_spiffe -endpointSpiffeID "$endpoint_id" >/dev/null
     ;;
+  federate-with-web)
+    srv "${2:?TD}" federation create -trustDomain "${3:?OTHER_TD}" -bundleEndpointURL "${4:?URL}" \
+      -bundleEndpointProfile https_web >/dev/null
+    ;;
+  own-bundle) srv "${2:?TD}" bundle show -format spiffe ;;
+  mint) mkdir -p "${4:?DIR}"; srv "${2:?TD}" x509 mint -spiffeID "${3:?SPIFFE_ID}" -write "$4" >/dev/null ;;
   bundle-show) srv "${2:?TD}" bundle list -id "spiffe://${3:?OTHER_TD}" -format spiffe ;;
   entry-create) shift; entry "$@" ;;
-  *) die "usage: ctl.sh agent-stop|agent-start|entry-delete|federation-remove|federate-with|bundle-show|entry-create ..." ;;
+  *) die "usage: ctl.sh agent-stop|agent-start|entry-delete|federation-remove|federate-with|federate-with-web|bundle-show|own-bundle|mint|entry-create ..." ;;
 esac

@@ -24,6 +24,7 @@ started=$(date +%s)
 
 command -v go >/dev/null 2>&1 || { echo "interop: go is not installed (needed for SPIRE and go-spiffe)" >&2; exit 1; }
 command -v cargo >/dev/null 2>&1 || { echo "interop: cargo is not installed" >&2; exit 1; }
+command -v openssl >/dev/null 2>&1 || { echo "interop: openssl is not installed (the https_web certificates)" >&2; exit 1; }
 
 echo "== interop: go build (SPIRE, go-spiffe programs)"
 # Two modules: SPIRE v1.13.3 is built with its own dependency versions (interop/spire), apart
@@ -63,7 +64,7 @@ for name in sc-main sc-peer sc-doomed sc-fed; do cp "$tests_exe" "$BIN/$name"; d
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -A port fed_port
-for td in a b; do port[$td]=$(free_port); fed_port[$td]=$(free_port); done
+for td in a b w; do port[$td]=$(free_port); fed_port[$td]=$(free_port); done
 
 for td in a b; do
   cat >"$W/$td/server.conf" <<CONF
@@ -134,7 +135,62 @@ plugins {
 CONF
 done
 
-echo "== interop: SPIRE servers a.test and b.test"
+# w.test: a third SPIRE server (no agent) whose bundle endpoint has the https_web profile, with
+# a WebPKI certificate for 127.0.0.1 from a CA made here; the server trusts that CA as a system
+# root (SSL_CERT_FILE), so that it can also fetch our https_web bundle endpoint, which presents
+# the same certificate.
+mkdir -p "$W/web" "$W/w"
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/O=interop web CA" -keyout "$W/web/ca.key" -out "$W/web/ca.pem" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/O=interop web" \
+  -keyout "$W/web/server.key" -out "$W/web/server.csr" 2>/dev/null
+printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+  "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1" >"$W/web/server.ext"
+openssl x509 -req -in "$W/web/server.csr" -CA "$W/web/ca.pem" -CAkey "$W/web/ca.key" \
+  -CAcreateserial -days 2 -sha256 -extfile "$W/web/server.ext" -out "$W/web/server.pem" 2>/dev/null
+cat >"$W/w/server.conf" <<CONF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "${port[w]}"
+  socket_path = "$W/w/server.sock"
+  trust_domain = "w.test"
+  data_dir = "$W/w/server-data"
+  log_level = "INFO"
+  ca_ttl = "24h"
+  federation {
+    bundle_endpoint {
+      address = "127.0.0.1"
+      port = ${fed_port[w]}
+      refresh_hint = "5s"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = "$W/web/server.pem"
+          key_file_path = "$W/web/server.key"
+          file_sync_interval = "1m"
+        }
+      }
+    }
+  }
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = "$W/w/server-data/datastore.sqlite3"
+    }
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+}
+CONF
+
+echo "== interop: SPIRE servers a.test and b.test (and w.test, https_web)"
+SSL_CERT_FILE="$W/web/ca.pem" server_start w
 for td in a b; do
   server_start "$td"
   srv "$td" bundle show -format pem >"$W/$td/bootstrap.pem"
@@ -176,6 +232,10 @@ export SC_INTEROP_CTL=$INTEROP/ctl.sh
 # $SC_INTEROP_WORK/TD/bundle.spiffe.
 export SC_INTEROP_BUNDLE_ENDPOINT_A="https://127.0.0.1:${fed_port[a]}"
 export SC_INTEROP_BUNDLE_ENDPOINT_B="https://127.0.0.1:${fed_port[b]}"
+# w.test's https_web endpoint, the web CA that vouches for it, and the same certificate for our
+# own https_web endpoint.
+export SC_INTEROP_BUNDLE_ENDPOINT_W="https://127.0.0.1:${fed_port[w]}"
+export SC_INTEROP_WEB_CA="$W/web/ca.pem" SC_INTEROP_WEB_CERT="$W/web/server.pem" SC_INTEROP_WEB_KEY="$W/web/server.key"
 export RUST_LOG=${RUST_LOG:-secure_channel=info}
 
 # The cases, in order, each with the binary (hence the SPIFFE ID) it runs as.
@@ -190,6 +250,7 @@ cases=(
   "sc-fed federation"
   "sc-main bundle_endpoint_client_against_spire"
   "sc-main spire_federates_with_our_bundle_endpoint"
+  "sc-main https_web_both_ways_with_spire"
 )
 # Every ignored test of tests/spire.rs but the helper must be in the list above.
 listed=$("$BIN/sc-main" --list --ignored 2>/dev/null | sed -n 's/: test$//p' | grep -vx helper | sort)

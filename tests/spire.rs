@@ -33,6 +33,7 @@ use secure_channel::jwt::{JwtBundles, JwtSvidSource, JwtValidator, KeySource, To
 use secure_channel::layer::client_token::ClientTokenLayer;
 use secure_channel::source::FederatedBundles;
 use secure_channel::testkit::DevCa;
+use secure_channel::transport::WebPkiConnector;
 use secure_channel::{
     ConnectionError, CredentialSource, CredentialStatus, Credentials, MemorySource, PeerIdentity,
     SecureChannel, SecureStream, SpiffeId, Svid, TrustBundle, TrustBundles, TrustDomain,
@@ -1069,19 +1070,10 @@ async fn spire_federates_with_our_bundle_endpoint() {
     .await;
     let deadline = Instant::now() + SPIRE_WAIT;
     loop {
-        let shown = tokio::time::timeout(
-            SPIRE_WAIT,
-            Command::new(env("SC_INTEROP_CTL"))
-                .args(["bundle-show", "b", "c.test"])
-                .kill_on_drop(true)
-                .output(),
-        )
-        .await
-        .unwrap()
-        .unwrap();
-        let text = String::from_utf8_lossy(&shown.stdout);
-        let start = text.find('{').unwrap_or(0);
-        if let Ok(stored) = SpiffeBundle::parse(&c_test, text[start..].as_bytes(), 1 << 20)
+        let text = try_ctl_output(&["bundle-show", "b", "c.test"])
+            .await
+            .unwrap_or_else(|error| error);
+        if let Some(stored) = bundle_in(&c_test, &text)
             && stored.x509_authorities().certificates().len() == 2
         {
             eprintln!("b.test's SPIRE holds c.test's bundle from our endpoint: {stored:?}");
@@ -1158,4 +1150,174 @@ async fn spire_federates_with_our_bundle_endpoint() {
         "a c.test SVID from an unknown CA was admitted"
     );
     eprintln!("our client with an SVID from an unserved c.test CA: {refused:?}");
+}
+
+/// Runs interop/ctl.sh (bounded): its standard output, or its standard error when it failed.
+async fn try_ctl_output(args: &[&str]) -> Result<String, String> {
+    let output = tokio::time::timeout(
+        SPIRE_WAIT,
+        Command::new(env("SC_INTEROP_CTL"))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ctl.sh timed out")
+    .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Runs interop/ctl.sh (bounded) and returns its standard output; fails the test if it fails.
+async fn ctl_output(args: &[&str]) -> String {
+    try_ctl_output(args)
+        .await
+        .unwrap_or_else(|error| panic!("ctl.sh {args:?}: {error}"))
+}
+
+/// The SPIFFE bundle of `trust_domain` in SPIRE CLI output (after any header lines).
+fn bundle_in(trust_domain: &TrustDomain, output: &str) -> Option<SpiffeBundle> {
+    let start = output.find('{')?;
+    SpiffeBundle::parse(trust_domain, output[start..].as_bytes(), 1 << 20).ok()
+}
+
+/// 10. The https_web profile both ways, with w.test's SPIRE server (no agent; its bundle
+///     endpoint presents a WebPKI certificate for 127.0.0.1 from a CA run.sh made):
+///     - our client fetches w.test's bundle, authenticating the endpoint by that CA (and
+///       refusing it with roots that do not vouch for it), and this workload then admits a
+///       client whose SVID w.test's SPIRE minted;
+///     - w.test's SPIRE federates with our https_web endpoint (same certificate, its CA a
+///       system root of the SPIRE server) for d.test, a trust domain of ours, with no bootstrap
+///       bundle: what it then holds for d.test came from our endpoint.
+#[tokio::test]
+#[ignore = "needs SPIRE: run interop/run.sh"]
+async fn https_web_both_ways_with_spire() {
+    support::init_tracing();
+    let w_test = TrustDomain::new("w.test").unwrap();
+    let source = workload_source().await;
+    assert_eq!(source.current().svid().spiffe_id().to_string(), MAIN);
+
+    // Ours against SPIRE's https_web endpoint.
+    let federated = FederatedBundles::new();
+    let client = within(
+        BundleEndpointClient::https_web(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_W"),
+            w_test.clone(),
+            WebPkiConnector::with_ca_file(env("SC_INTEROP_WEB_CA")).unwrap(),
+        )
+        .x509_bundles(&federated)
+        .start(),
+    )
+    .await
+    .unwrap();
+    let spire_says = bundle_in(&w_test, &ctl_output(&["own-bundle", "w"]).await).unwrap();
+    assert_eq!(
+        client.current().x509_authorities().certificates(),
+        spire_says.x509_authorities().certificates()
+    );
+    eprintln!("w.test's bundle over https_web: {:?}", client.current());
+    let mut other_roots = rustls::RootCertStore::empty();
+    other_roots
+        .add(DevCa::new("web.test").unwrap().root_certificate().clone())
+        .unwrap();
+    let refused = within(
+        BundleEndpointClient::https_web(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_W"),
+            w_test.clone(),
+            WebPkiConnector::with_roots(other_roots).unwrap(),
+        )
+        .start(),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("w.test's endpoint with other roots: {refused}");
+    assert!(
+        matches!(&refused, FederationError::FirstFetch { error, .. } if matches!(**error, FetchError::Connect { .. })),
+        "{refused:?}"
+    );
+
+    // A client with an SVID minted by w.test's SPIRE, admitted through the fetched bundle.
+    const MINTED: &str = "spiffe://w.test/minted";
+    let dir = PathBuf::from(env("SC_INTEROP_WORK")).join("minted");
+    ctl(&["mint", "w", MINTED, dir.to_str().unwrap()]).await;
+    let minted = CredentialSource::from_files(dir.join("svid.pem"), dir.join("key.pem"))
+        .own_bundle(dir.join("bundle.pem"))
+        .start()
+        .unwrap();
+    let minted_creds = minted.current();
+    let mut minted_bundles = minted_creds.bundles().clone();
+    minted_bundles.insert(source.current().bundles().get(&a_test()).unwrap().clone());
+    let minted = MemorySource::new(Credentials::new(
+        minted_creds.svid().clone(),
+        minted_bundles,
+    ));
+    let merged = source.with_federated_bundles(&federated).unwrap();
+    let server = SecureChannel::builder(merged)
+        .allow_client(MINTED)
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        server
+            .accept(tcp)
+            .await
+            .map(|s| s.peer_identity().spiffe_id().to_string())
+    });
+    let minted_client = SecureChannel::builder(&minted)
+        .expect_server(MAIN)
+        .build()
+        .unwrap();
+    let _stream = within(minted_client.connect_tcp(addr)).await.unwrap();
+    assert_eq!(within(accept).await.unwrap().unwrap(), MINTED);
+
+    // SPIRE against our https_web endpoint, serving d.test's bundle.
+    let d_test = TrustDomain::new("d.test").unwrap();
+    let d_ca = DevCa::new("d.test").unwrap();
+    let d_source = MemorySource::new(d_ca.credentials("spiffe://d.test/bundle-endpoint").unwrap());
+    let web_chain = rustls_pki_types::pem::PemObject::pem_file_iter(env("SC_INTEROP_WEB_CERT"))
+        .unwrap()
+        .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
+        .unwrap();
+    let web_key: PrivateKeyDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_file(env("SC_INTEROP_WEB_KEY")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint_url = format!("https://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        BundleEndpointServer::https_web(web_chain, web_key)
+            .unwrap()
+            .serve(
+                listener,
+                BundleEndpointService::new(&d_source.source()),
+                async move {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    ctl(&["federate-with-web", "w", "d.test", &endpoint_url]).await;
+    let deadline = Instant::now() + SPIRE_WAIT;
+    loop {
+        // "bundle not found" until SPIRE fetched it.
+        let held = try_ctl_output(&["bundle-show", "w", "d.test"])
+            .await
+            .unwrap_or_else(|error| error);
+        if let Some(stored) = bundle_in(&d_test, &held)
+            && stored.x509_authorities().certificates() == [d_ca.root_certificate().clone()]
+        {
+            eprintln!(
+                "w.test's SPIRE holds d.test's bundle from our https_web endpoint: {stored:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w.test's SPIRE never stored the bundle our https_web endpoint serves: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
 }
