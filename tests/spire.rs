@@ -73,19 +73,9 @@ fn b_test() -> TrustDomain {
     TrustDomain::new("b.test").unwrap()
 }
 
-/// Runs interop/ctl.sh (bounded).
+/// Runs interop/ctl.sh (bounded); fails the test if it fails.
 async fn ctl(args: &[&str]) {
-    let status = tokio::time::timeout(
-        SPIRE_WAIT,
-        Command::new(env("SC_INTEROP_CTL"))
-            .args(args)
-            .kill_on_drop(true)
-            .status(),
-    )
-    .await
-    .expect("ctl.sh timed out")
-    .unwrap();
-    assert!(status.success(), "ctl.sh {args:?}: {status}");
+    ctl_output(args).await;
 }
 
 /// Polls `check` every 100 ms until it holds, failing the test after `limit`.
