@@ -1171,7 +1171,7 @@ async fn ctl_output(args: &[&str]) -> String {
 /// The SPIFFE bundle of `trust_domain` in SPIRE CLI output (after any header lines).
 fn bundle_in(trust_domain: &TrustDomain, output: &str) -> Option<SpiffeBundle> {
     let start = output.find('{')?;
-    SpiffeBundle::parse(trust_domain, output[start..].as_bytes(), 1 << 20).ok()
+    SpiffeBundle::parse(trust_domain, &output.as_bytes()[start..], 1 << 20).ok()
 }
 
 /// 10. The https_web profile both ways, with w.test's SPIRE server (no agent; its bundle
