@@ -23,6 +23,14 @@ wait_for() {
   die "timed out waiting for $what"
 }
 
+# entry TD ENTRY_ID SPIFFE_ID BINARY [more spire-server entry create flags]: a workload entry
+# under TD's agent, selected by the binary's path
+entry() {
+  local td=$1 id=$2 spiffe_id=$3 exe=$4; shift 4
+  srv "$td" entry create -entryID "$id" -parentID "spiffe://$td.test/agent" -spiffeID "$spiffe_id" \
+    -selector "unix:path:$BIN/$exe" -x509SVIDTTL 30 "$@" >/dev/null
+}
+
 running() { [ -f "$W/pids/$1.pid" ] && kill -0 "$(cat "$W/pids/$1.pid")" 2>/dev/null; }
 
 server_start() {

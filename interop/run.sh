@@ -13,7 +13,8 @@
 # with its own SPIFFE ID, and runs as separate processes (a test spawns sc-peer as its peer).
 # Environment given to the tests: SPIFFE_ENDPOINT_SOCKET (a.test's agent), SC_INTEROP_AGENT_B,
 # SC_INTEROP_BIN (the copies and the Go programs), SC_INTEROP_CTL (ctl.sh, to stop/start the
-# agent, delete an entry, remove federation), SC_INTEROP_WORK.
+# agent, delete an entry, remove federation, federate with our bundle endpoint), SC_INTEROP_WORK,
+# SC_INTEROP_BUNDLE_ENDPOINT_A and _B (SPIRE's bundle endpoints).
 # Set SC_INTEROP_KEEP=1 to keep the temp dir (configs, logs) after a successful run.
 # Every case must run and pass; the run fails otherwise.
 set -euo pipefail
@@ -23,6 +24,7 @@ started=$(date +%s)
 
 command -v go >/dev/null 2>&1 || { echo "interop: go is not installed (needed for SPIRE and go-spiffe)" >&2; exit 1; }
 command -v cargo >/dev/null 2>&1 || { echo "interop: cargo is not installed" >&2; exit 1; }
+command -v openssl >/dev/null 2>&1 || { echo "interop: openssl is not installed (the https_web certificates)" >&2; exit 1; }
 
 echo "== interop: go build (SPIRE, go-spiffe programs)"
 # Two modules: SPIRE v1.13.3 is built with its own dependency versions (interop/spire), apart
@@ -62,7 +64,7 @@ for name in sc-main sc-peer sc-doomed sc-fed; do cp "$tests_exe" "$BIN/$name"; d
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 declare -A port fed_port
-for td in a b; do port[$td]=$(free_port); fed_port[$td]=$(free_port); done
+for td in a b w; do port[$td]=$(free_port); fed_port[$td]=$(free_port); done
 
 for td in a b; do
   cat >"$W/$td/server.conf" <<CONF
@@ -133,7 +135,62 @@ plugins {
 CONF
 done
 
-echo "== interop: SPIRE servers a.test and b.test"
+# w.test: a third SPIRE server (no agent) whose bundle endpoint has the https_web profile, with
+# a WebPKI certificate for 127.0.0.1 from a CA made here; the server trusts that CA as a system
+# root (SSL_CERT_FILE), so that it can also fetch our https_web bundle endpoint, which presents
+# the same certificate.
+mkdir -p "$W/web" "$W/w"
+openssl req -x509 -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
+  -subj "/O=interop web CA" -keyout "$W/web/ca.key" -out "$W/web/ca.pem" \
+  -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign" 2>/dev/null
+openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/O=interop web" \
+  -keyout "$W/web/server.key" -out "$W/web/server.csr" 2>/dev/null
+printf '%s\n' "basicConstraints=critical,CA:FALSE" "keyUsage=critical,digitalSignature" \
+  "extendedKeyUsage=serverAuth" "subjectAltName=IP:127.0.0.1" >"$W/web/server.ext"
+openssl x509 -req -in "$W/web/server.csr" -CA "$W/web/ca.pem" -CAkey "$W/web/ca.key" \
+  -CAcreateserial -days 2 -sha256 -extfile "$W/web/server.ext" -out "$W/web/server.pem" 2>/dev/null
+cat >"$W/w/server.conf" <<CONF
+server {
+  bind_address = "127.0.0.1"
+  bind_port = "${port[w]}"
+  socket_path = "$W/w/server.sock"
+  trust_domain = "w.test"
+  data_dir = "$W/w/server-data"
+  log_level = "INFO"
+  ca_ttl = "24h"
+  federation {
+    bundle_endpoint {
+      address = "127.0.0.1"
+      port = ${fed_port[w]}
+      refresh_hint = "5s"
+      profile "https_web" {
+        serving_cert_file {
+          cert_file_path = "$W/web/server.pem"
+          key_file_path = "$W/web/server.key"
+          file_sync_interval = "1m"
+        }
+      }
+    }
+  }
+}
+plugins {
+  DataStore "sql" {
+    plugin_data {
+      database_type = "sqlite3"
+      connection_string = "$W/w/server-data/datastore.sqlite3"
+    }
+  }
+  NodeAttestor "join_token" {
+    plugin_data {}
+  }
+  KeyManager "memory" {
+    plugin_data {}
+  }
+}
+CONF
+
+echo "== interop: SPIRE servers a.test and b.test (and w.test, https_web)"
+SSL_CERT_FILE="$W/web/ca.pem" server_start w
 for td in a b; do
   server_start "$td"
   srv "$td" bundle show -format pem >"$W/$td/bootstrap.pem"
@@ -156,11 +213,6 @@ for td in a b; do
   agent_start "$td"
 done
 
-entry() { # entry TD ENTRY_ID SPIFFE_ID BINARY [more spire-server entry create flags]
-  local td=$1 id=$2 spiffe_id=$3 exe=$4; shift 4
-  srv "$td" entry create -entryID "$id" -parentID "spiffe://$td.test/agent" -spiffeID "$spiffe_id" \
-    -selector "unix:path:$BIN/$exe" -x509SVIDTTL 30 "$@" >/dev/null
-}
 entry a main spiffe://a.test/rust/main sc-main
 entry a peer spiffe://a.test/rust/peer sc-peer
 entry a doomed spiffe://a.test/rust/doomed sc-doomed
@@ -175,6 +227,15 @@ export SPIFFE_ENDPOINT_SOCKET="unix:$W/a/agent.sock"
 export SC_INTEROP_AGENT_B="unix:$W/b/agent.sock"
 export SC_INTEROP_BIN=$BIN
 export SC_INTEROP_CTL=$INTEROP/ctl.sh
+# SPIRE's own bundle endpoints (https_spiffe, endpoint IDs spiffe://TD/spire/server), for our
+# bundle endpoint client; each trust domain's bundle as SPIRE first served it is in
+# $SC_INTEROP_WORK/TD/bundle.spiffe.
+export SC_INTEROP_BUNDLE_ENDPOINT_A="https://127.0.0.1:${fed_port[a]}"
+export SC_INTEROP_BUNDLE_ENDPOINT_B="https://127.0.0.1:${fed_port[b]}"
+# w.test's https_web endpoint, the web CA that vouches for it, and the same certificate for our
+# own https_web endpoint.
+export SC_INTEROP_BUNDLE_ENDPOINT_W="https://127.0.0.1:${fed_port[w]}"
+export SC_INTEROP_WEB_CA="$W/web/ca.pem" SC_INTEROP_WEB_CERT="$W/web/server.pem" SC_INTEROP_WEB_KEY="$W/web/server.key"
 export RUST_LOG=${RUST_LOG:-secure_channel=info}
 
 # The cases, in order, each with the binary (hence the SPIFFE ID) it runs as.
@@ -187,6 +248,9 @@ cases=(
   "sc-main jwt_svids"
   "sc-main go_spiffe_peers"
   "sc-fed federation"
+  "sc-main bundle_endpoint_client_against_spire"
+  "sc-main spire_federates_with_our_bundle_endpoint"
+  "sc-main https_web_both_ways_with_spire"
 )
 # Every ignored test of tests/spire.rs but the helper must be in the list above.
 listed=$("$BIN/sc-main" --list --ignored 2>/dev/null | sed -n 's/: test$//p' | grep -vx helper | sort)

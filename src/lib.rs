@@ -67,6 +67,11 @@
 //!   Workload API of a SPIRE agent, following SVID and bundle rotation; `WorkloadApi::builder()`
 //!   connects this X.509 source and the JWT-SVID source together, from one endpoint.
 //!
+//! - federated trust domains' bundles fetched from their SPIFFE bundle endpoints
+//!   ([`federation::BundleEndpointClient`], feeding [`source::FederatedBundles`]), added to any
+//!   of the above with [`CredentialSource::with_federated_bundles`]; our own bundle is served to
+//!   partners by [`federation::BundleEndpointService`].
+//!
 //! Rotation never needs a restart: each handshake reads the current snapshot, and established
 //! connections keep the material they were made with.
 //!
@@ -103,6 +108,7 @@ pub mod authz;
 mod channel;
 mod crypto;
 mod error;
+pub mod federation;
 #[cfg(fuzzing)]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -30,6 +30,11 @@ pub const JWT_REJECTIONS: &str = "secure_channel_jwt_rejections_total";
 pub const JWT_ACCEPTED: &str = "secure_channel_jwt_accepted_total";
 /// The workload's current SVID expiry, in Unix seconds, by `source` and `spiffe_id` (its own).
 pub const SVID_NOT_AFTER: &str = "secure_channel_svid_not_after_seconds";
+/// Fetches of federated bundles from bundle endpoints, by `trust_domain` (the configured remote
+/// trust domain), `outcome` (`applied`, `unchanged`, `refused`) and `reason` (why it was
+/// refused: `connect`, `endpoint_refused`, `status`, `timeout`, `too_large`,
+/// `trust_domain_mismatch`, `invalid_bundle`, `sequence_backwards`; `none` otherwise).
+pub const FEDERATION_FETCHES: &str = "secure_channel_federation_fetches_total";
 /// Credential reloads, by `source` (`memory`, `files`, `workload-api`) and `outcome` (`applied`,
 /// `refused`).
 pub const CREDENTIAL_RELOADS: &str = "secure_channel_credential_reloads_total";
@@ -142,4 +147,19 @@ pub(crate) fn svid_not_after(
 /// Records a credential reload.
 pub(crate) fn credential_reload(source: &'static str, outcome: &'static str) {
     metrics::counter!(CREDENTIAL_RELOADS, "source" => source, "outcome" => outcome).increment(1);
+}
+
+/// Records a fetch of a federated bundle.
+pub(crate) fn federation_fetch(
+    trust_domain: &spiffe::TrustDomain,
+    outcome: &'static str,
+    reason: &'static str,
+) {
+    metrics::counter!(
+        FEDERATION_FETCHES,
+        "trust_domain" => trust_domain.as_str().to_owned(),
+        "outcome" => outcome,
+        "reason" => reason
+    )
+    .increment(1);
 }

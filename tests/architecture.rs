@@ -22,6 +22,7 @@ const ORDER: &[&str] = &[
     "layer",
     "integration",
     "oauth",
+    "federation",
     "workload_api",
     "channel",
     "testkit",

@@ -23,13 +23,20 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use rustls::time_provider::TimeProvider;
-use rustls_pki_types::UnixTime;
+use rustls_pki_types::{PrivateKeyDer, UnixTime};
+use secure_channel::federation::{
+    BundleEndpointClient, BundleEndpointServer, BundleEndpointService, DEFAULT_MAX_BUNDLE_SIZE,
+    FederationError, FetchError, SpiffeBundle,
+};
 use secure_channel::identity::PeerRejection;
-use secure_channel::jwt::{JwtSvidSource, JwtValidator, TokenErrorKind};
+use secure_channel::jwt::{JwtBundles, JwtSvidSource, JwtValidator, KeySource, TokenErrorKind};
 use secure_channel::layer::client_token::ClientTokenLayer;
+use secure_channel::source::FederatedBundles;
+use secure_channel::testkit::DevCa;
+use secure_channel::transport::WebPkiConnector;
 use secure_channel::{
-    ConnectionError, CredentialSource, CredentialStatus, PeerIdentity, SecureChannel, SecureStream,
-    TrustDomain,
+    ConnectionError, CredentialSource, CredentialStatus, Credentials, MemorySource, PeerIdentity,
+    SecureChannel, SecureStream, SpiffeId, Svid, TrustBundle, TrustBundles, TrustDomain,
 };
 use sha2::{Digest, Sha256};
 use support::within;
@@ -66,19 +73,9 @@ fn b_test() -> TrustDomain {
     TrustDomain::new("b.test").unwrap()
 }
 
-/// Runs interop/ctl.sh (bounded).
+/// Runs interop/ctl.sh (bounded); fails the test if it fails.
 async fn ctl(args: &[&str]) {
-    let status = tokio::time::timeout(
-        SPIRE_WAIT,
-        Command::new(env("SC_INTEROP_CTL"))
-            .args(args)
-            .kill_on_drop(true)
-            .status(),
-    )
-    .await
-    .expect("ctl.sh timed out")
-    .unwrap();
-    assert!(status.success(), "ctl.sh {args:?}: {status}");
+    ctl_output(args).await;
 }
 
 /// Polls `check` every 100 ms until it holds, failing the test after `limit`.
@@ -856,5 +853,461 @@ async fn federation() {
             assert_eq!(presented.to_string(), B_GO_CLIENT);
         }
         other => panic!("expected UnknownTrustDomain, got {other:?}"),
+    }
+}
+
+/// b.test's bundle as SPIRE first served it (saved by run.sh), parsed by our SPIFFE bundle
+/// parser.
+fn b_test_bootstrap() -> SpiffeBundle {
+    let path = PathBuf::from(env("SC_INTEROP_WORK")).join("b/bundle.spiffe");
+    let document = std::fs::read(&path).unwrap();
+    SpiffeBundle::parse(&b_test(), &document, DEFAULT_MAX_BUNDLE_SIZE).unwrap()
+}
+
+/// 8. Our bundle endpoint client against SPIRE's bundle endpoint (https_spiffe): this workload
+///    (a.test, main: no federation in SPIRE) fetches b.test's bundle from b.test's SPIRE
+///    server itself, authenticated as spiffe://b.test/spire/server with the bundle SPIRE first
+///    served; then admits b.test's go client (a SPIRE-issued SVID) and accepts b.test's
+///    JWT-SVIDs. Pointed at a.test's endpoint while expecting b.test's, it refuses the server.
+#[tokio::test]
+#[ignore = "needs SPIRE: run interop/run.sh"]
+async fn bundle_endpoint_client_against_spire() {
+    support::init_tracing();
+    let source = workload_source().await;
+    assert_eq!(source.current().svid().spiffe_id().to_string(), MAIN);
+    assert!(
+        source.current().bundles().get(&b_test()).is_none(),
+        "main is not federated with b.test in SPIRE"
+    );
+    let bootstrap = b_test_bootstrap();
+    assert!(bootstrap.sequence().is_some(), "{bootstrap:?}");
+
+    let federated = FederatedBundles::new();
+    let jwt = JwtBundles::new();
+    let client = within(
+        BundleEndpointClient::https_spiffe(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_B"),
+            SpiffeId::new("spiffe://b.test/spire/server").unwrap(),
+            bootstrap.x509_authorities().clone(),
+        )
+        .x509_bundles(&federated)
+        .jwt_bundles(&jwt)
+        .refresh_bounds(Duration::from_secs(1), Duration::from_secs(60))
+        .start(),
+    )
+    .await
+    .unwrap();
+    let fetched = client.current();
+    eprintln!("b.test's bundle from SPIRE's endpoint: {fetched:?}");
+    assert_eq!(
+        fetched.x509_authorities().certificates(),
+        bootstrap.x509_authorities().certificates()
+    );
+    assert_eq!(fetched.refresh_hint(), Some(Duration::from_secs(5)));
+    assert!(fetched.jwt_authority_count() > 0);
+    assert_eq!(jwt.trust_domains(), vec![b_test()]);
+    // Fetched again: the same bundle, nothing applied.
+    assert!(!within(client.refresh_now()).await.unwrap());
+
+    // b.test's go client, its SVID issued by b.test's SPIRE, admitted through our federation.
+    let merged = source.with_federated_bundles(&federated).unwrap();
+    assert!(merged.current().bundles().get(&b_test()).is_some());
+    let agent_b = env("SC_INTEROP_AGENT_B");
+    let (accepted, addr) = serve_once(&merged, B_GO_CLIENT).await;
+    let (ok, out, err) = run_go(
+        "go-client",
+        &["-addr", &addr, "-expect", MAIN],
+        Some(&agent_b),
+    )
+    .await;
+    assert!(ok, "b.test's go client failed: {err}");
+    assert_eq!(out, format!("reply: {B_GO_CLIENT}"));
+    assert_eq!(within(accepted).await.unwrap().unwrap(), B_GO_CLIENT);
+
+    // b.test's JWT-SVIDs, verified with the JWT authorities from the bundle endpoint.
+    let peer = own_peer_identity(&source, MAIN).await;
+    let validator = JwtValidator::jwt_svids(AUDIENCE)
+        .key_source(KeySource::jwt_bundles(&jwt))
+        .build()
+        .unwrap();
+    let (ok, token, err) =
+        run_go("go-jwt", &["fetch", "-audience", AUDIENCE], Some(&agent_b)).await;
+    assert!(ok, "{err}");
+    let claims = validator.validate(&token, &peer).await.unwrap();
+    assert_eq!(
+        claims.spiffe_id().unwrap().to_string(),
+        "spiffe://b.test/go/jwt"
+    );
+
+    // a.test's endpoint is not b.test's: its server SVID (spiffe://a.test/spire/server) is
+    // refused, whatever it serves.
+    let error = within(
+        BundleEndpointClient::https_spiffe(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_A"),
+            SpiffeId::new("spiffe://b.test/spire/server").unwrap(),
+            bootstrap.x509_authorities().clone(),
+        )
+        .start(),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("b.test's client at a.test's endpoint: {error}");
+    let FederationError::FirstFetch { error: failed, .. } = &error else {
+        panic!("{error:?}");
+    };
+    assert!(
+        matches!(
+            **failed,
+            FetchError::EndpointRefused {
+                rejection: PeerRejection::UnknownTrustDomain { .. },
+                ..
+            }
+        ),
+        "{error:?}"
+    );
+}
+
+/// 9. SPIRE federating with our bundle endpoint (https_spiffe): trust domain c.test is ours
+///    alone (a development CA in this process, no SPIRE). b.test's SPIRE server is told to
+///    federate with it through our endpoint, bootstrapped (`bundle set`) with c.test's first
+///    CA only, while our endpoint already serves the next CA too. A go-spiffe server under
+///    b.test's agent then admits our c.test client whose SVID the next CA issued: it can only
+///    know that CA from our endpoint. A c.test SVID from a CA we never served is refused.
+#[tokio::test]
+#[ignore = "needs SPIRE: run interop/run.sh"]
+async fn spire_federates_with_our_bundle_endpoint() {
+    support::init_tracing();
+    const ENDPOINT_ID: &str = "spiffe://c.test/bundle-endpoint";
+    const OUR_CLIENT: &str = "spiffe://c.test/rust/client";
+    const B_GO_SERVER: &str = "spiffe://b.test/go/server";
+    let c_test = TrustDomain::new("c.test").unwrap();
+    let first_ca = DevCa::new("c.test").unwrap();
+    let next_ca = DevCa::new("c.test").unwrap();
+    let both = TrustBundle::from_der(
+        c_test.clone(),
+        vec![
+            first_ca.root_certificate().clone(),
+            next_ca.root_certificate().clone(),
+        ],
+    )
+    .unwrap();
+    let with_bundle = |issuer: &DevCa, id: &str, bundle: &TrustBundle| {
+        let issued = issuer.svid(id).issue().unwrap();
+        let svid = Svid::from_der(
+            issued.chain().to_vec(),
+            PrivateKeyDer::Pkcs8(issued.key().clone_key()),
+        )
+        .unwrap();
+        Credentials::new(svid, TrustBundles::new().with(bundle.clone()))
+    };
+
+    // Our endpoint: its SVID from the first CA, serving both CAs.
+    let endpoint_source = MemorySource::new(with_bundle(&first_ca, ENDPOINT_ID, &both));
+    let fetches = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let service = {
+        let fetches = Arc::clone(&fetches);
+        let inner = BundleEndpointService::new(&endpoint_source.source())
+            .refresh_hint(Duration::from_secs(5));
+        tower::service_fn(move |request: http::Request<hyper::body::Incoming>| {
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            inner.clone().oneshot(request)
+        })
+    };
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint_url = format!("https://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        BundleEndpointServer::https_spiffe(&endpoint_source.source())
+            .unwrap()
+            .serve(listener, service, async move {
+                let _ = stopped.await;
+            }),
+    );
+
+    // b.test's SPIRE server federates with c.test, bootstrapped with the first CA only.
+    let bootstrap = PathBuf::from(env("SC_INTEROP_WORK")).join("c-test-bootstrap.spiffe");
+    std::fs::write(
+        &bootstrap,
+        SpiffeBundle::new(first_ca.bundle().unwrap())
+            .to_json()
+            .unwrap(),
+    )
+    .unwrap();
+    ctl(&[
+        "federate-with",
+        "b",
+        "c.test",
+        &endpoint_url,
+        ENDPOINT_ID,
+        bootstrap.to_str().unwrap(),
+    ])
+    .await;
+    ctl(&[
+        "entry-create",
+        "b",
+        "go-server-b",
+        B_GO_SERVER,
+        "go-server",
+        "-federatesWith",
+        "spiffe://c.test",
+    ])
+    .await;
+
+    // SPIRE fetches our endpoint and stores what it serves.
+    wait_until("b.test's SPIRE to fetch our endpoint", SPIRE_WAIT, || {
+        fetches.load(std::sync::atomic::Ordering::SeqCst) > 0
+    })
+    .await;
+    let deadline = Instant::now() + SPIRE_WAIT;
+    loop {
+        let text = try_ctl_output(&["bundle-show", "b", "c.test"])
+            .await
+            .unwrap_or_else(|error| error);
+        if let Some(stored) = bundle_in(&c_test, &text)
+            && stored.x509_authorities().certificates().len() == 2
+        {
+            eprintln!("b.test's SPIRE holds c.test's bundle from our endpoint: {stored:?}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "b.test's SPIRE never stored the bundle our endpoint serves: {text}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+
+    // b.test's bundle for our client, fetched from b.test's SPIRE endpoint by our client.
+    let federated = FederatedBundles::new();
+    let _b_client = within(
+        BundleEndpointClient::https_spiffe(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_B"),
+            SpiffeId::new("spiffe://b.test/spire/server").unwrap(),
+            b_test_bootstrap().x509_authorities().clone(),
+        )
+        .x509_bundles(&federated)
+        .start(),
+    )
+    .await
+    .unwrap();
+
+    // go-spiffe's server under b.test's agent, authorizing exactly our client.
+    let agent_b = env("SC_INTEROP_AGENT_B");
+    let mut server = Spawned::start(
+        Command::new(bin("go-server"))
+            .args(["-allow", OUR_CLIENT, "-exit-on-stdin-eof"])
+            .env("SPIFFE_ENDPOINT_SOCKET", &agent_b),
+    );
+    let addr: std::net::SocketAddr = server.line_after("listening on ").await.parse().unwrap();
+
+    let connect_as = |issuer: &DevCa| {
+        let own = MemorySource::new(with_bundle(issuer, OUR_CLIENT, &both));
+        let merged = own.source().with_federated_bundles(&federated).unwrap();
+        let channel = SecureChannel::builder(merged)
+            .expect_server(B_GO_SERVER)
+            .build()
+            .unwrap();
+        async move {
+            let mut stream = within(channel.connect_tcp(addr))
+                .await
+                .map_err(|e| e.to_string())?;
+            within(stream.write_all(b"whoami\n"))
+                .await
+                .map_err(|e| e.to_string())?;
+            read_line(&mut stream).await.map_err(|e| e.to_string())
+        }
+    };
+    // The agent delivers the federated bundle with the go server's SVID (sync every 5 s).
+    let deadline = Instant::now() + SPIRE_WAIT;
+    let reply = loop {
+        match connect_as(&next_ca).await {
+            Ok(reply) => break reply,
+            Err(error) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "b.test's go server never admitted our client: {error}"
+                );
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
+    assert_eq!(reply, OUR_CLIENT);
+
+    // A c.test SVID from a CA our endpoint never served: refused by the go server.
+    let stranger = DevCa::new("c.test").unwrap();
+    let refused = connect_as(&stranger).await;
+    assert!(
+        refused.is_err(),
+        "a c.test SVID from an unknown CA was admitted"
+    );
+    eprintln!("our client with an SVID from an unserved c.test CA: {refused:?}");
+}
+
+/// Runs interop/ctl.sh (bounded): its standard output, or its standard error when it failed.
+async fn try_ctl_output(args: &[&str]) -> Result<String, String> {
+    let output = tokio::time::timeout(
+        SPIRE_WAIT,
+        Command::new(env("SC_INTEROP_CTL"))
+            .args(args)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("ctl.sh timed out")
+    .unwrap();
+    if output.status.success() {
+        Ok(String::from_utf8_lossy(&output.stdout).into_owned())
+    } else {
+        Err(String::from_utf8_lossy(&output.stderr).into_owned())
+    }
+}
+
+/// Runs interop/ctl.sh (bounded) and returns its standard output; fails the test if it fails.
+async fn ctl_output(args: &[&str]) -> String {
+    try_ctl_output(args)
+        .await
+        .unwrap_or_else(|error| panic!("ctl.sh {args:?}: {error}"))
+}
+
+/// The SPIFFE bundle of `trust_domain` in SPIRE CLI output (after any header lines).
+fn bundle_in(trust_domain: &TrustDomain, output: &str) -> Option<SpiffeBundle> {
+    let start = output.find('{')?;
+    SpiffeBundle::parse(trust_domain, &output.as_bytes()[start..], 1 << 20).ok()
+}
+
+/// 10. The https_web profile both ways, with w.test's SPIRE server (no agent; its bundle
+///     endpoint presents a WebPKI certificate for 127.0.0.1 from a CA run.sh made):
+///     - our client fetches w.test's bundle, authenticating the endpoint by that CA (and
+///       refusing it with roots that do not vouch for it), and this workload then admits a
+///       client whose SVID w.test's SPIRE minted;
+///     - w.test's SPIRE federates with our https_web endpoint (same certificate, its CA a
+///       system root of the SPIRE server) for d.test, a trust domain of ours, with no bootstrap
+///       bundle: what it then holds for d.test came from our endpoint.
+#[tokio::test]
+#[ignore = "needs SPIRE: run interop/run.sh"]
+async fn https_web_both_ways_with_spire() {
+    support::init_tracing();
+    let w_test = TrustDomain::new("w.test").unwrap();
+    let source = workload_source().await;
+    assert_eq!(source.current().svid().spiffe_id().to_string(), MAIN);
+
+    // Ours against SPIRE's https_web endpoint.
+    let federated = FederatedBundles::new();
+    let client = within(
+        BundleEndpointClient::https_web(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_W"),
+            w_test.clone(),
+            WebPkiConnector::with_ca_file(env("SC_INTEROP_WEB_CA")).unwrap(),
+        )
+        .x509_bundles(&federated)
+        .start(),
+    )
+    .await
+    .unwrap();
+    let spire_says = bundle_in(&w_test, &ctl_output(&["own-bundle", "w"]).await).unwrap();
+    assert_eq!(
+        client.current().x509_authorities().certificates(),
+        spire_says.x509_authorities().certificates()
+    );
+    eprintln!("w.test's bundle over https_web: {:?}", client.current());
+    let mut other_roots = rustls::RootCertStore::empty();
+    other_roots
+        .add(DevCa::new("web.test").unwrap().root_certificate().clone())
+        .unwrap();
+    let refused = within(
+        BundleEndpointClient::https_web(
+            env("SC_INTEROP_BUNDLE_ENDPOINT_W"),
+            w_test.clone(),
+            WebPkiConnector::with_roots(other_roots).unwrap(),
+        )
+        .start(),
+    )
+    .await
+    .unwrap_err();
+    eprintln!("w.test's endpoint with other roots: {refused}");
+    assert!(
+        matches!(&refused, FederationError::FirstFetch { error, .. } if matches!(**error, FetchError::Connect { .. })),
+        "{refused:?}"
+    );
+
+    // A client with an SVID minted by w.test's SPIRE, admitted through the fetched bundle.
+    const MINTED: &str = "spiffe://w.test/minted";
+    let dir = PathBuf::from(env("SC_INTEROP_WORK")).join("minted");
+    ctl(&["mint", "w", MINTED, dir.to_str().unwrap()]).await;
+    let minted = CredentialSource::from_files(dir.join("svid.pem"), dir.join("key.pem"))
+        .own_bundle(dir.join("bundle.pem"))
+        .start()
+        .unwrap();
+    let minted_creds = minted.current();
+    let mut minted_bundles = minted_creds.bundles().clone();
+    minted_bundles.insert(source.current().bundles().get(&a_test()).unwrap().clone());
+    let minted = MemorySource::new(Credentials::new(
+        minted_creds.svid().clone(),
+        minted_bundles,
+    ));
+    let merged = source.with_federated_bundles(&federated).unwrap();
+    let server = SecureChannel::builder(merged)
+        .allow_client(MINTED)
+        .build()
+        .unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accept = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        server
+            .accept(tcp)
+            .await
+            .map(|s| s.peer_identity().spiffe_id().to_string())
+    });
+    let minted_client = SecureChannel::builder(&minted)
+        .expect_server(MAIN)
+        .build()
+        .unwrap();
+    let _stream = within(minted_client.connect_tcp(addr)).await.unwrap();
+    assert_eq!(within(accept).await.unwrap().unwrap(), MINTED);
+
+    // SPIRE against our https_web endpoint, serving d.test's bundle.
+    let d_test = TrustDomain::new("d.test").unwrap();
+    let d_ca = DevCa::new("d.test").unwrap();
+    let d_source = MemorySource::new(d_ca.credentials("spiffe://d.test/bundle-endpoint").unwrap());
+    let web_chain = rustls_pki_types::pem::PemObject::pem_file_iter(env("SC_INTEROP_WEB_CERT"))
+        .unwrap()
+        .collect::<Result<Vec<rustls_pki_types::CertificateDer<'static>>, _>>()
+        .unwrap();
+    let web_key: PrivateKeyDer<'static> =
+        rustls_pki_types::pem::PemObject::from_pem_file(env("SC_INTEROP_WEB_KEY")).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint_url = format!("https://{}", listener.local_addr().unwrap());
+    let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(
+        BundleEndpointServer::https_web(web_chain, web_key)
+            .unwrap()
+            .serve(
+                listener,
+                BundleEndpointService::new(&d_source.source()),
+                async move {
+                    let _ = stopped.await;
+                },
+            ),
+    );
+    ctl(&["federate-with-web", "w", "d.test", &endpoint_url]).await;
+    let deadline = Instant::now() + SPIRE_WAIT;
+    loop {
+        // "bundle not found" until SPIRE fetched it.
+        let held = try_ctl_output(&["bundle-show", "w", "d.test"])
+            .await
+            .unwrap_or_else(|error| error);
+        if let Some(stored) = bundle_in(&d_test, &held)
+            && stored.x509_authorities().certificates() == [d_ca.root_certificate().clone()]
+        {
+            eprintln!(
+                "w.test's SPIRE holds d.test's bundle from our https_web endpoint: {stored:?}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "w.test's SPIRE never stored the bundle our https_web endpoint serves: {held}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
     }
 }

@@ -402,11 +402,37 @@ fn matcher_seeds() -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+/// SPIFFE bundle documents of example.org: X.509 authorities of each key type, JWT
+/// authorities, sequence and refresh hint; and a few that are refused.
+fn bundle_seeds() -> Result<(), Box<dyn Error>> {
+    use secure_channel::federation::SpiffeBundle;
+    let corpus = Corpus::new("bundle_parse")?;
+    let ca = DevCa::new("example.org")?;
+    let plain = SpiffeBundle::new(ca.bundle()?);
+    corpus.write("x509", plain.to_json()?)?;
+    let full = plain
+        .clone()
+        .with_sequence(7)
+        .with_refresh_hint(Duration::from_secs(300));
+    let mut document: serde_json::Value = serde_json::from_slice(&full.to_json()?)?;
+    let mut issuer = TokenIssuer::new(ISSUER, "k1", Algorithm::ES256)?;
+    issuer.add_key("k2", Algorithm::EdDSA)?;
+    let jwks: serde_json::Value = serde_json::from_str(&issuer.jwt_bundle())?;
+    if let (Some(keys), Some(jwt)) = (document["keys"].as_array_mut(), jwks["keys"].as_array()) {
+        keys.extend(jwt.iter().cloned());
+    }
+    corpus.write("x509-jwt-sequence-hint", document.to_string())?;
+    corpus.write("empty", r#"{"keys":[]}"#)?;
+    corpus.write("other-use", r#"{"keys":[{"use":"wit-svid","kty":"EC"}]}"#)?;
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn Error>> {
     svid_seeds()?;
     jwt_seeds()?;
     policy_seeds()?;
     matcher_seeds()?;
+    bundle_seeds()?;
     println!("seed corpora written under fuzz/corpus/");
     Ok(())
 }

@@ -15,5 +15,5 @@ pub use matcher::{AllowList, IdMatcher, IdMatcherError};
 pub(crate) use peer::IdKey;
 pub use peer::PeerIdentity;
 pub use rejection::{ChainError, PeerRejection};
+pub(crate) use svid::{LeafSvid, chain_validity, inspect_leaf, inspect_signing_cert};
 pub use svid::{MAX_SPIFFE_ID_LENGTH, SvidError, check_svid_leaf};
-pub(crate) use svid::{chain_validity, inspect_leaf, inspect_signing_cert};

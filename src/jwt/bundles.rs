@@ -1,6 +1,5 @@
 //! SPIFFE JWT bundles by trust domain, the keys of JWT-SVIDs.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use spiffe::TrustDomain;
@@ -9,7 +8,7 @@ use crate::Location;
 use crate::jwt::JwtConfigError;
 use crate::jwt::keys::{KeySet, VerifyingKey};
 use crate::jwt::source::{BoxFuture, KeyLookup, Keys};
-use crate::reload::{Live, Notices, Writer};
+use crate::reload::{LiveMap, Notices};
 
 /// The JWT bundles (JWK sets of JWT-SVID signing keys) of one or more trust domains; a live,
 /// cheaply cloned handle.
@@ -39,11 +38,8 @@ pub struct JwtBundles {
 }
 
 /// The key set of each trust domain.
-type Bundles = HashMap<TrustDomain, Arc<KeySet>>;
-
 struct BundleKeys {
-    live: Live<Bundles>,
-    writer: Writer<Bundles>,
+    map: LiveMap<TrustDomain, Arc<KeySet>>,
 }
 
 impl Default for JwtBundles {
@@ -55,9 +51,10 @@ impl Default for JwtBundles {
 impl JwtBundles {
     /// No bundles yet (every JWT-SVID is refused until one is set).
     pub fn new() -> Self {
-        let (live, writer) = Live::new("jwt-bundles", "JWT bundle", HashMap::new());
         Self {
-            inner: Arc::new(BundleKeys { live, writer }),
+            inner: Arc::new(BundleKeys {
+                map: LiveMap::new("jwt-bundles", "JWT bundle"),
+            }),
         }
     }
 
@@ -73,34 +70,41 @@ impl JwtBundles {
         let set = match KeySet::from_jwks_json(jwks.as_ref(), &location) {
             Ok(set) => set,
             Err(error) => {
-                self.inner.writer.refuse(&error);
+                self.inner.map.refuse(&error);
                 return Err(error);
             }
         };
         let keys = set.len();
-        self.inner.writer.update(|current, _| {
-            let mut next = current.clone();
-            next.insert(trust_domain.clone(), Arc::new(set));
-            Some(next)
-        });
+        // A set is new whenever it was set: key sets are not compared.
+        self.inner
+            .map
+            .set(trust_domain.clone(), Arc::new(set), |_, _| false);
         tracing::info!(%trust_domain, keys, "JWT bundle updated");
         Ok(())
     }
 
     /// Removes the bundle of `trust_domain`; returns whether there was one.
     pub fn remove(&self, trust_domain: &TrustDomain) -> bool {
+        self.inner.map.remove(trust_domain)
+    }
+
+    /// The usable JWT authorities (JWK objects, as they were set) of `trust_domain`'s bundle.
+    pub(crate) fn authorities(&self, trust_domain: &TrustDomain) -> Option<Vec<serde_json::Value>> {
         self.inner
-            .writer
-            .update(|current, _| {
-                let mut next = current.clone();
-                next.remove(trust_domain).is_some().then_some(next)
-            })
-            .is_some()
+            .map
+            .load()
+            .get(trust_domain)
+            .map(|set| set.jwks().to_vec())
+    }
+
+    /// A number that changes whenever a bundle is set or removed.
+    pub fn revision(&self) -> u64 {
+        self.inner.map.notices().revision()
     }
 
     /// The trust domains that have a bundle.
     pub fn trust_domains(&self) -> Vec<TrustDomain> {
-        self.inner.live.load().keys().cloned().collect()
+        self.inner.map.keys()
     }
 
     pub(crate) fn keys(&self) -> Arc<dyn Keys> {
@@ -126,7 +130,7 @@ impl std::fmt::Debug for JwtBundles {
 impl Keys for BundleKeys {
     fn find(&self, lookup: &KeyLookup<'_>) -> Option<Arc<VerifyingKey>> {
         let trust_domain = lookup.trust_domain?;
-        self.live.load().get(trust_domain)?.get(lookup.kid).cloned()
+        self.map.load().get(trust_domain)?.get(lookup.kid).cloned()
     }
 
     fn refresh_for_unknown_kid(self: Arc<Self>) -> Option<BoxFuture<'static, ()>> {
@@ -134,6 +138,6 @@ impl Keys for BundleKeys {
     }
 
     fn notices(&self) -> &Notices {
-        self.live.notices()
+        self.map.notices()
     }
 }

@@ -81,6 +81,9 @@ impl fmt::Debug for VerifyingKey {
 #[derive(Debug, Default)]
 pub(crate) struct KeySet {
     keys: HashMap<String, Arc<VerifyingKey>>,
+    /// The JWK objects of the usable keys, as given (for serving them again: the SPIFFE bundle
+    /// endpoint).
+    jwks: Vec<Value>,
 }
 
 impl KeySet {
@@ -117,6 +120,7 @@ impl KeySet {
             )));
         }
         let mut set = HashMap::new();
+        let mut usable = Vec::new();
         for (index, jwk) in keys.iter().enumerate() {
             match parse_jwk(jwk) {
                 Ok(key) => {
@@ -124,6 +128,7 @@ impl KeySet {
                         return Err(refuse(format!("two keys with kid {:?}", key.kid)));
                     }
                     set.insert(key.kid.clone(), Arc::new(key));
+                    usable.push(jwk.clone());
                 }
                 Err(reason) => {
                     tracing::warn!(%location, index, %reason, "JWK skipped");
@@ -133,7 +138,15 @@ impl KeySet {
         if set.is_empty() {
             return Err(refuse("no usable key".into()));
         }
-        Ok(Self { keys: set })
+        Ok(Self {
+            keys: set,
+            jwks: usable,
+        })
+    }
+
+    /// The JWK objects of the usable keys, as the document gave them.
+    pub(crate) fn jwks(&self) -> &[Value] {
+        &self.jwks
     }
 
     pub(crate) fn get(&self, kid: &str) -> Option<&Arc<VerifyingKey>> {

@@ -67,6 +67,7 @@ pub use jsonwebtoken::Algorithm;
 pub use jwks_file::JwksFileBuilder;
 pub use jwks_url::{FetchError, FetchedJwks, JwksFetcher, JwksUrlBuilder};
 pub(crate) use provider::unverified_claims;
+pub(crate) use keys::KeySet;
 pub use provider::{BearerToken, CachedTokenProvider, TokenProvider, TokenProviderError};
 pub use source::KeySource;
 pub(crate) use validator::Attempt;

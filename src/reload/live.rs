@@ -216,10 +216,6 @@ impl<T> Writer<T> {
     }
 
     /// Completes when no reader is left (for background tasks to stop on).
-    #[cfg_attr(
-        not(any(feature = "workload-api", test)),
-        expect(dead_code, reason = "only the Workload API source runs as a task")
-    )]
     pub(crate) async fn closed(&self) {
         let Some(shared) = self.shared.upgrade() else {
             return;

@@ -8,6 +8,8 @@
 //! - [`MemorySource`]: values handed over in code, replaceable at any time.
 //! - [`FileSourceBuilder`]: PEM files that rotate on disk (Kubernetes secrets, cert-manager, Vault agent).
 //! - [`WorkloadApiSourceBuilder`] (feature `workload-api`): the SPIFFE Workload API of a SPIRE agent.
+//! - [`FederatedBundles`]: federated trust domains' bundles from elsewhere (SPIFFE bundle
+//!   endpoints), added to any source by [`CredentialSource::with_federated_bundles`].
 //!
 //! # Security
 //!
@@ -15,6 +17,7 @@
 //! last good snapshot, and says why in a `tracing` warning.
 
 mod credentials;
+mod federated;
 mod files;
 mod memory;
 pub(crate) mod status;
@@ -30,6 +33,7 @@ pub use credentials::{Credentials, Svid, TrustBundle, TrustBundles};
 pub(crate) use credentials::{
     anchor_digest, check_own_chain, describe_pem_error, parse_certificates, parse_private_key,
 };
+pub use federated::FederatedBundles;
 pub use files::FileSourceBuilder;
 pub use memory::MemorySource;
 #[cfg(feature = "workload-api")]
@@ -173,7 +177,6 @@ impl Publisher {
     }
 
     /// Completes when every handle of the source is gone.
-    #[cfg(feature = "workload-api")]
     pub(crate) async fn closed(&self) {
         self.writer.closed().await;
     }

@@ -22,6 +22,7 @@
 //! [`CredentialSource`]: crate::source::CredentialSource
 
 mod config;
+mod endpoint;
 mod rejection;
 mod resolver;
 mod sessions;
@@ -29,6 +30,7 @@ mod verifier;
 
 pub use config::KeyExchange;
 pub(crate) use config::{TlsConfigs, TlsPolicy};
+pub(crate) use endpoint::{EndpointVerifier, svid_server_config, web_server_config};
 pub(crate) use rejection::{capture, refusal_advice, refuses_certificate};
 pub(crate) use resolver::SvidResolver;
 #[cfg(feature = "testkit")]

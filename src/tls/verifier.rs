@@ -11,7 +11,9 @@ use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use rustls_pki_types::{CertificateDer, ServerName, UnixTime};
 use spiffe::TrustDomain;
 
-use crate::identity::{AllowList, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert};
+use crate::identity::{
+    AllowList, LeafSvid, PeerAdmission, PeerIdentity, inspect_leaf, inspect_signing_cert,
+};
 use crate::identity::{ChainError, PeerRejection};
 use crate::revocation::RevocationChecks;
 use crate::source::{CredentialSource, Snapshot, TrustBundle, anchor_digest};
@@ -140,7 +142,7 @@ impl Entries {
 /// A chain that validated: its identity, the intermediates of the path webpki used, and the
 /// span in which all of them are valid.
 #[derive(Debug, Clone)]
-struct VerifiedChain {
+pub(crate) struct VerifiedChain {
     valid_from: i64,
     valid_until: i64,
     /// The intermediates of the validated path, the leaf's issuer first (the leaf is the
@@ -153,6 +155,11 @@ struct VerifiedChain {
 }
 
 impl VerifiedChain {
+    /// The authenticated identity.
+    pub(crate) fn identity(&self) -> &PeerIdentity {
+        &self.identity
+    }
+
     /// Whether `end_entity` is this chain's leaf and every certificate of its path is among
     /// `intermediates`.
     fn is_presented_by(&self, end_entity: &[u8], intermediates: &[CertificateDer<'_>]) -> bool {
@@ -424,75 +431,25 @@ impl SvidVerifier {
         now: UnixTime,
     ) -> Result<VerifiedChain, PeerRejection> {
         let leaf = inspect_leaf(end_entity.as_ref()).map_err(PeerRejection::NotSvid)?;
-        let presented = leaf.spiffe_id;
-        let Some(bundle) = snapshot.credentials.bundles().get(presented.trust_domain()) else {
-            return Err(PeerRejection::UnknownTrustDomain { presented });
-        };
-        if intermediates.len() > MAX_INTERMEDIATES {
-            return Err(PeerRejection::InvalidChain {
-                presented,
-                reason: ChainError::TooManyIntermediates {
-                    presented: intermediates.len(),
-                    limit: MAX_INTERMEDIATES,
-                },
+        let Some(bundle) = snapshot
+            .credentials
+            .bundles()
+            .get(leaf.spiffe_id.trust_domain())
+        else {
+            return Err(PeerRejection::UnknownTrustDomain {
+                presented: leaf.spiffe_id,
             });
-        }
-        let usage = match self.side {
-            Side::Clients => webpki::KeyUsage::client_auth(),
-            Side::Servers => webpki::KeyUsage::server_auth(),
         };
-        let revocation = crls.and_then(|(lists, _, enforce)| {
-            // Unknown status is allowed: lists are opt-in per CA (SVIDs are short-lived).
-            let expiration = if *enforce {
-                webpki::ExpirationPolicy::Enforce
-            } else {
-                webpki::ExpirationPolicy::Ignore
-            };
-            webpki::RevocationOptionsBuilder::new(lists)
-                .ok()
-                .map(|options| {
-                    options
-                        .with_depth(webpki::RevocationCheckDepth::Chain)
-                        .with_status_policy(webpki::UnknownStatusPolicy::Allow)
-                        .with_expiration_policy(expiration)
-                        .build()
-                })
-        });
-        let chain_result = webpki::EndEntityCert::try_from(end_entity)
-            .map_err(ChainError::from)
-            .and_then(|cert| {
-                let path = cert
-                    .verify_for_usage(
-                        self.algorithms.all,
-                        bundle.anchors(),
-                        intermediates,
-                        now,
-                        usage,
-                        revocation,
-                        None,
-                    )
-                    .map_err(ChainError::from)?;
-                let anchor = anchor_digest(path.anchor());
-                signing_path(&path, leaf.validity).map(|signing| (signing, anchor))
-            });
-        let (((valid_from, mut valid_until), path), anchor) = match chain_result {
-            Ok(checked) => checked,
-            Err(reason) => return Err(PeerRejection::InvalidChain { presented, reason }),
-        };
-        // An enforced nextUpdate ends the cached verdict too (webpki refuses at nextUpdate).
-        if let Some((_, Some(next_update), true)) = crls
-            && let Ok(since_epoch) = next_update.duration_since(std::time::UNIX_EPOCH)
-        {
-            let next_update = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
-            valid_until = valid_until.min(next_update.saturating_sub(1));
-        }
-        Ok(VerifiedChain {
-            valid_from,
-            valid_until,
-            path,
-            anchor,
-            identity: PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after),
-        })
+        validate_chain(
+            bundle,
+            &self.algorithms,
+            self.side,
+            crls,
+            leaf,
+            end_entity,
+            intermediates,
+            now,
+        )
     }
 
     /// The identity of a finished handshake's peer, from the chain rustls holds for it.
@@ -557,9 +514,93 @@ impl SvidVerifier {
     }
 }
 
+/// Validates `leaf`'s chain against `bundle` (the bundle of the trust domain in its SPIFFE ID)
+/// and the revocation lists `crls`: the SVID rules on the path, not who may connect.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "one validation's inputs, passed through"
+)]
+pub(crate) fn validate_chain(
+    bundle: &TrustBundle,
+    algorithms: &WebPkiSupportedAlgorithms,
+    side: Side,
+    crls: Option<&Crls<'_>>,
+    leaf: LeafSvid,
+    end_entity: &CertificateDer<'_>,
+    intermediates: &[CertificateDer<'_>],
+    now: UnixTime,
+) -> Result<VerifiedChain, PeerRejection> {
+    let presented = leaf.spiffe_id;
+    if intermediates.len() > MAX_INTERMEDIATES {
+        return Err(PeerRejection::InvalidChain {
+            presented,
+            reason: ChainError::TooManyIntermediates {
+                presented: intermediates.len(),
+                limit: MAX_INTERMEDIATES,
+            },
+        });
+    }
+    let usage = match side {
+        Side::Clients => webpki::KeyUsage::client_auth(),
+        Side::Servers => webpki::KeyUsage::server_auth(),
+    };
+    let revocation = crls.and_then(|(lists, _, enforce)| {
+        // Unknown status is allowed: lists are opt-in per CA (SVIDs are short-lived).
+        let expiration = if *enforce {
+            webpki::ExpirationPolicy::Enforce
+        } else {
+            webpki::ExpirationPolicy::Ignore
+        };
+        webpki::RevocationOptionsBuilder::new(lists)
+            .ok()
+            .map(|options| {
+                options
+                    .with_depth(webpki::RevocationCheckDepth::Chain)
+                    .with_status_policy(webpki::UnknownStatusPolicy::Allow)
+                    .with_expiration_policy(expiration)
+                    .build()
+            })
+    });
+    let chain_result = webpki::EndEntityCert::try_from(end_entity)
+        .map_err(ChainError::from)
+        .and_then(|cert| {
+            let path = cert
+                .verify_for_usage(
+                    algorithms.all,
+                    bundle.anchors(),
+                    intermediates,
+                    now,
+                    usage,
+                    revocation,
+                    None,
+                )
+                .map_err(ChainError::from)?;
+            let anchor = anchor_digest(path.anchor());
+            signing_path(&path, leaf.validity).map(|signing| (signing, anchor))
+        });
+    let (((valid_from, mut valid_until), path), anchor) = match chain_result {
+        Ok(checked) => checked,
+        Err(reason) => return Err(PeerRejection::InvalidChain { presented, reason }),
+    };
+    // An enforced nextUpdate ends the cached verdict too (webpki refuses at nextUpdate).
+    if let Some((_, Some(next_update), true)) = crls
+        && let Ok(since_epoch) = next_update.duration_since(std::time::UNIX_EPOCH)
+    {
+        let next_update = i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX);
+        valid_until = valid_until.min(next_update.saturating_sub(1));
+    }
+    Ok(VerifiedChain {
+        valid_from,
+        valid_until,
+        path,
+        anchor,
+        identity: PeerIdentity::new(presented, end_entity.clone().into_owned(), leaf.not_after),
+    })
+}
+
 /// The revocation lists of one verification, their earliest nextUpdate, and whether it is
 /// enforced.
-type Crls<'a> = (
+pub(crate) type Crls<'a> = (
     Vec<&'a webpki::CertRevocationList<'static>>,
     Option<std::time::SystemTime>,
     bool,

@@ -101,6 +101,15 @@ impl WebPkiConnector {
         self
     }
 
+    /// Connects with `config` (its own server authentication), for the SPIFFE bundle
+    /// endpoint's `https_spiffe` profile.
+    pub(crate) fn with_config(config: Arc<ClientConfig>) -> Self {
+        Self {
+            config,
+            timeout: std::time::Duration::from_secs(10),
+        }
+    }
+
     /// Connects to an `https` URI.
     pub async fn connect(&self, uri: Uri) -> Result<WebPkiConnection, ConnectionError> {
         let invalid = |problem: &str| ConnectionError::InvalidUri {
