@@ -27,6 +27,7 @@ use crate::proxy::local::{BackendConnector, LocalAddr};
 use crate::proxy::retarget;
 
 /// What the service is built from (validated already).
+#[derive(Clone)]
 pub(crate) struct Config {
     pub(crate) backend: LocalAddr,
     pub(crate) identity_header: HeaderName,
@@ -75,6 +76,94 @@ pub(crate) fn service(config: Config) -> LayeredRouter<Front> {
             .option_layer(config.limits)
             .option_layer(config.validator.map(JwtLayer::new)),
     )
+}
+
+/// Binds `count` listening sockets to `addr` (the first one's port for the others when `addr`
+/// has port 0), with SO_REUSEPORT when there are several, so that the kernel spreads new
+/// connections over them. Bound from within a runtime, handed over unregistered.
+pub(crate) fn bind_shards(
+    addr: SocketAddr,
+    count: usize,
+) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let count = count.max(1);
+    let mut addr = addr;
+    let mut sockets = Vec::with_capacity(count);
+    for _ in 0..count {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        if count > 1 {
+            socket.set_reuseport(true)?;
+        }
+        socket.bind(addr)?;
+        let listener = socket.listen(1024)?.into_std()?;
+        addr = listener.local_addr()?;
+        sockets.push(listener);
+    }
+    Ok(sockets)
+}
+
+/// Serves `config`'s service on every socket, each on its own thread with a single-threaded
+/// runtime, its own TLS listener and its own backend connections: a request, its handshake
+/// and its backend connection stay on one thread, as in nginx's workers, instead of handing
+/// each request between tasks on different threads (which is what cost the proxy its CPU
+/// time: wake-ups and context switches). Until `stop`; then every worker stops accepting and
+/// lets its requests in flight finish. A worker that fails stops them all.
+pub(crate) async fn serve_sharded(
+    channel: secure_channel::SecureChannel,
+    sockets: Vec<std::net::TcpListener>,
+    config: Config,
+    stop: tokio::sync::oneshot::Receiver<()>,
+) -> std::io::Result<()> {
+    let (stopping, stopped) = tokio::sync::watch::channel(false);
+    let mut workers = tokio::task::JoinSet::new();
+    for (i, socket) in sockets.into_iter().enumerate() {
+        let (finished, finish) = tokio::sync::oneshot::channel::<std::io::Result<()>>();
+        let (channel, config, mut stopped) = (channel.clone(), config.clone(), stopped.clone());
+        std::thread::Builder::new()
+            .name(format!("proxy-worker-{i}"))
+            .spawn(move || {
+                let run = || -> std::io::Result<()> {
+                    let runtime = tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()?;
+                    runtime.block_on(async move {
+                        let listener =
+                            channel.listener(tokio::net::TcpListener::from_std(socket)?)?;
+                        secure_channel::integration::hyper::serve(listener, service(config))
+                            .with_graceful_shutdown(async move {
+                                let _ = stopped.wait_for(|stop| *stop).await;
+                            })
+                            .await
+                    })
+                };
+                let _ = finished.send(run());
+            })?;
+        workers.spawn(async move {
+            finish.await.unwrap_or_else(|_| {
+                Err(std::io::Error::other(
+                    "a worker thread ended without a result",
+                ))
+            })
+        });
+    }
+    let early = tokio::select! {
+        _ = stop => None,
+        Some(ended) = workers.join_next() => Some(ended),
+    };
+    let _ = stopping.send(true);
+    if let Some(ended) = early {
+        let result = ended.map_err(std::io::Error::other)?;
+        result?;
+        return Err(std::io::Error::other("a worker stopped serving"));
+    }
+    while let Some(ended) = workers.join_next().await {
+        ended.map_err(std::io::Error::other)??;
+    }
+    Ok(())
 }
 
 /// `--allow` callers pass on every route; every other caller is judged by the policy.

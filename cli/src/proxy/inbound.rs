@@ -73,7 +73,8 @@ pub(crate) struct InboundArgs {
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
-    /// Threads serving connections (default: one per CPU).
+    /// Threads serving connections (default: one per CPU). In http mode each has its own
+    /// listening socket (SO_REUSEPORT) and its own backend connections, as nginx's workers do.
     #[arg(long, value_name = "N", value_parser = clap::builder::TypedValueParser::map(clap::value_parser!(u16).range(1..=1024), usize::from))]
     pub(crate) worker_threads: Option<usize>,
 }
@@ -177,13 +178,16 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         .build()
         .map_err(|e| Failure::Invalid(e.to_string()))?;
 
-    let tcp = tokio::net::TcpListener::bind(args.listen)
-        .await
+    // http mode: one socket per worker thread (see `http_in::serve_sharded`); tcp mode: one.
+    let workers = match args.mode {
+        Mode::Http => args.worker_threads.unwrap_or_else(default_workers),
+        Mode::Tcp => 1,
+    };
+    let sockets = http_in::bind_shards(args.listen, workers)
         .map_err(|e| Failure::invalid(format!("--listen {}", args.listen), e))?;
-    let listener = channel
-        .listener(tcp)
+    let local = sockets[0]
+        .local_addr()
         .map_err(|e| Failure::invalid(format!("--listen {}", args.listen), e))?;
-    let local = listener.local_addr();
     let draining = Arc::new(AtomicBool::new(false));
     if let (Some(addr), Some(metrics)) = (args.admin, metrics) {
         let state = admin::Admin {
@@ -207,13 +211,19 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
     println!("listening on {local}");
     let grace = Duration::from_secs(args.drain_timeout);
     if args.mode == Mode::Tcp {
+        let socket = sockets.into_iter().next().ok_or_else(|| {
+            Failure::Invalid(format!("--listen {}: no socket was bound", args.listen))
+        })?;
+        let listener = tokio::net::TcpListener::from_std(socket)
+            .and_then(|tcp| channel.listener(tcp))
+            .map_err(|e| Failure::invalid(format!("--listen {}", args.listen), e))?;
         let (backend, proxy_protocol) = (args.backend.clone(), args.proxy_protocol);
         return serve_until_terminated(grace, &draining, move |stop| {
             tcp_in::serve(listener, backend, proxy_protocol, stop)
         })
         .await;
     }
-    let service = http_in::service(http_in::Config {
+    let config = http_in::Config {
         backend: args.backend.clone(),
         identity_header: args.identity_header.clone(),
         token_subject_header: args.token_subject_header.clone(),
@@ -221,15 +231,16 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         policy,
         validator,
         limits,
-    });
+    };
     serve_until_terminated(grace, &draining, move |stop| {
-        secure_channel::integration::hyper::serve(listener, service).with_graceful_shutdown(
-            async move {
-                let _ = stop.await;
-            },
-        )
+        http_in::serve_sharded(channel, sockets, config, stop)
     })
     .await
+}
+
+/// One worker per CPU.
+fn default_workers() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
 }
 
 /// The validator of `--jwks`, `--audience`, `--issuer`, `--require-bound-token`.

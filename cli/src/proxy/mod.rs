@@ -27,6 +27,9 @@ use crate::failure::{Failure, Outcome};
 /// Runs `proxy ...` on a multi-threaded runtime.
 pub(crate) fn run(command: ProxyCommand) -> Outcome {
     let workers = match &command {
+        // http mode serves on threads of its own (`http_in::serve_sharded`): this runtime only
+        // reloads, sweeps and answers the admin listener.
+        ProxyCommand::Inbound(args) if args.mode == inbound::Mode::Http => Some(1),
         ProxyCommand::Inbound(args) => args.worker_threads,
         ProxyCommand::Outbound(args) => args.worker_threads,
     };
