@@ -52,7 +52,7 @@ macro_rules! define_answer_future {
 
         impl<F, B> ResponseFuture<F, B> {
             /// The inner service was called; `permit` counts the request in flight.
-            #[inline]
+            #[inline(always)]
             pub(super) fn called(future: F, permit: Option<Permit>) -> Self {
                 Self {
                     answer: Answer::called(future, permit),

@@ -123,7 +123,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    #[inline]
+    #[inline(always)]
     fn call(&mut self, request: Request<ReqBody>) -> Self::Future {
         let Some(peer) = crate::layer::peer_identity(request.extensions()) else {
             let rejection = missing_peer_identity(&request);
