@@ -275,11 +275,15 @@ async fn tcp_mode_refuses_http_only_flags() {
 async fn sigterm_lets_open_connections_finish() {
     let pki = Pki::new();
     pki.svid("proxy", PROXY_ID);
-    let (backend_addr, _headers) = backend(false).await;
+    let (backend_addr, mut arrivals) = backend(false).await;
     let mut running = tcp_proxy(&pki, &backend_addr.to_string(), &[]).await;
     let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
     let mut stream = within(channel.connect_tcp(running.addr)).await.unwrap();
     stream.write_all(b"in flight").await.unwrap();
+    // The connection is open once the proxy has accepted it and reached the backend (the
+    // client's side of the handshake ends before the proxy's: a SIGTERM in between would find
+    // a connection still being accepted, which a drain rightly does not wait for).
+    within(arrivals.recv()).await.unwrap();
     running.terminate().await;
     let addr = running.addr;
     within(async {
