@@ -932,3 +932,50 @@ async fn fetches_are_counted_by_outcome_and_reason() {
     assert_eq!(counted("unchanged", "none"), 1);
     assert_eq!(counted("refused", "status"), 1);
 }
+
+/// A client that completes the TLS handshake and then sends nothing, or goes quiet on a
+/// kept-alive connection after a request, is closed after the server's idle timeout: it cannot
+/// hold one of the endpoint's connections.
+#[tokio::test]
+async fn idle_connections_are_closed_after_the_idle_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    support::init_tracing();
+    let remote = Remote::new();
+    let web_ca = ca("web.test");
+    let idle = Duration::from_millis(300);
+    let running = serve(web_server(&web_ca).idle_timeout(idle), remote.service()).await;
+    let mut roots = RootCertStore::empty();
+    roots.add(web_ca.root_certificate().clone()).unwrap();
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let name = rustls_pki_types::ServerName::try_from("127.0.0.1").unwrap();
+    let connect = || async {
+        let tcp = tokio::net::TcpStream::connect(running.addr).await.unwrap();
+        connector.connect(name.clone(), tcp).await.unwrap()
+    };
+
+    // Silent after the handshake: closed (with or without close_notify), nothing sent.
+    let mut silent = within(connect()).await;
+    let started = std::time::Instant::now();
+    let mut received = Vec::new();
+    let _ = within(silent.read_to_end(&mut received)).await;
+    assert!(received.is_empty(), "{received:?}");
+    assert!(started.elapsed() >= idle / 2, "{:?}", started.elapsed());
+
+    // One request answered, then quiet on the kept-alive connection: closed as well.
+    let mut quiet = within(connect()).await;
+    within(quiet.write_all(b"GET / HTTP/1.1\r\nhost: 127.0.0.1\r\n\r\n"))
+        .await
+        .unwrap();
+    let mut received = Vec::new();
+    let _ = within(quiet.read_to_end(&mut received)).await;
+    let text = String::from_utf8_lossy(&received);
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains("spiffe_sequence"), "{text}");
+}

@@ -55,4 +55,6 @@ mod server;
 pub use bundle::{DEFAULT_MAX_BUNDLE_SIZE, SpiffeBundle};
 pub use client::{BundleEndpointClient, BundleEndpointClientBuilder};
 pub use error::{BundleError, FederationError, FetchError};
-pub use server::{BundleEndpointServer, BundleEndpointService, DEFAULT_REFRESH_HINT};
+pub use server::{
+    BundleEndpointServer, BundleEndpointService, DEFAULT_IDLE_TIMEOUT, DEFAULT_REFRESH_HINT,
+};

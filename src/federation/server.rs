@@ -11,7 +11,7 @@ use bytes::Bytes;
 use http::{HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::Full;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::service::TowerToHyperService;
 use rustls::ServerConfig;
@@ -31,6 +31,13 @@ pub const DEFAULT_REFRESH_HINT: Duration = Duration::from_secs(300);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How many connections are served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 256;
+/// The default bound on a connection's wait for a request (see
+/// [`BundleEndpointServer::idle_timeout`]).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a connection is served at most: a bundle is one small document, and a client that
+/// keeps an HTTP/2 connection open (answering pings, sending nothing) must not hold one of the
+/// connection slots for ever.
+const MAX_CONNECTION_AGE: Duration = Duration::from_secs(300);
 
 /// Serves the SPIFFE bundle of our own trust domain (a tower `Service` for axum, hyper or
 /// [`BundleEndpointServer`]): the X.509 authorities of the credential source's own trust
@@ -213,11 +220,13 @@ impl<B> tower_service::Service<Request<B>> for BundleEndpointService {
 /// X.509-SVID, read at each handshake) or `https_web` (a WebPKI certificate). Clients are not
 /// asked for a certificate: a bundle is public.
 ///
-/// HTTP/1.1 and HTTP/2; a TLS handshake must complete within 10 s; at most 256 connections
-/// at once (the next wait to be accepted).
+/// HTTP/1.1 and HTTP/2; a TLS handshake must complete within 10 s; a connection that sends no
+/// request for the [idle timeout](Self::idle_timeout) is closed, and none is served longer
+/// than 5 minutes; at most 256 connections at once (the next wait to be accepted).
 #[derive(Clone)]
 pub struct BundleEndpointServer {
     tls: Arc<ServerConfig>,
+    idle_timeout: Duration,
 }
 
 impl std::fmt::Debug for BundleEndpointServer {
@@ -233,6 +242,7 @@ impl BundleEndpointServer {
     pub fn https_spiffe(source: &CredentialSource) -> Result<Self, ConfigError> {
         Ok(Self {
             tls: crate::tls::svid_server_config(source)?,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         })
     }
 
@@ -244,7 +254,19 @@ impl BundleEndpointServer {
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             tls: crate::tls::web_server_config(chain, key)?,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
         })
+    }
+
+    /// Bounds how long a connection may keep the server waiting (default 10 s, at least 1 ms):
+    /// an HTTP/1.1 connection that has not sent a whole request header within `timeout` of the
+    /// server's starting to wait for one (first request or kept alive) is closed, and so is an
+    /// HTTP/2 connection that does not answer a keep-alive ping, sent after `timeout` of
+    /// silence, within `timeout`. (Any connection is closed after 5 minutes.)
+    #[must_use]
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = timeout.max(Duration::from_millis(1));
+        self
     }
 
     /// The rustls configuration, for serving with another HTTPS stack.
@@ -293,6 +315,7 @@ impl BundleEndpointServer {
             while connections.try_join_next().is_some() {}
             let acceptor = acceptor.clone();
             let service = service.clone();
+            let idle_timeout = self.idle_timeout;
             connections.spawn(async move {
                 let _slot = slot;
                 let tls =
@@ -307,11 +330,32 @@ impl BundleEndpointServer {
                             return;
                         }
                     };
-                let served = auto::Builder::new(TokioExecutor::new())
-                    .serve_connection(TokioIo::new(tls), TowerToHyperService::new(service))
-                    .await;
-                if let Err(error) = served {
-                    tracing::debug!(%peer, %error, "bundle endpoint: connection ended with an error");
+                let mut builder = auto::Builder::new(TokioExecutor::new());
+                // The protocol as ALPN chose it (HTTP/1.1 without ALPN): guessing it from the
+                // first bytes would wait for them without any timeout.
+                if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+                    builder = builder.http2_only();
+                } else {
+                    builder = builder.http1_only();
+                }
+                // Without a timer hyper ignores its timeouts.
+                builder
+                    .http1()
+                    .timer(TokioTimer::new())
+                    .header_read_timeout(idle_timeout);
+                builder
+                    .http2()
+                    .timer(TokioTimer::new())
+                    .keep_alive_interval(idle_timeout)
+                    .keep_alive_timeout(idle_timeout);
+                let connection =
+                    builder.serve_connection(TokioIo::new(tls), TowerToHyperService::new(service));
+                match tokio::time::timeout(MAX_CONNECTION_AGE, connection).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) => {
+                        tracing::debug!(%peer, %error, "bundle endpoint: connection ended with an error");
+                    }
+                    Err(_) => tracing::debug!(%peer, "bundle endpoint: connection closed at its maximum age"),
                 }
             });
         }
