@@ -5,8 +5,9 @@
 //! CPU cost of the lookup and the checks).
 //!
 //! Each request is built per iteration as hyper would hand it over, with the caller's verified
-//! `PeerIdentity` (from the channel's own client verifier, one real SVID per caller). The
-//! stacks:
+//! `PeerIdentity` (from the channel's own client verifier, one real SVID per caller; each stack
+//! gets connections of its own, as a server of its own would, since a connection's identity
+//! holds the state of the limits its requests met). The stacks:
 //!
 //! - `bare`: the handler alone (it reads the identity);
 //! - `rate`: `RateLimitLayer` with a per-caller rate;
@@ -31,6 +32,7 @@ use criterion::Criterion;
 use criterion::measurement::Measurement;
 use http::{Method, Request, Response};
 use http_body_util::Full;
+use rustls_pki_types::CertificateDer;
 use secure_channel::PeerIdentity;
 use secure_channel::authz::{Policy, PolicySource, Rule};
 use secure_channel::layer::authorize::AuthorizeLayer;
@@ -60,13 +62,35 @@ fn request(peer: &PeerIdentity) -> Request<Body> {
 
 /// `count` verified identities of `ca`, from a channel that admits its trust domain.
 fn identities(ca: &DevCa, server: &SecureChannel, prefix: &str, count: usize) -> Vec<PeerIdentity> {
-    (0..count)
-        .map(|i| {
-            let id = format!("spiffe://example.org/ns/{prefix}/sa/svc-{i}");
-            let svid = ca.svid(&id).issue().unwrap();
-            server.bench_peer_identity(svid.chain()).unwrap()
-        })
-        .collect()
+    let callers = Callers::issue(ca, prefix, count);
+    callers.connections(server)
+}
+
+/// The callers' certificate chains, one real SVID each.
+struct Callers {
+    chains: Vec<Vec<CertificateDer<'static>>>,
+}
+
+impl Callers {
+    fn issue(ca: &DevCa, prefix: &str, count: usize) -> Self {
+        let chains = (0..count)
+            .map(|i| {
+                let id = format!("spiffe://example.org/ns/{prefix}/sa/svc-{i}");
+                ca.svid(&id).issue().unwrap().chain().to_vec()
+            })
+            .collect();
+        Self { chains }
+    }
+
+    /// One connection per caller: the identity `server`'s verifier gives each connection (a
+    /// connection's own, which holds the state of the limits its requests met). Each stack is
+    /// given connections of its own, as if it were a server of its own.
+    fn connections(&self, server: &SecureChannel) -> Vec<PeerIdentity> {
+        self.chains
+            .iter()
+            .map(|chain| server.bench_peer_identity(chain).unwrap())
+            .collect()
+    }
 }
 
 /// Benchmarks `service` over the callers in turn, after checking that it answers 200.
@@ -106,15 +130,15 @@ fn high_rate() -> Rate {
     Rate::per_second(1_000_000_000).burst(1_000)
 }
 
-/// The server channel and the callers' identities.
-fn setup(count: usize) -> (DevCa, MemorySource, SecureChannel, Vec<PeerIdentity>) {
+/// The server channel and its callers.
+fn setup(count: usize) -> (DevCa, MemorySource, SecureChannel, Callers) {
     let ca = DevCa::new("example.org").unwrap();
     let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
     let server = SecureChannel::builder(&source)
         .allow_client("spiffe://example.org")
         .build()
         .unwrap();
-    let callers = identities(&ca, &server, "prod", count);
+    let callers = Callers::issue(&ca, "prod", count);
     (ca, source, server, callers)
 }
 
@@ -167,21 +191,19 @@ fn authorize_layer(limited: bool) -> AuthorizeLayer {
 
 fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let (ca, _source, server, callers) = setup(CALLERS);
-    bench_stack(c, "bare", &Handler, &callers);
-    bench_stack(c, "rate", &rate_layer().layer(Handler), &callers);
+    let connections = || callers.connections(&server);
+    bench_stack(c, "bare", &Handler, &connections());
+    bench_stack(c, "rate", &rate_layer().layer(Handler), &connections());
     let stack = concurrency_layer().layer(Handler);
-    bench_stack(c, "rate+concurrency", &stack, &callers);
+    bench_stack(c, "rate+concurrency", &stack, &connections());
     let stack = total_layer().layer(Handler);
-    bench_stack(c, "rate+concurrency+total", &stack, &callers);
-    bench_stack(c, "overrides", &overrides_layer().layer(Handler), &callers);
-    bench_stack(
-        c,
-        "authorize",
-        &authorize_layer(false).layer(Handler),
-        &callers,
-    );
+    bench_stack(c, "rate+concurrency+total", &stack, &connections());
+    let stack = overrides_layer().layer(Handler);
+    bench_stack(c, "overrides", &stack, &connections());
+    let stack = authorize_layer(false).layer(Handler);
+    bench_stack(c, "authorize", &stack, &connections());
     let stack = authorize_layer(true).layer(Handler);
-    bench_stack(c, "authorize+rule-limits", &stack, &callers);
+    bench_stack(c, "authorize+rule-limits", &stack, &connections());
     memory(&ca, &server);
 }
 
@@ -217,30 +239,20 @@ fn instructions(n: usize) {
         count::<STACK, false, S>(service, callers, n);
         count::<STACK, true, S>(service, callers, n);
     }
-    let (_ca, _source, _server, callers) = setup(CALLERS);
-    both::<0, _>("bare", &Handler, &callers, n);
-    both::<1, _>("rate", &rate_layer().layer(Handler), &callers, n);
-    both::<2, _>(
-        "rate+concurrency",
-        &concurrency_layer().layer(Handler),
-        &callers,
-        n,
-    );
-    both::<3, _>(
-        "rate+concurrency+total",
-        &total_layer().layer(Handler),
-        &callers,
-        n,
-    );
-    both::<4, _>("overrides", &overrides_layer().layer(Handler), &callers, n);
-    both::<5, _>(
-        "authorize",
-        &authorize_layer(false).layer(Handler),
-        &callers,
-        n,
-    );
-    let limited = authorize_layer(true).layer(Handler);
-    both::<6, _>("authorize+rule-limits", &limited, &callers, n);
+    let (_ca, _source, server, callers) = setup(CALLERS);
+    let connections = || callers.connections(&server);
+    both::<0, _>("bare", &Handler, &connections(), n);
+    both::<1, _>("rate", &rate_layer().layer(Handler), &connections(), n);
+    let stack = concurrency_layer().layer(Handler);
+    both::<2, _>("rate+concurrency", &stack, &connections(), n);
+    let stack = total_layer().layer(Handler);
+    both::<3, _>("rate+concurrency+total", &stack, &connections(), n);
+    let stack = overrides_layer().layer(Handler);
+    both::<4, _>("overrides", &stack, &connections(), n);
+    let stack = authorize_layer(false).layer(Handler);
+    both::<5, _>("authorize", &stack, &connections(), n);
+    let stack = authorize_layer(true).layer(Handler);
+    both::<6, _>("authorize+rule-limits", &stack, &connections(), n);
 }
 
 /// The thread CPU time per request of `batch` requests through `service`, the callers in turn
@@ -270,13 +282,15 @@ where
 /// stack the minimum and the 10th percentile over the rounds (a batch another process
 /// disturbed only ever takes longer), and their difference to the bare handler's.
 fn min_of_rounds(rounds: usize) {
-    let (_ca, _source, _server, callers) = setup(CALLERS);
-    min_of_rounds_in(&callers, rounds, false);
-    min_of_rounds_in(&callers, rounds, true);
+    let (_ca, _source, server, callers) = setup(CALLERS);
+    min_of_rounds_in(&callers, &server, rounds, false);
+    min_of_rounds_in(&callers, &server, rounds, true);
 }
 
-fn min_of_rounds_in(callers: &[PeerIdentity], rounds: usize, one: bool) {
+fn min_of_rounds_in(callers: &Callers, server: &SecureChannel, rounds: usize, one: bool) {
     const BATCH: usize = 10_000;
+    // Connections of its own for each stack (and each mode).
+    let connections: Vec<Vec<PeerIdentity>> = (0..8).map(|_| callers.connections(server)).collect();
     let rate = rate_layer().layer(Handler);
     let concurrency = concurrency_layer().layer(Handler);
     let authorize = authorize_layer(false).layer(Handler);
@@ -301,14 +315,14 @@ fn min_of_rounds_in(callers: &[PeerIdentity], rounds: usize, one: bool) {
     let mut next = [if one { CALLERS / 2 } else { 0 }; 8];
     for round in 0..=rounds {
         let batch = [
-            timed_batch(&Handler, callers, &mut next[0], BATCH, one),
-            timed_batch(&rate, callers, &mut next[1], BATCH, one),
-            timed_batch(&concurrency, callers, &mut next[2], BATCH, one),
-            timed_batch(&authorize, callers, &mut next[3], BATCH, one),
-            timed_batch(&limited, callers, &mut next[4], BATCH, one),
-            timed_batch(&pass, callers, &mut next[5], BATCH, one),
-            timed_batch(&framing, callers, &mut next[6], BATCH, one),
-            timed_batch(&answered, callers, &mut next[7], BATCH, one),
+            timed_batch(&Handler, &connections[0], &mut next[0], BATCH, one),
+            timed_batch(&rate, &connections[1], &mut next[1], BATCH, one),
+            timed_batch(&concurrency, &connections[2], &mut next[2], BATCH, one),
+            timed_batch(&authorize, &connections[3], &mut next[3], BATCH, one),
+            timed_batch(&limited, &connections[4], &mut next[4], BATCH, one),
+            timed_batch(&pass, &connections[5], &mut next[5], BATCH, one),
+            timed_batch(&framing, &connections[6], &mut next[6], BATCH, one),
+            timed_batch(&answered, &connections[7], &mut next[7], BATCH, one),
         ];
         // Round 0 warms the caches and the callers' entries.
         if round > 0 {
@@ -317,9 +331,11 @@ fn min_of_rounds_in(callers: &[PeerIdentity], rounds: usize, one: bool) {
             }
         }
     }
-    for stack in [&rate, &concurrency] {
-        assert_eq!(oneshot(stack, request(&callers[0])).status(), 200);
-    }
+    assert_eq!(oneshot(&rate, request(&connections[1][0])).status(), 200);
+    assert_eq!(
+        oneshot(&concurrency, request(&connections[2][0])).status(),
+        200
+    );
     let stats: Vec<(f64, f64)> = times
         .iter_mut()
         .map(|t| {

@@ -1,5 +1,6 @@
 //! The verified identity of the peer on a connection.
 
+use std::any::Any;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, OnceLock};
@@ -14,8 +15,8 @@ use spiffe::{SpiffeId, TrustDomain};
 /// Only this crate constructs it, after the peer's X.509-SVID chain validated against the bundle
 /// of the peer's own trust domain and the peer's ID was allowed; holding one is the proof.
 ///
-/// Cloning is cheap (a reference count): the identity is shared by the connection, every
-/// request on it, and the verifier's cache of verified chains.
+/// Cloning is cheap (a reference count): the identity is shared by the connection and every
+/// request on it.
 #[derive(Clone)]
 pub struct PeerIdentity {
     inner: Arc<Inner>,
@@ -30,6 +31,30 @@ struct Inner {
     not_after: SystemTime,
     /// Computed on first use, by the first limit that looks the caller up.
     id_key: OnceLock<IdKey>,
+    /// The caller's state in the tables of per-caller limits that looked it up first (by each
+    /// table's [`LimitStateKey`]), kept here so that the connection's later requests go
+    /// straight to it instead of through the table's map.
+    limit_states: [OnceLock<(LimitStateKey, LimitState)>; LIMIT_STATES],
+}
+
+/// How many tables of per-caller limits an identity keeps its state in (the rate-limit layer's
+/// and a few policy rules'); further tables look the caller up in their maps.
+const LIMIT_STATES: usize = 4;
+
+/// A caller's state in a table of per-caller limits, as an identity keeps it: the table's own
+/// type, which this room does not know (`limit` is above it).
+pub(crate) type LimitState = Arc<dyn Any + Send + Sync>;
+
+/// Which table of per-caller limits a [`LimitState`] belongs to: unique in the process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct LimitStateKey(u64);
+
+impl LimitStateKey {
+    /// A key no other table has.
+    pub(crate) fn unique() -> Self {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        Self(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
 }
 
 /// A 128-bit keyed hash of a SPIFFE ID: two SipHash-1-3 with independent random keys of the
@@ -76,6 +101,25 @@ impl PeerIdentity {
                 thumbprint: OnceLock::new(),
                 not_after,
                 id_key: OnceLock::new(),
+                limit_states: Default::default(),
+            }),
+        }
+    }
+
+    /// The identity as one connection holds it: the same ID, leaf and expiry (and what was
+    /// computed of them), with none of the state per-caller limits keep in it. The verifier
+    /// gives each connection its own, so that an identity held by its cache of verified chains
+    /// does not keep limit state alive after its connections are gone.
+    pub(crate) fn for_connection(&self) -> Self {
+        let inner = &*self.inner;
+        Self {
+            inner: Arc::new(Inner {
+                spiffe_id: inner.spiffe_id.clone(),
+                leaf: inner.leaf.clone(),
+                thumbprint: inner.thumbprint.clone(),
+                not_after: inner.not_after,
+                id_key: inner.id_key.clone(),
+                limit_states: Default::default(),
             }),
         }
     }
@@ -147,6 +191,44 @@ impl PeerIdentity {
             .id_key
             .get_or_init(|| IdKey::of(&self.inner.spiffe_id))
     }
+
+    /// The state the table `table` keeps for this caller, if the identity holds it.
+    #[inline]
+    pub(crate) fn limit_state(&self, table: LimitStateKey) -> Option<&LimitState> {
+        self.inner
+            .limit_states
+            .iter()
+            .map_while(OnceLock::get)
+            .find(|(key, _)| *key == table)
+            .map(|(_, state)| state)
+    }
+
+    /// Keeps `state` as the table `table`'s state for this caller, in the first free place (none
+    /// left: not kept). The identity holds it as long as it lives (its connection and the
+    /// requests on it: see [`for_connection`](Self::for_connection)), and the table keeps
+    /// every state held elsewhere.
+    pub(crate) fn keep_limit_state(
+        &self,
+        table: LimitStateKey,
+        state: impl FnOnce() -> LimitState,
+    ) {
+        let places = &self.inner.limit_states;
+        // The places fill in order, so the full ones are always a prefix (`limit_state` stops
+        // at the first empty one): the last one full, there is no room.
+        if places.last().is_none_or(|last| last.get().is_some()) {
+            return;
+        }
+        let mut state = state();
+        for place in places {
+            match place.set((table, state)) {
+                Ok(()) => return,
+                Err((_, back)) => state = back,
+            }
+            if place.get().is_some_and(|(key, _)| *key == table) {
+                return;
+            }
+        }
+    }
 }
 
 impl fmt::Debug for PeerIdentity {
@@ -174,6 +256,30 @@ mod tests {
             peer.thumbprint_sha256_base64url(),
             "A5BYxvLAy0ksUzsKTRTvd8wPeKvMztUofYShogEc-4E"
         );
+    }
+
+    #[test]
+    fn limit_states_are_kept_per_table_in_the_first_free_places() {
+        let peer = PeerIdentity::for_tests("spiffe://example.org/web");
+        let tables: Vec<LimitStateKey> = (0..LIMIT_STATES + 1)
+            .map(|_| LimitStateKey::unique())
+            .collect();
+        for (n, table) in tables.iter().enumerate() {
+            assert!(peer.limit_state(*table).is_none());
+            peer.keep_limit_state(*table, || Arc::new(n));
+        }
+        for (n, table) in tables.iter().enumerate().take(LIMIT_STATES) {
+            let state = peer.limit_state(*table).unwrap();
+            assert_eq!(state.downcast_ref::<usize>(), Some(&n));
+        }
+        // No place left for the last one.
+        assert!(peer.limit_state(tables[LIMIT_STATES]).is_none());
+        // A table keeps one state: keeping again does not replace it.
+        peer.keep_limit_state(tables[1], || Arc::new(99usize));
+        let state = peer.limit_state(tables[1]).unwrap();
+        assert_eq!(state.downcast_ref::<usize>(), Some(&1));
+        // A clone is the same identity, with the same states.
+        assert!(peer.clone().limit_state(tables[0]).is_some());
     }
 
     #[test]

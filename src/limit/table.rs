@@ -15,7 +15,12 @@
 //! run when a new caller is added and the table has doubled since the last sweep (or is full),
 //! at most once per [`MIN_SWEEP_GAP`], or the last sweep is [`SWEEP_INTERVAL`] old. So the table
 //! holds the callers of the last one or two seconds (and those busy or not yet refilled), and a
-//! flood of new callers costs at most one pass over it a second. It never holds more than
+//! flood of new callers costs at most one pass over it a second. An entry is also kept while
+//! anything but the table holds it: a permit, or the identity of a connection of its caller,
+//! which keeps it after its first request so that the connection's later requests skip the
+//! map ([`admit_peer`](CallerTable::admit_peer)); each connection has its identity of its own
+//! (not the verifier cache's), so these are bounded by the open connections. Were such an
+//! entry dropped, the caller's next connection would get a second one, with a fresh burst. It never holds more than
 //! `max_callers` entries: a new caller that finds it full is refused
 //! ([`LimitReason::Capacity`]) rather than let in unlimited or allowed to evict a caller who is
 //! not idle (which would reset that caller's limits).
@@ -28,7 +33,7 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering}
 use std::time::Duration;
 
 use super::{LimitClock, LimitReason};
-use crate::identity::IdKey;
+use crate::identity::{IdKey, LimitStateKey, PeerIdentity};
 use dashmap::DashMap;
 use governor::clock::Clock;
 use governor::middleware::NoOpMiddleware;
@@ -193,6 +198,8 @@ struct Schedule {
 /// [module docs](self).
 #[derive(Debug)]
 pub(crate) struct CallerTable {
+    /// This table's key for the states identities keep (see [`admit_peer`](Self::admit_peer)).
+    key: LimitStateKey,
     /// By the callers' [`IdKey`]s (keyed hashes of their IDs: an entry holds no copy of its
     /// caller's ID, and a lookup reads none).
     map: DashMap<IdKey, SlotKey, BuildHasherDefault<Fold>>,
@@ -221,6 +228,7 @@ impl CallerTable {
             .collect();
         let origin = clock.now().as_u64();
         Self {
+            key: LimitStateKey::unique(),
             map: DashMap::default(),
             groups,
             origin,
@@ -236,31 +244,73 @@ impl CallerTable {
         }
     }
 
-    /// Admits a request of the caller whose ID has the key `caller` (see
-    /// [`PeerIdentity::id_key`](crate::PeerIdentity)), or refuses it. A new caller joins the
-    /// group `group_of` says (an index into the table's groups). The permit, when the caller's
-    /// group limits requests in flight, counts the request until it is dropped.
+    /// Admits a request of `caller`, or refuses it. A new caller joins the group `group_of`
+    /// says (an index into the table's groups). The permit, when the caller's group limits
+    /// requests in flight, counts the request until it is dropped.
+    ///
+    /// The caller's entry is found once per identity (so once per connection): the identity
+    /// then holds it, and the connection's later requests go straight to it. An entry an
+    /// identity holds is never swept, so it is the caller's only one.
     #[inline]
+    pub(crate) fn admit_peer(
+        &self,
+        caller: &PeerIdentity,
+        group_of: impl FnOnce() -> usize,
+    ) -> Result<Option<Permit>, Refusal> {
+        if let Some(slot) = caller
+            .limit_state(self.key)
+            .and_then(|state| Arc::downcast::<Slot>(Arc::clone(state)).ok())
+        {
+            return self.check(SlotKey(slot));
+        }
+        self.admit_and_keep(caller, group_of)
+    }
+
+    /// [`admit_peer`](Self::admit_peer) for an identity that does not hold its entry yet.
+    #[inline(never)]
+    fn admit_and_keep(
+        &self,
+        caller: &PeerIdentity,
+        group_of: impl FnOnce() -> usize,
+    ) -> Result<Option<Permit>, Refusal> {
+        let slot = self.entry(caller.id_key(), group_of)?;
+        // Held here (so not swept) until the identity holds it.
+        caller.keep_limit_state(self.key, || {
+            Arc::clone(&slot.0) as crate::identity::LimitState
+        });
+        self.check(slot)
+    }
+
+    /// Admits a request of the caller whose ID has the key `caller`, looked up in the map (see
+    /// [`admit_peer`](Self::admit_peer)).
+    #[cfg_attr(not(test), allow(dead_code))]
     pub(crate) fn admit(
         &self,
         caller: IdKey,
         group_of: impl FnOnce() -> usize,
     ) -> Result<Option<Permit>, Refusal> {
-        if let Some(entry) = self.map.get(&caller) {
-            return self.check(entry.value());
+        let slot = self.entry(caller, group_of)?;
+        self.check(slot)
+    }
+
+    /// The caller's entry, made if it has none (refused when the table is full).
+    fn entry(&self, key: IdKey, group_of: impl FnOnce() -> usize) -> Result<SlotKey, Refusal> {
+        // Cloned under the shard's lock: a sweep then sees it held and keeps it.
+        if let Some(entry) = self.map.get(&key) {
+            return Ok(entry.value().clone());
         }
-        self.admit_new(caller, group_of())
+        self.new_entry(key, group_of())
     }
 
     #[cold]
-    fn admit_new(&self, key: IdKey, group: usize) -> Result<Option<Permit>, Refusal> {
+    fn new_entry(&self, key: IdKey, group: usize) -> Result<SlotKey, Refusal> {
         let group = group.min(self.groups.len().saturating_sub(1));
         self.reserve(group)?;
         match self.map.entry(key) {
             dashmap::Entry::Occupied(entry) => {
                 // Another request of the same caller made it first.
                 self.len.fetch_sub(1, Ordering::AcqRel);
-                self.check(entry.get())
+                Ok(entry.get().clone())
             }
             dashmap::Entry::Vacant(entry) => {
                 let slot = SlotKey(Arc::new(Slot {
@@ -269,8 +319,8 @@ impl CallerTable {
                     in_flight: AtomicU32::new(0),
                     seen: AtomicBool::new(true),
                 }));
-                let entry = entry.insert_entry(slot);
-                self.check(entry.get())
+                entry.insert(slot.clone());
+                Ok(slot)
             }
         }
     }
@@ -317,7 +367,10 @@ impl CallerTable {
         let mut removed = 0;
         self.map.retain(|_, slot| {
             let slot = &slot.0;
-            let keep = slot.seen.swap(false, Ordering::AcqRel) || slot.in_use(horizon);
+            // Held by an identity (or a permit): its caller's only entry while held.
+            let keep = slot.seen.swap(false, Ordering::AcqRel)
+                || Arc::strong_count(slot) > 1
+                || slot.in_use(horizon);
             removed += usize::from(!keep);
             keep
         });
@@ -338,7 +391,7 @@ impl CallerTable {
 
     /// Checks a known caller against its group's limits.
     #[inline]
-    fn check(&self, key: &SlotKey) -> Result<Option<Permit>, Refusal> {
+    fn check(&self, key: SlotKey) -> Result<Option<Permit>, Refusal> {
         let slot = &key.0;
         if !slot.seen.load(Ordering::Relaxed) {
             slot.seen.store(true, Ordering::Relaxed);
@@ -347,7 +400,7 @@ impl CallerTable {
             return Ok(None);
         };
         if let Some(limiter) = &group.rate
-            && let Err(not_until) = limiter.check_key(key)
+            && let Err(not_until) = limiter.check_key(&key)
         {
             return Err(Refusal {
                 reason: LimitReason::Rate,
@@ -367,9 +420,7 @@ impl CallerTable {
                 retry_after: RETRY_UNKNOWN,
                 group: slot.group,
             })?;
-        Ok(Some(Permit {
-            slot: Arc::clone(slot),
-        }))
+        Ok(Some(Permit { slot: key.0 }))
     }
 
     /// The time on the table's clock, in nanoseconds.
@@ -525,6 +576,68 @@ mod tests {
         table.sweep_now();
         table.sweep_now();
         assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn an_entry_an_identity_holds_stays_the_callers_only_one() {
+        let clock = LimitClock::manual();
+        let table = CallerTable::new(
+            &[limits(Some(Rate::per_second(10).burst(1)), 0)],
+            100,
+            clock.clone(),
+        );
+        let id = "spiffe://example.org/ns/prod/sa/caller";
+        // The caller's first connection; its identity now holds the entry.
+        let first = PeerIdentity::for_tests(id);
+        assert!(table.admit_peer(&first, || 0).is_ok());
+        assert!(first.limit_state(table.key).is_some());
+        // Idle (burst back, nothing in flight) and unused for two sweeps, but held: kept.
+        clock.advance(Duration::from_millis(100));
+        table.sweep_now();
+        table.sweep_now();
+        assert_eq!(table.len(), 1);
+        // So the first connection's request and a second connection's share one burst: had
+        // the entry been swept, the second would have found a fresh one.
+        assert!(table.admit_peer(&first, || 0).is_ok());
+        let second = PeerIdentity::for_tests(id);
+        let refusal = table.admit_peer(&second, || 0).unwrap_err();
+        assert_eq!(refusal.reason, LimitReason::Rate);
+        assert!(table.admit_peer(&first, || 0).is_err());
+        // Once no identity holds it, it goes as any idle entry does.
+        drop((first, second));
+        clock.advance(Duration::from_millis(100));
+        table.sweep_now();
+        table.sweep_now();
+        assert_eq!(table.len(), 0);
+    }
+
+    #[test]
+    fn an_identity_holds_the_entries_of_a_few_tables_and_the_others_use_their_maps() {
+        let clock = LimitClock::manual();
+        let tables: Vec<CallerTable> = (0..6)
+            .map(|_| {
+                CallerTable::new(
+                    &[limits(Some(Rate::per_second(1).burst(2)), 0)],
+                    100,
+                    clock.clone(),
+                )
+            })
+            .collect();
+        let caller = PeerIdentity::for_tests("spiffe://example.org/ns/prod/sa/caller");
+        for table in &tables {
+            assert!(table.admit_peer(&caller, || 0).is_ok());
+        }
+        let held = tables
+            .iter()
+            .filter(|table| caller.limit_state(table.key).is_some())
+            .count();
+        assert_eq!(held, 4);
+        // Every table still limits the caller, held or not: one request left, then refused.
+        for table in &tables {
+            assert!(table.admit_peer(&caller, || 0).is_ok());
+            assert!(table.admit_peer(&caller, || 0).is_err());
+            assert_eq!(table.len(), 1);
+        }
     }
 
     #[test]

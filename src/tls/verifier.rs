@@ -379,7 +379,8 @@ impl SvidVerifier {
             revocation_lists: crl_revision,
         };
         Ok(Admitted {
-            identity: verified.identity,
+            // The connection's own: the cached one stays free of per-connection state.
+            identity: verified.identity.for_connection(),
             path: verified.path,
             valid_until: verified.valid_until,
             validated_under,
@@ -1102,6 +1103,25 @@ mod tests {
                 .verify(svid.leaf(), &unused[..MAX_INTERMEDIATES], now)
                 .unwrap();
             assert_eq!(identity.spiffe_id().to_string(), ALLOWED);
+        }
+
+        #[test]
+        fn each_verification_gives_an_identity_of_its_own_even_from_the_cache() {
+            let ca = DevCa::new("example.org").unwrap();
+            let source = MemorySource::new(ca.credentials("spiffe://example.org/api").unwrap());
+            let verifier = verifier(&source, Side::Clients);
+            let svid = ca.svid(ALLOWED).issue().unwrap();
+            let now = unix(SystemTime::now());
+            let first = verifier.verify(svid.leaf(), &[], now).unwrap();
+            let table = crate::identity::LimitStateKey::unique();
+            first.keep_limit_state(table, || std::sync::Arc::new(()));
+            // The second is the cache's verdict, equal to the first, but what a limit kept in
+            // the first connection's identity is not in it (the cache would otherwise keep
+            // that state alive after the connection).
+            let second = verifier.verify(svid.leaf(), &[], now).unwrap();
+            assert_eq!(first, second);
+            assert!(first.limit_state(table).is_some());
+            assert!(second.limit_state(table).is_none());
         }
 
         #[test]

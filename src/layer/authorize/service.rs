@@ -159,7 +159,7 @@ fn admit_by_rule<B>(
         },
         _ => return Ok(None),
     };
-    match limiter.table.admit(caller.id_key(), || 0) {
+    match limiter.table.admit_peer(caller, || 0) {
         Ok(permit) => Ok(permit),
         Err(refusal) => {
             let hit = LimitHit {

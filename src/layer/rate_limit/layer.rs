@@ -214,7 +214,7 @@ impl RateLimitBuilder {
     /// Bounds the number of callers the layer keeps state for (default 100,000, at least 1).
     ///
     /// A caller's state is dropped once it is idle (nothing in flight, its rate back to a full
-    /// burst); a new caller that finds the layer holding state for `max` callers that are not
+    /// burst) and none of its connections is open; a new caller that finds the layer holding state for `max` callers that are not
     /// idle is refused with 429 ([`LimitReason::Capacity`]).
     pub fn max_callers(mut self, max: usize) -> Self {
         self.max_callers = max.max(1);
@@ -390,7 +390,7 @@ impl Limits {
         let permit = match &self.table {
             None => None,
             Some(table) => table
-                .admit(caller.id_key(), || self.group_of(caller.spiffe_id()))
+                .admit_peer(caller, || self.group_of(caller.spiffe_id()))
                 .map_err(|refusal| self.refused(refusal))?,
         };
         if let Some(total) = &self.total

@@ -71,13 +71,15 @@
 //! measured in `benches/rate_limit.rs`; see BENCHMARKS.md): a caller's state is dropped once it
 //! is idle (nothing in flight, its rate back to a full burst) and unused for a second or two, by
 //! sweeps that run as new callers arrive (at most one a second, when the state has doubled since
-//! the last one, and at least every 10 seconds). It never keeps more than
+//! the last one, and at least every 10 seconds). A caller's state is also kept while one of its
+//! connections is open: the connection's verified identity holds it, so that the connection's
+//! requests after the first go straight to it (no lookup by ID). It never keeps more than
 //! [`max_callers`](RateLimitBuilder::max_callers) callers (100,000 by default, so about 9 MiB):
 //! a new caller that finds it full of callers that are not idle is refused with 429
 //! ([`LimitReason::Capacity`](crate::layer::LimitReason::Capacity)) rather than let in unlimited
 //! or allowed to evict a busy caller (which would reset that caller's limits). Reaching it takes
-//! that many distinct SPIFFE IDs active within one refill period, each a workload the channel
-//! authenticated: raise it for meshes that large.
+//! that many distinct SPIFFE IDs active within one refill period or connected at once, each a
+//! workload the channel authenticated: raise it for meshes that large.
 //!
 //! # Security
 //!
