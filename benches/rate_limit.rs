@@ -5,9 +5,9 @@
 //! CPU cost of the lookup and the checks).
 //!
 //! Each request is built per iteration as hyper would hand it over, with the caller's verified
-//! `PeerIdentity` (from the channel's own client verifier, one real SVID per caller; each stack
-//! gets connections of its own, as a server of its own would, since a connection's identity
-//! holds the state of the limits its requests met). The stacks:
+//! `PeerIdentity` (from the channel's own client verifier, one real SVID per caller, one
+//! connection each: a connection's identity holds its entry in each limit's table, four at
+//! most, so the authorization stacks get connections of their own). The stacks:
 //!
 //! - `bare`: the handler alone (it reads the identity);
 //! - `rate`: `RateLimitLayer` with a per-caller rate;
@@ -83,8 +83,7 @@ impl Callers {
     }
 
     /// One connection per caller: the identity `server`'s verifier gives each connection (a
-    /// connection's own, which holds the state of the limits its requests met). Each stack is
-    /// given connections of its own, as if it were a server of its own.
+    /// connection's own, which holds the state of the limits its requests met: at most four).
     fn connections(&self, server: &SecureChannel) -> Vec<PeerIdentity> {
         self.chains
             .iter()
@@ -128,6 +127,16 @@ where
 /// refusals).
 fn high_rate() -> Rate {
     Rate::per_second(1_000_000_000).burst(1_000)
+}
+
+/// Two sets of connections of the callers: one for the bare handler and the rate-limit
+/// layer's four stacks, one for the authorization layer's two (so that each connection's
+/// identity has room for the entries of every stack it meets, as in one server).
+fn connections(
+    callers: &Callers,
+    server: &SecureChannel,
+) -> (Vec<PeerIdentity>, Vec<PeerIdentity>) {
+    (callers.connections(server), callers.connections(server))
 }
 
 /// The server channel and its callers.
@@ -191,19 +200,19 @@ fn authorize_layer(limited: bool) -> AuthorizeLayer {
 
 fn bench<M: Measurement>(c: &mut Criterion<M>) {
     let (ca, _source, server, callers) = setup(CALLERS);
-    let connections = || callers.connections(&server);
-    bench_stack(c, "bare", &Handler, &connections());
-    bench_stack(c, "rate", &rate_layer().layer(Handler), &connections());
+    let (layers, authorize) = connections(&callers, &server);
+    bench_stack(c, "bare", &Handler, &layers);
+    bench_stack(c, "rate", &rate_layer().layer(Handler), &layers);
     let stack = concurrency_layer().layer(Handler);
-    bench_stack(c, "rate+concurrency", &stack, &connections());
+    bench_stack(c, "rate+concurrency", &stack, &layers);
     let stack = total_layer().layer(Handler);
-    bench_stack(c, "rate+concurrency+total", &stack, &connections());
+    bench_stack(c, "rate+concurrency+total", &stack, &layers);
     let stack = overrides_layer().layer(Handler);
-    bench_stack(c, "overrides", &stack, &connections());
+    bench_stack(c, "overrides", &stack, &layers);
     let stack = authorize_layer(false).layer(Handler);
-    bench_stack(c, "authorize", &stack, &connections());
+    bench_stack(c, "authorize", &stack, &authorize);
     let stack = authorize_layer(true).layer(Handler);
-    bench_stack(c, "authorize+rule-limits", &stack, &connections());
+    bench_stack(c, "authorize+rule-limits", &stack, &authorize);
     memory(&ca, &server);
 }
 
@@ -240,19 +249,19 @@ fn instructions(n: usize) {
         count::<STACK, true, S>(service, callers, n);
     }
     let (_ca, _source, server, callers) = setup(CALLERS);
-    let connections = || callers.connections(&server);
-    both::<0, _>("bare", &Handler, &connections(), n);
-    both::<1, _>("rate", &rate_layer().layer(Handler), &connections(), n);
+    let (layers, authorize) = connections(&callers, &server);
+    both::<0, _>("bare", &Handler, &layers, n);
+    both::<1, _>("rate", &rate_layer().layer(Handler), &layers, n);
     let stack = concurrency_layer().layer(Handler);
-    both::<2, _>("rate+concurrency", &stack, &connections(), n);
+    both::<2, _>("rate+concurrency", &stack, &layers, n);
     let stack = total_layer().layer(Handler);
-    both::<3, _>("rate+concurrency+total", &stack, &connections(), n);
+    both::<3, _>("rate+concurrency+total", &stack, &layers, n);
     let stack = overrides_layer().layer(Handler);
-    both::<4, _>("overrides", &stack, &connections(), n);
+    both::<4, _>("overrides", &stack, &layers, n);
     let stack = authorize_layer(false).layer(Handler);
-    both::<5, _>("authorize", &stack, &connections(), n);
+    both::<5, _>("authorize", &stack, &authorize, n);
     let stack = authorize_layer(true).layer(Handler);
-    both::<6, _>("authorize+rule-limits", &stack, &connections(), n);
+    both::<6, _>("authorize+rule-limits", &stack, &authorize, n);
 }
 
 /// The thread CPU time per request of `batch` requests through `service`, the callers in turn
@@ -289,8 +298,9 @@ fn min_of_rounds(rounds: usize) {
 
 fn min_of_rounds_in(callers: &Callers, server: &SecureChannel, rounds: usize, one: bool) {
     const BATCH: usize = 10_000;
-    // Connections of its own for each stack (and each mode).
-    let connections: Vec<Vec<PeerIdentity>> = (0..8).map(|_| callers.connections(server)).collect();
+    // One set of connections: three tables, so each connection's identity holds its entry in
+    // each (it has room for four).
+    let connections = callers.connections(server);
     let rate = rate_layer().layer(Handler);
     let concurrency = concurrency_layer().layer(Handler);
     let authorize = authorize_layer(false).layer(Handler);
@@ -315,14 +325,14 @@ fn min_of_rounds_in(callers: &Callers, server: &SecureChannel, rounds: usize, on
     let mut next = [if one { CALLERS / 2 } else { 0 }; 8];
     for round in 0..=rounds {
         let batch = [
-            timed_batch(&Handler, &connections[0], &mut next[0], BATCH, one),
-            timed_batch(&rate, &connections[1], &mut next[1], BATCH, one),
-            timed_batch(&concurrency, &connections[2], &mut next[2], BATCH, one),
-            timed_batch(&authorize, &connections[3], &mut next[3], BATCH, one),
-            timed_batch(&limited, &connections[4], &mut next[4], BATCH, one),
-            timed_batch(&pass, &connections[5], &mut next[5], BATCH, one),
-            timed_batch(&framing, &connections[6], &mut next[6], BATCH, one),
-            timed_batch(&answered, &connections[7], &mut next[7], BATCH, one),
+            timed_batch(&Handler, &connections, &mut next[0], BATCH, one),
+            timed_batch(&rate, &connections, &mut next[1], BATCH, one),
+            timed_batch(&concurrency, &connections, &mut next[2], BATCH, one),
+            timed_batch(&authorize, &connections, &mut next[3], BATCH, one),
+            timed_batch(&limited, &connections, &mut next[4], BATCH, one),
+            timed_batch(&pass, &connections, &mut next[5], BATCH, one),
+            timed_batch(&framing, &connections, &mut next[6], BATCH, one),
+            timed_batch(&answered, &connections, &mut next[7], BATCH, one),
         ];
         // Round 0 warms the caches and the callers' entries.
         if round > 0 {
@@ -331,11 +341,9 @@ fn min_of_rounds_in(callers: &Callers, server: &SecureChannel, rounds: usize, on
             }
         }
     }
-    assert_eq!(oneshot(&rate, request(&connections[1][0])).status(), 200);
-    assert_eq!(
-        oneshot(&concurrency, request(&connections[2][0])).status(),
-        200
-    );
+    for stack in [&rate, &concurrency] {
+        assert_eq!(oneshot(stack, request(&connections[0])).status(), 200);
+    }
     let stats: Vec<(f64, f64)> = times
         .iter_mut()
         .map(|t| {

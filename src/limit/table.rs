@@ -641,6 +641,31 @@ mod tests {
     }
 
     #[test]
+    fn sweeps_give_the_memory_of_a_flood_back() {
+        let clock = LimitClock::manual();
+        let table = CallerTable::new(
+            &[limits(Some(Rate::per_second(10).burst(5)), 0)],
+            100_000,
+            clock.clone(),
+        );
+        let quiet = table.estimated_bytes();
+        for n in 0..20_000 {
+            assert!(table.admit(id(n), || 0).is_ok());
+        }
+        let flooded = table.estimated_bytes();
+        clock.advance(Duration::from_secs(1));
+        table.sweep_now();
+        table.sweep_now();
+        assert_eq!(table.len(), 0);
+        let after = table.estimated_bytes();
+        assert!(flooded > 1 << 20, "{flooded} bytes for 20,000 callers");
+        assert!(
+            after <= quiet.max(64 << 10),
+            "{after} bytes after the flood ({quiet} before)"
+        );
+    }
+
+    #[test]
     fn a_caller_whose_burst_is_not_back_is_kept() {
         let clock = LimitClock::manual();
         let table = CallerTable::new(
