@@ -236,6 +236,11 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one look at each name present instead of a lookup of each name
+    // of the list (a `Connection` header that names others is itself hop-by-hop).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -270,12 +275,19 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     // Anti-spoofing: whatever the caller sent under these names is gone before we set them.
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    headers.remove(&forwarder.identity_header);
-    headers.remove(&forwarder.token_subject_header);
-    for name in FORWARDING {
-        headers.remove(name);
+    let ours = |name: &HeaderName| {
+        *name == forwarder.identity_header
+            || *name == forwarder.token_subject_header
+            || FORWARDING.contains(&name.as_str())
+    };
+    if headers.keys().any(ours) {
+        headers.remove(&forwarder.identity_header);
+        headers.remove(&forwarder.token_subject_header);
+        for name in FORWARDING {
+            headers.remove(name);
+        }
     }
-    if let Ok(value) = HeaderValue::from_str(&peer.spiffe_id().to_string()) {
+    if let Ok(value) = header_value(peer.spiffe_id().to_string()) {
         headers.insert(forwarder.identity_header.clone(), value);
     }
     if let Some(subject) = subject {
@@ -289,7 +301,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
         }
     }
     if let Some(remote) = remote
-        && let Ok(value) = HeaderValue::from_str(&remote.ip().to_string())
+        && let Ok(value) = header_value(remote.ip().to_string())
     {
         headers.insert("x-forwarded-for", value);
     }
@@ -350,6 +362,11 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
                 .into_response()
         }
     }
+}
+
+/// `text` as a header value, without copying it.
+fn header_value(text: String) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
 }
 
 /// Adds `host` as the `Host` header when there is none (as hyper-util's client does).
