@@ -60,6 +60,13 @@ async fn get_text(
     Ok((status, String::from_utf8_lossy(&body).into_owned(), server))
 }
 
+/// A listener of `pki`'s server channel on a free loopback port.
+async fn server_listener(pki: &mut Pki) -> secure_channel::SecureListener {
+    pki.server()
+        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
+        .unwrap()
+}
+
 /// Finds this crate's error in a hyper client error's sources.
 fn crate_error(error: &hyper_util::client::legacy::Error) -> Option<&ConnectionError> {
     let mut source = std::error::Error::source(error);
@@ -121,10 +128,7 @@ async fn axum_over_mtls_http1_and_http2_with_pooled_connections() {
 #[tokio::test]
 async fn an_identity_only_in_axum_connect_info_fails_closed() {
     let mut pki = Pki::new();
-    let server = pki.server();
-    let listener = server
-        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .unwrap();
+    let listener = server_listener(&mut pki).await;
     let addr = listener.local_addr();
     let app = Router::new().route(
         "/whoami",
@@ -300,10 +304,7 @@ async fn handshake_timeout_closes_silent_clients() {
 #[tokio::test]
 async fn two_hundred_concurrent_handshakes_all_succeed() {
     let mut pki = Pki::new();
-    let server = pki.server();
-    let mut listener = server
-        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .unwrap();
+    let mut listener = server_listener(&mut pki).await;
     let addr = listener.local_addr();
     tokio::spawn(async move {
         while let Ok((mut stream, _)) = listener.accept().await {
@@ -340,10 +341,7 @@ async fn two_hundred_concurrent_handshakes_all_succeed() {
 #[tokio::test]
 async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
     let mut pki = Pki::new();
-    let server = pki.server();
-    let listener = server
-        .listener(TcpListener::bind("127.0.0.1:0").await.unwrap())
-        .unwrap();
+    let listener = server_listener(&mut pki).await;
     let addr = listener.local_addr();
     let started = Arc::new(tokio::sync::Notify::new());
     let release = Arc::new(tokio::sync::Notify::new());
@@ -385,6 +383,43 @@ async fn hyper_serve_graceful_shutdown_finishes_in_flight_requests() {
     let (status, body, _) = within(in_flight).await.unwrap().unwrap();
     assert_eq!((status.as_u16(), body.as_str()), (200, CLIENT_ID));
     within(serving).await.unwrap().unwrap();
+}
+
+#[tokio::test]
+async fn hyper_serve_gives_each_connection_its_own_extension() {
+    let mut pki = Pki::new();
+    let listener = server_listener(&mut pki).await;
+    let addr = listener.local_addr();
+    /// The number of the connection a request came on.
+    #[derive(Clone)]
+    struct Connection(usize);
+    let accepted = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let number = request.extensions().get::<Connection>().map(|c| c.0);
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+            "{number:?}"
+        )))))
+    });
+    tokio::spawn(
+        secure_channel::integration::hyper::serve(listener, service)
+            .connection_extension(move || {
+                Connection(accepted.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+            })
+            .into_future(),
+    );
+    let url = format!("https://{addr}/");
+    let mut seen = Vec::new();
+    // Two clients, so two connections; each keeps its connection for its second request.
+    for _ in 0..2 {
+        let client = Client::builder(TokioExecutor::new())
+            .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+        for _ in 0..2 {
+            let (status, body, _) = get_text(&client, &url).await.unwrap();
+            assert_eq!(status, 200);
+            seen.push(body);
+        }
+    }
+    assert_eq!(seen, ["Some(0)", "Some(0)", "Some(1)", "Some(1)"]);
 }
 
 #[tokio::test]

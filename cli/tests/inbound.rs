@@ -246,6 +246,112 @@ async fn a_backend_that_is_down_gives_502_without_hanging() {
     }
 }
 
+/// A plaintext backend that answers one request per connection (`conn N`, N counting its
+/// connections) and then closes it, without saying so (no `Connection: close`); after
+/// `connections` connections it stops listening too (a backend going down).
+async fn one_request_per_connection(connections: usize) -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for n in 1..=connections {
+            let Ok((mut stream, _)) = listener.accept().await else {
+                return;
+            };
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(read) => request.extend_from_slice(&buf[..read]),
+                }
+            }
+            let body = format!("conn {n}");
+            let response = format!(
+                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            let _ = stream.write_all(response.as_bytes()).await;
+            let _ = stream.shutdown().await;
+        }
+    });
+    addr
+}
+
+/// curl (`version`: `--http1.1` or `--http2`) fetching `urls` one after the other on one
+/// connection: per URL, the body, the status and how many connections curl opened for it.
+async fn curl_one_connection(
+    pki: &Pki,
+    version: &str,
+    urls: &[String],
+) -> Vec<(String, String, String)> {
+    // Options apply to every URL, and curl keeps its connection for the next one.
+    let (last, first) = urls.split_last().unwrap();
+    let mut args = vec![version, "-w", "\n@@%{http_code} %{num_connects}@@\n"];
+    args.extend(first.iter().map(String::as_str));
+    let (code, out, err) = curl(pki, "web", last, &args).await;
+    assert_eq!(code, 0, "{err}");
+    out.split_terminator("@@\n")
+        .map(|answer| {
+            let (body, written) = answer.rsplit_once("\n@@").unwrap();
+            let (status, connects) = written.split_once(' ').unwrap();
+            (body.to_owned(), status.to_owned(), connects.to_owned())
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn a_backend_closing_each_connection_still_answers_every_request_of_a_caller_connection() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = one_request_per_connection(usize::MAX).await;
+    let running = proxy(&pki, &backend.to_string(), &["--allow", WEB_ID]).await;
+    let urls: Vec<String> = (0..3).map(|i| running.url(&format!("/{i}"))).collect();
+    let mut seen = 0;
+    for version in ["--http1.1", "--http2"] {
+        let answers = curl_one_connection(&pki, version, &urls).await;
+        // One caller connection; the proxy connected to the backend again for each request.
+        let expected: Vec<(String, String, String)> = (1..=3)
+            .map(|i| {
+                let connects = if i == 1 { "1" } else { "0" };
+                (format!("conn {}", seen + i), "200".into(), connects.into())
+            })
+            .collect();
+        assert_eq!(answers, expected, "{version}");
+        seen += 3;
+    }
+}
+
+#[tokio::test]
+async fn a_backend_going_down_between_two_requests_of_a_caller_connection_gives_502() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    for version in ["--http1.1", "--http2"] {
+        let backend = one_request_per_connection(1).await;
+        let running = proxy(&pki, &backend.to_string(), &["--allow", WEB_ID]).await;
+        let urls = [running.url("/up"), running.url("/down")];
+        let started = std::time::Instant::now();
+        let answers = curl_one_connection(&pki, version, &urls).await;
+        assert_eq!(
+            answers[0],
+            ("conn 1".into(), "200".into(), "1".into()),
+            "{version}"
+        );
+        let (body, status, connects) = &answers[1];
+        assert_eq!(
+            (status.as_str(), connects.as_str()),
+            ("502", "0"),
+            "{version}: {body}"
+        );
+        assert!(body.contains("bad gateway"), "{body}");
+        // Refused at once: no wait for a connection that will never answer.
+        let elapsed = started.elapsed();
+        assert!(elapsed < Duration::from_secs(10), "{version}: {elapsed:?}");
+    }
+}
+
 #[tokio::test]
 async fn forwards_to_a_unix_socket() {
     let pki = Pki::new();

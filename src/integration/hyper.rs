@@ -8,7 +8,8 @@
 //! Each connection runs in a `tracing` span
 //! `connection` with the peer's SPIFFE ID and address; each request in a child span `request`
 //! with its method and path. Request headers are bounded in size ([`Serve::max_header_size`])
-//! and in time ([`Serve::header_read_timeout`]).
+//! and in time ([`Serve::header_read_timeout`]). [`Serve::connection_extension`] gives each
+//! connection state of its own that all its requests see (a proxy's connection to its upstream).
 //!
 //! ```no_run
 //! use std::convert::Infallible;
@@ -34,6 +35,7 @@ use std::convert::Infallible;
 use std::future::{Future, IntoFuture};
 use std::io;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -65,6 +67,7 @@ where
         service,
         max_header_size: DEFAULT_MAX_HEADER_SIZE,
         header_read_timeout: Some(DEFAULT_HEADER_READ_TIMEOUT),
+        connection_extension: None,
     }
 }
 
@@ -83,6 +86,20 @@ pub struct Serve<S> {
     service: S,
     max_header_size: usize,
     header_read_timeout: Option<Duration>,
+    connection_extension: Option<MakeExtension>,
+}
+
+/// Puts one connection's value (a clone of it) into a request's extensions.
+type InsertExtension = Arc<dyn Fn(&mut http::Extensions) + Send + Sync>;
+
+/// Makes a connection's [`InsertExtension`] when the connection is accepted.
+#[derive(Clone)]
+struct MakeExtension(Arc<dyn Fn() -> InsertExtension + Send + Sync>);
+
+impl std::fmt::Debug for MakeExtension {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MakeExtension")
+    }
 }
 
 impl<S, B> Serve<S>
@@ -112,6 +129,26 @@ where
         self
     }
 
+    /// Gives every connection a value of its own, made by `make` when the connection is
+    /// accepted: each of the connection's requests carries a clone of it in its extensions (so
+    /// share state through an `Arc`), and it is dropped once the connection and its requests
+    /// are. For state that lives as long as one client connection and that its requests share,
+    /// such as a proxy's connection to its upstream. A request carries it however many layers
+    /// it passes; it says nothing about who the caller is (that is the [`PeerIdentity`]).
+    pub fn connection_extension<T, F>(mut self, make: F) -> Self
+    where
+        F: Fn() -> T + Send + Sync + 'static,
+        T: Clone + Send + Sync + 'static,
+    {
+        self.connection_extension = Some(MakeExtension(Arc::new(move || {
+            let value = make();
+            Arc::new(move |extensions: &mut http::Extensions| {
+                extensions.insert(value.clone());
+            })
+        })));
+        self
+    }
+
     /// Runs until `signal` completes, then stops accepting and waits for the requests in flight
     /// on every connection to finish (idle keep-alive connections are closed).
     pub async fn with_graceful_shutdown<F>(self, signal: F) -> io::Result<()>
@@ -123,6 +160,7 @@ where
             service,
             max_header_size,
             header_read_timeout,
+            connection_extension,
         } = self;
         // Each connection holds a receiver: a send asks them to wind down, and the sender's
         // `closed` completes once they all have.
@@ -158,6 +196,7 @@ where
                         cut_off: cut_off.clone(),
                         remote_addr: peer_addr,
                         span: span.clone(),
+                        extension: connection_extension.as_ref().map(|make| (make.0)()),
                     });
                     let builder = builder.clone();
                     let stop = shutdown.subscribe();
@@ -269,6 +308,8 @@ struct AddPeerIdentity<S> {
     remote_addr: std::net::SocketAddr,
     /// The connection's span: the parent of every request span.
     span: tracing::Span,
+    /// The connection's own value ([`Serve::connection_extension`]).
+    extension: Option<InsertExtension>,
 }
 
 impl<S, ReqBody> tower_service::Service<Request<ReqBody>> for AddPeerIdentity<S>
@@ -300,6 +341,9 @@ where
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.remote_addr));
+        if let Some(insert) = &self.extension {
+            insert(request.extensions_mut());
+        }
         let _entered = span.enter();
         self.inner.call(request).instrument(span.clone())
     }

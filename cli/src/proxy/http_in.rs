@@ -10,7 +10,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
-use http::{StatusCode, Version};
+use http::{Method, StatusCode, Uri, Version};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use secure_channel::AllowList;
@@ -25,6 +25,7 @@ use tower::{Layer, ServiceExt};
 use crate::proxy::admin::BACKEND_ERRORS;
 use crate::proxy::local::{BackendConnector, LocalAddr};
 use crate::proxy::retarget;
+use crate::proxy::upstream::Upstream;
 
 /// What the service is built from (validated already).
 #[derive(Clone)]
@@ -51,10 +52,14 @@ type Tokens = tower::util::Either<Jwt<Router>, Router>;
 /// `--allow` or the policy (as echo_server decides), then the forwarding handler. The layers are
 /// the crate's own, so a request is admitted exactly as in-process.
 pub(crate) fn service(config: Config) -> LayeredRouter<Front> {
+    let authority = config.backend.authority();
     let forwarder = Arc::new(Forwarder {
         client: Client::builder(TokioExecutor::new())
             .build(BackendConnector::new(config.backend.clone())),
-        authority: config.backend.authority(),
+        // The authority is an address or `localhost`, always a valid header value.
+        host: HeaderValue::from_str(&authority).unwrap_or(HeaderValue::from_static("localhost")),
+        backend: config.backend,
+        authority,
         identity_header: config.identity_header,
         token_subject_header: config.token_subject_header,
     });
@@ -134,6 +139,7 @@ pub(crate) async fn serve_sharded(
                         let listener =
                             channel.listener(tokio::net::TcpListener::from_std(socket)?)?;
                         secure_channel::integration::hyper::serve(listener, service(config))
+                            .connection_extension(Upstream::default)
                             .with_graceful_shutdown(async move {
                                 let _ = stopped.wait_for(|stop| *stop).await;
                             })
@@ -191,7 +197,11 @@ async fn decide(State(gate): State<Arc<Gate>>, request: Request) -> Response {
 }
 
 struct Forwarder {
+    /// For CONNECT (and any request without its connection's [`Upstream`]).
     client: Client<BackendConnector, Body>,
+    backend: LocalAddr,
+    /// The `Host` of a request that names no authority (as hyper-util's client puts in).
+    host: HeaderValue,
     /// The authority of the URIs sent to the backend.
     authority: String,
     identity_header: HeaderName,
@@ -226,6 +236,11 @@ pub(crate) fn is_hop_by_hop(name: &HeaderName) -> bool {
 
 /// Removes the hop-by-hop headers, and those the `Connection` header names.
 pub(crate) fn strip_hop_by_hop(headers: &mut HeaderMap) {
+    // Most messages have none: one look at each name present instead of a lookup of each name
+    // of the list (a `Connection` header that names others is itself hop-by-hop).
+    if !headers.keys().any(is_hop_by_hop) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -260,12 +275,19 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     // Anti-spoofing: whatever the caller sent under these names is gone before we set them.
     let headers = &mut parts.headers;
     strip_hop_by_hop(headers);
-    headers.remove(&forwarder.identity_header);
-    headers.remove(&forwarder.token_subject_header);
-    for name in FORWARDING {
-        headers.remove(name);
+    let ours = |name: &HeaderName| {
+        *name == forwarder.identity_header
+            || *name == forwarder.token_subject_header
+            || FORWARDING.contains(&name.as_str())
+    };
+    if headers.keys().any(ours) {
+        headers.remove(&forwarder.identity_header);
+        headers.remove(&forwarder.token_subject_header);
+        for name in FORWARDING {
+            headers.remove(name);
+        }
     }
-    if let Ok(value) = HeaderValue::from_str(&peer.spiffe_id().to_string()) {
+    if let Ok(value) = header_value(peer.spiffe_id().to_string()) {
         headers.insert(forwarder.identity_header.clone(), value);
     }
     if let Some(subject) = subject {
@@ -279,7 +301,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
         }
     }
     if let Some(remote) = remote
-        && let Ok(value) = HeaderValue::from_str(&remote.ip().to_string())
+        && let Ok(value) = header_value(remote.ip().to_string())
     {
         headers.insert("x-forwarded-for", value);
     }
@@ -291,27 +313,45 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     {
         headers.insert(header::HOST, value);
     }
-    parts.uri = match retarget(&parts.uri, "http", &forwarder.authority) {
-        Ok(uri) => uri,
-        Err(error) => {
-            tracing::debug!(%error, "request target cannot be forwarded");
-            return (StatusCode::BAD_REQUEST, "bad request target\n").into_response();
+    // The caller's connection's own backend connections; CONNECT: the pooled client.
+    let upstream = match parts.method {
+        Method::CONNECT => None,
+        _ => parts.extensions.remove::<Upstream>(),
+    };
+    let one_at_a_time = parts.version <= Version::HTTP_11;
+    parts.version = Version::HTTP_11;
+    let answer = match upstream {
+        Some(upstream) => {
+            set_host_if_missing(&mut parts.headers, &forwarder.host);
+            parts.uri = origin_form(&parts.uri);
+            let request = http::Request::from_parts(parts, body);
+            upstream
+                .send(&forwarder.backend, request, one_at_a_time)
+                .await
+        }
+        None => {
+            parts.uri = match retarget(&parts.uri, "http", &forwarder.authority) {
+                Ok(uri) => uri,
+                Err(error) => {
+                    tracing::debug!(%error, "request target cannot be forwarded");
+                    return (StatusCode::BAD_REQUEST, "bad request target\n").into_response();
+                }
+            };
+            forwarder
+                .client
+                .request(http::Request::from_parts(parts, body))
+                .await
+                .map_err(Into::into)
         }
     };
-    parts.version = Version::HTTP_11;
-
-    match forwarder
-        .client
-        .request(http::Request::from_parts(parts, body))
-        .await
-    {
+    match answer {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
         Err(error) => {
-            let error = crate::text::error_chain(&error);
+            let error = crate::text::error_chain(&*error);
             tracing::warn!(peer = %peer.spiffe_id(), %error, "backend unreachable: 502");
             metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
             (
@@ -322,6 +362,28 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
                 .into_response()
         }
     }
+}
+
+/// `text` as a header value, without copying it.
+fn header_value(text: String) -> Result<HeaderValue, http::header::InvalidHeaderValue> {
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text))
+}
+
+/// Adds `host` as the `Host` header when there is none (as hyper-util's client does).
+fn set_host_if_missing(headers: &mut HeaderMap, host: &HeaderValue) {
+    if !headers.contains_key(header::HOST) {
+        headers.insert(header::HOST, host.clone());
+    }
+}
+
+/// `uri`'s path and query alone, the request target an HTTP/1.1 origin server is sent.
+fn origin_form(uri: &Uri) -> Uri {
+    if uri.scheme().is_none() && uri.authority().is_none() {
+        return uri.clone();
+    }
+    uri.path_and_query()
+        .cloned()
+        .map_or_else(|| Uri::from_static("/"), Uri::from)
 }
 
 #[cfg(test)]

@@ -12,6 +12,7 @@ mod proxy_protocol;
 mod tcp_in;
 mod token_file;
 mod trust;
+mod upstream;
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
