@@ -14,6 +14,12 @@ use hyper_util::rt::TokioIo;
 
 use crate::proxy::local::LocalAddr;
 
+/// The most backend connections one inbound connection keeps between its requests: an
+/// HTTP/2 caller's burst opens as many as it has requests at once, and those beyond this close
+/// after their response, so the backend is not left holding a caller's peak for as long as
+/// the caller stays connected.
+const MAX_KEPT: usize = 4;
+
 /// Why a request got no answer from the backend.
 pub(crate) type UpstreamError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -55,8 +61,11 @@ impl Upstream {
             match sender.try_send_request(request).await {
                 Ok(response) => {
                     // Back for the next request, which finds it ready once this response's
-                    // body has been read.
-                    self.lock().push(sender);
+                    // body has been read. One not kept closes after this response.
+                    let mut kept = self.lock();
+                    if kept.len() < MAX_KEPT {
+                        kept.push(sender);
+                    }
                     return Ok(response);
                 }
                 Err(mut error) => match error.take_message() {
@@ -101,4 +110,102 @@ async fn connect(backend: &LocalAddr) -> Result<SendRequest<Body>, UpstreamError
         }
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::time::Duration;
+
+    use http_body_util::BodyExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+    use tokio::sync::Barrier;
+
+    /// A backend that answers each request once `burst` requests have arrived together, and
+    /// counts its connections.
+    async fn backend(burst: usize) -> (LocalAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = LocalAddr::parse(&listener.local_addr().unwrap().to_string()).unwrap();
+        let connections = Arc::new(AtomicUsize::new(0));
+        let barrier = Arc::new(Barrier::new(burst));
+        let counted = Arc::clone(&connections);
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                counted.fetch_add(1, Ordering::SeqCst);
+                let barrier = Arc::clone(&barrier);
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    let mut first = true;
+                    loop {
+                        let Ok(n) = stream.read(&mut buf).await else {
+                            return;
+                        };
+                        if n == 0 {
+                            return;
+                        }
+                        head.extend_from_slice(&buf[..n]);
+                        if !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            continue;
+                        }
+                        head.clear();
+                        if first {
+                            barrier.wait().await;
+                            first = false;
+                        }
+                        let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+                        if stream.write_all(answer).await.is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        (addr, connections)
+    }
+
+    fn request() -> Request<Body> {
+        Request::builder()
+            .uri("/")
+            .header(http::header::HOST, "backend")
+            .body(Body::empty())
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_burst_leaves_at_most_a_few_connections_kept() {
+        const BURST: usize = 3 * MAX_KEPT;
+        let (addr, connections) = backend(BURST).await;
+        let upstream = Upstream::default();
+        let mut sends = tokio::task::JoinSet::new();
+        for _ in 0..BURST {
+            let (upstream, addr) = (upstream.clone(), addr.clone());
+            sends.spawn(async move {
+                let response = upstream.send(&addr, request(), false).await.unwrap();
+                response.into_body().collect().await.unwrap().to_bytes()
+            });
+        }
+        let answers = tokio::time::timeout(Duration::from_secs(10), sends.join_all())
+            .await
+            .unwrap();
+        assert!(answers.iter().all(|body| body.as_ref() == b"ok"));
+        // Every request of the burst had a connection of its own, and only a few are kept.
+        assert_eq!(connections.load(Ordering::SeqCst), BURST);
+        assert_eq!(upstream.lock().len(), MAX_KEPT);
+        // The kept ones serve the next requests: no new connection.
+        for _ in 0..MAX_KEPT {
+            let response = tokio::time::timeout(
+                Duration::from_secs(10),
+                upstream.send(&addr, request(), true),
+            )
+            .await
+            .unwrap()
+            .unwrap();
+            response.into_body().collect().await.unwrap();
+        }
+        assert_eq!(connections.load(Ordering::SeqCst), BURST);
+    }
 }
