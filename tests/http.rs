@@ -423,6 +423,36 @@ async fn hyper_serve_gives_each_connection_its_own_extension() {
 }
 
 #[tokio::test]
+async fn a_connection_extension_never_replaces_the_verified_peer() {
+    let mut pki = Pki::new();
+    // A verified identity of another workload, offered as every connection's own value.
+    let impostor = peer_identity_of(&pki.ca, "spiffe://example.org/impostor").await;
+    let listener = server_listener(&mut pki).await;
+    let addr = listener.local_addr();
+    let service = tower::service_fn(|request: http::Request<hyper::body::Incoming>| async move {
+        let peer = request
+            .extensions()
+            .get::<PeerIdentity>()
+            .map(|p| p.spiffe_id().to_string());
+        Ok::<_, std::convert::Infallible>(http::Response::new(Full::new(Bytes::from(format!(
+            "{peer:?}"
+        )))))
+    });
+    tokio::spawn(
+        secure_channel::integration::hyper::serve(listener, service)
+            .connection_extension(move || impostor.clone())
+            .into_future(),
+    );
+    let client = Client::builder(TokioExecutor::new())
+        .build::<_, Empty<Bytes>>(pki.client(CLIENT_ID).connector());
+    let (status, body, _) = get_text(&client, &format!("https://{addr}/"))
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    assert_eq!(body, format!("Some({CLIENT_ID:?})"));
+}
+
+#[tokio::test]
 async fn axum_handlers_get_the_identity_and_the_client_address() {
     use axum::extract::ConnectInfo;
     use std::net::SocketAddr;

@@ -335,15 +335,17 @@ where
             method = %request.method(),
             path = %request.uri().path(),
         );
+        // The connection's own value first: were it a `PeerIdentity` or any of the values
+        // below, the server's own replace it, so it can never stand in for the verified peer.
+        if let Some(insert) = &self.extension {
+            insert(request.extensions_mut());
+        }
         request.extensions_mut().insert(self.peer.clone());
         request.extensions_mut().insert(self.cut_off.clone());
         #[cfg(feature = "axum")]
         request
             .extensions_mut()
             .insert(axum::extract::ConnectInfo(self.remote_addr));
-        if let Some(insert) = &self.extension {
-            insert(request.extensions_mut());
-        }
         let _entered = span.enter();
         self.inner.call(request).instrument(span.clone())
     }
