@@ -15,15 +15,18 @@
 //! run when a new caller is added and the table has doubled since the last sweep (or is full),
 //! at most once per [`MIN_SWEEP_GAP`], or the last sweep is [`SWEEP_INTERVAL`] old. So the table
 //! holds the callers of the last one or two seconds (and those busy or not yet refilled), and a
-//! flood of new callers costs at most one pass over it a second. An entry is also kept while
-//! anything but the table holds it: a permit, or the identity of a connection of its caller,
-//! which keeps it after its first request so that the connection's later requests skip the
-//! map ([`admit_peer`](CallerTable::admit_peer)); each connection has its identity of its own
-//! (not the verifier cache's), so these are bounded by the open connections. Were such an
-//! entry dropped, the caller's next connection would get a second one, with a fresh burst. It never holds more than
-//! `max_callers` entries: a new caller that finds it full is refused
-//! ([`LimitReason::Capacity`]) rather than let in unlimited or allowed to evict a caller who is
-//! not idle (which would reset that caller's limits).
+//! flood of new callers costs at most one pass over it a second.
+//!
+//! An entry is also kept while anything but the table holds it: a permit, or the identity of a
+//! connection of its caller, which keeps it after its first request so that the connection's
+//! later requests skip the map ([`admit_peer`](CallerTable::admit_peer)). Each connection has an
+//! identity of its own (not the verifier cache's), so these are bounded by the open
+//! connections. Were such an entry dropped, the caller's next connection would get a second
+//! one, with a fresh burst.
+//!
+//! The table never holds more than `max_callers` entries: a new caller that finds it full is
+//! refused ([`LimitReason::Capacity`]) rather than let in unlimited or allowed to evict a caller
+//! who is not idle (which would reset that caller's limits).
 
 use std::hash::{BuildHasherDefault, Hash, Hasher};
 use std::num::NonZeroU32;
