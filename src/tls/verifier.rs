@@ -88,9 +88,9 @@ const VERIFIED_CHAINS_CAPACITY: usize = 4096;
 /// starts over.
 const VERIFIED_CHAINS_MAX_BYTES: usize = 4 << 20;
 
-/// What an entry costs besides its certificates' bytes (the map slot, the identity's fields),
-/// rounded up.
-const ENTRY_OVERHEAD: usize = 256;
+/// What an entry costs besides its certificates' bytes (the map slot, the identity's fields,
+/// about 300 bytes with its places for the limits' states), rounded up.
+const ENTRY_OVERHEAD: usize = 384;
 
 /// Chains of admitted peers that passed verification, found by a keyed hash of the leaf and
 /// compared byte for byte.
