@@ -214,8 +214,9 @@ impl RateLimitBuilder {
     /// Bounds the number of callers the layer keeps state for (default 100,000, at least 1).
     ///
     /// A caller's state is dropped once it is idle (nothing in flight, its rate back to a full
-    /// burst) and none of its connections is open; a new caller that finds the layer holding state for `max` callers that are not
-    /// idle is refused with 429 ([`LimitReason::Capacity`]).
+    /// burst) and none of its connections is open; a new caller that finds the layer holding
+    /// state for `max` callers that are not idle is refused with 429
+    /// ([`LimitReason::Capacity`]).
     pub fn max_callers(mut self, max: usize) -> Self {
         self.max_callers = max.max(1);
         self
