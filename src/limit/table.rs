@@ -286,7 +286,7 @@ impl CallerTable {
 
     /// Admits a request of the caller whose ID has the key `caller`, looked up in the map (see
     /// [`admit_peer`](Self::admit_peer)).
-    #[cfg_attr(not(test), allow(dead_code))]
+    #[cfg(test)]
     pub(crate) fn admit(
         &self,
         caller: IdKey,
