@@ -352,6 +352,73 @@ async fn a_backend_going_down_between_two_requests_of_a_caller_connection_gives_
     }
 }
 
+/// A plaintext backend that reads each request's head, reports it on the first channel, and
+/// never answers; when the proxy closes that connection, it reports that on the second.
+async fn never_answers() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    let (closed, closes) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let (arrived, closed) = (arrived.clone(), closed.clone());
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                loop {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(read) => {
+                            request.extend_from_slice(&buf[..read]);
+                            if request.windows(4).any(|w| w == b"\r\n\r\n") {
+                                request.clear();
+                                let _ = arrived.send(());
+                            }
+                        }
+                    }
+                }
+                let _ = closed.send(());
+            });
+        }
+    });
+    (addr, arrivals, closes)
+}
+
+#[tokio::test]
+async fn a_backend_that_never_answers_gives_504_after_the_backend_timeout() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    for version in ["--http1.1", "--http2"] {
+        let (backend, mut arrivals, mut closes) = never_answers().await;
+        let running = proxy(
+            &pki,
+            &backend.to_string(),
+            &["--allow", WEB_ID, "--backend-timeout", "1"],
+        )
+        .await;
+        let started = std::time::Instant::now();
+        let (code, out, err) = curl(&pki, "web", &running.url("/stuck"), &[version]).await;
+        let elapsed = started.elapsed();
+        assert_eq!(code, 0, "{version}: {err}");
+        let (body, status) = out.rsplit_once('\n').unwrap();
+        assert_eq!(status, "504", "{version}: {out}");
+        assert!(body.contains("did not answer within 1 s"), "{body}");
+        assert!(
+            elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10),
+            "{version}: {elapsed:?}"
+        );
+        // The request reached the backend, and the proxy gave up that connection.
+        within(arrivals.recv()).await.unwrap();
+        within(closes.recv()).await.unwrap();
+    }
+}
+
 #[tokio::test]
 async fn forwards_to_a_unix_socket() {
     let pki = Pki::new();
@@ -641,6 +708,16 @@ async fn bad_configuration_exits_nonzero_naming_the_flag_or_file() {
             base(&["--allow", WEB_ID, "--workload-api", "tcp:1"]),
             2,
             "--workload-api",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--backend-timeout", "0"]),
+            2,
+            "--backend-timeout",
+        ),
+        (
+            with(&["--allow", WEB_ID, "--mode", "tcp", "--backend-timeout", "5"]),
+            2,
+            "--backend-timeout",
         ),
     ];
     for (args, expected, named) in cases {

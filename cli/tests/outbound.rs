@@ -209,6 +209,33 @@ async fn the_target_must_prove_the_expected_identity() {
 }
 
 #[tokio::test]
+async fn a_target_that_does_not_answer_in_time_gives_504() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let mut backend = BackendServer::start().await;
+    let inbound = inbound(&pki, &backend.addr.to_string(), &["--allow", WEB_ID]).await;
+    let outbound = outbound(
+        &pki,
+        &inbound,
+        &["--expect-server", PROXY_ID, "--target-timeout", "1"],
+    )
+    .await;
+    let started = std::time::Instant::now();
+    let (code, body, status) = plain_get(&format!("http://{}/slow", outbound.addr), &[]).await;
+    let elapsed = started.elapsed();
+    assert_eq!((code, status.as_str()), (0, "504"), "{body}");
+    assert!(body.contains("target did not answer within 1 s"), "{body}");
+    assert!(
+        elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10),
+        "{elapsed:?}"
+    );
+    // It had reached the backend through the inbound proxy.
+    within(backend.arrivals.recv()).await.unwrap();
+    backend.release.notify_waiters();
+}
+
+#[tokio::test]
 async fn a_unix_socket_listener() {
     let pki = Pki::new();
     pki.svid("proxy", PROXY_ID);
@@ -358,29 +385,15 @@ async fn refuses_non_local_listeners_and_bad_flags() {
         all.extend(args(extra));
         all
     };
+    // A valid target and expectation, with `extra`.
+    let to_a = |extra: &[&str]| {
+        let mut all = base(&["--target", "a:1", "--expect-server", PROXY_ID]);
+        all.extend(args(extra));
+        all
+    };
     let cases: Vec<(Vec<String>, &str)> = vec![
-        (
-            base(&[
-                "--listen",
-                "0.0.0.0:15001",
-                "--target",
-                "a:1",
-                "--expect-server",
-                PROXY_ID,
-            ]),
-            "--listen",
-        ),
-        (
-            base(&[
-                "--listen",
-                "10.1.2.3:15001",
-                "--target",
-                "a:1",
-                "--expect-server",
-                PROXY_ID,
-            ]),
-            "--listen",
-        ),
+        (to_a(&["--listen", "0.0.0.0:15001"]), "--listen"),
+        (to_a(&["--listen", "10.1.2.3:15001"]), "--listen"),
         (base(&["--target", "a:1"]), "--expect-server"),
         (
             base(&["--target", "no-port", "--expect-server", PROXY_ID]),
@@ -390,29 +403,15 @@ async fn refuses_non_local_listeners_and_bad_flags() {
             base(&["--target", "a:1", "--expect-server", "spiffe://x/y*"]),
             "--expect-server",
         ),
+        (to_a(&["--token-audience", "a"]), "--workload-api"),
         (
-            base(&[
-                "--target",
-                "a:1",
-                "--expect-server",
-                PROXY_ID,
-                "--token-audience",
-                "a",
-            ]),
-            "--workload-api",
-        ),
-        (
-            base(&[
-                "--target",
-                "a:1",
-                "--expect-server",
-                PROXY_ID,
-                "--mode",
-                "tcp",
-                "--token-file",
-                "t",
-            ]),
+            to_a(&["--mode", "tcp", "--token-file", "t"]),
             "--token-file",
+        ),
+        (to_a(&["--target-timeout", "0"]), "--target-timeout"),
+        (
+            to_a(&["--mode", "tcp", "--target-timeout", "5"]),
+            "--target-timeout",
         ),
     ];
     for (all, named) in cases {

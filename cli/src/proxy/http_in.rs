@@ -4,6 +4,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
@@ -24,8 +25,8 @@ use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
 use crate::proxy::local::{BackendConnector, LocalAddr};
-use crate::proxy::retarget;
 use crate::proxy::upstream::Upstream;
+use crate::proxy::{gateway_timeout, retarget};
 
 /// What the service is built from (validated already).
 #[derive(Clone)]
@@ -41,6 +42,8 @@ pub(crate) struct Config {
     pub(crate) validator: Option<JwtValidator>,
     /// Per-caller limits (`--rate-limit`, `--limit-for`, ...).
     pub(crate) limits: Option<RateLimitLayer>,
+    /// How long a request waits for the backend's response head (`--backend-timeout`).
+    pub(crate) backend_timeout: Duration,
 }
 
 /// The layers in front of the routes: limits, then tokens.
@@ -62,6 +65,7 @@ pub(crate) fn service(config: Config) -> LayeredRouter<Front> {
         authority,
         identity_header: config.identity_header,
         token_subject_header: config.token_subject_header,
+        backend_timeout: config.backend_timeout,
     });
     let routes = Router::new().fallback(forward).with_state(forwarder);
     let routes = match config.policy {
@@ -206,6 +210,7 @@ struct Forwarder {
     authority: String,
     identity_header: HeaderName,
     token_subject_header: HeaderName,
+    backend_timeout: Duration,
 }
 
 /// Headers that describe one hop's connection and never travel further (RFC 9110 7.6.1).
@@ -320,14 +325,19 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     };
     let one_at_a_time = parts.version <= Version::HTTP_11;
     parts.version = Version::HTTP_11;
+    let timeout = forwarder.backend_timeout;
     let answer = match upstream {
         Some(upstream) => {
             set_host_if_missing(&mut parts.headers, &forwarder.host);
             parts.uri = origin_form(&parts.uri);
             let request = http::Request::from_parts(parts, body);
-            upstream
-                .send(&forwarder.backend, request, one_at_a_time)
-                .await
+            // On time-out the send is dropped, and with it the backend connection it holds:
+            // a response that comes later has nowhere to go.
+            tokio::time::timeout(
+                timeout,
+                upstream.send(&forwarder.backend, request, one_at_a_time),
+            )
+            .await
         }
         None => {
             parts.uri = match retarget(&parts.uri, "http", &forwarder.authority) {
@@ -337,20 +347,19 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
                     return (StatusCode::BAD_REQUEST, "bad request target\n").into_response();
                 }
             };
-            forwarder
+            let request = forwarder
                 .client
-                .request(http::Request::from_parts(parts, body))
-                .await
-                .map_err(Into::into)
+                .request(http::Request::from_parts(parts, body));
+            tokio::time::timeout(timeout, async { request.await.map_err(Into::into) }).await
         }
     };
     match answer {
-        Ok(response) => {
+        Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, Body::new(body))
         }
-        Err(error) => {
+        Ok(Err(error)) => {
             let error = crate::text::error_chain(&*error);
             tracing::warn!(peer = %peer.spiffe_id(), %error, "backend unreachable: 502");
             metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
@@ -360,6 +369,11 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
                 "bad gateway: the backend did not answer\n",
             )
                 .into_response()
+        }
+        Err(_elapsed) => {
+            tracing::warn!(peer = %peer.spiffe_id(), ?timeout, "backend did not answer in time: 504");
+            metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
+            gateway_timeout("backend", timeout)
         }
     }
 }

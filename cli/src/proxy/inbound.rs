@@ -70,6 +70,10 @@ pub(crate) struct InboundArgs {
     /// /status (JSON).
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<SocketAddr>,
+    /// http mode: how long a request waits for the backend's response (its status and
+    /// headers) before the caller gets 504 and that backend connection is closed [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) backend_timeout: Option<u64>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
@@ -103,6 +107,10 @@ fn check_mode(args: &InboundArgs) -> Result<(), Failure> {
         Mode::Http if args.proxy_protocol => {
             Err(Failure::Usage("--proxy-protocol is for --mode tcp".into()))
         }
+        // A byte stream has no response to wait for: a quiet backend is an idle connection.
+        Mode::Tcp if args.backend_timeout.is_some() => Err(Failure::Usage(
+            "--backend-timeout bounds the wait for a response: it needs --mode http".into(),
+        )),
         Mode::Tcp if args.policy.is_some() || args.jwks.is_some() => Err(Failure::Usage(
             "--mode tcp admits by --allow only: --policy and --jwks need --mode http".into(),
         )),
@@ -231,6 +239,10 @@ pub(crate) async fn run(args: InboundArgs) -> Outcome {
         policy,
         validator,
         limits,
+        backend_timeout: Duration::from_secs(
+            args.backend_timeout
+                .unwrap_or(super::DEFAULT_RESPONSE_TIMEOUT),
+        ),
     };
     serve_until_terminated(grace, &draining, move |stop| {
         http_in::serve_sharded(channel, sockets, config, stop)

@@ -50,6 +50,24 @@ pub(crate) fn run(command: ProxyCommand) -> Outcome {
     })
 }
 
+/// How long an HTTP request waits for its response's head from the next hop, in seconds, unless
+/// `--backend-timeout`/`--target-timeout` say otherwise: nginx's `proxy_read_timeout` default.
+const DEFAULT_RESPONSE_TIMEOUT: u64 = 60;
+
+/// A 504 for a request whose next hop (`what`) did not answer within `timeout`.
+fn gateway_timeout(what: &str, timeout: Duration) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    (
+        http::StatusCode::GATEWAY_TIMEOUT,
+        [(http::header::CONTENT_TYPE, "text/plain")],
+        format!(
+            "gateway timeout: the {what} did not answer within {} s\n",
+            timeout.as_secs()
+        ),
+    )
+        .into_response()
+}
+
 /// `uri`'s path and query sent to `scheme://authority` instead (the target of a proxy hop).
 fn retarget(uri: &http::Uri, scheme: &str, authority: &str) -> Result<http::Uri, http::Error> {
     let path = uri.path_and_query().map_or("/", |pq| pq.as_str());

@@ -62,6 +62,11 @@ pub(crate) struct OutboundArgs {
     /// A plaintext admin listener on loopback: /healthz, /ready, /metrics, /status.
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<std::net::SocketAddr>,
+    /// http mode: how long a request waits for the target's response (its status and headers)
+    /// before the local caller gets 504 and that connection to the target is closed
+    /// [default: 60].
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) target_timeout: Option<u64>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
     #[arg(long, value_name = "SECS", default_value_t = 30)]
     pub(crate) drain_timeout: u64,
@@ -86,6 +91,11 @@ pub(crate) async fn run(args: OutboundArgs) -> Outcome {
         return Err(Failure::Usage(
             "tokens are attached to HTTP requests: --token-file and --token-audience need --mode http"
                 .into(),
+        ));
+    }
+    if args.mode == Mode::Tcp && args.target_timeout.is_some() {
+        return Err(Failure::Usage(
+            "--target-timeout bounds the wait for a response: it needs --mode http".into(),
         ));
     }
     let metrics = args.admin.map(|_| admin::install_recorder()).transpose()?;
@@ -156,6 +166,10 @@ pub(crate) async fn run(args: OutboundArgs) -> Outcome {
             let forward = Arc::new(Forward {
                 client: tower::util::BoxCloneSyncService::new(client),
                 target,
+                timeout: Duration::from_secs(
+                    args.target_timeout
+                        .unwrap_or(super::DEFAULT_RESPONSE_TIMEOUT),
+                ),
             });
             serve_until_terminated(grace, &draining, move |stop| {
                 serve_http(listener, forward, stop)
@@ -172,6 +186,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Forward {
     client: tower::util::BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>,
     target: String,
+    /// How long a request waits for the target's response head (`--target-timeout`).
+    timeout: Duration,
 }
 
 async fn serve_http(
@@ -220,7 +236,14 @@ async fn forward_request(forward: &Forward, request: Request<Incoming>) -> Respo
     }
     parts.version = http::Version::HTTP_11;
     let request = Request::from_parts(parts, Body::new(body));
-    match forward.client.clone().oneshot(request).await {
+    // On time-out the call is dropped, and with it the pooled connection it was on.
+    let call = forward.client.clone().oneshot(request);
+    let Ok(answer) = tokio::time::timeout(forward.timeout, call).await else {
+        tracing::warn!(target = %forward.target, timeout = ?forward.timeout, "target did not answer in time: 504");
+        metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
+        return super::gateway_timeout("target", forward.timeout);
+    };
+    match answer {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
