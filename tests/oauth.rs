@@ -22,7 +22,8 @@ use hyper::body::Incoming;
 use secure_channel::jwt::{Algorithm, TokenProvider, TokenProviderError};
 use secure_channel::oauth::{
     AuthorizationServer, ClientAuth, ClientCredentials, ErrorCode, OAuthConfigError, SubjectToken,
-    SubjectTokenError, TokenExchange, TokenRequestError, TokenRequestErrorKind,
+    SubjectTokenError, TokenExchange, TokenExchangeBuilder, TokenRequestError,
+    TokenRequestErrorKind,
 };
 use secure_channel::testkit::{DevCa, IssuedSvid, TokenIssuer};
 use secure_channel::transport::WebPkiConnector;
@@ -65,6 +66,25 @@ enum Answer {
     UnsizedBody(usize),
     /// Never answers.
     Hang,
+    /// Reports the request on the gate, then answers (a JSON answer) once the gate lets it.
+    Gated(Arc<Gate>, StatusCode, String),
+}
+
+/// Holds answers back until the test lets them go.
+struct Gate {
+    arrived: tokio::sync::mpsc::UnboundedSender<()>,
+    release: tokio::sync::Semaphore,
+}
+
+impl Gate {
+    fn new() -> (Arc<Self>, tokio::sync::mpsc::UnboundedReceiver<()>) {
+        let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Self {
+            arrived,
+            release: tokio::sync::Semaphore::new(0),
+        };
+        (Arc::new(gate), arrivals)
+    }
 }
 
 /// A body whose size is unknown beforehand.
@@ -140,6 +160,15 @@ impl TestAs {
                         Response::new(Either::Right(Unsized(Some(Bytes::from(vec![b' '; size])))))
                     }
                     Answer::Hang => std::future::pending().await,
+                    Answer::Gated(gate, status, json) => {
+                        let _ = gate.arrived.send(());
+                        gate.release.acquire().await.unwrap().forget();
+                        Response::builder()
+                            .status(status)
+                            .header("content-type", "application/json")
+                            .body(Either::Left(Full::new(Bytes::from(json))))
+                            .unwrap()
+                    }
                 };
                 Ok::<_, Infallible>(response)
             }
@@ -589,18 +618,7 @@ async fn token_exchange() {
         )
     })
     .await;
-    let client = s.client("spiffe://example.org/gateway");
-    let exchange = TokenExchange::builder(
-        &given(&s),
-        "gateway",
-        ClientAuth::TlsClientAuth,
-        client.channel.source(),
-    )
-    .audience("backend")
-    .request_access_token()
-    .allow_unbound_tokens()
-    .build(client.spiffe(s.addr))
-    .unwrap();
+    let (_client, exchange) = gateway_exchange(&s, |b| b.request_access_token());
 
     let alice = SubjectToken::access_token("alice-token");
     within(exchange.exchange(&alice)).await.unwrap();
@@ -642,6 +660,100 @@ async fn token_exchange() {
         !format!("{alice:?}").contains("alice-token"),
         "Debug shows the token"
     );
+}
+
+/// The gateway workload and its token exchange at `s` for the audience `backend` (unbound
+/// tokens allowed), as `configure` sets it further.
+fn gateway_exchange(
+    s: &TestAs,
+    configure: impl FnOnce(TokenExchangeBuilder) -> TokenExchangeBuilder,
+) -> (Client, TokenExchange<SecureConnector>) {
+    let client = s.client("spiffe://example.org/gateway");
+    let builder = TokenExchange::builder(
+        &given(s),
+        "gateway",
+        ClientAuth::TlsClientAuth,
+        client.channel.source(),
+    )
+    .audience("backend")
+    .allow_unbound_tokens();
+    let exchange = configure(builder).build(client.spiffe(s.addr)).unwrap();
+    (client, exchange)
+}
+
+/// The JSON answer of a token exchange issuing `token`.
+fn exchanged(token: &str) -> String {
+    serde_json::json!({
+        "access_token": token,
+        "token_type": "Bearer",
+        "expires_in": 300,
+        "issued_token_type": "urn:ietf:params:oauth:token-type:access_token",
+    })
+    .to_string()
+}
+
+/// Concurrent exchanges of one subject token make one request and share its outcome, a
+/// failure included (not kept: the next exchange asks again); another subject's exchange does
+/// not wait for them.
+#[tokio::test]
+async fn concurrent_exchanges_of_one_subject_share_one_request() {
+    let (gate, mut arrivals) = Gate::new();
+    let held = gate.clone();
+    let s = TestAs::start(move |seen| match seen.param("subject_token")[0] {
+        "alice-token" => Answer::Gated(held.clone(), StatusCode::OK, exchanged("for-alice")),
+        "mallory-token" => Answer::Gated(
+            held.clone(),
+            StatusCode::BAD_REQUEST,
+            r#"{"error":"invalid_grant"}"#.into(),
+        ),
+        _ => Answer::Json(StatusCode::OK, exchanged("for-bob")),
+    })
+    .await;
+    let (_client, exchange) = gateway_exchange(&s, |b| b);
+    let burst = |subject: &str| {
+        let subject = SubjectToken::access_token(subject);
+        (0..8)
+            .map(|_| {
+                let (exchange, subject) = (exchange.clone(), subject.clone());
+                tokio::spawn(async move { exchange.exchange(&subject).await })
+            })
+            .collect::<Vec<_>>()
+    };
+
+    let alices = burst("alice-token");
+    within(arrivals.recv()).await.unwrap();
+    // Alice's exchange is held at the server: Bob's goes on meanwhile.
+    within(exchange.exchange(&SubjectToken::access_token("bob-token")))
+        .await
+        .unwrap();
+    gate.release.add_permits(1);
+    for alice in alices {
+        let token = within(alice).await.unwrap().unwrap();
+        assert!(token.expires_at().is_some(), "{token:?}");
+    }
+    assert_eq!(
+        s.seen().len(),
+        2,
+        "one request for alice's burst, one for bob"
+    );
+
+    let mallorys = burst("mallory-token");
+    within(arrivals.recv()).await.unwrap();
+    gate.release.add_permits(1);
+    for mallory in mallorys {
+        let error = within(mallory).await.unwrap().unwrap_err();
+        assert_eq!(
+            error.kind(),
+            TokenRequestErrorKind::ErrorResponse,
+            "{error}"
+        );
+    }
+    assert_eq!(s.seen().len(), 3, "one request for mallory's burst");
+    gate.release.add_permits(1);
+    within(exchange.exchange(&SubjectToken::access_token("mallory-token")))
+        .await
+        .unwrap_err();
+    assert_eq!(s.seen().len(), 4, "a failure is not kept");
 }
 
 /// The subject token is taken only from a request whose token the JWT layer validated.

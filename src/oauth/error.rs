@@ -208,14 +208,15 @@ impl fmt::Display for ErrorResponse {
 ///
 /// Never holds a token, a client credential or key material. A
 /// [`TokenProvider`](crate::jwt::TokenProvider) returns it boxed: recover it with
-/// `error.downcast_ref::<TokenRequestError>()`.
-#[derive(Debug)]
+/// `error.downcast_ref::<TokenRequestError>()`. Cloning it shares its source (the requests
+/// that waited for one token exchange get the same error).
+#[derive(Debug, Clone)]
 pub struct TokenRequestError {
     kind: TokenRequestErrorKind,
     endpoint: String,
     detail: String,
     response: Option<Box<ErrorResponse>>,
-    source: Option<Box<dyn std::error::Error + Send + Sync>>,
+    source: Option<std::sync::Arc<dyn std::error::Error + Send + Sync>>,
 }
 
 impl TokenRequestError {
@@ -237,7 +238,7 @@ impl TokenRequestError {
         mut self,
         source: impl Into<Box<dyn std::error::Error + Send + Sync>>,
     ) -> Self {
-        self.source = Some(source.into());
+        self.source = Some(std::sync::Arc::from(source.into()));
         self
     }
 

@@ -107,7 +107,9 @@ impl SubjectToken {
 ///
 /// Exchanged tokens are kept per subject token (at most
 /// [`cache_capacity`](TokenExchangeBuilder::cache_capacity), until shortly before they expire),
-/// so a user's requests in a row cost one exchange. By default the exchanged token must be
+/// so a user's requests in a row cost one exchange, and so do a user's requests at once: those
+/// arriving while an exchange of the same subject token is under way wait for its outcome. By
+/// default the exchanged token must be
 /// bound to this workload's certificate, as for
 /// [`ClientCredentials`](super::ClientCredentials).
 pub struct TokenExchange<C> {
@@ -139,6 +141,57 @@ struct Inner<C> {
     refresh_before: Duration,
     capacity: usize,
     cache: Mutex<HashMap<[u8; 32], (BearerToken, SystemTime)>>,
+    /// The exchanges under way, by subject token: a request for a subject whose exchange is
+    /// under way waits for its outcome instead of asking the server again (a burst of one
+    /// user's requests at a cold cache makes one exchange, not one each).
+    in_flight: Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+}
+
+/// One exchange under way: whoever holds the lock asks the server and leaves the outcome for
+/// those who waited (`None` while nobody has finished: a leader whose request was cancelled
+/// leaves it to the next).
+type Flight = tokio::sync::Mutex<Option<Result<BearerToken, TokenRequestError>>>;
+
+/// A place in the flight of one subject token; the last one out removes the flight, so that
+/// a later request looks at the cache again, and a failure is never kept.
+struct Boarding<'a> {
+    flights: &'a Mutex<HashMap<[u8; 32], Arc<Flight>>>,
+    key: [u8; 32],
+    flight: Arc<Flight>,
+}
+
+impl<'a> Boarding<'a> {
+    fn join(flights: &'a Mutex<HashMap<[u8; 32], Arc<Flight>>>, key: [u8; 32]) -> Self {
+        let flight = Arc::clone(
+            lock(flights)
+                .entry(key)
+                .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(None))),
+        );
+        Self {
+            flights,
+            key,
+            flight,
+        }
+    }
+}
+
+impl Drop for Boarding<'_> {
+    fn drop(&mut self) {
+        let mut flights = lock(self.flights);
+        // Counted under the map's lock, where others join: the map's reference and this one.
+        if Arc::strong_count(&self.flight) == 2
+            && flights
+                .get(&self.key)
+                .is_some_and(|flight| Arc::ptr_eq(flight, &self.flight))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+/// A poisoned lock only means a panic elsewhere while holding it; the map stays usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
 impl TokenExchange<()> {
@@ -201,6 +254,7 @@ impl TokenExchangeBuilder {
                 refresh_before,
                 capacity: self.capacity,
                 cache: Mutex::new(HashMap::new()),
+                in_flight: Mutex::new(HashMap::new()),
             }),
         })
     }
@@ -211,17 +265,26 @@ where
     C: Connect + Clone + Send + Sync + 'static,
 {
     /// A token for the downstream audience standing for `subject`'s user: the kept one, or a
-    /// new exchange.
+    /// new exchange. Concurrent calls for one subject token share one exchange and its
+    /// outcome, a failure included (it is not kept: the next call asks again).
     pub async fn exchange(&self, subject: &SubjectToken) -> Result<BearerToken, TokenRequestError> {
         let key = subject.key();
+        if let Some(token) = self.kept(&key, SystemTime::now()) {
+            return Ok(token);
+        }
+        // Dropped after the flight's lock (declared before it).
+        let boarding = Boarding::join(&self.inner.in_flight, key);
+        let mut outcome = boarding.flight.lock().await;
+        if let Some(shared) = outcome.as_ref() {
+            return shared.clone();
+        }
+        // A flight that ended between the look above and joining kept its token.
         let now = SystemTime::now();
-        if let Some((token, refresh_at)) = self.cache().get(&key)
-            && now < *refresh_at
-        {
-            return Ok(token.clone());
+        if let Some(token) = self.kept(&key, now) {
+            return Ok(token);
         }
         let inner = &self.inner;
-        let token = inner
+        let result = inner
             .endpoint
             .request(TOKEN_EXCHANGE_GRANT, Expect::Exchanged, |form| {
                 form.append_pair("subject_token", &subject.token);
@@ -231,9 +294,20 @@ where
                 }
                 inner.targets.append(form);
             })
-            .await?;
-        self.keep(key, &token, now);
-        Ok(token)
+            .await;
+        if let Ok(token) = &result {
+            self.keep(key, token, now);
+        }
+        *outcome = Some(result.clone());
+        result
+    }
+
+    /// The kept token for `key`, if it is not due for a refresh at `now`.
+    fn kept(&self, key: &[u8; 32], now: SystemTime) -> Option<BearerToken> {
+        self.cache()
+            .get(key)
+            .filter(|(_, refresh_at)| now < *refresh_at)
+            .map(|(token, _)| token.clone())
     }
 
     /// A [`TokenProvider`] of exchanged tokens for `subject` (for a
@@ -247,11 +321,7 @@ where
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], (BearerToken, SystemTime)>> {
-        // A poisoned lock only means a panic elsewhere while holding it; the map stays usable.
-        self.inner
-            .cache
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        lock(&self.inner.cache)
     }
 
     fn keep(&self, key: [u8; 32], token: &BearerToken, now: SystemTime) {
