@@ -246,11 +246,26 @@ async fn a_backend_that_is_down_gives_502_without_hanging() {
     }
 }
 
+/// Reads from `stream` into `received` until it holds a request's head: the head's length
+/// (its blank line included), or `None` when the stream ended first.
+async fn read_head(stream: &mut tokio::net::TcpStream, received: &mut Vec<u8>) -> Option<usize> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1024];
+    loop {
+        if let Some(end) = received.windows(4).position(|w| w == b"\r\n\r\n") {
+            return Some(end + 4);
+        }
+        match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return None,
+            Ok(read) => received.extend_from_slice(&buf[..read]),
+        }
+    }
+}
+
 /// A plaintext backend that answers one request per connection (`conn N`, N counting its
 /// connections) and then closes it, without saying so (no `Connection: close`); after
 /// `connections` connections it stops listening too (a backend going down).
 async fn one_request_per_connection(connections: usize) -> std::net::SocketAddr {
-    use tokio::io::AsyncReadExt;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -258,14 +273,7 @@ async fn one_request_per_connection(connections: usize) -> std::net::SocketAddr 
             let Ok((mut stream, _)) = listener.accept().await else {
                 return;
             };
-            let mut request = Vec::new();
-            let mut buf = [0u8; 1024];
-            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut buf).await {
-                    Ok(0) | Err(_) => break,
-                    Ok(read) => request.extend_from_slice(&buf[..read]),
-                }
-            }
+            let _ = read_head(&mut stream, &mut Vec::new()).await;
             let body = format!("conn {n}");
             let response = format!(
                 "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
@@ -417,6 +425,79 @@ async fn a_backend_that_never_answers_gives_504_after_the_backend_timeout() {
         within(arrivals.recv()).await.unwrap();
         within(closes.recv()).await.unwrap();
     }
+}
+
+/// A plaintext backend that reads each request whole (its head, then a `content-length`
+/// body) and answers how many body bytes it got.
+async fn counts_body_bytes() -> std::net::SocketAddr {
+    use tokio::io::AsyncReadExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut received = Vec::new();
+                let Some(head) = read_head(&mut stream, &mut received).await else {
+                    return;
+                };
+                let length: usize = String::from_utf8_lossy(&received[..head])
+                    .to_lowercase()
+                    .lines()
+                    .find_map(|line| line.strip_prefix("content-length:"))
+                    .map_or(0, |value| value.trim().parse().unwrap());
+                let mut buf = [0u8; 1024];
+                while received.len() < head + length {
+                    match stream.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(read) => received.extend_from_slice(&buf[..read]),
+                    }
+                }
+                let body = format!("got {length} bytes");
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upload_slower_than_the_backend_timeout_is_not_cut_off() {
+    use tokio::io::AsyncReadExt;
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = counts_body_bytes().await;
+    let running = proxy(
+        &pki,
+        &backend.to_string(),
+        &["--allow", WEB_ID, "--backend-timeout", "1"],
+    )
+    .await;
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    let mut caller = within(channel.connect_tcp(running.addr)).await.unwrap();
+    let head = "POST /upload HTTP/1.1\r\nhost: proxy\r\ncontent-length: 10\r\n\r\n";
+    within(caller.write_all(format!("{head}hello").as_bytes()))
+        .await
+        .unwrap();
+    within(caller.flush()).await.unwrap();
+    // A slow caller: the rest of its body comes later than the backend timeout. The wait for
+    // the backend's answer starts once the request is sent whole.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    within(caller.write_all(b"world")).await.unwrap();
+    within(caller.flush()).await.unwrap();
+    let mut response = Vec::new();
+    let mut buf = [0u8; 1024];
+    while !response.ends_with(b"got 10 bytes") {
+        let read = within(caller.read(&mut buf)).await.unwrap();
+        assert!(read > 0, "closed: {}", String::from_utf8_lossy(&response));
+        response.extend_from_slice(&buf[..read]);
+    }
+    let response = String::from_utf8_lossy(&response);
+    assert!(response.starts_with("HTTP/1.1 200"), "{response}");
 }
 
 #[tokio::test]

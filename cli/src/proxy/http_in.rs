@@ -24,6 +24,7 @@ use secure_channel::layer::rate_limit::{RateLimit, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
+use crate::proxy::answer_timeout::{answer_within, watch_end};
 use crate::proxy::local::{BackendConnector, LocalAddr};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{gateway_timeout, retarget};
@@ -326,6 +327,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     let one_at_a_time = parts.version <= Version::HTTP_11;
     parts.version = Version::HTTP_11;
     let timeout = forwarder.backend_timeout;
+    let (body, sent) = watch_end(body);
     let answer = match upstream {
         Some(upstream) => {
             set_host_if_missing(&mut parts.headers, &forwarder.host);
@@ -333,11 +335,8 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
             let request = http::Request::from_parts(parts, body);
             // On time-out the send is dropped, and with it the backend connection it holds:
             // a response that comes later has nowhere to go.
-            tokio::time::timeout(
-                timeout,
-                upstream.send(&forwarder.backend, request, one_at_a_time),
-            )
-            .await
+            let send = upstream.send(&forwarder.backend, request, one_at_a_time);
+            answer_within(timeout, sent, send).await
         }
         None => {
             parts.uri = match retarget(&parts.uri, "http", &forwarder.authority) {
@@ -350,7 +349,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
             let request = forwarder
                 .client
                 .request(http::Request::from_parts(parts, body));
-            tokio::time::timeout(timeout, async { request.await.map_err(Into::into) }).await
+            answer_within(timeout, sent, async { request.await.map_err(Into::into) }).await
         }
     };
     match answer {

@@ -70,8 +70,9 @@ pub(crate) struct InboundArgs {
     /// /status (JSON).
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<SocketAddr>,
-    /// http mode: how long a request waits for the backend's response (its status and
-    /// headers) before the caller gets 504 and that backend connection is closed [default: 60].
+    /// http mode: how long the backend has to answer (status and headers) once a request has
+    /// been sent whole; then the caller gets 504 and that backend connection is closed
+    /// [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) backend_timeout: Option<u64>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.

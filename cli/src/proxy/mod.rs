@@ -2,6 +2,7 @@
 //! crate, admitting callers exactly as the library does.
 
 mod admin;
+mod answer_timeout;
 mod flags;
 mod http_in;
 mod inbound;

@@ -26,6 +26,7 @@ use tower::{Layer, ServiceExt};
 
 use crate::failure::{Failure, Outcome};
 use crate::proxy::admin::{self, BACKEND_ERRORS};
+use crate::proxy::answer_timeout::{answer_within, watch_end};
 use crate::proxy::flags::{TrustFlags, parse_matcher};
 use crate::proxy::inbound::Mode;
 use crate::proxy::local::{LocalAddr, LocalListener, LocalStream};
@@ -62,8 +63,8 @@ pub(crate) struct OutboundArgs {
     /// A plaintext admin listener on loopback: /healthz, /ready, /metrics, /status.
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<std::net::SocketAddr>,
-    /// http mode: how long a request waits for the target's response (its status and headers)
-    /// before the local caller gets 504 and that connection to the target is closed
+    /// http mode: how long the target has to answer (status and headers) once a request has
+    /// been sent whole; then the local caller gets 504 and the request is abandoned there
     /// [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) target_timeout: Option<u64>,
@@ -235,10 +236,11 @@ async fn forward_request(forward: &Forward, request: Request<Incoming>) -> Respo
         parts.headers.insert(header::HOST, host);
     }
     parts.version = http::Version::HTTP_11;
-    let request = Request::from_parts(parts, Body::new(body));
+    let (body, sent) = watch_end(Body::new(body));
+    let request = Request::from_parts(parts, body);
     // On time-out the call is dropped, and with it the pooled connection it was on.
     let call = forward.client.clone().oneshot(request);
-    let Ok(answer) = tokio::time::timeout(forward.timeout, call).await else {
+    let Ok(answer) = answer_within(forward.timeout, sent, call).await else {
         tracing::warn!(target = %forward.target, timeout = ?forward.timeout, "target did not answer in time: 504");
         metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
         return super::gateway_timeout("target", forward.timeout);
