@@ -371,3 +371,42 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flight_is_shared_and_removed_by_the_last_one_out() {
+        let flights = Mutex::new(HashMap::new());
+        let first = Boarding::join(&flights, [1; 32]);
+        let second = Boarding::join(&flights, [1; 32]);
+        let other = Boarding::join(&flights, [2; 32]);
+        assert!(Arc::ptr_eq(&first.flight, &second.flight));
+        assert!(!Arc::ptr_eq(&first.flight, &other.flight));
+        drop(first);
+        // The second still waits on it: a new caller joins the same flight.
+        assert!(lock(&flights).contains_key(&[1; 32]));
+        let third = Boarding::join(&flights, [1; 32]);
+        assert!(Arc::ptr_eq(&second.flight, &third.flight));
+        drop((second, third));
+        assert!(!lock(&flights).contains_key(&[1; 32]));
+        assert!(lock(&flights).contains_key(&[2; 32]));
+        drop(other);
+        assert!(lock(&flights).is_empty());
+    }
+
+    #[test]
+    fn a_flight_that_was_replaced_is_not_removed_for_its_successor() {
+        let flights = Mutex::new(HashMap::new());
+        let old = Boarding::join(&flights, [1; 32]);
+        // Another flight under the same key (as if the old one had been removed meanwhile).
+        let successor = Arc::new(tokio::sync::Mutex::new(None));
+        lock(&flights).insert([1; 32], Arc::clone(&successor));
+        let held = Arc::clone(&old.flight);
+        drop(old);
+        let kept = lock(&flights).get(&[1; 32]).cloned();
+        assert!(kept.is_some_and(|kept| Arc::ptr_eq(&kept, &successor)));
+        drop(held);
+    }
+}
