@@ -415,12 +415,7 @@ async fn a_backend_that_never_answers_gives_504_after_the_backend_timeout() {
     pki.svid("web", WEB_ID);
     for version in ["--http1.1", "--http2"] {
         let (backend, mut arrivals, mut closes) = never_answers().await;
-        let running = proxy(
-            &pki,
-            &backend.to_string(),
-            &["--allow", WEB_ID, "--backend-timeout", "1"],
-        )
-        .await;
+        let running = bounded_proxy(&pki, &backend.to_string()).await;
         let started = std::time::Instant::now();
         let (code, out, err) = curl(&pki, "web", &running.url("/stuck"), &[version]).await;
         let elapsed = started.elapsed();
@@ -475,40 +470,115 @@ async fn counts_body_bytes() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn an_upload_slower_than_the_backend_timeout_is_not_cut_off() {
+/// The proxy allowing `web`, with a bound of one second on the backend (`--backend-timeout`).
+async fn bounded_proxy(pki: &Pki, backend: &str) -> Running {
+    proxy(pki, backend, &["--allow", WEB_ID, "--backend-timeout", "1"]).await
+}
+
+/// Reads from `caller` until what it read ends with `until`; what it read.
+async fn read_response(caller: &mut (impl tokio::io::AsyncRead + Unpin), until: &str) -> String {
     use tokio::io::AsyncReadExt;
-    let pki = Pki::new();
-    pki.svid("proxy", PROXY_ID);
-    pki.svid("web", WEB_ID);
-    let backend = counts_body_bytes().await;
-    let running = proxy(
-        &pki,
-        &backend.to_string(),
-        &["--allow", WEB_ID, "--backend-timeout", "1"],
-    )
-    .await;
-    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
-    let mut caller = within(channel.connect_tcp(running.addr)).await.unwrap();
-    let head = "POST /upload HTTP/1.1\r\nhost: proxy\r\ncontent-length: 10\r\n\r\n";
-    within(caller.write_all(format!("{head}hello").as_bytes()))
-        .await
-        .unwrap();
-    within(caller.flush()).await.unwrap();
-    // A slow caller: the rest of its body comes later than the backend timeout. The wait for
-    // the backend's answer starts once the request is sent whole.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    within(caller.write_all(b"world")).await.unwrap();
-    within(caller.flush()).await.unwrap();
     let mut response = Vec::new();
-    let mut buf = [0u8; 1024];
-    while !response.ends_with(b"got 10 bytes") {
+    let mut buf = [0u8; 4096];
+    while !response.ends_with(until.as_bytes()) {
         let read = within(caller.read(&mut buf)).await.unwrap();
         assert!(read > 0, "closed: {}", String::from_utf8_lossy(&response));
         response.extend_from_slice(&buf[..read]);
     }
-    let response = String::from_utf8_lossy(&response);
+    String::from_utf8_lossy(&response).into_owned()
+}
+
+/// A caller connection to `running`, having sent the head of a POST of `length` bytes.
+async fn posting(
+    pki: &Pki,
+    running: &Running,
+    length: usize,
+) -> secure_channel::SecureStream<tokio::net::TcpStream> {
+    let (_source, channel) = pki.client(WEB_ID, PROXY_ID);
+    let mut caller = within(channel.connect_tcp(running.addr)).await.unwrap();
+    let head = format!("POST /upload HTTP/1.1\r\nhost: proxy\r\ncontent-length: {length}\r\n\r\n");
+    within(caller.write_all(head.as_bytes())).await.unwrap();
+    within(caller.flush()).await.unwrap();
+    caller
+}
+
+#[tokio::test]
+async fn an_upload_that_keeps_moving_is_not_cut_off_however_long_it_takes() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    let backend = counts_body_bytes().await;
+    let running = bounded_proxy(&pki, &backend.to_string()).await;
+    let mut caller = posting(&pki, &running, 20).await;
+    // A slow caller: four parts, each within the bound of the previous one, two seconds in
+    // all (twice the bound).
+    for part in ["hello", "world", "again", "done."] {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        within(caller.write_all(part.as_bytes())).await.unwrap();
+        within(caller.flush()).await.unwrap();
+    }
+    let response = read_response(&mut caller, "got 20 bytes").await;
     assert!(response.starts_with("HTTP/1.1 200"), "{response}");
+}
+
+/// A plaintext backend that reads a request's head and then nothing more, without answering;
+/// reports each request on the channel.
+async fn reads_only_the_head() -> (
+    std::net::SocketAddr,
+    tokio::sync::mpsc::UnboundedReceiver<()>,
+) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (arrived, arrivals) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let arrived = arrived.clone();
+            tokio::spawn(async move {
+                if read_head(&mut stream, &mut Vec::new()).await.is_some() {
+                    let _ = arrived.send(());
+                }
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    (addr, arrivals)
+}
+
+#[tokio::test]
+async fn a_stalled_upload_is_cut_off_naming_who_stalled() {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+
+    // The caller stops sending its body: 408.
+    let backend = counts_body_bytes().await;
+    let running = bounded_proxy(&pki, &backend.to_string()).await;
+    let mut caller = posting(&pki, &running, 10).await;
+    within(caller.write_all(b"hello")).await.unwrap();
+    within(caller.flush()).await.unwrap();
+    let response = read_response(&mut caller, "stalled for 1 s\n").await;
+    assert!(response.starts_with("HTTP/1.1 408"), "{response}");
+
+    // The backend stops taking the body (it reads the head only), far more of it than the
+    // buffers on the way hold: 504.
+    let (backend, mut arrivals) = reads_only_the_head().await;
+    let running = bounded_proxy(&pki, &backend.to_string()).await;
+    const LENGTH: usize = 256 << 20;
+    let caller = posting(&pki, &running, LENGTH).await;
+    let (mut reader, mut writer) = tokio::io::split(caller);
+    let uploading = tokio::spawn(async move {
+        let chunk = vec![b'x'; 64 << 10];
+        for _ in 0..LENGTH / chunk.len() {
+            if writer.write_all(&chunk).await.is_err() {
+                return;
+            }
+        }
+    });
+    within(arrivals.recv()).await.unwrap();
+    let response = read_response(&mut reader, "did not answer within 1 s\n").await;
+    assert!(response.starts_with("HTTP/1.1 504"), "{response}");
+    uploading.abort();
 }
 
 #[tokio::test]

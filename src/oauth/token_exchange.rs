@@ -109,8 +109,7 @@ impl SubjectToken {
 /// [`cache_capacity`](TokenExchangeBuilder::cache_capacity), until shortly before they expire),
 /// so a user's requests in a row cost one exchange, and so do a user's requests at once: those
 /// arriving while an exchange of the same subject token is under way wait for its outcome. By
-/// default the exchanged token must be
-/// bound to this workload's certificate, as for
+/// default the exchanged token must be bound to this workload's certificate, as for
 /// [`ClientCredentials`](super::ClientCredentials).
 pub struct TokenExchange<C> {
     inner: Arc<Inner<C>>,

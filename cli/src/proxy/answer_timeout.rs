@@ -1,66 +1,101 @@
-//! The wait for the next hop's answer to a request (`--backend-timeout`, `--target-timeout`),
-//! bounded from when the request has been handed over whole: while the caller is still
-//! sending its body, the pace is the caller's, and an upload slower than the bound is not the
-//! next hop failing to answer.
+//! The bound on a forwarded request (`--backend-timeout`, `--target-timeout`): once the request
+//! has been sent whole, the next hop has that long to answer (status and headers); while its
+//! body is still being sent, no pause in it may last that long. A pause is told apart by who
+//! is waited for: the next hop not taking more of the body (504, as for an answer that does not
+//! come) or the caller not sending it (408: an upload that keeps moving is never cut off,
+//! however long it takes).
 
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 
-/// Resolves once a request's body has been read to its end, failed, or been dropped.
-pub(crate) struct Sent(Option<oneshot::Receiver<()>>);
+/// The progress of a request's body as it is sent.
+pub(crate) struct Sent(Option<Progress>);
 
-/// `body` as forwarded, and when it has been sent whole. A body that is empty (or whose end
-/// is known already) is sent at once, and kept as it is.
+struct Progress {
+    /// Changes with each part of the body sent; closed when the body has been sent whole (or
+    /// is gone: an error, or the next hop's connection dropped it).
+    parts: watch::Receiver<()>,
+    /// Whether the body is waiting for the caller to send more.
+    waiting_on_caller: Arc<AtomicBool>,
+}
+
+/// Who did not move within the bound.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Stalled {
+    /// The next hop: it did not answer, or stopped taking the request's body.
+    NextHop,
+    /// The caller: it stopped sending the request's body.
+    Caller,
+}
+
+/// `body` as forwarded, and its progress. A body that is empty (or whose end is known
+/// already) is sent at once, and kept as it is.
 pub(crate) fn watch_end(body: Body) -> (Body, Sent) {
     if http_body::Body::is_end_stream(&body) {
         return (body, Sent(None));
     }
-    let (end, sent) = oneshot::channel();
+    let (parts, watched_parts) = watch::channel(());
+    let waiting_on_caller = Arc::new(AtomicBool::new(false));
     let watched = Watched {
         inner: body,
-        end: Some(end),
+        parts: Some(parts),
+        waiting_on_caller: Arc::clone(&waiting_on_caller),
     };
-    (Body::new(watched), Sent(Some(sent)))
+    let progress = Progress {
+        parts: watched_parts,
+        waiting_on_caller,
+    };
+    (Body::new(watched), Sent(Some(progress)))
 }
 
-/// Waits for `answer`; from when the request was `sent`, for at most `timeout` (`Err`: it
-/// did not come in time, and `answer` is dropped).
+/// Waits for `answer` (which sends the request and yields the next hop's answer), bounded by
+/// `timeout` as the module says; `Err` names who stalled, and `answer` is dropped.
 pub(crate) async fn answer_within<T>(
     timeout: Duration,
     sent: Sent,
     answer: impl Future<Output = T>,
-) -> Result<T, tokio::time::error::Elapsed> {
+) -> Result<T, Stalled> {
     let mut answer = std::pin::pin!(answer);
-    if let Sent(Some(end)) = sent {
-        tokio::select! {
-            biased;
-            output = &mut answer => return Ok(output),
-            // Sent whole, or the body is gone (an error, or the next hop stopped reading it).
-            _ = end => {}
+    if let Sent(Some(mut progress)) = sent {
+        loop {
+            tokio::select! {
+                biased;
+                output = &mut answer => return Ok(output),
+                more = progress.parts.changed() => match more {
+                    // Another part went on: the pause starts again.
+                    Ok(()) => continue,
+                    Err(_) => break,
+                },
+                () = tokio::time::sleep(timeout) => {
+                    return Err(if progress.waiting_on_caller.load(Ordering::Acquire) {
+                        Stalled::Caller
+                    } else {
+                        Stalled::NextHop
+                    });
+                }
+            }
         }
     }
-    tokio::time::timeout(timeout, answer).await
+    tokio::time::timeout(timeout, answer)
+        .await
+        .map_err(|_| Stalled::NextHop)
 }
 
-/// A request body that says when it has been read to its end.
+/// A request body that reports each part read from it, whether it waits for the caller, and
+/// its end.
 struct Watched {
     inner: Body,
-    end: Option<oneshot::Sender<()>>,
-}
-
-impl Watched {
-    fn ended(&mut self) {
-        if let Some(end) = self.end.take() {
-            let _ = end.send(());
-        }
-    }
+    parts: Option<watch::Sender<()>>,
+    waiting_on_caller: Arc<AtomicBool>,
 }
 
 impl http_body::Body for Watched {
@@ -71,9 +106,19 @@ impl http_body::Body for Watched {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
-        if !matches!(frame, Some(Ok(_))) || self.inner.is_end_stream() {
-            self.ended();
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        self.waiting_on_caller
+            .store(polled.is_pending(), Ordering::Release);
+        let Poll::Ready(frame) = polled else {
+            return Poll::Pending;
+        };
+        if matches!(frame, Some(Ok(_))) && !self.inner.is_end_stream() {
+            if let Some(parts) = &self.parts {
+                parts.send_replace(());
+            }
+        } else {
+            // The end (or an error): closing the channel says so.
+            self.parts = None;
         }
         Poll::Ready(frame)
     }
@@ -93,13 +138,6 @@ mod tests {
 
     use http_body_util::BodyExt;
 
-    #[tokio::test]
-    async fn an_empty_body_is_sent_at_once_and_kept_as_it_is() {
-        let (body, sent) = watch_end(Body::empty());
-        assert!(sent.0.is_none());
-        assert!(http_body::Body::is_end_stream(&body));
-    }
-
     /// A body of the chunks sent on a channel, ending when the channel closes.
     struct Chunks(tokio::sync::mpsc::Receiver<Bytes>);
 
@@ -117,38 +155,103 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn a_body_is_sent_when_read_to_its_end() {
-        let (tx, rx) = tokio::sync::mpsc::channel(2);
-        let (mut body, Sent(Some(mut sent))) = watch_end(Body::new(Chunks(rx))) else {
+    /// A streamed body (its chunks sent on the returned channel), watched.
+    fn streamed() -> (tokio::sync::mpsc::Sender<Bytes>, Body, Progress) {
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let (body, Sent(Some(progress))) = watch_end(Body::new(Chunks(rx))) else {
             panic!("a streamed body is not at its end");
         };
+        (tx, body, progress)
+    }
+
+    #[tokio::test]
+    async fn an_empty_body_is_sent_at_once_and_kept_as_it_is() {
+        let (body, sent) = watch_end(Body::empty());
+        assert!(sent.0.is_none());
+        assert!(http_body::Body::is_end_stream(&body));
+    }
+
+    #[tokio::test]
+    async fn each_part_and_the_end_of_a_body_are_reported() {
+        let (tx, mut body, mut progress) = streamed();
         tx.send(Bytes::from_static(b"part")).await.unwrap();
         let frame = body.frame().await.unwrap().unwrap();
         assert_eq!(frame.into_data().unwrap(), "part");
-        assert!(sent.try_recv().is_err(), "not sent whole yet");
+        assert!(progress.parts.has_changed().unwrap(), "a part went on");
+        progress.parts.mark_unchanged();
+        assert!(!progress.waiting_on_caller.load(Ordering::Acquire));
+        // Nothing to read: the body waits for the caller.
+        let pending = futures_poll(&mut body);
+        assert!(pending);
+        assert!(progress.waiting_on_caller.load(Ordering::Acquire));
         drop(tx);
         assert!(body.frame().await.is_none());
-        assert_eq!(sent.try_recv(), Ok(()));
+        assert!(progress.parts.has_changed().is_err(), "the end closes it");
+    }
+
+    /// Polls `body` once; whether it was pending.
+    fn futures_poll(body: &mut Body) -> bool {
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        http_body::Body::poll_frame(Pin::new(body), &mut cx).is_pending()
     }
 
     #[tokio::test(start_paused = true)]
-    async fn the_bound_starts_when_the_request_was_sent() {
-        // Not sent yet: no bound, however long the answer takes.
-        let (end, sent) = oneshot::channel();
-        let late = tokio::time::sleep(Duration::from_secs(10));
-        let answered = answer_within(Duration::from_secs(1), Sent(Some(sent)), late);
-        let answered = tokio::spawn(answered);
-        tokio::time::sleep(Duration::from_secs(9)).await;
-        // Sent now: the answer (1 s away) is within the bound.
-        end.send(()).unwrap();
-        assert!(answered.await.unwrap().is_ok());
-        // Sent at once: an answer 2 s away is not.
+    async fn the_bound_is_on_each_pause_then_on_the_answer() {
+        let bound = Duration::from_secs(1);
+        // Parts every 0.6 s for 3 s, then the end, then an answer 0.9 s later: within the
+        // bound all along, 3.9 s in all.
+        let (tx, mut body, progress) = streamed();
+        let sender = tokio::spawn(async move {
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(600)).await;
+                tx.send(Bytes::from_static(b"part")).await.unwrap();
+            }
+        });
+        let answer = async move {
+            while body.frame().await.is_some() {}
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            "answered"
+        };
+        let started = tokio::time::Instant::now();
+        let answered = answer_within(bound, Sent(Some(progress)), answer).await;
+        assert_eq!(answered, Ok("answered"));
+        assert_eq!(started.elapsed(), Duration::from_millis(3900));
+        sender.await.unwrap();
+
+        // Sent whole at once, an answer 2 s away: the next hop stalled.
         let late = tokio::time::sleep(Duration::from_secs(2));
-        assert!(
-            answer_within(Duration::from_secs(1), Sent(None), late)
-                .await
-                .is_err()
+        assert_eq!(
+            answer_within(bound, Sent(None), late).await,
+            Err(Stalled::NextHop)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_pause_in_the_body_names_who_stalled() {
+        let bound = Duration::from_secs(1);
+        // The caller sends one part and then nothing: the body waits on it.
+        let (tx, mut body, progress) = streamed();
+        tx.send(Bytes::from_static(b"part")).await.unwrap();
+        let reading = async move { while body.frame().await.is_some() {} };
+        let started = tokio::time::Instant::now();
+        assert_eq!(
+            answer_within(bound, Sent(Some(progress)), reading).await,
+            Err(Stalled::Caller)
+        );
+        assert_eq!(started.elapsed(), bound);
+
+        // The next hop reads one part and then no more, with more there to read.
+        let (tx, mut body, progress) = streamed();
+        tx.send(Bytes::from_static(b"one")).await.unwrap();
+        tx.send(Bytes::from_static(b"two")).await.unwrap();
+        let stuck = async move {
+            body.frame().await;
+            std::future::pending::<()>().await;
+        };
+        assert_eq!(
+            answer_within(bound, Sent(Some(progress)), stuck).await,
+            Err(Stalled::NextHop)
         );
     }
 }

@@ -24,10 +24,10 @@ use secure_channel::layer::rate_limit::{RateLimit, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
-use crate::proxy::answer_timeout::{answer_within, watch_end};
+use crate::proxy::answer_timeout::{Stalled, answer_within, watch_end};
 use crate::proxy::local::{BackendConnector, LocalAddr};
 use crate::proxy::upstream::Upstream;
-use crate::proxy::{gateway_timeout, retarget};
+use crate::proxy::{retarget, stalled};
 
 /// What the service is built from (validated already).
 #[derive(Clone)]
@@ -369,10 +369,14 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
             )
                 .into_response()
         }
-        Err(_elapsed) => {
+        Err(Stalled::NextHop) => {
             tracing::warn!(peer = %peer.spiffe_id(), ?timeout, "backend did not answer in time: 504");
             metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
-            gateway_timeout("backend", timeout)
+            stalled(Stalled::NextHop, "backend", timeout)
+        }
+        Err(Stalled::Caller) => {
+            tracing::info!(peer = %peer.spiffe_id(), ?timeout, "the caller's request body stalled: 408");
+            stalled(Stalled::Caller, "backend", timeout)
         }
     }
 }

@@ -55,18 +55,27 @@ pub(crate) fn run(command: ProxyCommand) -> Outcome {
 /// `--backend-timeout`/`--target-timeout` say otherwise: nginx's `proxy_read_timeout` default.
 const DEFAULT_RESPONSE_TIMEOUT: u64 = 60;
 
-/// A 504 for a request whose next hop (`what`) did not answer within `timeout`.
-fn gateway_timeout(what: &str, timeout: Duration) -> axum::response::Response {
+/// The answer to a request that stalled (see `answer_timeout`): 504 when the next hop (`what`)
+/// did not answer, or stopped taking the request's body, within `timeout`; 408 when the caller
+/// stopped sending it.
+fn stalled(
+    stalled: answer_timeout::Stalled,
+    what: &str,
+    timeout: Duration,
+) -> axum::response::Response {
     use axum::response::IntoResponse;
-    (
-        http::StatusCode::GATEWAY_TIMEOUT,
-        [(http::header::CONTENT_TYPE, "text/plain")],
-        format!(
-            "gateway timeout: the {what} did not answer within {} s\n",
-            timeout.as_secs()
+    let secs = timeout.as_secs();
+    let (status, text) = match stalled {
+        answer_timeout::Stalled::NextHop => (
+            http::StatusCode::GATEWAY_TIMEOUT,
+            format!("gateway timeout: the {what} did not answer within {secs} s\n"),
         ),
-    )
-        .into_response()
+        answer_timeout::Stalled::Caller => (
+            http::StatusCode::REQUEST_TIMEOUT,
+            format!("request timeout: the request's body stalled for {secs} s\n"),
+        ),
+    };
+    (status, [(http::header::CONTENT_TYPE, "text/plain")], text).into_response()
 }
 
 /// `uri`'s path and query sent to `scheme://authority` instead (the target of a proxy hop).

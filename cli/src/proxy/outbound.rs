@@ -26,7 +26,7 @@ use tower::{Layer, ServiceExt};
 
 use crate::failure::{Failure, Outcome};
 use crate::proxy::admin::{self, BACKEND_ERRORS};
-use crate::proxy::answer_timeout::{answer_within, watch_end};
+use crate::proxy::answer_timeout::{Stalled, answer_within, watch_end};
 use crate::proxy::flags::{TrustFlags, parse_matcher};
 use crate::proxy::inbound::Mode;
 use crate::proxy::local::{LocalAddr, LocalListener, LocalStream};
@@ -64,8 +64,8 @@ pub(crate) struct OutboundArgs {
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<std::net::SocketAddr>,
     /// http mode: how long the target has to answer (status and headers) once a request has
-    /// been sent whole; then the local caller gets 504 and the request is abandoned there
-    /// [default: 60].
+    /// been sent whole, and the longest pause while its body is sent; then the local caller
+    /// gets 504 (408 when its body stalled) and the request is abandoned there [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) target_timeout: Option<u64>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
@@ -240,10 +240,15 @@ async fn forward_request(forward: &Forward, request: Request<Incoming>) -> Respo
     let request = Request::from_parts(parts, body);
     // On time-out the call is dropped, and with it the pooled connection it was on.
     let call = forward.client.clone().oneshot(request);
-    let Ok(answer) = answer_within(forward.timeout, sent, call).await else {
-        tracing::warn!(target = %forward.target, timeout = ?forward.timeout, "target did not answer in time: 504");
-        metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
-        return super::gateway_timeout("target", forward.timeout);
+    let answer = match answer_within(forward.timeout, sent, call).await {
+        Ok(answer) => answer,
+        Err(stalled) => {
+            if stalled == Stalled::NextHop {
+                tracing::warn!(target = %forward.target, timeout = ?forward.timeout, "target did not answer in time: 504");
+                metrics::counter!(BACKEND_ERRORS, "mode" => "http").increment(1);
+            }
+            return super::stalled(stalled, "target", forward.timeout);
+        }
     };
     match answer {
         Ok(response) => {
