@@ -43,7 +43,8 @@ pub(crate) struct Config {
     pub(crate) validator: Option<JwtValidator>,
     /// Per-caller limits (`--rate-limit`, `--limit-for`, ...).
     pub(crate) limits: Option<RateLimitLayer>,
-    /// How long a request waits for the backend's response head (`--backend-timeout`).
+    /// The bound on the backend's answer and on pauses in a body sent to it
+    /// (`--backend-timeout`; see `answer_timeout`).
     pub(crate) backend_timeout: Duration,
 }
 

@@ -51,8 +51,9 @@ pub(crate) fn run(command: ProxyCommand) -> Outcome {
     })
 }
 
-/// How long an HTTP request waits for its response's head from the next hop, in seconds, unless
-/// `--backend-timeout`/`--target-timeout` say otherwise: nginx's `proxy_read_timeout` default.
+/// The bound on the next hop's answer and on pauses in a body sent to it (see
+/// `answer_timeout`), in seconds, unless `--backend-timeout`/`--target-timeout` say otherwise:
+/// nginx's `proxy_read_timeout` default.
 const DEFAULT_RESPONSE_TIMEOUT: u64 = 60;
 
 /// The answer to a request that stalled (see `answer_timeout`): 504 when the next hop (`what`)

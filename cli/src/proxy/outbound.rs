@@ -187,7 +187,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Forward {
     client: tower::util::BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>,
     target: String,
-    /// How long a request waits for the target's response head (`--target-timeout`).
+    /// The bound on the target's answer and on pauses in a body sent to it
+    /// (`--target-timeout`; see `answer_timeout`).
     timeout: Duration,
 }
 
