@@ -410,9 +410,7 @@ async fn never_answers() -> (
 
 #[tokio::test]
 async fn a_backend_that_never_answers_gives_504_after_the_backend_timeout() {
-    let pki = Pki::new();
-    pki.svid("proxy", PROXY_ID);
-    pki.svid("web", WEB_ID);
+    let pki = proxy_and_web();
     for version in ["--http1.1", "--http2"] {
         let (backend, mut arrivals, mut closes) = never_answers().await;
         let running = bounded_proxy(&pki, &backend.to_string()).await;
@@ -470,6 +468,14 @@ async fn counts_body_bytes() -> std::net::SocketAddr {
     addr
 }
 
+/// A PKI with the proxy's SVID and the caller `web`'s.
+fn proxy_and_web() -> Pki {
+    let pki = Pki::new();
+    pki.svid("proxy", PROXY_ID);
+    pki.svid("web", WEB_ID);
+    pki
+}
+
 /// The proxy allowing `web`, with a bound of one second on the backend (`--backend-timeout`).
 async fn bounded_proxy(pki: &Pki, backend: &str) -> Running {
     proxy(pki, backend, &["--allow", WEB_ID, "--backend-timeout", "1"]).await
@@ -504,9 +510,7 @@ async fn posting(
 
 #[tokio::test]
 async fn an_upload_that_keeps_moving_is_not_cut_off_however_long_it_takes() {
-    let pki = Pki::new();
-    pki.svid("proxy", PROXY_ID);
-    pki.svid("web", WEB_ID);
+    let pki = proxy_and_web();
     let backend = counts_body_bytes().await;
     let running = bounded_proxy(&pki, &backend.to_string()).await;
     let mut caller = posting(&pki, &running, 20).await;
@@ -547,9 +551,7 @@ async fn reads_only_the_head() -> (
 
 #[tokio::test]
 async fn a_stalled_upload_is_cut_off_naming_who_stalled() {
-    let pki = Pki::new();
-    pki.svid("proxy", PROXY_ID);
-    pki.svid("web", WEB_ID);
+    let pki = proxy_and_web();
 
     // The caller stops sending its body: 408.
     let backend = counts_body_bytes().await;
@@ -579,6 +581,46 @@ async fn a_stalled_upload_is_cut_off_naming_who_stalled() {
     let response = read_response(&mut reader, "did not answer within 1 s\n").await;
     assert!(response.starts_with("HTTP/1.1 504"), "{response}");
     uploading.abort();
+}
+
+/// A plaintext backend that answers each request with a head announcing 10 bytes, sends 5,
+/// and then nothing more.
+async fn stops_mid_answer() -> std::net::SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if read_head(&mut stream, &mut Vec::new()).await.is_some() {
+                    let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nhello";
+                    let _ = stream.write_all(answer).await;
+                }
+                std::future::pending::<()>().await;
+                drop(stream);
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_answer_that_stops_midway_is_cut_short_after_the_backend_timeout() {
+    let pki = proxy_and_web();
+    let backend = stops_mid_answer().await;
+    let running = bounded_proxy(&pki, &backend.to_string()).await;
+    for version in ["--http1.1", "--http2"] {
+        let started = std::time::Instant::now();
+        let (code, out, err) = curl(&pki, "web", &running.url("/half"), &[version]).await;
+        let elapsed = started.elapsed();
+        // The head and what came of the body reached the caller; then the answer was cut
+        // short (curl: a transfer closed early), not left waiting until curl's own limit.
+        assert!(out.starts_with("hello"), "{version}: {out}");
+        assert!(code != 0 && code != 28, "{version}: exit {code}: {err}");
+        assert!(
+            elapsed >= Duration::from_secs(1) && elapsed < Duration::from_secs(10),
+            "{version}: {elapsed:?}"
+        );
+    }
 }
 
 #[tokio::test]

@@ -3,7 +3,8 @@
 //! body is still being sent, no pause in it may last that long. A pause is told apart by who
 //! is waited for: the next hop not taking more of the body (504, as for an answer that does not
 //! come) or the caller not sending it (408: an upload that keeps moving is never cut off,
-//! however long it takes).
+//! however long it takes). Then, while the answer's body comes, no pause in it may last that
+//! long either ([`bound_pauses`]): the caller's answer ends there, cut short.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -88,6 +89,82 @@ pub(crate) async fn answer_within<T>(
     tokio::time::timeout(timeout, answer)
         .await
         .map_err(|_| Stalled::NextHop)
+}
+
+/// `body` (the next hop's answer) as forwarded to the caller, ended with an error when no part
+/// of it comes for `timeout`: a next hop that stops in the middle of its answer does not hold
+/// the caller without bound.
+pub(crate) fn bound_pauses<B>(body: B, timeout: Duration) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    Body::new(PauseBounded {
+        inner: body,
+        timeout,
+        pause: None,
+    })
+}
+
+/// The next hop stopped sending the answer's body for longer than the bound.
+#[derive(Debug)]
+struct AnswerStalled(Duration);
+
+impl std::fmt::Display for AnswerStalled {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "the answer's body stalled for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for AnswerStalled {}
+
+/// An answer's body with a bound on each pause in it.
+struct PauseBounded<B> {
+    inner: B,
+    timeout: Duration,
+    /// The current pause's deadline (made at the first pause, reset at the next ones).
+    pause: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl<B> http_body::Body for PauseBounded<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    type Data = Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        let this = &mut *self;
+        if let Poll::Ready(frame) = Pin::new(&mut this.inner).poll_frame(cx) {
+            if let Some(pause) = &mut this.pause {
+                // The next pause starts at the next wait.
+                pause
+                    .as_mut()
+                    .reset(tokio::time::Instant::now() + this.timeout);
+            }
+            return Poll::Ready(frame.map(|frame| frame.map_err(Into::into)));
+        }
+        let timeout = this.timeout;
+        let pause = this
+            .pause
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(timeout)));
+        match pause.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(AnswerStalled(timeout))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// A request body that reports each part read from it, whether it waits for the caller, and
@@ -225,6 +302,30 @@ mod tests {
             answer_within(bound, Sent(None), late).await,
             Err(Stalled::NextHop)
         );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_answer_that_keeps_coming_is_forwarded_and_one_that_stops_is_cut_short() {
+        let bound = Duration::from_secs(1);
+        let (tx, rx) = tokio::sync::mpsc::channel(4);
+        let mut body = bound_pauses(Chunks(rx), bound);
+        let sender = tokio::spawn(async move {
+            for _ in 0..4 {
+                tokio::time::sleep(Duration::from_millis(900)).await;
+                tx.send(Bytes::from_static(b"part")).await.unwrap();
+            }
+            // Then nothing, the answer unfinished.
+            std::future::pending::<()>().await;
+        });
+        let started = tokio::time::Instant::now();
+        for _ in 0..4 {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "part");
+        }
+        let error = body.frame().await.unwrap().unwrap_err();
+        assert!(error.to_string().contains("stalled for 1s"), "{error}");
+        assert_eq!(started.elapsed(), Duration::from_millis(4600));
+        sender.abort();
     }
 
     #[tokio::test(start_paused = true)]

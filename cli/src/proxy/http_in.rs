@@ -24,7 +24,7 @@ use secure_channel::layer::rate_limit::{RateLimit, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
-use crate::proxy::answer_timeout::{Stalled, answer_within, watch_end};
+use crate::proxy::answer_timeout::{Stalled, answer_within, bound_pauses, watch_end};
 use crate::proxy::local::{BackendConnector, LocalAddr};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{retarget, stalled};
@@ -43,7 +43,7 @@ pub(crate) struct Config {
     pub(crate) validator: Option<JwtValidator>,
     /// Per-caller limits (`--rate-limit`, `--limit-for`, ...).
     pub(crate) limits: Option<RateLimitLayer>,
-    /// The bound on the backend's answer and on pauses in a body sent to it
+    /// The bound on the backend's answer and on pauses in the bodies either way
     /// (`--backend-timeout`; see `answer_timeout`).
     pub(crate) backend_timeout: Duration,
 }
@@ -357,7 +357,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
         Ok(Ok(response)) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, bound_pauses(body, timeout))
         }
         Ok(Err(error)) => {
             let error = crate::text::error_chain(&*error);

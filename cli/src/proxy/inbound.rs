@@ -71,9 +71,9 @@ pub(crate) struct InboundArgs {
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<SocketAddr>,
     /// http mode: how long the backend has to answer (status and headers) once a request has
-    /// been sent whole, and the longest pause while its body is sent; then the caller gets 504
-    /// (408 when the caller's body stalled) and that backend connection is closed
-    /// [default: 60].
+    /// been sent whole, and the longest pause while a body is sent either way; then the caller
+    /// gets 504 (408 when the caller's body stalled; an answer already started is cut short)
+    /// and that backend connection is closed [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) backend_timeout: Option<u64>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.

@@ -51,7 +51,7 @@ pub(crate) fn run(command: ProxyCommand) -> Outcome {
     })
 }
 
-/// The bound on the next hop's answer and on pauses in a body sent to it (see
+/// The bound on the next hop's answer and on pauses in the bodies either way (see
 /// `answer_timeout`), in seconds, unless `--backend-timeout`/`--target-timeout` say otherwise:
 /// nginx's `proxy_read_timeout` default.
 const DEFAULT_RESPONSE_TIMEOUT: u64 = 60;

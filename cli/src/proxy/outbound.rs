@@ -26,7 +26,7 @@ use tower::{Layer, ServiceExt};
 
 use crate::failure::{Failure, Outcome};
 use crate::proxy::admin::{self, BACKEND_ERRORS};
-use crate::proxy::answer_timeout::{Stalled, answer_within, watch_end};
+use crate::proxy::answer_timeout::{Stalled, answer_within, bound_pauses, watch_end};
 use crate::proxy::flags::{TrustFlags, parse_matcher};
 use crate::proxy::inbound::Mode;
 use crate::proxy::local::{LocalAddr, LocalListener, LocalStream};
@@ -64,8 +64,9 @@ pub(crate) struct OutboundArgs {
     #[arg(long, value_name = "ADDR", value_parser = admin::parse_admin)]
     pub(crate) admin: Option<std::net::SocketAddr>,
     /// http mode: how long the target has to answer (status and headers) once a request has
-    /// been sent whole, and the longest pause while its body is sent; then the local caller
-    /// gets 504 (408 when its body stalled) and the request is abandoned there [default: 60].
+    /// been sent whole, and the longest pause while a body is sent either way; then the local
+    /// caller gets 504 (408 when its body stalled; an answer already started is cut short) and
+    /// the request is abandoned there [default: 60].
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     pub(crate) target_timeout: Option<u64>,
     /// On SIGTERM: stop accepting, and give requests in flight this long to finish.
@@ -187,7 +188,7 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 struct Forward {
     client: tower::util::BoxCloneSyncService<Request<Body>, Response<Incoming>, BoxError>,
     target: String,
-    /// The bound on the target's answer and on pauses in a body sent to it
+    /// The bound on the target's answer and on pauses in the bodies either way
     /// (`--target-timeout`; see `answer_timeout`).
     timeout: Duration,
 }
@@ -255,7 +256,7 @@ async fn forward_request(forward: &Forward, request: Request<Incoming>) -> Respo
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);
-            Response::from_parts(parts, Body::new(body))
+            Response::from_parts(parts, bound_pauses(body, forward.timeout))
         }
         Err(error) => {
             let error = crate::text::error_chain(error.as_ref());
