@@ -40,7 +40,7 @@ pub(crate) enum Stalled {
 
 /// `body` as forwarded, and its progress. A body that is empty (or whose end is known
 /// already) is sent at once, and kept as it is.
-pub(crate) fn watch_end(body: Body) -> (Body, Sent) {
+pub(crate) fn watch_progress(body: Body) -> (Body, Sent) {
     if http_body::Body::is_end_stream(&body) {
         return (body, Sent(None));
     }
@@ -235,7 +235,7 @@ mod tests {
     /// A streamed body (its chunks sent on the returned channel), watched.
     fn streamed() -> (tokio::sync::mpsc::Sender<Bytes>, Body, Progress) {
         let (tx, rx) = tokio::sync::mpsc::channel(4);
-        let (body, Sent(Some(progress))) = watch_end(Body::new(Chunks(rx))) else {
+        let (body, Sent(Some(progress))) = watch_progress(Body::new(Chunks(rx))) else {
             panic!("a streamed body is not at its end");
         };
         (tx, body, progress)
@@ -243,7 +243,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_empty_body_is_sent_at_once_and_kept_as_it_is() {
-        let (body, sent) = watch_end(Body::empty());
+        let (body, sent) = watch_progress(Body::empty());
         assert!(sent.0.is_none());
         assert!(http_body::Body::is_end_stream(&body));
     }

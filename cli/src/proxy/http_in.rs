@@ -24,7 +24,7 @@ use secure_channel::layer::rate_limit::{RateLimit, RateLimitLayer};
 use tower::{Layer, ServiceExt};
 
 use crate::proxy::admin::BACKEND_ERRORS;
-use crate::proxy::answer_timeout::{Stalled, answer_within, bound_pauses, watch_end};
+use crate::proxy::answer_timeout::{Stalled, answer_within, bound_pauses, watch_progress};
 use crate::proxy::local::{BackendConnector, LocalAddr};
 use crate::proxy::upstream::Upstream;
 use crate::proxy::{retarget, stalled};
@@ -328,7 +328,7 @@ async fn forward(State(forwarder): State<Arc<Forwarder>>, request: Request) -> R
     let one_at_a_time = parts.version <= Version::HTTP_11;
     parts.version = Version::HTTP_11;
     let timeout = forwarder.backend_timeout;
-    let (body, sent) = watch_end(body);
+    let (body, sent) = watch_progress(body);
     let answer = match upstream {
         Some(upstream) => {
             set_host_if_missing(&mut parts.headers, &forwarder.host);

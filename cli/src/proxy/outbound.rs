@@ -26,7 +26,7 @@ use tower::{Layer, ServiceExt};
 
 use crate::failure::{Failure, Outcome};
 use crate::proxy::admin::{self, BACKEND_ERRORS};
-use crate::proxy::answer_timeout::{Stalled, answer_within, bound_pauses, watch_end};
+use crate::proxy::answer_timeout::{Stalled, answer_within, bound_pauses, watch_progress};
 use crate::proxy::flags::{TrustFlags, parse_matcher};
 use crate::proxy::inbound::Mode;
 use crate::proxy::local::{LocalAddr, LocalListener, LocalStream};
@@ -238,7 +238,7 @@ async fn forward_request(forward: &Forward, request: Request<Incoming>) -> Respo
         parts.headers.insert(header::HOST, host);
     }
     parts.version = http::Version::HTTP_11;
-    let (body, sent) = watch_end(Body::new(body));
+    let (body, sent) = watch_progress(Body::new(body));
     let request = Request::from_parts(parts, body);
     // On time-out the call is dropped, and with it the pooled connection it was on.
     let call = forward.client.clone().oneshot(request);
